@@ -1,1 +1,3 @@
 //! lortflow stages.
+
+pub mod dataset;

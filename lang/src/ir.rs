@@ -1,0 +1,706 @@
+//! The typed pipeline IR: what the runtime plans and the stages execute.
+//!
+//! Every value keeps its span. The serde form of a stage spec (spans left out) is its canonical
+//! parameter set, which feeds the cache key and `lortflow status`'s parameter diffs.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::ast::Node;
+use crate::schema::StageKind;
+use crate::source::{SourceMap, Span, Spanned};
+
+/// A checked pipeline.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    /// The root file and its includes.
+    pub sources: SourceMap,
+    /// Pipeline-wide defaults.
+    pub defaults: Defaults,
+    /// Every stage, sweeps included, in declaration order (includes in place).
+    pub stages: Vec<Stage>,
+}
+
+impl Pipeline {
+    /// The stage called `name`.
+    pub fn stage(&self, name: &str) -> Option<&Stage> {
+        self.stages.iter().find(|s| s.name.value == name)
+    }
+
+    /// The stages of one kind.
+    pub fn stages_of(&self, kind: StageKind) -> impl Iterator<Item = &Stage> {
+        self.stages.iter().filter(move |s| s.kind == kind)
+    }
+}
+
+/// The compute backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backend {
+    /// Burn's `flex` CPU backend.
+    Cpu,
+    /// Burn's CUDA backend (cargo feature `cuda`).
+    Cuda,
+}
+
+/// `defaults { ... }`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Defaults {
+    /// Backend of training stages.
+    pub backend: Spanned<Backend>,
+    /// Base seed.
+    pub seed: Spanned<u64>,
+}
+
+/// One declared stage.
+#[derive(Debug, Clone)]
+pub struct Stage {
+    /// Its unique name.
+    pub name: Spanned<String>,
+    /// Its kind.
+    pub kind: StageKind,
+    /// The checked syntax it was lowered from; `--set` and sweeps edit this and lower again.
+    pub node: Node,
+    /// The typed parameters.
+    pub spec: StageSpec,
+}
+
+impl Stage {
+    /// The stages this one reads, with the role of each reference.
+    pub fn inputs(&self) -> Vec<StageRef<'_>> {
+        fn mk<'a>(role: &'static str, name: &'a Spanned<String>) -> StageRef<'a> {
+            StageRef { role, name }
+        }
+        match &self.spec {
+            StageSpec::Dataset(_) => vec![],
+            StageSpec::Backbone(b) => vec![mk("data", &b.data)],
+            StageSpec::Features(f) => vec![mk("backbone", &f.backbone)],
+            StageSpec::Head(h) => {
+                let mut refs = vec![mk("features", &h.features)];
+                if let Init::Head(from) = &h.init.value {
+                    refs.push(mk("init", from));
+                }
+                refs
+            }
+            StageSpec::Sweep(s) => vec![mk("base", &s.base)],
+            StageSpec::Evaluate(_) => vec![],
+        }
+    }
+
+    /// The canonical parameters: the spec's serde form, spans left out.
+    pub fn canonical_params(&self) -> serde_json::Value {
+        serde_json::to_value(&self.spec).expect("stage specs should always serialize")
+    }
+}
+
+/// A reference from one stage to another.
+#[derive(Debug, Clone, Copy)]
+pub struct StageRef<'a> {
+    /// The node that makes the reference (`features`, `init`, ...).
+    pub role: &'static str,
+    /// The referenced name.
+    pub name: &'a Spanned<String>,
+}
+
+/// The typed parameters of a stage.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum StageSpec {
+    /// `dataset`.
+    Dataset(DatasetSpec),
+    /// `backbone`.
+    Backbone(BackboneSpec),
+    /// `features`.
+    Features(FeaturesSpec),
+    /// `head`.
+    Head(Box<HeadSpec>),
+    /// `sweep`.
+    Sweep(SweepSpec),
+    /// `evaluate`.
+    Evaluate(EvaluateSpec),
+}
+
+/// A path as written, and resolved against the directory of the file that wrote it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PathValue {
+    /// As written.
+    pub written: String,
+    /// Resolved.
+    pub resolved: PathBuf,
+    /// Where it was written.
+    pub span: Span,
+}
+
+impl Serialize for PathValue {
+    /// Paths enter the canonical form as written: the content of the files they name enters the
+    /// cache key through file digests, so moving a whole project keeps its cache.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.written.serialize(s)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// dataset
+
+/// `dataset`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DatasetSpec {
+    /// Where the data comes from.
+    pub source: Spanned<Source>,
+    /// How the train split is made long-tailed.
+    pub long_tail: LongTail,
+    /// Many / medium / few thresholds.
+    pub groups: Groups,
+}
+
+/// `source`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "format", rename_all = "kebab-case")]
+pub enum Source {
+    /// Fashion-MNIST IDX files.
+    FashionMnist {
+        /// Directory.
+        root: PathValue,
+        /// Download when missing.
+        download: bool,
+    },
+    /// MNIST IDX files.
+    Mnist {
+        /// Directory.
+        root: PathValue,
+        /// Download when missing.
+        download: bool,
+    },
+    /// CIFAR-10 binary.
+    Cifar10 {
+        /// Directory.
+        root: PathValue,
+        /// Download when missing.
+        download: bool,
+    },
+    /// CIFAR-100 binary.
+    Cifar100 {
+        /// Directory.
+        root: PathValue,
+        /// Download when missing.
+        download: bool,
+    },
+    /// Root plus list files.
+    ImageList {
+        /// Image root.
+        root: PathValue,
+        /// Train list.
+        train: PathValue,
+        /// Test list.
+        test: PathValue,
+        /// Crop side.
+        image_size: u32,
+        /// Resize side.
+        resize: u32,
+    },
+    /// iNaturalist 2018 JSON.
+    Inat2018 {
+        /// Image root.
+        root: PathValue,
+        /// Train JSON.
+        train: PathValue,
+        /// Test JSON.
+        test: PathValue,
+        /// Crop side.
+        image_size: u32,
+    },
+    /// Precomputed features.
+    Features {
+        /// Train matrix.
+        train: PathValue,
+        /// Test matrix.
+        test: PathValue,
+        /// Train labels.
+        train_labels: Option<PathValue>,
+        /// Test labels.
+        test_labels: Option<PathValue>,
+    },
+    /// Generated data.
+    Synthetic {
+        /// `images` or `vectors`.
+        kind: String,
+        /// K.
+        classes: u32,
+        /// Train samples per class.
+        per_class: u32,
+        /// Test samples per class.
+        test_per_class: u32,
+        /// Image side.
+        size: u32,
+        /// Image channels.
+        channels: u32,
+        /// Vector dimension.
+        dim: u32,
+        /// Noise level.
+        noise: f64,
+        /// Seed.
+        seed: u64,
+    },
+}
+
+impl Source {
+    /// The external files and directories this source reads.
+    pub fn paths(&self) -> Vec<&PathValue> {
+        match self {
+            Source::FashionMnist { root, .. }
+            | Source::Mnist { root, .. }
+            | Source::Cifar10 { root, .. }
+            | Source::Cifar100 { root, .. } => vec![root],
+            Source::ImageList { root, train, test, .. } | Source::Inat2018 { root, train, test, .. } => {
+                vec![root, train, test]
+            }
+            Source::Features { train, test, train_labels, test_labels } => {
+                [Some(train), Some(test), train_labels.as_ref(), test_labels.as_ref()].into_iter().flatten().collect()
+            }
+            Source::Synthetic { .. } => vec![],
+        }
+    }
+
+    /// Whether the source holds features rather than images.
+    pub fn is_features(&self) -> bool {
+        matches!(self, Source::Features { .. }) || matches!(self, Source::Synthetic { kind, .. } if kind == "vectors")
+    }
+}
+
+/// `long-tail`.
+#[derive(Debug, Clone, Serialize)]
+pub struct LongTail {
+    /// `exp`, `step` or `none`.
+    pub profile: String,
+    /// n_max / n_min.
+    pub imbalance_ratio: f64,
+    /// n_max, if given.
+    pub max_per_class: Option<u64>,
+    /// `first` or `shuffle`.
+    pub select: String,
+    /// Shuffle seed.
+    pub seed: u64,
+}
+
+/// `groups`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Groups {
+    /// Many: more than this many training images.
+    pub many: f64,
+    /// Few: fewer than this many.
+    pub few: f64,
+    /// `strict` (> and <) or `inclusive` (>= and <=).
+    pub rule: String,
+    /// Thresholds are fractions of n_max.
+    pub relative: bool,
+}
+
+// ---------------------------------------------------------------------------------------------
+// backbone
+
+/// Backbone architectures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Arch {
+    /// A small CNN for 28x28 inputs.
+    SmallCnn,
+    /// ResNet-32, the CIFAR-LT standard of the LDAM-DRW code.
+    Resnet32,
+    /// ResNet-34 (torchvision layout; CIFAR stem for 32x32 inputs).
+    Resnet34,
+    /// ResNet-50 (torchvision layout).
+    Resnet50,
+    /// ResNeXt-50 32x4d (torchvision layout).
+    #[serde(rename = "resnext50-32x4d")]
+    Resnext50,
+}
+
+impl Arch {
+    /// Parses a schema name.
+    pub fn from_name(name: &str) -> Option<Arch> {
+        Some(match name {
+            "small-cnn" => Arch::SmallCnn,
+            "resnet32" => Arch::Resnet32,
+            "resnet34" => Arch::Resnet34,
+            "resnet50" => Arch::Resnet50,
+            "resnext50-32x4d" => Arch::Resnext50,
+            _ => return None,
+        })
+    }
+
+    /// The dimension of the features it produces.
+    pub fn feature_dim(&self) -> usize {
+        match self {
+            Arch::SmallCnn => 128,
+            Arch::Resnet32 => 64,
+            Arch::Resnet34 => 512,
+            Arch::Resnet50 | Arch::Resnext50 => 2048,
+        }
+    }
+}
+
+/// `backbone`.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackboneSpec {
+    /// The dataset.
+    pub data: Spanned<String>,
+    /// The architecture.
+    pub arch: Spanned<Arch>,
+    /// Trained or loaded.
+    pub weights: Weights,
+    /// Augmentations in order.
+    pub augment: Vec<Augment>,
+    /// Input normalisation.
+    pub normalize: String,
+}
+
+/// Where backbone weights come from.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Weights {
+    /// First-stage training.
+    Train(BackboneTrain),
+    /// A weights file.
+    Checkpoint {
+        /// The file.
+        path: PathValue,
+        /// Its format.
+        format: String,
+    },
+}
+
+/// `train` of a backbone.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackboneTrain {
+    /// Epochs.
+    pub epochs: u32,
+    /// Batch size.
+    pub batch_size: u32,
+    /// Initial learning rate.
+    pub lr: f64,
+    /// Momentum.
+    pub momentum: f64,
+    /// Weight decay.
+    pub weight_decay: f64,
+    /// Schedule.
+    pub schedule: String,
+    /// Warm-up epochs.
+    pub warmup_epochs: u32,
+    /// First-stage loss.
+    pub loss: String,
+    /// Sampler.
+    pub sampler: String,
+    /// Seed.
+    pub seed: u64,
+}
+
+/// `augment`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Augment {
+    /// Pad and crop.
+    RandomCrop {
+        /// Padding.
+        padding: u32,
+    },
+    /// Random area and aspect crop.
+    RandomResizedCrop {
+        /// Output side.
+        size: u32,
+        /// Smallest area fraction.
+        min_scale: f64,
+    },
+    /// Horizontal flip.
+    Hflip {
+        /// Probability.
+        p: f64,
+    },
+    /// Colour jitter.
+    ColorJitter {
+        /// Brightness.
+        brightness: f64,
+        /// Contrast.
+        contrast: f64,
+        /// Saturation.
+        saturation: f64,
+        /// Hue.
+        hue: f64,
+    },
+}
+
+// ---------------------------------------------------------------------------------------------
+// features
+
+/// `features`.
+#[derive(Debug, Clone, Serialize)]
+pub struct FeaturesSpec {
+    /// The backbone.
+    pub backbone: Spanned<String>,
+    /// `none` or `hflip`.
+    pub tta: String,
+    /// Inference batch size.
+    pub batch_size: u32,
+}
+
+// ---------------------------------------------------------------------------------------------
+// head
+
+/// `head`: the resolved components of the unified form.
+#[derive(Debug, Clone, Serialize)]
+pub struct HeadSpec {
+    /// The features (a features stage or a features dataset).
+    pub features: Spanned<String>,
+    /// The preset the components started from.
+    pub method: Spanned<String>,
+    /// Logit function g.
+    pub logits: Spanned<Logits>,
+    /// Targets.
+    pub targets: Spanned<Targets>,
+    /// Margin / prior during training.
+    pub margin: Spanned<Margin>,
+    /// Per-sample weighting r_w.
+    pub weighting: Spanned<Weighting>,
+    /// Sampler r_s.
+    pub sampler: Spanned<Sampler>,
+    /// Weight constraint.
+    pub constraint: Spanned<Constraint>,
+    /// Inference map h.
+    pub inference: Spanned<Inference>,
+    /// Optimisation.
+    pub train: HeadTrain,
+    /// Initialisation.
+    pub init: Spanned<Init>,
+    /// Number of trials.
+    pub trials: u32,
+    /// Epoch selection.
+    pub select: Spanned<String>,
+    /// Validation split for `best-val`.
+    pub validation: Option<Validation>,
+}
+
+/// Logit functions.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Logits {
+    /// W f + b.
+    Linear,
+    /// s · cos.
+    Cosine {
+        /// Scale.
+        scale: f64,
+    },
+    /// c ⊙ (W f + b).
+    Lws,
+}
+
+/// Targets.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Targets {
+    /// One-hot.
+    OneHot,
+    /// Smoothed by δ.
+    Smoothed {
+        /// δ.
+        delta: f64,
+    },
+}
+
+/// Margins and priors.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Margin {
+    /// None.
+    None,
+    /// LDAM.
+    Ldam {
+        /// Margin of the rarest class.
+        max_m: f64,
+    },
+    /// + log n.
+    BalancedSoftmax,
+    /// + τ log π.
+    LogitAdjust {
+        /// τ.
+        tau: f64,
+    },
+}
+
+/// Per-sample weights.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Weighting {
+    /// None.
+    None,
+    /// Effective-number weights.
+    ClassBalanced {
+        /// β.
+        beta: f64,
+        /// `bce`, `softmax` or `focal`.
+        loss: String,
+        /// γ of the focal base loss.
+        gamma: f64,
+        /// DRW start epoch.
+        from_epoch: u32,
+    },
+    /// Focal.
+    Focal {
+        /// γ.
+        gamma: f64,
+    },
+}
+
+/// Samplers.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Sampler {
+    /// Instance-balanced.
+    Instance,
+    /// Class-aware round robin.
+    ClassBalanced {
+        /// Samples per visit.
+        per_class: u32,
+    },
+    /// ∝ √n.
+    Sqrt,
+}
+
+/// Weight constraints.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Constraint {
+    /// None.
+    None,
+    /// ‖W_i‖ ≤ r.
+    Maxnorm {
+        /// Relative threshold (used when `radius` is unset).
+        thresh: f64,
+        /// Absolute radius.
+        radius: Option<f64>,
+        /// `step` or `epoch`.
+        every: String,
+    },
+}
+
+/// Inference maps.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Inference {
+    /// None.
+    None,
+    /// τ-normalisation.
+    TauNorm {
+        /// τ.
+        tau: f64,
+        /// Keep the bias.
+        bias: bool,
+    },
+    /// − τ log π.
+    LogitAdjust {
+        /// τ.
+        tau: f64,
+    },
+}
+
+/// Head optimisation.
+#[derive(Debug, Clone, Serialize)]
+pub struct HeadTrain {
+    /// Epochs.
+    pub epochs: u32,
+    /// Batch size.
+    pub batch_size: u32,
+    /// Initial learning rate.
+    pub lr: f64,
+    /// Momentum.
+    pub momentum: f64,
+    /// Weight decay.
+    pub weight_decay: f64,
+    /// Schedule.
+    pub schedule: String,
+    /// Seed of trial 0.
+    pub seed: u64,
+}
+
+/// Head initialisation.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Init {
+    /// Re-initialised.
+    Random,
+    /// The backbone's classifier.
+    Backbone,
+    /// Another head's result.
+    Head(Spanned<String>),
+}
+
+/// `validation`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Validation {
+    /// Fraction held out.
+    pub fraction: f64,
+    /// Split seed.
+    pub seed: u64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// sweep and evaluate
+
+/// `sweep`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SweepSpec {
+    /// The varied stage.
+    pub base: Spanned<String>,
+    /// Parameters and values; several make a grid.
+    pub vary: Vec<Vary>,
+    /// Trials per member.
+    pub trials: Option<u32>,
+}
+
+/// `vary`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Vary {
+    /// The parameter as written.
+    pub param: Spanned<String>,
+    /// The resolved node and property (`None`: the node's first argument).
+    pub target: Option<ParamTarget>,
+    /// The values.
+    pub values: Vec<Spanned<crate::ast::Value>>,
+}
+
+impl Serialize for crate::ast::Value {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.to_json().serialize(s)
+    }
+}
+
+/// A resolved parameter of a stage: a child node and one of its properties.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ParamTarget {
+    /// The child node (`train`, `method`, `long-tail`).
+    pub node: &'static str,
+    /// The property, or `None` for the node's first argument.
+    pub prop: Option<&'static str>,
+}
+
+impl std::fmt::Display for ParamTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.prop {
+            Some(p) => write!(f, "{}.{p}", self.node),
+            None => f.write_str(self.node),
+        }
+    }
+}
+
+/// `evaluate`.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvaluateSpec {
+    /// Head names, sweep names or globs.
+    pub heads: Vec<Spanned<String>>,
+    /// Metrics.
+    pub metrics: Vec<String>,
+    /// RSD sample set.
+    pub rsd_over: String,
+    /// Whether to write plots.
+    pub plots: bool,
+}

@@ -1,0 +1,478 @@
+//! The declarations of every node of the language, version 1.
+
+use super::{
+    Lit::{Bool, Float, Int, Str},
+    NodeSpec, ParamSpec as P, Range, StageKind, ValueType as T, VariantSpec as V,
+};
+use super::methods::{
+    COMPONENT_CONSTRAINT, COMPONENT_INFERENCE, COMPONENT_LOGITS, COMPONENT_MARGIN,
+    COMPONENT_SAMPLER, COMPONENT_TARGETS, COMPONENT_WEIGHTING, METHOD,
+};
+
+/// The language version this build understands (`lortflow 1`).
+pub const LANGUAGE_VERSION: u32 = 1;
+
+const NAME: P = P::new("name", T::String, "The stage's name, unique in the pipeline.").required();
+
+const DATASET_REF: &[StageKind] = &[StageKind::Dataset];
+const BACKBONE_REF: &[StageKind] = &[StageKind::Backbone];
+const FEATURES_REF: &[StageKind] = &[StageKind::Features, StageKind::Dataset];
+const HEAD_REF: &[StageKind] = &[StageKind::Head];
+const ANY_STAGE_REF: &[StageKind] =
+    &[StageKind::Dataset, StageKind::Backbone, StageKind::Features, StageKind::Head];
+
+/// Architectures of the `arch` node; their feature dimensions live in [`crate::ir::Arch`].
+pub(crate) const ARCHS: &[&str] =
+    &["small-cnn", "resnet32", "resnet34", "resnet50", "resnext50-32x4d"];
+pub(crate) const SCHEDULES: &[&str] = &["cosine", "step", "constant"];
+pub(crate) const SAMPLERS: &[&str] = &["instance", "class-balanced", "sqrt"];
+pub(crate) const FIRST_STAGE_LOSSES: &[&str] = &["ce", "ce-drw", "ldam-drw", "balanced-softmax"];
+pub(crate) const METRICS: &[&str] =
+    &["top1", "logits-magnitude", "rsd", "weight-norm", "confusion", "per-class"];
+
+// ---------------------------------------------------------------------------------------------
+// Top level: version, include, defaults.
+
+const VERSION: NodeSpec = NodeSpec::new(
+    "lortflow",
+    "The language version of the file. Every pipeline starts with `lortflow 1`.",
+)
+.args(&[P::new("version", T::Int, "Language version.").required().range(Range::closed(1.0, 1.0))])
+.required()
+.example("lortflow 1");
+
+const INCLUDE: NodeSpec = NodeSpec::new(
+    "include",
+    "Includes the stages and defaults of another `.kdl` file, resolved relative to this file. \
+     Included files may include others; cycles are errors.",
+)
+.args(&[P::new("path", T::Path, "The file to include.").required()])
+.repeatable()
+.example("include \"common/datasets.kdl\"");
+
+const DEFAULTS: NodeSpec = NodeSpec::new(
+    "defaults",
+    "Settings for the whole pipeline. Each can be overridden on the command line.",
+)
+.children(&[
+    NodeSpec::new("backend", "The compute backend of training stages.")
+        .args(&[P::new("backend", T::Enum(&["cpu", "cuda"]), "Backend.").default(Str("cpu")).required()]),
+    NodeSpec::new("seed", "The base random seed; stages derive their own seeds from it.")
+        .args(&[P::new("seed", T::Int, "Seed.").range(Range::NON_NEGATIVE).default(Int(0)).required()]),
+])
+.example("defaults { backend \"cpu\"; seed 0 }");
+
+// ---------------------------------------------------------------------------------------------
+// dataset
+
+const SOURCE_ROOT_OPT: P = P::new("root", T::Path, "Directory holding the files.");
+const DOWNLOAD: P = P::new(
+    "download",
+    T::Bool,
+    "Fetch the official files into `root` when missing (checksums verified).",
+)
+.default(Bool(false));
+
+const SOURCE: NodeSpec = NodeSpec::new(
+    "source",
+    "Where the images (or features) come from. The first argument is the format.",
+)
+.args(&[P::new("format", T::String, "The source format.").required()])
+.variants(&[
+    V {
+        name: "fashion-mnist",
+        doc: "Fashion-MNIST in IDX format (gzip or plain), 28x28 grey, 10 classes.",
+        props: &[SOURCE_ROOT_OPT.default(Str("data/fashion-mnist")), DOWNLOAD],
+    },
+    V {
+        name: "mnist",
+        doc: "MNIST in IDX format (gzip or plain), 28x28 grey, 10 classes.",
+        props: &[SOURCE_ROOT_OPT.default(Str("data/mnist")), DOWNLOAD],
+    },
+    V {
+        name: "cifar10",
+        doc: "CIFAR-10, binary version (`data_batch_1.bin` ... `test_batch.bin`).",
+        props: &[SOURCE_ROOT_OPT.default(Str("data/cifar-10-batches-bin")), DOWNLOAD],
+    },
+    V {
+        name: "cifar100",
+        doc: "CIFAR-100, binary version (`train.bin`, `test.bin`; fine labels).",
+        props: &[SOURCE_ROOT_OPT.default(Str("data/cifar-100-binary")), DOWNLOAD],
+    },
+    V {
+        name: "image-list",
+        doc: "A root folder plus list files of `relative/path label` lines (the ImageNet-LT format).",
+        props: &[
+            P::new("root", T::Path, "Image root the list paths are relative to.").required(),
+            P::new("train", T::Path, "List file of the training split.").required(),
+            P::new("test", T::Path, "List file of the test split.").required(),
+            P::new("image-size", T::Int, "Side of the square crop fed to the backbone.")
+                .default(Int(224))
+                .range(Range::AT_LEAST_ONE)
+                .unit("pixels"),
+            P::new("resize", T::Int, "Shorter side before the centre crop at test time.")
+                .default(Int(256))
+                .range(Range::AT_LEAST_ONE)
+                .unit("pixels"),
+        ],
+    },
+    V {
+        name: "inat2018",
+        doc: "iNaturalist 2018: the official JSON annotations plus the image root.",
+        props: &[
+            P::new("root", T::Path, "Image root the `file_name`s are relative to.").required(),
+            P::new("train", T::Path, "`train2018.json`.").required(),
+            P::new("test", T::Path, "`val2018.json` (the LTR test set).").required(),
+            P::new("image-size", T::Int, "Side of the square crop.")
+                .default(Int(224))
+                .range(Range::AT_LEAST_ONE)
+                .unit("pixels"),
+        ],
+    },
+    V {
+        name: "features",
+        doc: "Precomputed features (`.npy` or `.safetensors`); heads can use this dataset directly.",
+        props: &[
+            P::new("train", T::Path, "Train feature matrix (N x D, f32).").required(),
+            P::new("test", T::Path, "Test feature matrix (N x D, f32).").required(),
+            P::new("train-labels", T::Path, "Train labels (`.npy`); not needed for `.safetensors` holding `labels`."),
+            P::new("test-labels", T::Path, "Test labels (`.npy`); not needed for `.safetensors` holding `labels`."),
+        ],
+    },
+    V {
+        name: "synthetic",
+        doc: "Seeded class-conditional data, for trying stages in seconds.",
+        props: &[
+            P::new("kind", T::Enum(&["images", "vectors"]), "Small images or feature vectors.")
+                .default(Str("images")),
+            P::new("classes", T::Int, "Number of classes K.").default(Int(10)).range(Range::closed(2.0, 100_000.0)),
+            P::new("per-class", T::Int, "Training samples per class before the long tail.")
+                .default(Int(100))
+                .range(Range::AT_LEAST_ONE)
+                .unit("samples"),
+            P::new("test-per-class", T::Int, "Test samples per class.")
+                .default(Int(20))
+                .range(Range::AT_LEAST_ONE)
+                .unit("samples"),
+            P::new("size", T::Int, "Image side (images).").default(Int(16)).range(Range::closed(4.0, 512.0)).unit("pixels"),
+            P::new("channels", T::Int, "Image channels (images).").default(Int(1)).range(Range::closed(1.0, 3.0)),
+            P::new("dim", T::Int, "Vector dimension (vectors).").default(Int(64)).range(Range::AT_LEAST_ONE),
+            P::new("noise", T::Float, "Noise standard deviation relative to the class signal.")
+                .default(Float(1.0))
+                .range(Range::NON_NEGATIVE),
+            P::new("seed", T::Int, "Generator seed.").default(Int(0)).range(Range::NON_NEGATIVE),
+        ],
+    },
+])
+.required()
+.example("source \"cifar100\" root=\"data/cifar-100-binary\"");
+
+const LONG_TAIL: NodeSpec = NodeSpec::new(
+    "long-tail",
+    "How the training split is made long-tailed; the test split stays balanced. `exp`: \
+     n_i = int(n_max * IR^(-i/(K-1))) as in the LDAM-DRW code; `step`: the first half of the \
+     classes keep n_max, the rest n_max/IR; `none`: keep everything.",
+)
+.args(&[P::new("profile", T::Enum(&["exp", "step", "none"]), "The imbalance profile.").required()])
+.props(&[
+    P::new("imbalance-ratio", T::Float, "n_max / n_min.").default(Float(100.0)).range(Range::AT_LEAST_ONE),
+    P::new("max-per-class", T::Int, "n_max; defaults to the largest class of the split.")
+        .range(Range::AT_LEAST_ONE)
+        .unit("samples"),
+    P::new(
+        "select",
+        T::Enum(&["first", "shuffle"]),
+        "Which samples of a class are kept: the first in file order (LTWB, LORT) or a seeded shuffle (LDAM-DRW).",
+    )
+    .default(Str("first")),
+    P::new("seed", T::Int, "Seed of `select=\"shuffle\"`.").default(Int(0)).range(Range::NON_NEGATIVE),
+])
+.example("long-tail \"exp\" imbalance-ratio=100");
+
+const GROUPS: NodeSpec = NodeSpec::new(
+    "groups",
+    "Many / medium / few class groups by training count: many has more than `many` images, \
+     few fewer than `few` (`rule=\"inclusive\"` uses >= and <= as OLTR's code does). With \
+     `relative=#true` both are fractions of the largest class.",
+)
+.props(&[
+    P::new("many", T::Float, "Lower bound of the many group.").default(Float(100.0)).range(Range::NON_NEGATIVE),
+    P::new("few", T::Float, "Upper bound of the few group.").default(Float(20.0)).range(Range::NON_NEGATIVE),
+    P::new("rule", T::Enum(&["strict", "inclusive"]), "Boundary inclusivity.").default(Str("strict")),
+    P::new("relative", T::Bool, "Read `many` and `few` as fractions of n_max.").default(Bool(false)),
+])
+.example("groups many=100 few=20");
+
+const DATASET: NodeSpec = NodeSpec::new(
+    "dataset",
+    "A dataset and how its training split is made long-tailed. Its artifact is an index (sample \
+     ids, labels, class counts, groups), not a copy of the data.",
+)
+.args(&[NAME])
+.children(&[SOURCE, LONG_TAIL, GROUPS])
+.stage(StageKind::Dataset)
+.example(
+    "dataset \"cifar100-lt\" {\n    source \"cifar100\" root=\"data/cifar-100-binary\"\n    long-tail \"exp\" imbalance-ratio=100\n    groups many=100 few=20\n}",
+);
+
+// ---------------------------------------------------------------------------------------------
+// backbone
+
+const BACKBONE_TRAIN: NodeSpec = NodeSpec::new(
+    "train",
+    "First-stage training: the chosen loss with weight decay, SGD with momentum, the schedule \
+     over all epochs. A checkpoint is kept after every epoch so an interrupted run resumes.",
+)
+.props(&[
+    P::new("epochs", T::Int, "Training epochs.").default(Int(200)).range(Range::AT_LEAST_ONE).unit("epochs"),
+    P::new("batch-size", T::Int, "Mini-batch size.").default(Int(128)).range(Range::AT_LEAST_ONE).unit("images"),
+    P::new("lr", T::Float, "Initial learning rate.").default(Float(0.1)).range(Range::POSITIVE),
+    P::new("momentum", T::Float, "SGD momentum.").default(Float(0.9)).range(Range::UNIT_HALF_OPEN),
+    P::new("weight-decay", T::Float, "L2 weight decay (LTWB: 5e-3 on CIFAR100-LT).")
+        .default(Float(5e-4))
+        .range(Range::NON_NEGATIVE),
+    P::new("schedule", T::Enum(SCHEDULES), "Learning-rate schedule.").default(Str("cosine")),
+    P::new("warmup-epochs", T::Int, "Linear warm-up epochs.").default(Int(0)).range(Range::NON_NEGATIVE).unit("epochs"),
+    P::new("loss", T::Enum(FIRST_STAGE_LOSSES), "First-stage loss (the rows of the paper's Tab. 3).")
+        .default(Str("ce")),
+    P::new("sampler", T::Enum(SAMPLERS), "Training sampler.").default(Str("instance")),
+    P::new("seed", T::Int, "Seed; defaults to the pipeline seed.").range(Range::NON_NEGATIVE),
+])
+.conflicts(&["checkpoint"])
+.example("train epochs=200 batch-size=64 lr=0.01 momentum=0.9 weight-decay=5e-3 schedule=\"cosine\"");
+
+const CHECKPOINT: NodeSpec = NodeSpec::new(
+    "checkpoint",
+    "Load trained weights instead of training: safetensors or PyTorch `.pth` state dicts in the \
+     torchvision layout, or a lortflow checkpoint.",
+)
+.args(&[P::new("path", T::Path, "The weights file.").required()])
+.props(&[P::new("format", T::Enum(&["auto", "safetensors", "pytorch", "burn"]), "File format.")
+    .default(Str("auto"))])
+.conflicts(&["train"])
+.example("checkpoint \"weights/r34-ltwb.safetensors\"");
+
+const AUGMENT: NodeSpec = NodeSpec::new("augment", "A training-time augmentation, applied in the order written.")
+    .args(&[P::new("kind", T::String, "The augmentation.").required()])
+    .variants(&[
+        V {
+            name: "random-crop",
+            doc: "Pad then crop back to the input size at a random offset.",
+            props: &[P::new("padding", T::Int, "Zero padding on each side.").default(Int(4)).range(Range::NON_NEGATIVE).unit("pixels")],
+        },
+        V {
+            name: "random-resized-crop",
+            doc: "Crop a random area and aspect ratio, resize to `size`.",
+            props: &[
+                P::new("size", T::Int, "Output side.").default(Int(224)).range(Range::AT_LEAST_ONE).unit("pixels"),
+                P::new("min-scale", T::Float, "Smallest crop area fraction.").default(Float(0.08)).range(Range::closed(0.01, 1.0)),
+            ],
+        },
+        V {
+            name: "hflip",
+            doc: "Horizontal flip.",
+            props: &[P::new("p", T::Float, "Flip probability.").default(Float(0.5)).range(Range::UNIT)],
+        },
+        V {
+            name: "color-jitter",
+            doc: "Random brightness, contrast and saturation (ImageNet-LT recipe: 0.4 each).",
+            props: &[
+                P::new("brightness", T::Float, "Brightness factor range.").default(Float(0.4)).range(Range::NON_NEGATIVE),
+                P::new("contrast", T::Float, "Contrast factor range.").default(Float(0.4)).range(Range::NON_NEGATIVE),
+                P::new("saturation", T::Float, "Saturation factor range.").default(Float(0.4)).range(Range::NON_NEGATIVE),
+                P::new("hue", T::Float, "Hue shift range.").default(Float(0.0)).range(Range::closed(0.0, 0.5)),
+            ],
+        },
+    ])
+    .repeatable()
+    .example("augment \"random-crop\" padding=4");
+
+const NORMALIZE: NodeSpec = NodeSpec::new(
+    "normalize",
+    "Per-channel input normalisation: statistics of the training split, a published preset, or none.",
+)
+.args(&[P::new("stats", T::Enum(&["dataset", "cifar", "imagenet", "inat", "none"]), "Which statistics.")
+    .default(Str("dataset"))
+    .required()])
+.example("normalize \"cifar\"");
+
+const BACKBONE: NodeSpec = NodeSpec::new(
+    "backbone",
+    "A feature extractor with its own classifier: trained on a dataset (`train`) or loaded \
+     (`checkpoint`). The classifier is kept so heads can start from it.",
+)
+.args(&[NAME])
+.children(&[
+    NodeSpec::new("data", "The dataset the backbone trains on (and whose classes it predicts).")
+        .args(&[P::new("dataset", T::StageRef(DATASET_REF), "A dataset stage.").required()])
+        .required(),
+    NodeSpec::new("arch", "The architecture.")
+        .args(&[P::new("arch", T::Enum(ARCHS), "Architecture name.").required()])
+        .required(),
+    BACKBONE_TRAIN,
+    CHECKPOINT,
+    AUGMENT,
+    NORMALIZE,
+])
+.one_of(&[&["train", "checkpoint"]])
+.stage(StageKind::Backbone)
+.example(
+    "backbone \"r32\" {\n    data \"cifar100-lt\"\n    arch \"resnet32\"\n    train epochs=200 batch-size=64 lr=0.01 weight-decay=5e-3\n    augment \"random-crop\" padding=4\n    augment \"hflip\"\n}",
+);
+
+// ---------------------------------------------------------------------------------------------
+// features
+
+const FEATURES: NodeSpec = NodeSpec::new(
+    "features",
+    "Frozen features of a backbone over the train and test splits (BatchNorm statistics frozen), \
+     stored as f32 matrices that Python reads (safetensors).",
+)
+.args(&[NAME])
+.children(&[
+    NodeSpec::new("backbone", "The backbone to run.")
+        .args(&[P::new("backbone", T::StageRef(BACKBONE_REF), "A backbone stage.").required()])
+        .required(),
+    NodeSpec::new("tta", "Test-time augmentation: `hflip` averages the features of x and its mirror.")
+        .args(&[P::new("mode", T::Enum(&["none", "hflip"]), "TTA mode.").default(Str("none")).required()]),
+    NodeSpec::new("batch-size", "Images per inference batch; at most one batch is held in memory.")
+        .args(&[P::new("size", T::Int, "Batch size.").default(Int(256)).range(Range::AT_LEAST_ONE).unit("images").required()]),
+])
+.stage(StageKind::Features)
+.example("features \"r32-feats\" { backbone \"r32\"; tta \"hflip\" }");
+
+// ---------------------------------------------------------------------------------------------
+// head
+
+const HEAD_TRAIN: NodeSpec = NodeSpec::new(
+    "train",
+    "Re-training on the cached features: SGD with momentum and the schedule. Defaults depend on \
+     the method (see the presets table); `epochs=0` applies only the inference map.",
+)
+.props(&[
+    P::new("epochs", T::Int, "Training epochs (default: the preset's).").range(Range::NON_NEGATIVE).unit("epochs"),
+    P::new("batch-size", T::Int, "Mini-batch size (default: the preset's).").range(Range::AT_LEAST_ONE).unit("samples"),
+    P::new("lr", T::Float, "Initial learning rate (default: the preset's).").range(Range::POSITIVE),
+    P::new("momentum", T::Float, "SGD momentum.").default(Float(0.9)).range(Range::UNIT_HALF_OPEN),
+    P::new("weight-decay", T::Float, "L2 weight decay (default: the preset's).").range(Range::NON_NEGATIVE),
+    P::new("schedule", T::Enum(SCHEDULES), "Learning-rate schedule.").default(Str("cosine")),
+    P::new("seed", T::Int, "Seed of trial 0; trial i uses seed + i. Defaults to the pipeline seed.")
+        .range(Range::NON_NEGATIVE),
+])
+.example("train epochs=20 lr=0.01 weight-decay=5e-4");
+
+const INIT: NodeSpec = NodeSpec::new(
+    "init",
+    "Where the head starts: re-initialised (`random`), the backbone's own classifier (`backbone`, \
+     the official LORT recipe), or another head's result (`head from=\"name\"`).",
+)
+.args(&[P::new("from", T::Enum(&["random", "backbone", "head"]), "Initialisation.").required()])
+.props(&[P::new("head", T::StageRef(HEAD_REF), "The head to start from (with `init \"head\"`).")])
+.example("init \"backbone\"");
+
+const HEAD: NodeSpec = NodeSpec::new(
+    "head",
+    "A classifier re-trained on frozen features. `method` picks a preset (default `ce`); the \
+     component nodes override single parts of it, so methods compose (e.g. LORT targets with a \
+     balanced-softmax prior).",
+)
+.args(&[NAME])
+.children(&[
+    NodeSpec::new("features", "The cached features (a `features` stage, or a dataset with `source \"features\"`).")
+        .args(&[P::new("features", T::StageRef(FEATURES_REF), "A features stage.").required()])
+        .required(),
+    METHOD,
+    COMPONENT_LOGITS,
+    COMPONENT_TARGETS,
+    COMPONENT_MARGIN,
+    COMPONENT_WEIGHTING,
+    COMPONENT_SAMPLER,
+    COMPONENT_CONSTRAINT,
+    COMPONENT_INFERENCE,
+    HEAD_TRAIN,
+    INIT,
+    NodeSpec::new("trials", "Independent trials with seeds seed, seed+1, ...; reported as best and mean ± std.")
+        .args(&[P::new("count", T::Int, "Number of trials.").default(Int(1)).range(Range::closed(1.0, 100.0)).required()]),
+    NodeSpec::new(
+        "select",
+        "Which epoch of each trial is kept: the last (default), the best on a validation split \
+         held out from train, or the best on the test split (what the reference code does; it \
+         inflates results, so lint warns).",
+    )
+    .args(&[P::new("rule", T::Enum(&["last", "best-val", "best-test"]), "Selection rule.").default(Str("last")).required()]),
+    NodeSpec::new("validation", "Hold out a class-stratified fraction of the training features for `select \"best-val\"`.")
+        .props(&[
+            P::new("fraction", T::Float, "Fraction held out.").default(Float(0.1)).range(Range { min: super::Bound::Exclusive(0.0), max: super::Bound::Exclusive(0.5) }),
+            P::new("seed", T::Int, "Split seed.").default(Int(0)).range(Range::NON_NEGATIVE),
+        ]),
+])
+.stage(StageKind::Head)
+.example(
+    "head \"lort\" {\n    features \"r32-feats\"\n    method \"lort\" delta=0.98\n    train epochs=20 lr=5e-4 weight-decay=0\n}",
+);
+
+// ---------------------------------------------------------------------------------------------
+// sweep
+
+const SWEEP: NodeSpec = NodeSpec::new(
+    "sweep",
+    "Variants of a stage over parameter values, named `sweep[param=value]`. Several `vary` nodes \
+     make a grid. Everything downstream of a swept dataset or backbone is expanded with it.",
+)
+.args(&[NAME])
+.children(&[
+    NodeSpec::new("base", "The stage to vary.")
+        .args(&[P::new("stage", T::StageRef(ANY_STAGE_REF), "Any stage except evaluate and sweep.").required()])
+        .required(),
+    NodeSpec::new(
+        "vary",
+        "A parameter of the base stage and its values. The parameter is named by its property \
+         (`delta`, `lr`) or, when that is ambiguous, by `node.property` (`train.lr`).",
+    )
+    .args(&[
+        P::new("param", T::String, "Parameter path.").required(),
+        P::new("values", T::Any, "The values (typed like the parameter).").required().variadic(),
+    ])
+    .required()
+    .repeatable(),
+    NodeSpec::new("trials", "Trials of every member (heads only), overriding the base's.")
+        .args(&[P::new("count", T::Int, "Number of trials.").range(Range::closed(1.0, 100.0)).required()]),
+])
+.stage(StageKind::Sweep)
+.example("sweep \"lort-delta\" {\n    base \"lort\"\n    vary \"delta\" 0.0 0.2 0.5 0.9 0.98 0.99\n    trials 5\n}");
+
+// ---------------------------------------------------------------------------------------------
+// evaluate
+
+const EVALUATE: NodeSpec = NodeSpec::new(
+    "evaluate",
+    "Evaluates heads on the balanced test split: top-1 overall and per group, and the paper's \
+     metrics. Prints the results table at the end of `lortflow run`.",
+)
+.args(&[NAME])
+.children(&[
+    NodeSpec::new("heads", "Heads to evaluate: names, sweep names (all members) or globs (`\"*\"`).")
+        .args(&[P::new("heads", T::StagePattern, "Stage names or patterns.").required().variadic()])
+        .required(),
+    NodeSpec::new("metrics", "Metrics to compute; top-1 is always reported.")
+        .args(&[P::new("metrics", T::Enum(METRICS), "Metric names.").required().variadic()]),
+    NodeSpec::new(
+        "rsd",
+        "Which samples σ(z_i) of the Regularized Standard Deviation is taken over: the positives of \
+         class i (default), all samples, or the negatives.",
+    )
+    .args(&[P::new("over", T::Enum(&["positive", "all", "negative"]), "Sample set.").default(Str("positive")).required()]),
+    NodeSpec::new("plots", "Write SVG and PNG plots into the artifact.")
+        .args(&[P::new("enabled", T::Bool, "Whether to plot.").default(Bool(true)).required()]),
+])
+.stage(StageKind::Evaluate)
+.example("evaluate \"table\" {\n    heads \"*\"\n    metrics \"top1\" \"logits-magnitude\" \"rsd\" \"weight-norm\"\n}");
+
+/// Every node allowed at the top level of a pipeline file, in documentation order.
+pub const TOP_LEVEL: &[NodeSpec] =
+    &[VERSION, INCLUDE, DEFAULTS, DATASET, BACKBONE, FEATURES, HEAD, SWEEP, EVALUATE];
+
+/// The top-level node called `name`.
+pub fn top_level(name: &str) -> Option<&'static NodeSpec> {
+    TOP_LEVEL.iter().find(|n| n.name == name)
+}

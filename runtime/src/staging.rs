@@ -1,0 +1,200 @@
+//! A staging directory: where a running stage writes its artifact before it is committed.
+//!
+//! Committing hashes every file into the manifest, makes files and manifest durable, and renames
+//! the directory into `objects/` in one atomic step. Until then nothing outside `tmp/` changes, so
+//! a stage that fails, panics or is killed cannot leave an artifact that a later run trusts.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::artifact::Artifact;
+use crate::fsutil;
+use crate::key::CacheKey;
+use crate::manifest::{FileEntry, MANIFEST_FILE, MANIFEST_FORMAT, Manifest};
+use crate::store::{Store, io_error};
+use crate::store_error::StoreError;
+
+/// An artifact under construction, from [`Store::begin`].
+///
+/// Dropping it without [`commit`](Self::commit) deletes the staging directory.
+#[derive(Debug)]
+pub struct Staging {
+    store: Store,
+    key: CacheKey,
+    dir: PathBuf,
+    /// Set once the directory has been renamed into `objects/` (or handed over), so Drop must
+    /// leave it alone.
+    committed: bool,
+}
+
+impl Staging {
+    pub(crate) fn new(store: Store, key: CacheKey, dir: PathBuf) -> Self {
+        Self {
+            store,
+            key,
+            dir,
+            committed: false,
+        }
+    }
+
+    /// The directory the stage writes its files into.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The key the artifact will be stored under.
+    pub fn key(&self) -> &CacheKey {
+        &self.key
+    }
+
+    /// Commits the artifact under its key and returns it.
+    ///
+    /// The manifest's `key` and `format` are set here, and its `files` map is replaced by the
+    /// size and blake3 digest of every file in the staging directory (recursively, relative
+    /// paths with `/` separators). Files are fsynced, `manifest.json` is written atomically, and
+    /// the directory is renamed to `objects/<key>`.
+    ///
+    /// If an artifact with this key already exists (another process built the same key into a
+    /// separate staging directory), the existing one is kept when it verifies, and this staging
+    /// directory is discarded: equal keys mean equal inputs, so either copy will do, and keeping
+    /// the existing one never pulls an artifact out from under a reader. A corrupt existing
+    /// artifact is evicted and replaced.
+    pub fn commit(mut self, mut manifest: Manifest) -> Result<Artifact, StoreError> {
+        manifest.key = self.key.clone();
+        manifest.format = MANIFEST_FORMAT;
+
+        let mut files = BTreeMap::new();
+        let mut dirs = vec![self.dir.clone()];
+        collect_files(&self.dir, "", &mut files, &mut dirs)?;
+        manifest.files = files;
+
+        let manifest_path = self.dir.join(MANIFEST_FILE);
+        let bytes = serde_json::to_vec_pretty(&manifest).expect("a manifest should serialise");
+        fsutil::write_atomic(&manifest_path, &bytes)
+            .map_err(io_error("write the manifest", &manifest_path))?;
+        // New directory entries are only durable once their parent directory is synced.
+        for dir in &dirs {
+            fsutil::sync_dir(dir).map_err(io_error("sync the directory", dir))?;
+        }
+
+        let target = self.store.object_dir(&self.key);
+        match self.publish(&target) {
+            Ok(()) => {}
+            Err(err) if target.exists() => return self.resolve_collision(&target, manifest, err),
+            Err(err) => return Err(io_error("commit the artifact", &target)(err)),
+        }
+        tracing::debug!(key = %self.key.short(), stage = %manifest.stage, "committed artifact");
+        Ok(Artifact::new(self.key.clone(), target, manifest))
+    }
+
+    /// Renames the staging directory to `target` and makes the rename durable.
+    fn publish(&mut self, target: &Path) -> io::Result<()> {
+        fs::rename(&self.dir, target)?;
+        self.committed = true;
+        if let Some(objects) = target.parent() {
+            fsutil::sync_dir(objects)?;
+        }
+        Ok(())
+    }
+
+    fn resolve_collision(
+        mut self,
+        target: &Path,
+        manifest: Manifest,
+        rename_error: io::Error,
+    ) -> Result<Artifact, StoreError> {
+        match self.store.get(&self.key) {
+            Ok(Some(existing)) => {
+                tracing::debug!(
+                    key = %self.key.short(),
+                    "artifact already committed by another build; keeping it"
+                );
+                // Dropping `self` deletes our copy.
+                return Ok(existing);
+            }
+            Ok(None) => {}
+            Err(err) if err.is_corrupt() => {
+                tracing::debug!(key = %self.key.short(), error = %err, "replacing corrupt artifact");
+                self.store.evict(&self.key)?;
+            }
+            Err(err) => return Err(err),
+        }
+        if let Err(err) = self.publish(target) {
+            tracing::debug!(first_error = %rename_error, "commit retry failed");
+            return Err(io_error("commit the artifact", target)(err));
+        }
+        Ok(Artifact::new(self.key.clone(), target.to_owned(), manifest))
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.committed {
+            if let Err(err) = fsutil::remove_all(&self.dir) {
+                // Not fatal: the next lock holder's `clean_tmp` removes it.
+                tracing::debug!(dir = %self.dir.display(), error = %err, "cannot remove staging directory");
+            }
+        }
+    }
+}
+
+/// Hashes and fsyncs every file under `dir` into `files`, and collects subdirectories into
+/// `dirs` so their entries can be synced.
+fn collect_files(
+    dir: &Path,
+    prefix: &str,
+    files: &mut BTreeMap<String, FileEntry>,
+    dirs: &mut Vec<PathBuf>,
+) -> Result<(), StoreError> {
+    let entries = fs::read_dir(dir).map_err(io_error("list the staging directory", dir))?;
+    for entry in entries {
+        let entry = entry.map_err(io_error("list the staging directory", dir))?;
+        let path = entry.path();
+        let invalid = |reason: &str| StoreError::InvalidArtifact {
+            path: path.clone(),
+            reason: reason.to_owned(),
+        };
+        let Ok(name) = entry.file_name().into_string() else {
+            return Err(invalid("file names in artifacts must be UTF-8"));
+        };
+        let relative = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}/{name}")
+        };
+        if relative == MANIFEST_FILE {
+            return Err(invalid("`manifest.json` is reserved for the store"));
+        }
+        let file_type = entry
+            .file_type()
+            .map_err(io_error("read the staged file", &path))?;
+        if file_type.is_dir() {
+            dirs.push(path.clone());
+            collect_files(&path, &relative, files, dirs)?;
+        } else if file_type.is_file() {
+            let mut file = File::open(&path).map_err(io_error("read the staged file", &path))?;
+            let (hash, size) = fsutil::hash_open_file(&mut file)
+                .map_err(io_error("read the staged file", &path))?;
+            // The stage may not have flushed its writes; the artifact must survive power loss
+            // once it is visible in `objects/`.
+            file.sync_all()
+                .map_err(io_error("sync the staged file", &path))?;
+            files.insert(
+                relative,
+                FileEntry {
+                    size,
+                    blake3: hash.to_hex().to_string(),
+                },
+            );
+        } else if file_type.is_symlink() {
+            return Err(invalid(
+                "symbolic links are not allowed in artifacts; copy the file instead",
+            ));
+        } else {
+            return Err(invalid("only regular files and directories can be stored"));
+        }
+    }
+    Ok(())
+}

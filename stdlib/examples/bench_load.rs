@@ -1,0 +1,46 @@
+//! Times the data layer on the vendored Fashion-MNIST: decode the 60,000 gzip IDX training images
+//! and build the IR-100 long-tailed index, the first two steps of the default pipeline.
+//!
+//! Run with `cargo run --release -p lortflow-stdlib --example bench_load`. The target is under one
+//! second in total, so that a cold run of the default pipeline is dominated by training, not I/O.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use lortflow_stdlib::dataset::{LongTailConfig, Split, load_mnist_like};
+
+fn main() -> ExitCode {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/fashion-mnist");
+    let start = Instant::now();
+    let train = match load_mnist_like(&root, Split::Train) {
+        Ok(train) => train,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let loaded = start.elapsed();
+    let config = LongTailConfig {
+        imbalance_ratio: 100.0,
+        ..LongTailConfig::default()
+    };
+    let index = match config.build(train.labels(), train.num_classes()) {
+        Ok(index) => index,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let total = start.elapsed();
+    println!(
+        "loaded {} images of {:?} in {:.1} ms; IR-100 index of {} samples in {:.2} ms; total {:.1} ms",
+        train.len(),
+        train.images().shape(),
+        loaded.as_secs_f64() * 1e3,
+        index.len(),
+        (total - loaded).as_secs_f64() * 1e3,
+        total.as_secs_f64() * 1e3,
+    );
+    ExitCode::SUCCESS
+}
