@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use crate::diagnostic::{Code, Diagnostic};
 use crate::ir::*;
+use crate::load::RawStages;
 use crate::params;
 use crate::schema::{StageKind, ValueType, stage_spec};
 use crate::source::Spanned;
@@ -12,12 +13,12 @@ use crate::suggest::{or_list, suggest};
 
 /// Checks the pipeline as a whole; drops stages whose references are broken so that later
 /// phases only see a consistent graph.
-pub(crate) fn analyze(pipeline: &mut Pipeline, diags: &mut Vec<Diagnostic>) {
+pub(crate) fn analyze(pipeline: &mut Pipeline, raw: &RawStages, diags: &mut Vec<Diagnostic>) {
     duplicate_names(pipeline, diags);
-    let broken = references(pipeline, diags);
+    let broken = references(pipeline, raw, diags);
     cycles(pipeline, diags);
     sweeps(pipeline, diags);
-    evaluate_patterns(pipeline, diags);
+    evaluate_patterns(pipeline, raw, diags);
     for stage in &pipeline.stages {
         match &stage.spec {
             StageSpec::Head(head) => head_combinations(pipeline, stage, head, diags),
@@ -25,7 +26,7 @@ pub(crate) fn analyze(pipeline: &mut Pipeline, diags: &mut Vec<Diagnostic>) {
             _ => {}
         }
     }
-    unused(pipeline, diags);
+    unused(pipeline, raw, diags);
     pipeline.stages.retain(|s| !broken.contains(&s.name.value));
 }
 
@@ -53,7 +54,7 @@ fn duplicate_names(pipeline: &mut Pipeline, diags: &mut Vec<Diagnostic>) {
 }
 
 /// Checks every reference; returns the names of stages with a broken one.
-fn references(pipeline: &Pipeline, diags: &mut Vec<Diagnostic>) -> HashSet<String> {
+fn references(pipeline: &Pipeline, raw: &RawStages, diags: &mut Vec<Diagnostic>) -> HashSet<String> {
     let by_name: HashMap<&str, &Stage> = pipeline.stages.iter().map(|s| (s.name.value.as_str(), s)).collect();
     let mut broken = HashSet::new();
     for stage in &pipeline.stages {
@@ -68,6 +69,10 @@ fn references(pipeline: &Pipeline, diags: &mut Vec<Diagnostic>) -> HashSet<Strin
             };
             let expected = kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>();
             match by_name.get(r.name.value.as_str()) {
+                // Declared, but with errors of its own that were already reported.
+                None if raw.declared.contains_key(&r.name.value) => {
+                    broken.insert(stage.name.value.clone());
+                }
                 None => {
                     let candidates: Vec<&str> = pipeline
                         .stages
@@ -321,6 +326,14 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
     rec(&p, &n)
 }
 
+/// The heads and head sweeps an `evaluate` stage selects, in declaration order.
+pub fn evaluated_stages<'p>(pipeline: &'p Pipeline, eval: &EvaluateSpec) -> Vec<&'p Stage> {
+    evaluable(pipeline)
+        .into_iter()
+        .filter(|c| eval.heads.iter().any(|p| glob_match(&p.value, &c.name.value)))
+        .collect()
+}
+
 /// The heads and head sweeps an evaluate pattern can select.
 fn evaluable(pipeline: &Pipeline) -> Vec<&Stage> {
     pipeline
@@ -334,12 +347,21 @@ fn evaluable(pipeline: &Pipeline) -> Vec<&Stage> {
         .collect()
 }
 
-fn evaluate_patterns(pipeline: &Pipeline, diags: &mut Vec<Diagnostic>) {
+fn evaluate_patterns(pipeline: &Pipeline, raw: &RawStages, diags: &mut Vec<Diagnostic>) {
     let candidates = evaluable(pipeline);
     for stage in &pipeline.stages {
         let StageSpec::Evaluate(eval) = &stage.spec else { continue };
         for pattern in &eval.heads {
             if candidates.iter().any(|c| glob_match(&pattern.value, &c.name.value)) {
+                continue;
+            }
+            // Heads with errors of their own still count as matches.
+            let matches_failed = raw.declared.iter().any(|(name, kind)| {
+                matches!(kind, StageKind::Head | StageKind::Sweep)
+                    && pipeline.stage(name).is_none()
+                    && glob_match(&pattern.value, name)
+            });
+            if matches_failed {
                 continue;
             }
             let names: Vec<&str> = candidates.iter().map(|c| c.name.value.as_str()).collect();
@@ -529,8 +551,8 @@ fn head_combinations(pipeline: &Pipeline, stage: &Stage, h: &HeadSpec, diags: &m
     }
 }
 
-fn unused(pipeline: &Pipeline, diags: &mut Vec<Diagnostic>) {
-    let mut used: HashSet<&str> = HashSet::new();
+fn unused(pipeline: &Pipeline, raw: &RawStages, diags: &mut Vec<Diagnostic>) {
+    let mut used: HashSet<&str> = raw.referenced.iter().map(String::as_str).collect();
     for stage in &pipeline.stages {
         for r in stage.inputs() {
             used.insert(r.name.value.as_str());
@@ -551,8 +573,13 @@ fn unused(pipeline: &Pipeline, diags: &mut Vec<Diagnostic>) {
             }
         }
     }
+    // An evaluate stage with errors of its own may well name every head: stay quiet about heads.
+    let failed_evaluate = raw
+        .declared
+        .iter()
+        .any(|(name, kind)| *kind == StageKind::Evaluate && pipeline.stage(name).is_none());
     for stage in &pipeline.stages {
-        if used.contains(stage.name.value.as_str()) {
+        if used.contains(stage.name.value.as_str()) || (failed_evaluate && stage.kind == StageKind::Head) {
             continue;
         }
         let (what, help) = match stage.kind {

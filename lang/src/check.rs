@@ -115,18 +115,20 @@ impl<'d> Checker<'d> {
 
     fn unknown_variant(&mut self, spec: &NodeSpec, name: &str, span: Span) {
         let names: Vec<&str> = spec.variants.iter().map(|v| v.name).collect();
-        let (code, what) = match spec.variant_noun {
-            VariantNoun::Method => (Code::UnknownMethod, "method".to_string()),
-            VariantNoun::Choice => (Code::UnknownValue, format!("`{}`", spec.name)),
+        let arg = spec.args.first().map_or("choice", |a| a.name);
+        let (code, message, label) = match spec.variant_noun {
+            VariantNoun::Method => (Code::UnknownMethod, format!("unknown method `{name}`"), "not a known method".to_string()),
+            VariantNoun::Choice => (
+                Code::UnknownValue,
+                format!("unknown {arg} `{name}` for `{}`", spec.name),
+                format!("not a known {arg}"),
+            ),
         };
         let help = match suggest(name, names.iter().copied()) {
             Some(s) => format!("did you mean `{s}`? The choices are {}", or_list(&names)),
             None => format!("the choices are {}", or_list(&names)),
         };
-        self.diags.push(
-            Diagnostic::new(code, format!("unknown {what} `{name}`"), span, format!("not a known {}", what.trim_matches('`')))
-                .with_help(help),
-        );
+        self.diags.push(Diagnostic::new(code, message, span, label).with_help(help));
     }
 
     fn check_args(&mut self, node: &mut Node, args: &[&KdlEntry]) {
@@ -169,7 +171,11 @@ impl<'d> Checker<'d> {
                 }
                 continue;
             }
-            let what = format!("argument `{}` of `{}`", param.name, spec.name);
+            let what = if param.name == spec.name {
+                format!("`{}`", spec.name)
+            } else {
+                format!("`{}` {}", spec.name, param.name)
+            };
             if let Some(value) = self.check_value(entry.value(), param, span, &what) {
                 node.args.push(Spanned::new(value, span));
             }
@@ -199,7 +205,6 @@ impl<'d> Checker<'d> {
             let Some(ident) = entry.name() else { continue };
             let name = ident.value();
             let name_span = self.span(ident.span());
-            let span = self.span(entry.span());
             if let Some(first) = node.props.iter().find(|p| p.name.value == name) {
                 let first_span = first.name.span;
                 self.diags.push(
@@ -221,10 +226,11 @@ impl<'d> Checker<'d> {
                 continue;
             };
             let what = format!("`{name}`");
-            if let Some(value) = self.check_value(entry.value(), param, span, &what) {
+            let value_span = self.value_span(entry);
+            if let Some(value) = self.check_value(entry.value(), param, value_span, &what) {
                 node.props.push(Prop {
                     name: Spanned::new(name.to_string(), name_span),
-                    value: Spanned::new(value, self.value_span(entry)),
+                    value: Spanned::new(value, value_span),
                 });
             }
         }
@@ -376,7 +382,7 @@ impl<'d> Checker<'d> {
                 self.diags.push(
                     Diagnostic::new(
                         Code::MissingRequired,
-                        format!("{}{stage_name} needs a `{}` node", spec.name, child.name),
+                        format!("{}{stage_name} needs {} `{}` node", spec.name, article(child.name), child.name),
                         node.name_span,
                         format!("missing `{}`", child.name),
                     )
@@ -484,15 +490,15 @@ pub(crate) fn check_value(value: &KdlValue, param: &ParamSpec, what: &str) -> Re
                 ValueType::Bool => matches!(s.as_str(), "true" | "false").then(|| format!("write `#{s}` without quotes")),
                 _ => None,
             };
-            return Err(wrong(&article(ty), unquoted));
+            return Err(wrong(&type_article(ty), unquoted));
         }
         (ValueType::Bool, KdlValue::Integer(_) | KdlValue::Float(_)) => {
             return Err(wrong("a boolean", Some("write `#true` or `#false`".into())));
         }
         (ty, _) if ty.is_stringly() => {
-            return Err(wrong(&article(ty), Some(format!("quote it: \"{}\"", kdl_literal(value)))));
+            return Err(wrong(&type_article(ty), Some(format!("quote it: \"{}\"", kdl_literal(value)))));
         }
-        (ty, _) => return Err(wrong(&article(ty), None)),
+        (ty, _) => return Err(wrong(&type_article(ty), None)),
     };
     if let Some(v) = typed.as_f64() {
         if !param.range.contains(v) {
@@ -507,7 +513,12 @@ pub(crate) fn check_value(value: &KdlValue, param: &ParamSpec, what: &str) -> Re
     Ok(typed)
 }
 
-fn article(ty: &ValueType) -> String {
+/// "a" or "an" before a name, by its first letter.
+fn article(name: &str) -> &'static str {
+    if name.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" }
+}
+
+fn type_article(ty: &ValueType) -> String {
     match ty {
         ValueType::Int => "an integer".into(),
         ValueType::Float => "a number".into(),
@@ -531,7 +542,7 @@ fn describe_kdl(value: &KdlValue) -> String {
     match value {
         KdlValue::String(s) => format!("the string \"{s}\""),
         KdlValue::Integer(i) => format!("the integer `{i}`"),
-        KdlValue::Float(f) => format!("the number `{f}`"),
+        KdlValue::Float(f) => format!("the number `{}`", crate::schema::format_float(*f)),
         KdlValue::Bool(b) => format!("`#{b}`"),
         KdlValue::Null => "`#null`".into(),
     }

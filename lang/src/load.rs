@@ -104,11 +104,50 @@ pub fn check_text(path: &Path, text: String, loader: &dyn FileLoader) -> Checked
             stages.push(stage);
         }
     }
+    let raw = RawStages::collect(&nodes);
     let mut pipeline = Pipeline { sources, defaults, stages };
-    analyze(&mut pipeline, &mut diags);
+    analyze(&mut pipeline, &raw, &mut diags);
     // Stable order: by file, then position; errors before warnings at the same place.
     diags.sort_by_key(|d| (d.primary.span.file, d.primary.span.offset, d.severity));
     Checked { pipeline, diagnostics: diags }
+}
+
+/// What the written stages declare and reference, including stages that failed to lower, so
+/// that one error does not cascade into "undefined" and "unused" reports about its neighbours.
+#[derive(Debug, Default)]
+pub(crate) struct RawStages {
+    /// Every declared stage name, with its kind.
+    pub(crate) declared: HashMap<String, crate::schema::StageKind>,
+    /// Every stage name some node refers to.
+    pub(crate) referenced: std::collections::HashSet<String>,
+}
+
+impl RawStages {
+    fn collect(nodes: &[(Node, FileId)]) -> RawStages {
+        let mut raw = RawStages::default();
+        for (node, _) in nodes {
+            if let (Some(name), Some(kind)) = (node.args.first().and_then(|a| a.value.as_str()), node.spec.stage) {
+                raw.declared.insert(name.to_string(), kind);
+            }
+            for child in &node.children {
+                for (i, arg) in child.args.iter().enumerate() {
+                    // Variadic arguments share the last argument's spec.
+                    let spec = child.spec.args.get(i).or(child.spec.args.last());
+                    if spec.is_some_and(|s| matches!(s.ty, crate::schema::ValueType::StageRef(_))) {
+                        if let Some(name) = arg.value.as_str() {
+                            raw.referenced.insert(name.to_string());
+                        }
+                    }
+                }
+                if let Some(p) = child.prop("head") {
+                    if let Some(name) = p.value.value.as_str() {
+                        raw.referenced.insert(name.to_string());
+                    }
+                }
+            }
+        }
+        raw
+    }
 }
 
 struct Loading<'l> {
@@ -125,7 +164,10 @@ impl Loading<'_> {
     fn file(&mut self, path: PathBuf, text: String, included_at: Option<Span>) {
         let id = self.sources.add(path.clone(), text.as_str());
         self.stack.push(normalize(&path));
-        let doc = match kdl::KdlDocument::parse(&text) {
+        // KDL v2 is the language; v1 files are accepted, but errors are reported as v2 errors
+        // (the crate's own fallback guesses the version and may report v1 errors instead).
+        let parsed = kdl::KdlDocument::parse_v2(&text).or_else(|v2| kdl::KdlDocument::parse_v1(&text).map_err(|_| v2));
+        let doc = match parsed {
             Ok(doc) => doc,
             Err(err) => {
                 for d in err.diagnostics {
@@ -135,8 +177,12 @@ impl Loading<'_> {
                         Span::from_kdl(id, d.span),
                         d.label.unwrap_or_else(|| "here".into()),
                     );
+                    let found = text.get(d.span.offset()..d.span.offset() + d.span.len()).unwrap_or("");
                     if let Some(help) = d.help {
                         diag = diag.with_help(help);
+                    } else if matches!(found, "true" | "false" | "null" | "inf" | "nan") {
+                        // The most common KDL v2 surprise.
+                        diag = diag.with_help(format!("in KDL v2 this keyword is written `#{found}`"));
                     }
                     self.diags.push(diag);
                 }

@@ -5,6 +5,7 @@
 pub mod artifact;
 pub mod file_digest;
 mod fsutil;
+pub mod graph;
 pub mod key;
 pub mod lock;
 pub mod manifest;
@@ -15,6 +16,7 @@ pub mod store_error;
 pub mod time;
 
 pub use artifact::Artifact;
+pub use graph::StageGraph;
 pub use file_digest::{DigestStats, FileDigest, FileDigestCache, FileDigestError};
 pub use key::{CacheKey, KEY_FORMAT, KeyBuilder, ParseKeyError, canonical_json};
 pub use lock::{LockError, StoreLock};

@@ -1,3 +1,7 @@
 //! lortflow stages.
 
+pub mod backbone;
+pub mod backend;
+pub mod data;
 pub mod dataset;
+pub mod features;

@@ -1,0 +1,40 @@
+//! One module per subcommand.
+
+mod docs;
+mod graph;
+mod lint;
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use lortflow_lang::{Checked, FsLoader};
+
+use crate::cli::{Arguments, Command};
+
+pub(crate) fn run(args: Arguments) -> anyhow::Result<ExitCode> {
+    match args.command {
+        Command::Lint(a) => lint::run(a),
+        Command::Graph(a) => graph::run(a),
+        Command::Docs => docs::run(),
+    }
+}
+
+/// Loads and checks a pipeline; an unreadable root file is an error (exit code 2).
+pub(crate) fn load(path: &Path) -> anyhow::Result<Checked> {
+    lortflow_lang::load(path, &FsLoader).with_context(|| format!("cannot read pipeline `{}`", path.display()))
+}
+
+/// Loads a pipeline for a command that needs it valid: prints its diagnostics to stderr and
+/// returns `None` when it has errors.
+pub(crate) fn load_valid(path: &Path) -> anyhow::Result<Option<Checked>> {
+    let checked = load(path)?;
+    if !checked.diagnostics.is_empty() {
+        eprint!("{}", crate::render::human(&checked.diagnostics, &checked.pipeline.sources, crate::render::stderr_color()));
+    }
+    if checked.has_errors() {
+        eprintln!("error: `{}` has {}; fix them first (`lortflow lint` shows them again)", path.display(), crate::render::counts(&checked));
+        return Ok(None);
+    }
+    Ok(Some(checked))
+}

@@ -1,0 +1,236 @@
+//! The backbone module: one of the architectures of [`Arch`], with pooled features and the
+//! classifier `fc` that heads may start from.
+
+use burn::module::Module;
+use burn::nn::Linear;
+use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
+use lortflow_lang::ir::Arch;
+use serde::{Deserialize, Serialize};
+
+use super::error::BackboneError;
+use super::resnet::{ResNet, ResNetConfig, ResNetKind, Stem};
+use super::small_cnn::{SmallCnn, SmallCnnConfig};
+
+/// Images up to this side use the CIFAR stem for ResNet-34 (3x3/1, no max-pool): the torchvision
+/// stem would shrink a 32px image to 8px before the first block (ltr-reference §7).
+pub const CIFAR_STEM_MAX_SIDE: usize = 64;
+
+/// Everything needed to build a backbone before its weights are loaded. Saved next to every
+/// checkpoint, because the module's shape is not part of a Burn record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackboneConfig {
+    /// The architecture, by its schema name (`small-cnn`, `resnet32`, …).
+    #[serde(with = "arch_name")]
+    pub arch: Arch,
+    /// Classes of the stage-1 classifier.
+    pub num_classes: usize,
+    /// Input channels (1 for grey images, 3 for colour).
+    pub in_channels: usize,
+    /// Side of the (square) input images the network is fed.
+    pub input_size: usize,
+}
+
+/// The schema name of `arch` (the inverse of [`Arch::from_name`]).
+pub fn arch_name(arch: Arch) -> &'static str {
+    match arch {
+        Arch::SmallCnn => "small-cnn",
+        Arch::Resnet32 => "resnet32",
+        Arch::Resnet34 => "resnet34",
+        Arch::Resnet50 => "resnet50",
+        Arch::Resnext50 => "resnext50-32x4d",
+    }
+}
+
+mod arch_name {
+    use lortflow_lang::ir::Arch;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(arch: &Arch, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(super::arch_name(*arch))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arch, D::Error> {
+        let name = String::deserialize(d)?;
+        Arch::from_name(&name)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown architecture `{name}`")))
+    }
+}
+
+impl BackboneConfig {
+    /// The feature dimension (`Arch::feature_dim`).
+    pub fn feature_dim(&self) -> usize {
+        self.arch.feature_dim()
+    }
+
+    /// The ResNet stem this configuration uses (ResNet-32 always uses the CIFAR stem; ResNet-50 and
+    /// ResNeXt-50 always torchvision's, as in their reference code).
+    pub fn stem(&self) -> Stem {
+        match self.arch {
+            Arch::Resnet34 if self.input_size > CIFAR_STEM_MAX_SIDE => Stem::Imagenet,
+            Arch::Resnet32 | Arch::Resnet34 | Arch::SmallCnn => Stem::Cifar,
+            Arch::Resnet50 | Arch::Resnext50 => Stem::Imagenet,
+        }
+    }
+
+    /// Checks the sizes: at least one class and channel, and an input big enough for the
+    /// network's downsampling.
+    pub fn validate(&self) -> Result<(), BackboneError> {
+        let min_side = match self.stem() {
+            Stem::Cifar => 4,
+            Stem::Imagenet => 32,
+        };
+        if self.num_classes == 0 || self.in_channels == 0 || self.input_size < min_side {
+            return Err(BackboneError::InvalidConfig(format!(
+                "`{}` needs at least one class, one channel and inputs of at least {min_side}px; got {} classes, {} channels, {}px",
+                arch_name(self.arch),
+                self.num_classes,
+                self.in_channels,
+                self.input_size
+            )));
+        }
+        Ok(())
+    }
+
+    /// Builds a freshly initialised backbone (seed the backend first for repeatable weights).
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Result<Backbone<B>, BackboneError> {
+        self.validate()?;
+        let resnet = |kind| {
+            Backbone::ResNet(
+                ResNetConfig {
+                    kind,
+                    stem: self.stem(),
+                    in_channels: self.in_channels,
+                    num_classes: self.num_classes,
+                }
+                .init(device),
+            )
+        };
+        Ok(match self.arch {
+            Arch::SmallCnn => Backbone::SmallCnn(
+                SmallCnnConfig {
+                    in_channels: self.in_channels,
+                    num_classes: self.num_classes,
+                }
+                .init(device),
+            ),
+            Arch::Resnet32 => resnet(ResNetKind::Resnet32),
+            Arch::Resnet34 => resnet(ResNetKind::Resnet34),
+            Arch::Resnet50 => resnet(ResNetKind::Resnet50),
+            Arch::Resnext50 => resnet(ResNetKind::Resnext50),
+        })
+    }
+}
+
+/// A backbone: pooled features `[N, D]` and the stage-1 classifier `fc`.
+#[derive(Module, Debug)]
+pub enum Backbone<B: Backend> {
+    /// [`SmallCnn`].
+    SmallCnn(SmallCnn<B>),
+    /// Any [`ResNet`].
+    ResNet(ResNet<B>),
+}
+
+impl<B: Backend> Backbone<B> {
+    /// Pooled features.
+    ///
+    /// # Shapes
+    /// - input `[N, C, H, W]` → output `[N, D]`
+    pub fn forward_features(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+        match self {
+            Backbone::SmallCnn(m) => m.forward_features(x),
+            Backbone::ResNet(m) => m.forward_features(x),
+        }
+    }
+
+    /// Class logits of the stage-1 classifier.
+    ///
+    /// # Shapes
+    /// - input `[N, C, H, W]` → output `[N, K]`
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+        self.fc().forward(self.forward_features(x))
+    }
+
+    /// The classifier (`weight` is `[D, K]` in Burn's layout, the transpose of PyTorch's).
+    pub fn fc(&self) -> &Linear<B> {
+        match self {
+            Backbone::SmallCnn(m) => &m.fc,
+            Backbone::ResNet(m) => &m.fc,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{CpuBackend, CpuDevice};
+
+    fn params(arch: Arch, num_classes: usize, in_channels: usize, input_size: usize) -> usize {
+        BackboneConfig {
+            arch,
+            num_classes,
+            in_channels,
+            input_size,
+        }
+        .init::<CpuBackend>(&CpuDevice::default())
+        .unwrap()
+        .num_params()
+    }
+
+    // Reference counts: ltr-reference §7 (torchvision's published 21.8M/25.6M/25.0M).
+    #[test]
+    fn resnet32_parameter_count() {
+        assert_eq!(params(Arch::Resnet32, 10, 3, 32), 464_154);
+        assert_eq!(params(Arch::Resnet32, 100, 3, 32), 470_004);
+    }
+
+    #[test]
+    fn resnet34_cifar_parameter_count() {
+        assert_eq!(params(Arch::Resnet34, 100, 3, 32), 21_328_292);
+    }
+
+    #[test]
+    fn resnet50_parameter_count() {
+        assert_eq!(params(Arch::Resnet50, 1000, 3, 224), 25_557_032);
+    }
+
+    #[test]
+    fn resnext50_parameter_count() {
+        assert_eq!(params(Arch::Resnext50, 1000, 3, 224), 25_028_904);
+    }
+
+    #[test]
+    fn feature_shapes_match_the_schema() {
+        let device = CpuDevice::default();
+        for (arch, channels, side) in [
+            (Arch::SmallCnn, 1, 28),
+            (Arch::Resnet32, 3, 32),
+            (Arch::Resnet34, 3, 32),
+            (Arch::Resnet50, 3, 32),
+        ] {
+            let config = BackboneConfig {
+                arch,
+                num_classes: 7,
+                in_channels: channels,
+                input_size: side,
+            };
+            let model = config.init::<CpuBackend>(&device).unwrap();
+            let x = Tensor::<CpuBackend, 4>::zeros([2, channels, side, side], &device);
+            assert_eq!(model.forward_features(x.clone()).dims(), [2, arch.feature_dim()]);
+            assert_eq!(model.forward(x).dims(), [2, 7]);
+        }
+    }
+
+    #[test]
+    fn config_round_trips_through_json() {
+        let config = BackboneConfig {
+            arch: Arch::Resnext50,
+            num_classes: 1000,
+            in_channels: 3,
+            input_size: 224,
+        };
+        let json = serde_json::to_string(&config).unwrap();
+        assert!(json.contains("resnext50-32x4d"), "{json}");
+        assert_eq!(serde_json::from_str::<BackboneConfig>(&json).unwrap(), config);
+    }
+}
