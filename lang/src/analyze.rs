@@ -54,12 +54,22 @@ fn duplicate_names(pipeline: &mut Pipeline, diags: &mut Vec<Diagnostic>) {
 }
 
 /// Checks every reference; returns the names of stages with a broken one.
-fn references(pipeline: &Pipeline, raw: &RawStages, diags: &mut Vec<Diagnostic>) -> HashSet<String> {
-    let by_name: HashMap<&str, &Stage> = pipeline.stages.iter().map(|s| (s.name.value.as_str(), s)).collect();
+fn references(
+    pipeline: &Pipeline,
+    raw: &RawStages,
+    diags: &mut Vec<Diagnostic>,
+) -> HashSet<String> {
+    let by_name: HashMap<&str, &Stage> = pipeline
+        .stages
+        .iter()
+        .map(|s| (s.name.value.as_str(), s))
+        .collect();
     let mut broken = HashSet::new();
     for stage in &pipeline.stages {
         for r in stage.inputs() {
-            let child = stage_spec(stage.kind).child(r.role).or_else(|| stage_spec(stage.kind).child("init"));
+            let child = stage_spec(stage.kind)
+                .child(r.role)
+                .or_else(|| stage_spec(stage.kind).child("init"));
             let kinds: &[StageKind] = match (stage.kind, r.role) {
                 (_, "init") => &[StageKind::Head],
                 _ => match child.and_then(|c| c.args.first()).map(|a| a.ty) {
@@ -85,7 +95,11 @@ fn references(pipeline: &Pipeline, raw: &RawStages, diags: &mut Vec<Diagnostic>)
                         None if candidates.is_empty() => {
                             format!("define a {} stage first", or_list(&expected))
                         }
-                        None => format!("the {} stages are {}", or_list(&expected), or_list(&candidates)),
+                        None => format!(
+                            "the {} stages are {}",
+                            or_list(&expected),
+                            or_list(&candidates)
+                        ),
                     };
                     diags.push(
                         Diagnostic::new(
@@ -151,11 +165,18 @@ fn references(pipeline: &Pipeline, raw: &RawStages, diags: &mut Vec<Diagnostic>)
                                 r.name.span,
                                 format!("a {}", target.kind),
                             )
-                            .with_label(target.name.span, format!("`{}` is defined here", r.name.value))
+                            .with_label(
+                                target.name.span,
+                                format!("`{}` is defined here", r.name.value),
+                            )
                             .with_help(if candidates.is_empty() {
                                 format!("define a {} stage and name it here", or_list(&expected))
                             } else {
-                                format!("the {} stages are {}", or_list(&expected), or_list(&candidates))
+                                format!(
+                                    "the {} stages are {}",
+                                    or_list(&expected),
+                                    or_list(&candidates)
+                                )
                             }),
                         );
                         broken.insert(stage.name.value.clone());
@@ -168,8 +189,12 @@ fn references(pipeline: &Pipeline, raw: &RawStages, diags: &mut Vec<Diagnostic>)
 }
 
 fn cycles(pipeline: &Pipeline, diags: &mut Vec<Diagnostic>) {
-    let index: HashMap<&str, usize> =
-        pipeline.stages.iter().enumerate().map(|(i, s)| (s.name.value.as_str(), i)).collect();
+    let index: HashMap<&str, usize> = pipeline
+        .stages
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.name.value.as_str(), i))
+        .collect();
     // 0 = unvisited, 1 = on the stack, 2 = done.
     let mut state = vec![0u8; pipeline.stages.len()];
     let mut reported: HashSet<Vec<usize>> = HashSet::new();
@@ -185,7 +210,9 @@ fn cycles(pipeline: &Pipeline, diags: &mut Vec<Diagnostic>) {
         state[i] = 1;
         path.push(i);
         for r in pipeline.stages[i].inputs() {
-            let Some(&j) = index.get(r.name.value.as_str()) else { continue };
+            let Some(&j) = index.get(r.name.value.as_str()) else {
+                continue;
+            };
             if state[j] == 1 {
                 let start = path.iter().position(|&p| p == j).expect("on the stack");
                 let members = path[start..].to_vec();
@@ -206,10 +233,18 @@ fn cycles(pipeline: &Pipeline, diags: &mut Vec<Diagnostic>) {
                     .with_help("a stage cannot start from its own result; break the cycle by changing one `init` or `base`");
                     for &m in &members {
                         for mr in pipeline.stages[m].inputs() {
-                            if index.get(mr.name.value.as_str()).is_some_and(|k| members.contains(k) || *k == j)
+                            if index
+                                .get(mr.name.value.as_str())
+                                .is_some_and(|k| members.contains(k) || *k == j)
                                 && mr.name.span != r.name.span
                             {
-                                d = d.with_label(mr.name.span, format!("`{}` uses `{}`", pipeline.stages[m].name.value, mr.name.value));
+                                d = d.with_label(
+                                    mr.name.span,
+                                    format!(
+                                        "`{}` uses `{}`",
+                                        pipeline.stages[m].name.value, mr.name.value
+                                    ),
+                                );
                             }
                         }
                     }
@@ -224,17 +259,32 @@ fn cycles(pipeline: &Pipeline, diags: &mut Vec<Diagnostic>) {
     }
     for i in 0..pipeline.stages.len() {
         if state[i] == 0 {
-            visit(i, pipeline, &index, &mut state, &mut Vec::new(), &mut reported, diags);
+            visit(
+                i,
+                pipeline,
+                &index,
+                &mut state,
+                &mut Vec::new(),
+                &mut reported,
+                diags,
+            );
         }
     }
 }
 
 fn sweeps(pipeline: &mut Pipeline, diags: &mut Vec<Diagnostic>) {
-    let nodes: HashMap<String, crate::ast::Node> =
-        pipeline.stages.iter().map(|s| (s.name.value.clone(), s.node.clone())).collect();
+    let nodes: HashMap<String, crate::ast::Node> = pipeline
+        .stages
+        .iter()
+        .map(|s| (s.name.value.clone(), s.node.clone()))
+        .collect();
     for stage in &mut pipeline.stages {
-        let StageSpec::Sweep(sweep) = &mut stage.spec else { continue };
-        let Some(base) = nodes.get(&sweep.base.value) else { continue };
+        let StageSpec::Sweep(sweep) = &mut stage.spec else {
+            continue;
+        };
+        let Some(base) = nodes.get(&sweep.base.value) else {
+            continue;
+        };
         let mut seen_targets: Vec<(ParamTarget, Spanned<String>)> = Vec::new();
         for vary in &mut sweep.vary {
             match params::resolve(base, &vary.param.value) {
@@ -244,7 +294,10 @@ fn sweeps(pipeline: &mut Pipeline, diags: &mut Vec<Diagnostic>) {
                         diags.push(
                             Diagnostic::new(
                                 Code::InvalidSweep,
-                                format!("sweep `{}` cannot vary the reference `{target}`", stage.name.value),
+                                format!(
+                                    "sweep `{}` cannot vary the reference `{target}`",
+                                    stage.name.value
+                                ),
                                 vary.param.span,
                                 "a stage reference",
                             )
@@ -278,7 +331,10 @@ fn sweeps(pipeline: &mut Pipeline, diags: &mut Vec<Diagnostic>) {
                     }
                     let mut distinct = Vec::new();
                     for v in &vary.values {
-                        if let Some(first) = distinct.iter().find(|d: &&Spanned<crate::ast::Value>| d.value == v.value) {
+                        if let Some(first) = distinct
+                            .iter()
+                            .find(|d: &&Spanned<crate::ast::Value>| d.value == v.value)
+                        {
                             diags.push(
                                 Diagnostic::new(
                                     Code::InvalidSweep,
@@ -330,7 +386,11 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
 pub fn evaluated_stages<'p>(pipeline: &'p Pipeline, eval: &EvaluateSpec) -> Vec<&'p Stage> {
     evaluable(pipeline)
         .into_iter()
-        .filter(|c| eval.heads.iter().any(|p| glob_match(&p.value, &c.name.value)))
+        .filter(|c| {
+            eval.heads
+                .iter()
+                .any(|p| glob_match(&p.value, &c.name.value))
+        })
         .collect()
 }
 
@@ -341,7 +401,9 @@ fn evaluable(pipeline: &Pipeline) -> Vec<&Stage> {
         .iter()
         .filter(|s| match &s.spec {
             StageSpec::Head(_) => true,
-            StageSpec::Sweep(sw) => pipeline.stage(&sw.base.value).is_some_and(|b| b.kind == StageKind::Head),
+            StageSpec::Sweep(sw) => pipeline
+                .stage(&sw.base.value)
+                .is_some_and(|b| b.kind == StageKind::Head),
             _ => false,
         })
         .collect()
@@ -350,9 +412,14 @@ fn evaluable(pipeline: &Pipeline) -> Vec<&Stage> {
 fn evaluate_patterns(pipeline: &Pipeline, raw: &RawStages, diags: &mut Vec<Diagnostic>) {
     let candidates = evaluable(pipeline);
     for stage in &pipeline.stages {
-        let StageSpec::Evaluate(eval) = &stage.spec else { continue };
+        let StageSpec::Evaluate(eval) = &stage.spec else {
+            continue;
+        };
         for pattern in &eval.heads {
-            if candidates.iter().any(|c| glob_match(&pattern.value, &c.name.value)) {
+            if candidates
+                .iter()
+                .any(|c| glob_match(&pattern.value, &c.name.value))
+            {
                 continue;
             }
             // Heads with errors of their own still count as matches.
@@ -375,34 +442,55 @@ fn evaluate_patterns(pipeline: &Pipeline, raw: &RawStages, diags: &mut Vec<Diagn
                 None => format!("`{}` matches no head", pattern.value),
             };
             diags.push(
-                Diagnostic::new(Code::NoMatch, format!("evaluate `{}`: {what}", stage.name.value), pattern.span, "matches no head")
-                    .with_help(help),
+                Diagnostic::new(
+                    Code::NoMatch,
+                    format!("evaluate `{}`: {what}", stage.name.value),
+                    pattern.span,
+                    "matches no head",
+                )
+                .with_help(help),
             );
         }
     }
 }
 
 fn backbone_data(pipeline: &Pipeline, b: &BackboneSpec, diags: &mut Vec<Diagnostic>) {
-    let Some(data) = pipeline.stage(&b.data.value) else { return };
+    let Some(data) = pipeline.stage(&b.data.value) else {
+        return;
+    };
     if let StageSpec::Dataset(d) = &data.spec {
         if d.source.value.is_features() {
             diags.push(
                 Diagnostic::new(
                     Code::InvalidCombination,
-                    format!("dataset `{}` holds feature vectors; a backbone needs images", b.data.value),
+                    format!(
+                        "dataset `{}` holds feature vectors; a backbone needs images",
+                        b.data.value
+                    ),
                     b.data.span,
                     "a dataset of features",
                 )
                 .with_label(d.source.span, "features come from here")
-                .with_help("point a head's `features` at this dataset directly, without a backbone"),
+                .with_help(
+                    "point a head's `features` at this dataset directly, without a backbone",
+                ),
             );
         }
     }
 }
 
-fn head_combinations(pipeline: &Pipeline, stage: &Stage, h: &HeadSpec, diags: &mut Vec<Diagnostic>) {
+fn head_combinations(
+    pipeline: &Pipeline,
+    stage: &Stage,
+    h: &HeadSpec,
+    diags: &mut Vec<Diagnostic>,
+) {
     let name = &stage.name.value;
-    let mut error = |span, message: String, label: &str, help: &str, other: Option<(crate::source::Span, &str)>| {
+    let mut error = |span,
+                     message: String,
+                     label: &str,
+                     help: &str,
+                     other: Option<(crate::source::Span, &str)>| {
         let mut d = Diagnostic::new(Code::InvalidCombination, message, span, label).with_help(help);
         if let Some((s, l)) = other {
             d = d.with_label(s, l);
@@ -423,7 +511,9 @@ fn head_combinations(pipeline: &Pipeline, stage: &Stage, h: &HeadSpec, diags: &m
         if random_init {
             error(
                 h.constraint.span,
-                format!("head `{name}` uses a relative MaxNorm radius without an initial classifier"),
+                format!(
+                    "head `{name}` uses a relative MaxNorm radius without an initial classifier"
+                ),
                 "relative radius",
                 "the relative radius is computed from the initial classifier's norms; add `init \"backbone\"`, or give an absolute `radius=`",
                 Some((h.init.span, "re-initialised here")),
@@ -440,7 +530,9 @@ fn head_combinations(pipeline: &Pipeline, stage: &Stage, h: &HeadSpec, diags: &m
             Some((h.logits.span, "cosine logits")),
         );
     }
-    if matches!(h.constraint.value, Constraint::Maxnorm { .. }) && (cosine || h.logits.value == Logits::Lws) {
+    if matches!(h.constraint.value, Constraint::Maxnorm { .. })
+        && (cosine || h.logits.value == Logits::Lws)
+    {
         error(
             h.constraint.span,
             format!("head `{name}` constrains weight norms that its logits do not use"),
@@ -462,7 +554,9 @@ fn head_combinations(pipeline: &Pipeline, stage: &Stage, h: &HeadSpec, diags: &m
         if let Some(StageSpec::Dataset(_)) = pipeline.stage(&h.features.value).map(|s| &s.spec) {
             error(
                 h.init.span,
-                format!("head `{name}` starts from the backbone's classifier, but its features were imported"),
+                format!(
+                    "head `{name}` starts from the backbone's classifier, but its features were imported"
+                ),
                 "no backbone here",
                 "imported features come without a classifier; use `init \"random\"` or `init \"head\" head=\"...\"`",
                 Some((h.features.span, "imported features")),
@@ -471,7 +565,10 @@ fn head_combinations(pipeline: &Pipeline, stage: &Stage, h: &HeadSpec, diags: &m
     }
 
     // Warnings.
-    let prior_in_loss = matches!(h.margin.value, Margin::BalancedSoftmax | Margin::LogitAdjust { .. });
+    let prior_in_loss = matches!(
+        h.margin.value,
+        Margin::BalancedSoftmax | Margin::LogitAdjust { .. }
+    );
     if prior_in_loss && matches!(h.inference.value, Inference::LogitAdjust { .. }) {
         diags.push(
             Diagnostic::new(
@@ -485,7 +582,8 @@ fn head_combinations(pipeline: &Pipeline, stage: &Stage, h: &HeadSpec, diags: &m
         );
     }
     let cb_sampler = matches!(h.sampler.value, Sampler::ClassBalanced { .. });
-    if cb_sampler && (matches!(h.weighting.value, Weighting::ClassBalanced { .. }) || prior_in_loss) {
+    if cb_sampler && (matches!(h.weighting.value, Weighting::ClassBalanced { .. }) || prior_in_loss)
+    {
         diags.push(
             Diagnostic::new(
                 Code::DoubleBalancing,
@@ -579,14 +677,28 @@ fn unused(pipeline: &Pipeline, raw: &RawStages, diags: &mut Vec<Diagnostic>) {
         .iter()
         .any(|(name, kind)| *kind == StageKind::Evaluate && pipeline.stage(name).is_none());
     for stage in &pipeline.stages {
-        if used.contains(stage.name.value.as_str()) || (failed_evaluate && stage.kind == StageKind::Head) {
+        if used.contains(stage.name.value.as_str())
+            || (failed_evaluate && stage.kind == StageKind::Head)
+        {
             continue;
         }
         let (what, help) = match stage.kind {
-            StageKind::Dataset => ("no backbone or head uses it", "name it in a backbone's `data`, or remove it"),
-            StageKind::Backbone => ("no `features` stage runs it", "add `features \"...\" { backbone \"NAME\" }`, or remove it"),
-            StageKind::Features => ("no head is trained on them", "add a `head` with `features` naming it, or remove it"),
-            StageKind::Head => ("no `evaluate` stage reports it", "add it to an `evaluate` stage's `heads`, e.g. `heads \"*\"`"),
+            StageKind::Dataset => (
+                "no backbone or head uses it",
+                "name it in a backbone's `data`, or remove it",
+            ),
+            StageKind::Backbone => (
+                "no `features` stage runs it",
+                "add `features \"...\" { backbone \"NAME\" }`, or remove it",
+            ),
+            StageKind::Features => (
+                "no head is trained on them",
+                "add a `head` with `features` naming it, or remove it",
+            ),
+            StageKind::Head => (
+                "no `evaluate` stage reports it",
+                "add it to an `evaluate` stage's `heads`, e.g. `heads \"*\"`",
+            ),
             StageKind::Sweep | StageKind::Evaluate => continue,
         };
         diags.push(

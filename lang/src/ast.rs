@@ -151,9 +151,11 @@ impl Node {
 
     /// The property's value, or its schema default.
     pub fn prop_or_default(&self, name: &str) -> Option<Value> {
-        self.prop(name)
-            .map(|p| p.value.value.clone())
-            .or_else(|| self.prop_spec(name).and_then(|s| s.default).map(Value::from_lit))
+        self.prop(name).map(|p| p.value.value.clone()).or_else(|| {
+            self.prop_spec(name)
+                .and_then(|s| s.default)
+                .map(Value::from_lit)
+        })
     }
 
     /// The span of the property's value, or of the node name when it was not written.
@@ -164,7 +166,11 @@ impl Node {
     /// Argument `index`, or its schema default.
     pub fn arg_or_default(&self, index: usize) -> Option<Value> {
         self.args.get(index).map(|a| a.value.clone()).or_else(|| {
-            self.spec.args.get(index).and_then(|s| s.default).map(Value::from_lit)
+            self.spec
+                .args
+                .get(index)
+                .and_then(|s| s.default)
+                .map(Value::from_lit)
         })
     }
 
@@ -172,7 +178,10 @@ impl Node {
     pub fn set_prop(&mut self, name: &str, value: Spanned<Value>) {
         match self.props.iter_mut().find(|p| p.name.value == name) {
             Some(p) => p.value = value,
-            None => self.props.push(Prop { name: Spanned::new(name.to_string(), value.span), value }),
+            None => self.props.push(Prop {
+                name: Spanned::new(name.to_string(), value.span),
+                value,
+            }),
         }
     }
 }

@@ -40,7 +40,9 @@ impl<'d> Checker<'d> {
     fn unknown_node(&mut self, kdl: &KdlNode, siblings: &[NodeSpec], parent: Option<&NodeSpec>) {
         let name = kdl.name().value();
         let span = self.span(kdl.name().span());
-        let place = parent.map_or("at the top level".to_string(), |p| format!("in `{}`", p.name));
+        let place = parent.map_or("at the top level".to_string(), |p| {
+            format!("in `{}`", p.name)
+        });
         let mut diag = Diagnostic::new(
             Code::UnknownNode,
             format!("unknown node `{name}` {place}"),
@@ -117,7 +119,11 @@ impl<'d> Checker<'d> {
         let names: Vec<&str> = spec.variants.iter().map(|v| v.name).collect();
         let arg = spec.args.first().map_or("choice", |a| a.name);
         let (code, message, label) = match spec.variant_noun {
-            VariantNoun::Method => (Code::UnknownMethod, format!("unknown method `{name}`"), "not a known method".to_string()),
+            VariantNoun::Method => (
+                Code::UnknownMethod,
+                format!("unknown method `{name}`"),
+                "not a known method".to_string(),
+            ),
             VariantNoun::Choice => (
                 Code::UnknownValue,
                 format!("unknown {arg} `{name}` for `{}`", spec.name),
@@ -128,7 +134,8 @@ impl<'d> Checker<'d> {
             Some(s) => format!("did you mean `{s}`? The choices are {}", or_list(&names)),
             None => format!("the choices are {}", or_list(&names)),
         };
-        self.diags.push(Diagnostic::new(code, message, span, label).with_help(help));
+        self.diags
+            .push(Diagnostic::new(code, message, span, label).with_help(help));
     }
 
     fn check_args(&mut self, node: &mut Node, args: &[&KdlEntry]) {
@@ -153,7 +160,10 @@ impl<'d> Checker<'d> {
                             span,
                             "unexpected argument",
                         );
-                        let props: Vec<&str> = spec.props_for(node.variant_name()).map(|p| p.name).collect();
+                        let props: Vec<&str> = spec
+                            .props_for(node.variant_name())
+                            .map(|p| p.name)
+                            .collect();
                         diag = diag.with_help(if props.is_empty() {
                             "remove the extra argument".to_string()
                         } else {
@@ -183,7 +193,11 @@ impl<'d> Checker<'d> {
         let given = args.len();
         for (i, param) in spec.args.iter().enumerate() {
             if param.required && i >= given {
-                let example = if spec.example.is_empty() { String::new() } else { format!(", e.g. `{}`", spec.example) };
+                let example = if spec.example.is_empty() {
+                    String::new()
+                } else {
+                    format!(", e.g. `{}`", spec.example)
+                };
                 self.diags.push(
                     Diagnostic::new(
                         Code::MissingRequired,
@@ -191,7 +205,11 @@ impl<'d> Checker<'d> {
                         node.name_span,
                         format!("missing `{}`", param.name),
                     )
-                    .with_help(format!("add the {} after `{}`{example}", param.ty.describe(), spec.name)),
+                    .with_help(format!(
+                        "add the {} after `{}`{example}",
+                        param.ty.describe(),
+                        spec.name
+                    )),
                 );
                 break;
             }
@@ -237,7 +255,9 @@ impl<'d> Checker<'d> {
         if variant_known {
             for param in spec.props_for(variant.as_deref()) {
                 if param.required && node.prop(param.name).is_none() {
-                    let of = variant.as_ref().map_or(String::new(), |v| format!(" \"{v}\""));
+                    let of = variant
+                        .as_ref()
+                        .map_or(String::new(), |v| format!(" \"{v}\""));
                     self.diags.push(
                         Diagnostic::new(
                             Code::MissingRequired,
@@ -245,7 +265,12 @@ impl<'d> Checker<'d> {
                             node.name_span,
                             format!("missing `{}`", param.name),
                         )
-                        .with_help(format!("add `{}=...` ({}): {}", param.name, param.ty.describe(), param.doc)),
+                        .with_help(format!(
+                            "add `{}=...` ({}): {}",
+                            param.name,
+                            param.ty.describe(),
+                            param.doc
+                        )),
                     );
                 }
             }
@@ -269,10 +294,17 @@ impl<'d> Checker<'d> {
 
     fn unknown_prop(&mut self, node: &Node, name: &str, span: Span) {
         let spec = node.spec;
-        let valid: Vec<&str> = spec.props_for(node.variant_name()).map(|p| p.name).collect();
+        let valid: Vec<&str> = spec
+            .props_for(node.variant_name())
+            .map(|p| p.name)
+            .collect();
         // A property of another variant: say where it belongs.
-        let owners: Vec<&str> =
-            spec.variants.iter().filter(|v| v.props.iter().any(|p| p.name == name)).map(|v| v.name).collect();
+        let owners: Vec<&str> = spec
+            .variants
+            .iter()
+            .filter(|v| v.props.iter().any(|p| p.name == name))
+            .map(|v| v.name)
+            .collect();
         if let (false, Some(variant)) = (owners.is_empty(), node.variant_name()) {
             let noun = match spec.variant_noun {
                 VariantNoun::Method => "method",
@@ -290,8 +322,14 @@ impl<'d> Checker<'d> {
                     span,
                     format!("not a parameter of `{variant}`"),
                 )
-                .with_label(node.variant.as_ref().map_or(node.name_span, |v| v.span), format!("{noun} chosen here"))
-                .with_help(format!("`{name}` belongs to {}; {valid_help}", or_list(&owners))),
+                .with_label(
+                    node.variant.as_ref().map_or(node.name_span, |v| v.span),
+                    format!("{noun} chosen here"),
+                )
+                .with_help(format!(
+                    "`{name}` belongs to {}; {valid_help}",
+                    or_list(&owners)
+                )),
             );
             return;
         }
@@ -325,7 +363,10 @@ impl<'d> Checker<'d> {
                     self.span(children.span()),
                     "unexpected block",
                 )
-                .with_help(format!("write its settings as properties on one line, e.g. `{}`", spec.example)),
+                .with_help(format!(
+                    "write its settings as properties on one line, e.g. `{}`",
+                    spec.example
+                )),
             );
             return;
         }
@@ -360,12 +401,18 @@ impl<'d> Checker<'d> {
                     self.diags.push(
                         Diagnostic::new(
                             Code::ConflictingOptions,
-                            format!("`{}` and `{}` cannot be used together in `{}`", a.spec.name, b.spec.name, spec.name),
+                            format!(
+                                "`{}` and `{}` cannot be used together in `{}`",
+                                a.spec.name, b.spec.name, spec.name
+                            ),
                             b.name_span,
                             format!("`{}` given here", b.spec.name),
                         )
                         .with_label(a.name_span, format!("`{}` given here", a.spec.name))
-                        .with_help(format!("keep either `{}` or `{}`", a.spec.name, b.spec.name)),
+                        .with_help(format!(
+                            "keep either `{}` or `{}`",
+                            a.spec.name, b.spec.name
+                        )),
                     );
                 }
             }
@@ -375,14 +422,28 @@ impl<'d> Checker<'d> {
 
     fn check_required_children(&mut self, node: &Node) {
         let spec = node.spec;
-        let stage_name = node.args.first().and_then(|a| a.value.as_str()).map(|n| format!(" `{n}`")).unwrap_or_default();
+        let stage_name = node
+            .args
+            .first()
+            .and_then(|a| a.value.as_str())
+            .map(|n| format!(" `{n}`"))
+            .unwrap_or_default();
         for child in spec.children {
             if child.required && node.child(child.name).is_none() {
-                let example = if child.example.is_empty() { String::new() } else { format!(", e.g. `{}`", child.example) };
+                let example = if child.example.is_empty() {
+                    String::new()
+                } else {
+                    format!(", e.g. `{}`", child.example)
+                };
                 self.diags.push(
                     Diagnostic::new(
                         Code::MissingRequired,
-                        format!("{}{stage_name} needs {} `{}` node", spec.name, article(child.name), child.name),
+                        format!(
+                            "{}{stage_name} needs {} `{}` node",
+                            spec.name,
+                            article(child.name),
+                            child.name
+                        ),
                         node.name_span,
                         format!("missing `{}`", child.name),
                     )
@@ -406,7 +467,13 @@ impl<'d> Checker<'d> {
     }
 
     /// Type- and range-checks one value; reports and returns `None` when it is invalid.
-    pub(crate) fn check_value(&mut self, value: &KdlValue, param: &ParamSpec, span: Span, what: &str) -> Option<Value> {
+    pub(crate) fn check_value(
+        &mut self,
+        value: &KdlValue,
+        param: &ParamSpec,
+        span: Span,
+        what: &str,
+    ) -> Option<Value> {
         match check_value(value, param, what) {
             Ok(v) => Some(v),
             Err((code, message, label, help)) => {
@@ -425,7 +492,11 @@ impl<'d> Checker<'d> {
 pub(crate) type ValueError = (Code, String, String, Option<String>);
 
 /// Checks an already typed value against another parameter (sweep values, `--set`).
-pub(crate) fn check_typed(value: &Value, param: &ParamSpec, what: &str) -> Result<Value, ValueError> {
+pub(crate) fn check_typed(
+    value: &Value,
+    param: &ParamSpec,
+    what: &str,
+) -> Result<Value, ValueError> {
     let kdl = match value {
         Value::Int(i) => KdlValue::Integer(*i as i128),
         Value::Float(f) => KdlValue::Float(*f),
@@ -436,7 +507,11 @@ pub(crate) fn check_typed(value: &Value, param: &ParamSpec, what: &str) -> Resul
 }
 
 /// Checks a KDL value against a parameter: `Ok(typed value)` or the parts of a diagnostic.
-pub(crate) fn check_value(value: &KdlValue, param: &ParamSpec, what: &str) -> Result<Value, ValueError> {
+pub(crate) fn check_value(
+    value: &KdlValue,
+    param: &ParamSpec,
+    what: &str,
+) -> Result<Value, ValueError> {
     let wrong = |expected: &str, help: Option<String>| -> ValueError {
         (
             Code::WrongType,
@@ -452,12 +527,20 @@ pub(crate) fn check_value(value: &KdlValue, param: &ParamSpec, what: &str) -> Re
         (ValueType::Any, KdlValue::String(s)) => Value::Str(s.clone()),
         (ValueType::Int, KdlValue::Integer(i)) => match i64::try_from(*i) {
             Ok(v) => Value::Int(v),
-            Err(_) => return Err((Code::OutOfRange, format!("{what} is too large"), "too large".into(), None)),
+            Err(_) => {
+                return Err((
+                    Code::OutOfRange,
+                    format!("{what} is too large"),
+                    "too large".into(),
+                    None,
+                ));
+            }
         },
         (ValueType::Int, KdlValue::Float(f)) => {
             return Err(wrong(
                 "an integer",
-                (f.fract() == 0.0 && f.is_finite()).then(|| format!("write `{}` without the decimal point", *f as i64)),
+                (f.fract() == 0.0 && f.is_finite())
+                    .then(|| format!("write `{}` without the decimal point", *f as i64)),
             ));
         }
         (ValueType::Float, KdlValue::Integer(i)) => Value::Float(*i as f64),
@@ -479,15 +562,25 @@ pub(crate) fn check_value(value: &KdlValue, param: &ParamSpec, what: &str) -> Re
                     Some(c) => format!("did you mean `{c}`? The choices are {}", or_list(choices)),
                     None => format!("the choices are {}", or_list(choices)),
                 };
-                return Err((Code::UnknownValue, format!("{what} cannot be `{s}`"), "unknown choice".into(), Some(help)));
+                return Err((
+                    Code::UnknownValue,
+                    format!("{what} cannot be `{s}`"),
+                    "unknown choice".into(),
+                    Some(help),
+                ));
             }
             Value::Str(s.clone())
         }
         (ty, KdlValue::String(s)) if ty.is_stringly() => Value::Str(s.clone()),
         (ty, KdlValue::String(s)) => {
             let unquoted = match ty {
-                ValueType::Int | ValueType::Float => s.trim().parse::<f64>().is_ok().then(|| format!("write the number without quotes: `{}`", s.trim())),
-                ValueType::Bool => matches!(s.as_str(), "true" | "false").then(|| format!("write `#{s}` without quotes")),
+                ValueType::Int | ValueType::Float => s
+                    .trim()
+                    .parse::<f64>()
+                    .is_ok()
+                    .then(|| format!("write the number without quotes: `{}`", s.trim())),
+                ValueType::Bool => matches!(s.as_str(), "true" | "false")
+                    .then(|| format!("write `#{s}` without quotes")),
                 _ => None,
             };
             return Err(wrong(&type_article(ty), unquoted));
@@ -496,7 +589,10 @@ pub(crate) fn check_value(value: &KdlValue, param: &ParamSpec, what: &str) -> Re
             return Err(wrong("a boolean", Some("write `#true` or `#false`".into())));
         }
         (ty, _) if ty.is_stringly() => {
-            return Err(wrong(&type_article(ty), Some(format!("quote it: \"{}\"", kdl_literal(value)))));
+            return Err(wrong(
+                &type_article(ty),
+                Some(format!("quote it: \"{}\"", kdl_literal(value))),
+            ));
         }
         (ty, _) => return Err(wrong(&type_article(ty), None)),
     };
@@ -506,7 +602,11 @@ pub(crate) fn check_value(value: &KdlValue, param: &ParamSpec, what: &str) -> Re
                 Code::OutOfRange,
                 format!("{what} must be in {}, found `{typed}`", param.range),
                 "out of range".into(),
-                Some(format!("use a value in {}{}", param.range, param.unit.map(|u| format!(" ({u})")).unwrap_or_default())),
+                Some(format!(
+                    "use a value in {}{}",
+                    param.range,
+                    param.unit.map(|u| format!(" ({u})")).unwrap_or_default()
+                )),
             ));
         }
     }
@@ -515,7 +615,11 @@ pub(crate) fn check_value(value: &KdlValue, param: &ParamSpec, what: &str) -> Re
 
 /// "a" or "an" before a name, by its first letter.
 fn article(name: &str) -> &'static str {
-    if name.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" }
+    if name.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    }
 }
 
 fn type_article(ty: &ValueType) -> String {
@@ -550,5 +654,8 @@ fn describe_kdl(value: &KdlValue) -> String {
 
 /// The node (top-level or stage) whose children include `name`, for "belongs inside" hints.
 fn owner_of(name: &str) -> Option<&'static str> {
-    TOP_LEVEL.iter().find(|t| t.children.iter().any(|c| c.name == name)).map(|t| t.name)
+    TOP_LEVEL
+        .iter()
+        .find(|t| t.children.iter().any(|c| c.name == name))
+        .map(|t| t.name)
 }

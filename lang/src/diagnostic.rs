@@ -110,12 +110,20 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     /// A diagnostic with the code's default severity.
-    pub fn new(code: Code, message: impl Into<String>, span: Span, label: impl Into<String>) -> Self {
+    pub fn new(
+        code: Code,
+        message: impl Into<String>,
+        span: Span,
+        label: impl Into<String>,
+    ) -> Self {
         Diagnostic {
             code,
             severity: code.severity(),
             message: message.into(),
-            primary: Label { span, text: label.into() },
+            primary: Label {
+                span,
+                text: label.into(),
+            },
             secondary: Vec::new(),
             help: None,
         }
@@ -130,7 +138,10 @@ impl Diagnostic {
     /// Adds a secondary label (ignored when it is in another file than the primary one).
     pub fn with_label(mut self, span: Span, text: impl Into<String>) -> Self {
         if span.file == self.primary.span.file && !span.is_synthetic() {
-            self.secondary.push(Label { span, text: text.into() });
+            self.secondary.push(Label {
+                span,
+                text: text.into(),
+            });
         }
         self
     }
@@ -143,7 +154,10 @@ impl Diagnostic {
     /// Binds the diagnostic to its source text so it can be rendered by miette.
     pub fn render(&self, sources: &SourceMap) -> RenderedDiagnostic {
         let file = sources.get(self.primary.span.file).cloned();
-        RenderedDiagnostic { diagnostic: self.clone(), file }
+        RenderedDiagnostic {
+            diagnostic: self.clone(),
+            file,
+        }
     }
 
     /// The stable JSON form (see `docs/language.md`, "Diagnostics").
@@ -216,7 +230,10 @@ impl miette::Diagnostic for RenderedDiagnostic {
     }
 
     fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
-        self.diagnostic.help.as_ref().map(|h| Box::new(h) as Box<dyn fmt::Display>)
+        self.diagnostic
+            .help
+            .as_ref()
+            .map(|h| Box::new(h) as Box<dyn fmt::Display>)
     }
 
     fn source_code(&self) -> Option<&dyn miette::SourceCode> {
@@ -230,10 +247,9 @@ impl miette::Diagnostic for RenderedDiagnostic {
             Some(d.primary.text.clone()),
             d.primary.span.source_span(),
         ));
-        let secondary = d
-            .secondary
-            .iter()
-            .map(|l| miette::LabeledSpan::new_with_span(Some(l.text.clone()), l.span.source_span()));
+        let secondary = d.secondary.iter().map(|l| {
+            miette::LabeledSpan::new_with_span(Some(l.text.clone()), l.span.source_span())
+        });
         Some(Box::new(primary.chain(secondary)))
     }
 }
@@ -245,7 +261,10 @@ impl miette::SourceCode for SourceFile {
         context_lines_before: usize,
         context_lines_after: usize,
     ) -> Result<Box<dyn miette::SpanContents<'a> + 'a>, miette::MietteError> {
-        let inner = self.text.as_ref().read_span(span, context_lines_before, context_lines_after)?;
+        let inner =
+            self.text
+                .as_ref()
+                .read_span(span, context_lines_before, context_lines_after)?;
         Ok(Box::new(miette::MietteSpanContents::new_named(
             self.path.display().to_string(),
             inner.data(),

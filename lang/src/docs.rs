@@ -3,7 +3,9 @@
 use std::fmt::Write;
 
 use crate::diagnostic::Code;
-use crate::schema::{HEAD_PRESETS, NodeSpec, ParamSpec, PresetValue, TOP_LEVEL, ValueType, format_float};
+use crate::schema::{
+    HEAD_PRESETS, NodeSpec, ParamSpec, PresetValue, TOP_LEVEL, ValueType, format_float,
+};
 
 /// Renders the full language reference as markdown.
 pub fn language_reference() -> String {
@@ -26,7 +28,9 @@ pub fn language_reference() -> String {
     for node in TOP_LEVEL {
         let _ = writeln!(out, "- [`{}`](#{})", node.name, node.name);
     }
-    out.push_str("- [Head methods (presets)](#head-methods-presets)\n- [Diagnostics](#diagnostics)\n\n");
+    out.push_str(
+        "- [Head methods (presets)](#head-methods-presets)\n- [Diagnostics](#diagnostics)\n\n",
+    );
     for node in TOP_LEVEL {
         let _ = writeln!(out, "## `{}`\n", node.name);
         render_node(&mut out, node, 3);
@@ -48,13 +52,21 @@ fn render_node(out: &mut String, node: &NodeSpec, depth: usize) {
     if !node.conflicts.is_empty() {
         facts.push(format!(
             "cannot be combined with {}",
-            node.conflicts.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ")
+            node.conflicts
+                .iter()
+                .map(|c| format!("`{c}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
     }
     for group in node.one_of {
         facts.push(format!(
             "needs exactly one of {}",
-            group.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ")
+            group
+                .iter()
+                .map(|c| format!("`{c}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
     }
     if !facts.is_empty() {
@@ -67,11 +79,22 @@ fn render_node(out: &mut String, node: &NodeSpec, depth: usize) {
         out.push_str("| argument | type | default | description |\n| --- | --- | --- | --- |\n");
         for (i, a) in node.args.iter().enumerate() {
             let ty = if i == 0 && !node.variants.is_empty() {
-                format!("one of {}", node.variants.iter().map(|v| format!("`{}`", v.name)).collect::<Vec<_>>().join(", "))
+                format!(
+                    "one of {}",
+                    node.variants
+                        .iter()
+                        .map(|v| format!("`{}`", v.name))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
             } else {
                 type_cell(a)
             };
-            let name = if a.variadic { format!("{}...", a.name) } else { a.name.to_string() };
+            let name = if a.variadic {
+                format!("{}...", a.name)
+            } else {
+                a.name.to_string()
+            };
             let _ = writeln!(out, "| {name} | {ty} | {} | {} |", default_cell(a), a.doc);
         }
         out.push('\n');
@@ -94,28 +117,52 @@ fn render_node(out: &mut String, node: &NodeSpec, depth: usize) {
         out.push('\n');
     }
     for child in node.children {
-        let _ = writeln!(out, "{} `{}` in `{}`\n", "#".repeat(depth), child.name, node.name);
+        let _ = writeln!(
+            out,
+            "{} `{}` in `{}`\n",
+            "#".repeat(depth),
+            child.name,
+            node.name
+        );
         render_node(out, child, depth + 1);
     }
 }
 
 fn props_table(out: &mut String, props: &[ParamSpec]) {
-    out.push_str("| property | type | default | range | description |\n| --- | --- | --- | --- | --- |\n");
+    out.push_str(
+        "| property | type | default | range | description |\n| --- | --- | --- | --- | --- |\n",
+    );
     for p in props {
-        let range = if p.range.is_any() { String::new() } else { p.range.to_string() };
+        let range = if p.range.is_any() {
+            String::new()
+        } else {
+            p.range.to_string()
+        };
         let range = match p.unit {
             Some(u) if !range.is_empty() => format!("{range} {u}"),
             Some(u) => u.to_string(),
             None => range,
         };
-        let _ = writeln!(out, "| `{}` | {} | {} | {} | {} |", p.name, type_cell(p), default_cell(p), range, p.doc);
+        let _ = writeln!(
+            out,
+            "| `{}` | {} | {} | {} | {} |",
+            p.name,
+            type_cell(p),
+            default_cell(p),
+            range,
+            p.doc
+        );
     }
     out.push('\n');
 }
 
 fn type_cell(p: &ParamSpec) -> String {
     match p.ty {
-        ValueType::Enum(choices) => choices.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(" \\| "),
+        ValueType::Enum(choices) => choices
+            .iter()
+            .map(|c| format!("`{c}`"))
+            .collect::<Vec<_>>()
+            .join(" \\| "),
         other => other.describe(),
     }
 }
@@ -130,7 +177,9 @@ fn default_cell(p: &ParamSpec) -> String {
 
 fn capitalize(s: &str) -> String {
     let mut c = s.chars();
-    c.next().map(|f| f.to_uppercase().chain(c).collect()).unwrap_or_default()
+    c.next()
+        .map(|f| f.to_uppercase().chain(c).collect())
+        .unwrap_or_default()
 }
 
 fn presets(out: &mut String) {
@@ -161,7 +210,11 @@ fn presets(out: &mut String) {
                             PresetValue::Lit(l) => format!("{name}={l}"),
                         })
                         .collect();
-                    let props = if props.is_empty() { String::new() } else { format!(" {}", props.join(" ")) };
+                    let props = if props.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" {}", props.join(" "))
+                    };
                     format!("`{} \"{}\"{props}`", c.node, c.variant)
                 })
                 .collect::<Vec<_>>()

@@ -252,19 +252,36 @@ impl Source {
             | Source::Mnist { root, .. }
             | Source::Cifar10 { root, .. }
             | Source::Cifar100 { root, .. } => vec![root],
-            Source::ImageList { root, train, test, .. } | Source::Inat2018 { root, train, test, .. } => {
+            Source::ImageList {
+                root, train, test, ..
+            }
+            | Source::Inat2018 {
+                root, train, test, ..
+            } => {
                 vec![root, train, test]
             }
-            Source::Features { train, test, train_labels, test_labels } => {
-                [Some(train), Some(test), train_labels.as_ref(), test_labels.as_ref()].into_iter().flatten().collect()
-            }
+            Source::Features {
+                train,
+                test,
+                train_labels,
+                test_labels,
+            } => [
+                Some(train),
+                Some(test),
+                train_labels.as_ref(),
+                test_labels.as_ref(),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
             Source::Synthetic { .. } => vec![],
         }
     }
 
     /// Whether the source holds features rather than images.
     pub fn is_features(&self) -> bool {
-        matches!(self, Source::Features { .. }) || matches!(self, Source::Synthetic { kind, .. } if kind == "vectors")
+        matches!(self, Source::Features { .. })
+            || matches!(self, Source::Synthetic { kind, .. } if kind == "vectors")
     }
 }
 

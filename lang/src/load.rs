@@ -94,22 +94,38 @@ pub fn check_text(path: &Path, text: String, loader: &dyn FileLoader) -> Checked
         defaults: None,
     };
     loading.file(path.to_path_buf(), text, None);
-    let Loading { sources, mut diags, nodes, defaults, .. } = loading;
+    let Loading {
+        sources,
+        mut diags,
+        nodes,
+        defaults,
+        ..
+    } = loading;
 
     let defaults = lower_defaults(defaults.as_ref());
     let mut stages = Vec::new();
     for (node, file) in &nodes {
-        let dir = sources.get(*file).map(|f| f.dir().to_path_buf()).unwrap_or_default();
+        let dir = sources
+            .get(*file)
+            .map(|f| f.dir().to_path_buf())
+            .unwrap_or_default();
         if let Some(stage) = lower_stage(node, &dir, &defaults, &mut diags) {
             stages.push(stage);
         }
     }
     let raw = RawStages::collect(&nodes);
-    let mut pipeline = Pipeline { sources, defaults, stages };
+    let mut pipeline = Pipeline {
+        sources,
+        defaults,
+        stages,
+    };
     analyze(&mut pipeline, &raw, &mut diags);
     // Stable order: by file, then position; errors before warnings at the same place.
     diags.sort_by_key(|d| (d.primary.span.file, d.primary.span.offset, d.severity));
-    Checked { pipeline, diagnostics: diags }
+    Checked {
+        pipeline,
+        diagnostics: diags,
+    }
 }
 
 /// What the written stages declare and reference, including stages that failed to lower, so
@@ -126,7 +142,10 @@ impl RawStages {
     fn collect(nodes: &[(Node, FileId)]) -> RawStages {
         let mut raw = RawStages::default();
         for (node, _) in nodes {
-            if let (Some(name), Some(kind)) = (node.args.first().and_then(|a| a.value.as_str()), node.spec.stage) {
+            if let (Some(name), Some(kind)) = (
+                node.args.first().and_then(|a| a.value.as_str()),
+                node.spec.stage,
+            ) {
                 raw.declared.insert(name.to_string(), kind);
             }
             for child in &node.children {
@@ -166,23 +185,29 @@ impl Loading<'_> {
         self.stack.push(normalize(&path));
         // KDL v2 is the language; v1 files are accepted, but errors are reported as v2 errors
         // (the crate's own fallback guesses the version and may report v1 errors instead).
-        let parsed = kdl::KdlDocument::parse_v2(&text).or_else(|v2| kdl::KdlDocument::parse_v1(&text).map_err(|_| v2));
+        let parsed = kdl::KdlDocument::parse_v2(&text)
+            .or_else(|v2| kdl::KdlDocument::parse_v1(&text).map_err(|_| v2));
         let doc = match parsed {
             Ok(doc) => doc,
             Err(err) => {
                 for d in err.diagnostics {
                     let mut diag = Diagnostic::new(
                         Code::Syntax,
-                        d.message.unwrap_or_else(|| "invalid KDL".into()).to_lowercase_first(),
+                        d.message
+                            .unwrap_or_else(|| "invalid KDL".into())
+                            .to_lowercase_first(),
                         Span::from_kdl(id, d.span),
                         d.label.unwrap_or_else(|| "here".into()),
                     );
-                    let found = text.get(d.span.offset()..d.span.offset() + d.span.len()).unwrap_or("");
+                    let found = text
+                        .get(d.span.offset()..d.span.offset() + d.span.len())
+                        .unwrap_or("");
                     if let Some(help) = d.help {
                         diag = diag.with_help(help);
                     } else if matches!(found, "true" | "false" | "null" | "inf" | "nan") {
                         // The most common KDL v2 surprise.
-                        diag = diag.with_help(format!("in KDL v2 this keyword is written `#{found}`"));
+                        diag =
+                            diag.with_help(format!("in KDL v2 this keyword is written `#{found}`"));
                     }
                     self.diags.push(diag);
                 }
@@ -209,9 +234,14 @@ impl Loading<'_> {
                 "include" => self.include(&path, &node),
                 "defaults" => match &self.defaults {
                     Some(first) if first.span.file == id => self.diags.push(
-                        Diagnostic::new(Code::DuplicateNode, "`defaults` is given twice", node.name_span, "given again here")
-                            .with_label(first.name_span, "first given here")
-                            .with_help("merge the two `defaults` blocks into one"),
+                        Diagnostic::new(
+                            Code::DuplicateNode,
+                            "`defaults` is given twice",
+                            node.name_span,
+                            "given again here",
+                        )
+                        .with_label(first.name_span, "first given here")
+                        .with_help("merge the two `defaults` blocks into one"),
                     ),
                     // The root file's defaults win over an included file's: it is loaded first.
                     Some(_) => {}
@@ -225,7 +255,9 @@ impl Loading<'_> {
 
     fn include(&mut self, from: &Path, node: &Node) {
         let Some(arg) = node.args.first() else { return };
-        let Some(written) = arg.value.as_str() else { return };
+        let Some(written) = arg.value.as_str() else {
+            return;
+        };
         let dir = from.parent().unwrap_or(Path::new(""));
         let path = dir.join(written);
         let key = normalize(&path);
@@ -255,13 +287,22 @@ impl Loading<'_> {
             Err(e) => self.diags.push(
                 Diagnostic::new(
                     Code::IncludeMissing,
-                    format!("cannot read included file `{}`: {}", path.display(), e.to_string().to_lowercase_first()),
+                    format!(
+                        "cannot read included file `{}`: {}",
+                        path.display(),
+                        e.to_string().to_lowercase_first()
+                    ),
                     arg.span,
                     "included here",
                 )
                 .with_help(format!(
                     "the path is relative to `{}`; check the name or create the file",
-                    if dir.as_os_str().is_empty() { Path::new(".") } else { dir }.display()
+                    if dir.as_os_str().is_empty() {
+                        Path::new(".")
+                    } else {
+                        dir
+                    }
+                    .display()
                 )),
             ),
         }
@@ -295,7 +336,12 @@ impl LowercaseFirst for str {
     fn to_lowercase_first(&self) -> String {
         let mut chars = self.chars();
         match chars.next() {
-            Some(c) => c.to_lowercase().chain(chars).collect::<String>().trim_end_matches('.').to_string(),
+            Some(c) => c
+                .to_lowercase()
+                .chain(chars)
+                .collect::<String>()
+                .trim_end_matches('.')
+                .to_string(),
             None => String::new(),
         }
     }

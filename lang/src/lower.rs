@@ -14,10 +14,23 @@ use crate::source::{Span, Spanned};
 
 /// Lowers one stage node. `dir` is the directory of the file it was written in; `defaults`
 /// supply pipeline-wide values (the seed).
-pub fn lower_stage(node: &Node, dir: &Path, defaults: &Defaults, diags: &mut Vec<Diagnostic>) -> Option<Stage> {
+pub fn lower_stage(
+    node: &Node,
+    dir: &Path,
+    defaults: &Defaults,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Stage> {
     let kind = node.spec.stage?;
-    let name = node.args.first().and_then(|a| a.value.as_str().map(|s| Spanned::new(s.to_string(), a.span)))?;
-    let cx = Lower { dir, defaults, stage: &name.value };
+    let name = node.args.first().and_then(|a| {
+        a.value
+            .as_str()
+            .map(|s| Spanned::new(s.to_string(), a.span))
+    })?;
+    let cx = Lower {
+        dir,
+        defaults,
+        stage: &name.value,
+    };
     let spec = match kind {
         StageKind::Dataset => StageSpec::Dataset(cx.dataset(node)?),
         StageKind::Backbone => StageSpec::Backbone(cx.backbone(node)?),
@@ -26,14 +39,29 @@ pub fn lower_stage(node: &Node, dir: &Path, defaults: &Defaults, diags: &mut Vec
         StageKind::Sweep => StageSpec::Sweep(cx.sweep(node)?),
         StageKind::Evaluate => StageSpec::Evaluate(cx.evaluate(node)?),
     };
-    Some(Stage { name, kind, node: node.clone(), spec })
+    Some(Stage {
+        name,
+        kind,
+        node: node.clone(),
+        spec,
+    })
 }
 
 /// Lowers `defaults` (or the built-in defaults when absent).
 pub fn lower_defaults(node: Option<&Node>) -> Defaults {
-    let arg = |child: &str| node.and_then(|n| n.child(child)).and_then(|c| c.args.first().cloned());
+    let arg = |child: &str| {
+        node.and_then(|n| n.child(child))
+            .and_then(|c| c.args.first().cloned())
+    };
     let backend = arg("backend").map_or(Spanned::new(Backend::Cpu, Span::synthetic()), |a| {
-        Spanned::new(if a.value.as_str() == Some("cuda") { Backend::Cuda } else { Backend::Cpu }, a.span)
+        Spanned::new(
+            if a.value.as_str() == Some("cuda") {
+                Backend::Cuda
+            } else {
+                Backend::Cpu
+            },
+            a.span,
+        )
     });
     let seed = arg("seed").map_or(Spanned::new(0, Span::synthetic()), |a| {
         Spanned::new(a.value.as_i64().unwrap_or(0) as u64, a.span)
@@ -51,7 +79,12 @@ struct Lower<'a> {
 fn value(node: Option<&Node>, parent: &Node, child: &str, prop: &str) -> Option<Value> {
     match node {
         Some(n) => n.prop_or_default(prop),
-        None => parent.spec.child(child)?.prop(None, prop)?.default.map(Value::from_lit),
+        None => parent
+            .spec
+            .child(child)?
+            .prop(None, prop)?
+            .default
+            .map(Value::from_lit),
     }
 }
 
@@ -59,13 +92,15 @@ fn f64_of(v: Option<Value>) -> f64 {
     v.and_then(|v| v.as_f64()).unwrap_or(0.0)
 }
 fn u32_of(v: Option<Value>) -> u32 {
-    v.and_then(|v| v.as_i64()).map_or(0, |v| v.clamp(0, u32::MAX as i64) as u32)
+    v.and_then(|v| v.as_i64())
+        .map_or(0, |v| v.clamp(0, u32::MAX as i64) as u32)
 }
 fn u64_of(v: Option<Value>) -> u64 {
     v.and_then(|v| v.as_i64()).map_or(0, |v| v.max(0) as u64)
 }
 fn str_of(v: Option<Value>) -> String {
-    v.and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+    v.and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
 }
 fn bool_of(v: Option<Value>) -> bool {
     v.and_then(|v| v.as_bool()).unwrap_or(false)
@@ -79,7 +114,11 @@ impl Lower<'_> {
 
     fn path_value(&self, written: String, span: Span) -> PathValue {
         let resolved = self.dir.join(&written);
-        PathValue { written, resolved, span }
+        PathValue {
+            written,
+            resolved,
+            span,
+        }
     }
 
     /// The first argument of a child, or its default.
@@ -150,9 +189,16 @@ impl Lower<'_> {
         };
         let lt = node.child("long-tail");
         let long_tail = LongTail {
-            profile: lt.and_then(|l| l.args.first()).and_then(|a| a.value.as_str()).unwrap_or("none").to_string(),
+            profile: lt
+                .and_then(|l| l.args.first())
+                .and_then(|a| a.value.as_str())
+                .unwrap_or("none")
+                .to_string(),
             imbalance_ratio: f64_of(value(lt, node, "long-tail", "imbalance-ratio")),
-            max_per_class: lt.and_then(|l| l.prop("max-per-class")).and_then(|p| p.value.as_i64()).map(|v| v as u64),
+            max_per_class: lt
+                .and_then(|l| l.prop("max-per-class"))
+                .and_then(|p| p.value.as_i64())
+                .map(|v| v as u64),
             select: str_of(value(lt, node, "long-tail", "select")),
             seed: u64_of(value(lt, node, "long-tail", "seed")),
         };
@@ -163,7 +209,11 @@ impl Lower<'_> {
             rule: str_of(value(g, node, "groups", "rule")),
             relative: bool_of(value(g, node, "groups", "relative")),
         };
-        Some(DatasetSpec { source: Spanned::new(source, src.span), long_tail, groups })
+        Some(DatasetSpec {
+            source: Spanned::new(source, src.span),
+            long_tail,
+            groups,
+        })
     }
 
     fn backbone(&self, node: &Node) -> Option<BackboneSpec> {
@@ -189,7 +239,9 @@ impl Lower<'_> {
                 warmup_epochs: u32_of(v("warmup-epochs")),
                 loss: str_of(v("loss")),
                 sampler: str_of(v("sampler")),
-                seed: v("seed").and_then(|s| s.as_i64()).map_or(self.defaults.seed.value, |s| s as u64),
+                seed: v("seed")
+                    .and_then(|s| s.as_i64())
+                    .map_or(self.defaults.seed.value, |s| s as u64),
             })
         };
         let augment = node
@@ -197,10 +249,13 @@ impl Lower<'_> {
             .filter_map(|a| {
                 let p = |name: &str| a.prop_or_default(name);
                 Some(match a.variant_name()? {
-                    "random-crop" => Augment::RandomCrop { padding: u32_of(p("padding")) },
-                    "random-resized-crop" => {
-                        Augment::RandomResizedCrop { size: u32_of(p("size")), min_scale: f64_of(p("min-scale")) }
-                    }
+                    "random-crop" => Augment::RandomCrop {
+                        padding: u32_of(p("padding")),
+                    },
+                    "random-resized-crop" => Augment::RandomResizedCrop {
+                        size: u32_of(p("size")),
+                        min_scale: f64_of(p("min-scale")),
+                    },
                     "hflip" => Augment::Hflip { p: f64_of(p("p")) },
                     "color-jitter" => Augment::ColorJitter {
                         brightness: f64_of(p("brightness")),
@@ -213,7 +268,13 @@ impl Lower<'_> {
             })
             .collect();
         let normalize = str_of(self.arg(node, "normalize").map(|a| a.value));
-        Some(BackboneSpec { data, arch, weights, augment, normalize })
+        Some(BackboneSpec {
+            data,
+            arch,
+            weights,
+            augment,
+            normalize,
+        })
     }
 
     fn features(&self, node: &Node) -> Option<FeaturesSpec> {
@@ -238,7 +299,8 @@ impl Lower<'_> {
         let mut slots: Vec<Option<Node>> = Vec::with_capacity(COMPONENTS.len());
         for slot in COMPONENTS {
             let explicit = node.child(slot).cloned();
-            let from_preset = self.preset_component(node, method_node, &method.value, slot, method_span);
+            let from_preset =
+                self.preset_component(node, method_node, &method.value, slot, method_span);
             if let (Some(explicit), Some(_), Some(m)) = (&explicit, &from_preset, method_node) {
                 if !m.props.is_empty() {
                     diags.push(
@@ -258,24 +320,38 @@ impl Lower<'_> {
             }
             slots.push(explicit.or(from_preset));
         }
-        let slot = |name: &str| slots[COMPONENTS.iter().position(|c| *c == name).expect("known component")].as_ref();
+        let slot = |name: &str| {
+            slots[COMPONENTS
+                .iter()
+                .position(|c| *c == name)
+                .expect("known component")]
+            .as_ref()
+        };
         let span_of = |name: &str| slot(name).map_or(node.name_span, |n| n.span);
         let p = |name: &str, prop: &str| slot(name).and_then(|n| n.prop_or_default(prop));
         let variant = |name: &str| slot(name).and_then(|n| n.variant_name().map(str::to_string));
 
         let logits = match variant("logits").as_deref() {
-            Some("cosine") => Logits::Cosine { scale: f64_of(p("logits", "scale")) },
+            Some("cosine") => Logits::Cosine {
+                scale: f64_of(p("logits", "scale")),
+            },
             Some("lws") => Logits::Lws,
             _ => Logits::Linear,
         };
         let targets = match variant("targets").as_deref() {
-            Some("smoothed") => Targets::Smoothed { delta: f64_of(p("targets", "delta")) },
+            Some("smoothed") => Targets::Smoothed {
+                delta: f64_of(p("targets", "delta")),
+            },
             _ => Targets::OneHot,
         };
         let margin = match variant("margin").as_deref() {
-            Some("ldam") => Margin::Ldam { max_m: f64_of(p("margin", "max-m")) },
+            Some("ldam") => Margin::Ldam {
+                max_m: f64_of(p("margin", "max-m")),
+            },
             Some("balanced-softmax") => Margin::BalancedSoftmax,
-            Some("logit-adjust") => Margin::LogitAdjust { tau: f64_of(p("margin", "tau")) },
+            Some("logit-adjust") => Margin::LogitAdjust {
+                tau: f64_of(p("margin", "tau")),
+            },
             _ => Margin::None,
         };
         let weighting = match variant("weighting").as_deref() {
@@ -285,11 +361,15 @@ impl Lower<'_> {
                 gamma: f64_of(p("weighting", "gamma")),
                 from_epoch: u32_of(p("weighting", "from-epoch")),
             },
-            Some("focal") => Weighting::Focal { gamma: f64_of(p("weighting", "gamma")) },
+            Some("focal") => Weighting::Focal {
+                gamma: f64_of(p("weighting", "gamma")),
+            },
             _ => Weighting::None,
         };
         let sampler = match variant("sampler").as_deref() {
-            Some("class-balanced") => Sampler::ClassBalanced { per_class: u32_of(p("sampler", "per-class")) },
+            Some("class-balanced") => Sampler::ClassBalanced {
+                per_class: u32_of(p("sampler", "per-class")),
+            },
             Some("sqrt") => Sampler::Sqrt,
             _ => Sampler::Instance,
         };
@@ -306,7 +386,9 @@ impl Lower<'_> {
                 tau: f64_of(p("inference", "tau")),
                 bias: bool_of(p("inference", "bias")),
             },
-            Some("logit-adjust") => Inference::LogitAdjust { tau: f64_of(p("inference", "tau")) },
+            Some("logit-adjust") => Inference::LogitAdjust {
+                tau: f64_of(p("inference", "tau")),
+            },
             _ => Inference::None,
         };
 
@@ -325,13 +407,21 @@ impl Lower<'_> {
 
         let init = match node.child("init") {
             Some(i) => {
-                let kind = i.args.first().and_then(|a| a.value.as_str()).unwrap_or("random");
+                let kind = i
+                    .args
+                    .first()
+                    .and_then(|a| a.value.as_str())
+                    .unwrap_or("random");
                 let v = match kind {
                     "backbone" => Init::Backbone,
-                    "head" => match i.prop("head") {
-                        Some(h) => Init::Head(Spanned::new(h.value.value.as_str()?.to_string(), h.value.span)),
-                        None => {
-                            diags.push(
+                    "head" => {
+                        match i.prop("head") {
+                            Some(h) => Init::Head(Spanned::new(
+                                h.value.value.as_str()?.to_string(),
+                                h.value.span,
+                            )),
+                            None => {
+                                diags.push(
                                 Diagnostic::new(
                                     Code::MissingRequired,
                                     format!("head `{}` starts from another head but does not say which", self.stage),
@@ -340,15 +430,20 @@ impl Lower<'_> {
                                 )
                                 .with_help("name the head to start from: `init \"head\" head=\"ce\"`"),
                             );
-                            return None;
+                                return None;
+                            }
                         }
-                    },
+                    }
                     _ => Init::Random,
                 };
                 Spanned::new(v, i.span)
             }
             None => Spanned::new(
-                if d.init == "backbone" { Init::Backbone } else { Init::Random },
+                if d.init == "backbone" {
+                    Init::Backbone
+                } else {
+                    Init::Random
+                },
                 method_span,
             ),
         };
@@ -403,7 +498,9 @@ impl Lower<'_> {
             ("logit-adjust", "margin") if str_of(method_prop("form")) == "loss" => {
                 ("logit-adjust", vec![("tau", method_prop("tau"))])
             }
-            ("ldam" | "ldam-drw", "logits") if method_prop("normalized") == Some(Value::Bool(false)) => {
+            ("ldam" | "ldam-drw", "logits")
+                if method_prop("normalized") == Some(Value::Bool(false)) =>
+            {
                 ("linear", vec![])
             }
             _ => {
@@ -453,7 +550,11 @@ impl Lower<'_> {
                 })
             })
             .collect();
-        let trials = node.child("trials").and_then(|t| t.args.first()).and_then(|a| a.value.as_i64()).map(|v| v as u32);
+        let trials = node
+            .child("trials")
+            .and_then(|t| t.args.first())
+            .and_then(|a| a.value.as_i64())
+            .map(|v| v as u32);
         Some(SweepSpec { base, vary, trials })
     }
 
@@ -466,13 +567,21 @@ impl Lower<'_> {
             .collect();
         let metrics = node.child("metrics").map_or_else(
             || vec!["top1".to_string()],
-            |m| m.args.iter().filter_map(|a| a.value.as_str().map(str::to_string)).collect(),
+            |m| {
+                m.args
+                    .iter()
+                    .filter_map(|a| a.value.as_str().map(str::to_string))
+                    .collect()
+            },
         );
         Some(EvaluateSpec {
             heads,
             metrics,
             rsd_over: str_of(self.arg(node, "rsd").map(|a| a.value)),
-            plots: self.arg(node, "plots").and_then(|a| a.value.as_bool()).unwrap_or(true),
+            plots: self
+                .arg(node, "plots")
+                .and_then(|a| a.value.as_bool())
+                .unwrap_or(true),
         })
     }
 }

@@ -25,14 +25,23 @@ pub struct ParamError {
 
 impl ParamError {
     fn sweep(message: String, label: &str, help: Option<String>) -> Self {
-        ParamError { code: Code::InvalidSweep, message, label: label.into(), help }
+        ParamError {
+            code: Code::InvalidSweep,
+            message,
+            label: label.into(),
+            help,
+        }
     }
 }
 
 /// Resolves a parameter path against a stage node.
 pub fn resolve(stage: &Node, path: &str) -> Result<(ParamTarget, &'static ParamSpec), ParamError> {
     let spec = stage.spec;
-    let stage_name = stage.args.first().and_then(|a| a.value.as_str()).unwrap_or("?");
+    let stage_name = stage
+        .args
+        .first()
+        .and_then(|a| a.value.as_str())
+        .unwrap_or("?");
     if let Some((child_name, prop)) = path.split_once('.') {
         let Some(child_spec) = spec.child(child_name) else {
             let names: Vec<&str> = spec.children.iter().map(|c| c.name).collect();
@@ -50,12 +59,21 @@ pub fn resolve(stage: &Node, path: &str) -> Result<(ParamTarget, &'static ParamS
             return Err(ParamError::sweep(
                 format!("`{stage_name}` has no `{child_name}` node to vary"),
                 "not in the base stage",
-                Some(format!("add a `{child_name}` node to `{stage_name}` first, e.g. `{}`", child_spec.example)),
+                Some(format!(
+                    "add a `{child_name}` node to `{stage_name}` first, e.g. `{}`",
+                    child_spec.example
+                )),
             ));
         }
         let variant = present.and_then(|p| p.variant_name());
         return match child_spec.prop(variant, prop) {
-            Some(p) => Ok((ParamTarget { node: child_spec.name, prop: Some(p.name) }, p)),
+            Some(p) => Ok((
+                ParamTarget {
+                    node: child_spec.name,
+                    prop: Some(p.name),
+                },
+                p,
+            )),
             None => {
                 let names: Vec<&str> = child_spec.props_for(variant).map(|p| p.name).collect();
                 Err(ParamError::sweep(
@@ -74,7 +92,13 @@ pub fn resolve(stage: &Node, path: &str) -> Result<(ParamTarget, &'static ParamS
     if let Some(child_spec) = spec.child(path) {
         if let Some(arg) = child_spec.args.first() {
             if !child_spec.repeatable {
-                return Ok((ParamTarget { node: child_spec.name, prop: None }, arg));
+                return Ok((
+                    ParamTarget {
+                        node: child_spec.name,
+                        prop: None,
+                    },
+                    arg,
+                ));
             }
         }
     }
@@ -90,7 +114,13 @@ pub fn resolve(stage: &Node, path: &str) -> Result<(ParamTarget, &'static ParamS
         for p in child_spec.props_for(variant) {
             all_names.push(p.name);
             if p.name == path {
-                matches.push((ParamTarget { node: child_spec.name, prop: Some(p.name) }, p));
+                matches.push((
+                    ParamTarget {
+                        node: child_spec.name,
+                        prop: Some(p.name),
+                    },
+                    p,
+                ));
             }
         }
     }
@@ -105,7 +135,10 @@ pub fn resolve(stage: &Node, path: &str) -> Result<(ParamTarget, &'static ParamS
                 ),
             };
             Err(ParamError::sweep(
-                format!("`{path}` is not a parameter of {} `{stage_name}`", spec.name),
+                format!(
+                    "`{path}` is not a parameter of {} `{stage_name}`",
+                    spec.name
+                ),
                 "unknown parameter",
                 Some(help),
             ))
@@ -130,15 +163,27 @@ fn dedup(mut names: Vec<&str>) -> Vec<&str> {
 
 /// Checks a value for a resolved parameter.
 pub fn check(param: &ParamSpec, target: &ParamTarget, value: &Value) -> Result<Value, ParamError> {
-    check_typed(value, param, &format!("`{target}`"))
-        .map_err(|(code, message, label, help)| ParamError { code, message, label, help })
+    check_typed(value, param, &format!("`{target}`")).map_err(|(code, message, label, help)| {
+        ParamError {
+            code,
+            message,
+            label,
+            help,
+        }
+    })
 }
 
 /// Sets a resolved parameter on a stage node, adding the child node if needed. The value must
 /// have been checked with [`check`].
-pub fn apply(stage: &mut Node, target: &ParamTarget, value: Spanned<Value>) -> Result<(), ParamError> {
+pub fn apply(
+    stage: &mut Node,
+    target: &ParamTarget,
+    value: Spanned<Value>,
+) -> Result<(), ParamError> {
     let spec = stage.spec;
-    let child_spec = spec.child(target.node).expect("resolved targets name existing nodes");
+    let child_spec = spec
+        .child(target.node)
+        .expect("resolved targets name existing nodes");
     if stage.child(target.node).is_none() {
         stage.children.push(Node {
             spec: child_spec,
@@ -169,7 +214,9 @@ pub fn apply(stage: &mut Node, target: &ParamTarget, value: Spanned<Value>) -> R
                     ));
                 };
                 // Properties of the old variant do not carry over to the new one.
-                child.props.retain(|p| v.props.iter().any(|vp| vp.name == p.name.value));
+                child
+                    .props
+                    .retain(|p| v.props.iter().any(|vp| vp.name == p.name.value));
                 child.variant = Some(Spanned::new(v.name.to_string(), value.span));
             }
             if child.args.is_empty() {
@@ -197,11 +244,50 @@ pub fn parse_cli_value(text: &str) -> Value {
         "#false" | "false" => return Value::Bool(false),
         _ => {}
     }
-    let unquoted = t.strip_prefix('"').and_then(|s| s.strip_suffix('"')).unwrap_or(t);
+    let unquoted = t
+        .strip_prefix('"')
+        .and_then(|s| s.strip_suffix('"'))
+        .unwrap_or(t);
     Value::Str(unquoted.to_string())
 }
 
 /// A span for values that came from the command line.
 pub fn cli_span() -> Span {
     Span::synthetic()
+}
+
+/// Renames a stage node (its first argument).
+pub fn rename(stage: &mut Node, name: &str) {
+    if let Some(first) = stage.args.first_mut() {
+        first.value = Value::Str(name.to_string());
+    }
+}
+
+/// Rewrites every stage reference of a stage node through `map` (references it returns `None`
+/// for are kept): how the runtime points the copies of a stage at the copies of its inputs.
+pub fn retarget(stage: &mut Node, map: &dyn Fn(&str) -> Option<String>) {
+    for child in &mut stage.children {
+        let spec = child.spec;
+        for (i, arg) in child.args.iter_mut().enumerate() {
+            let arg_spec = spec.args.get(i).or(spec.args.last());
+            if arg_spec.is_some_and(|s| matches!(s.ty, crate::schema::ValueType::StageRef(_))) {
+                if let Some(new) = arg.value.as_str().and_then(map) {
+                    arg.value = Value::Str(new);
+                }
+            }
+        }
+        for prop in &mut child.props {
+            let is_ref = spec
+                .prop(
+                    child.variant.as_ref().map(|v| v.value.as_str()),
+                    &prop.name.value,
+                )
+                .is_some_and(|s| matches!(s.ty, crate::schema::ValueType::StageRef(_)));
+            if is_ref {
+                if let Some(new) = prop.value.value.as_str().and_then(map) {
+                    prop.value.value = Value::Str(new);
+                }
+            }
+        }
+    }
 }

@@ -26,7 +26,11 @@ impl Span {
 
     /// Converts a KDL span.
     pub fn from_kdl(file: FileId, span: miette::SourceSpan) -> Span {
-        Span { file, offset: span.offset(), len: span.len() }
+        Span {
+            file,
+            offset: span.offset(),
+            len: span.len(),
+        }
     }
 
     /// The span as miette wants it.
@@ -36,7 +40,11 @@ impl Span {
 
     /// A zero-length span used for values that come from the command line or defaults.
     pub fn synthetic() -> Span {
-        Span { file: FileId(u32::MAX), offset: 0, len: 0 }
+        Span {
+            file: FileId(u32::MAX),
+            offset: 0,
+            len: 0,
+        }
     }
 
     /// Whether the span points into a real file.
@@ -115,7 +123,10 @@ pub struct SourceMap {
 impl SourceMap {
     /// Adds a file and returns its id.
     pub fn add(&mut self, path: PathBuf, text: impl Into<Arc<str>>) -> FileId {
-        self.files.push(Arc::new(SourceFile { path, text: text.into() }));
+        self.files.push(Arc::new(SourceFile {
+            path,
+            text: text.into(),
+        }));
         FileId((self.files.len() - 1) as u32)
     }
 
@@ -126,6 +137,9 @@ impl SourceMap {
 
     /// All files, root first.
     pub fn files(&self) -> impl Iterator<Item = (FileId, &Arc<SourceFile>)> {
-        self.files.iter().enumerate().map(|(i, f)| (FileId(i as u32), f))
+        self.files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (FileId(i as u32), f))
     }
 }

@@ -1,7 +1,10 @@
 //! "Did you mean" suggestions for misspelt names.
 
 /// The candidate closest to `name`, if it is close enough to be a likely typo.
-pub(crate) fn suggest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub(crate) fn suggest<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     let name_norm = normalize(name);
     candidates
         .into_iter()
@@ -36,7 +39,10 @@ pub(crate) fn or_list(items: &[&str]) -> String {
         [one] => format!("`{one}`"),
         [init @ .., last] => format!(
             "{} or `{last}`",
-            init.iter().map(|i| format!("`{i}`")).collect::<Vec<_>>().join(", ")
+            init.iter()
+                .map(|i| format!("`{i}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     }
 }
@@ -49,9 +55,15 @@ mod tests {
     fn suggests_close_names() {
         let methods = ["ce", "lort", "balanced-softmax", "ldam-drw"];
         assert_eq!(suggest("lrot", methods), Some("lort"));
-        assert_eq!(suggest("balanced_softmax", methods), Some("balanced-softmax"));
+        assert_eq!(
+            suggest("balanced_softmax", methods),
+            Some("balanced-softmax")
+        );
         assert_eq!(suggest("ldamdrw", methods), Some("ldam-drw"));
         assert_eq!(suggest("xyzzy", methods), None);
-        assert_eq!(suggest("weightDecay", ["weight-decay", "lr"]), Some("weight-decay"));
+        assert_eq!(
+            suggest("weightDecay", ["weight-decay", "lr"]),
+            Some("weight-decay")
+        );
     }
 }

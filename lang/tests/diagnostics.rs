@@ -19,10 +19,13 @@ fn fixtures(dir: &str) -> Vec<PathBuf> {
 }
 
 fn render(checked: &Checked) -> String {
-    let handler = GraphicalReportHandler::new_themed(GraphicalTheme::unicode_nocolor()).with_width(100);
+    let handler =
+        GraphicalReportHandler::new_themed(GraphicalTheme::unicode_nocolor()).with_width(100);
     let mut out = String::new();
     for d in &checked.diagnostics {
-        handler.render_report(&mut out, &d.render(&checked.pipeline.sources)).expect("rendering into a string");
+        handler
+            .render_report(&mut out, &d.render(&checked.pipeline.sources))
+            .expect("rendering into a string");
     }
     out
 }
@@ -37,15 +40,28 @@ fn invalid_fixtures_match_snapshots() {
     for path in fixtures("invalid") {
         let checked = check(&path);
         let name = path.file_stem().unwrap().to_string_lossy().to_string();
-        assert!(!checked.diagnostics.is_empty(), "{name} should produce diagnostics");
+        assert!(
+            !checked.diagnostics.is_empty(),
+            "{name} should produce diagnostics"
+        );
         seen_codes.extend(checked.diagnostics.iter().map(|d| d.code));
-        let json: Vec<_> = checked.diagnostics.iter().map(|d| d.to_json(&checked.pipeline.sources)).collect();
+        let json: Vec<_> = checked
+            .diagnostics
+            .iter()
+            .map(|d| d.to_json(&checked.pipeline.sources))
+            .collect();
         insta::assert_snapshot!(format!("{name}.human"), render(&checked));
-        insta::assert_snapshot!(format!("{name}.json"), serde_json::to_string_pretty(&json).unwrap());
+        insta::assert_snapshot!(
+            format!("{name}.json"),
+            serde_json::to_string_pretty(&json).unwrap()
+        );
     }
     // Every diagnostic class is exercised by at least one fixture.
-    let missing: Vec<&str> =
-        Code::ALL.iter().filter(|c| **c != Code::Io && !seen_codes.contains(c)).map(|c| c.as_str()).collect();
+    let missing: Vec<&str> = Code::ALL
+        .iter()
+        .filter(|c| **c != Code::Io && !seen_codes.contains(c))
+        .map(|c| c.as_str())
+        .collect();
     assert!(missing.is_empty(), "no fixture produces {missing:?}");
 }
 
@@ -53,7 +69,12 @@ fn invalid_fixtures_match_snapshots() {
 fn valid_fixtures_are_clean() {
     for path in fixtures("valid") {
         let checked = check(&path);
-        assert!(checked.diagnostics.is_empty(), "{}:\n{}", path.display(), render(&checked));
+        assert!(
+            checked.diagnostics.is_empty(),
+            "{}:\n{}",
+            path.display(),
+            render(&checked)
+        );
     }
 }
 
@@ -65,10 +86,18 @@ fn shipped_pipelines_are_clean() {
         .filter(|p| p.extension().is_some_and(|e| e == "kdl"))
         .collect();
     files.sort();
-    assert!(files.len() >= 6, "expected the shipped pipelines, found {files:?}");
+    assert!(
+        files.len() >= 6,
+        "expected the shipped pipelines, found {files:?}"
+    );
     for path in files {
         let checked = check(&path);
-        assert!(checked.diagnostics.is_empty(), "{}:\n{}", path.display(), render(&checked));
+        assert!(
+            checked.diagnostics.is_empty(),
+            "{}:\n{}",
+            path.display(),
+            render(&checked)
+        );
     }
 }
 
@@ -84,13 +113,26 @@ fn components_resolve_presets_and_overrides() {
     assert_eq!(lort_bs.targets.value, Targets::Smoothed { delta: 0.98 });
     assert_eq!(lort_bs.margin.value, Margin::BalancedSoftmax);
     // LORT's own recipe: small lr, no weight decay, batch 64.
-    assert_eq!((lort_bs.train.lr, lort_bs.train.weight_decay, lort_bs.train.batch_size), (5e-4, 0.0, 64));
+    assert_eq!(
+        (
+            lort_bs.train.lr,
+            lort_bs.train.weight_decay,
+            lort_bs.train.batch_size
+        ),
+        (5e-4, 0.0, 64)
+    );
     let spelled = head("spelled-out");
     assert_eq!(spelled.logits.value, Logits::Cosine { scale: 16.0 });
     assert_eq!(spelled.weighting.value, Weighting::Focal { gamma: 2.0 });
     assert_eq!(spelled.train.seed, 7, "the pipeline seed is the default");
     assert_eq!(spelled.trials, 3);
     let post_hoc = head("post-hoc");
-    assert_eq!(post_hoc.inference.value, Inference::TauNorm { tau: 0.5, bias: false });
+    assert_eq!(
+        post_hoc.inference.value,
+        Inference::TauNorm {
+            tau: 0.5,
+            bias: false
+        }
+    );
     assert!(matches!(&post_hoc.init.value, Init::Head(h) if h.value == "spelled-out"));
 }

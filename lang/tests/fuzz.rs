@@ -23,9 +23,12 @@ fn lint(text: String) {
     // Rendering must not panic either: spans must lie inside the text.
     for d in &checked.diagnostics {
         let _ = d.to_json(&checked.pipeline.sources);
-        let handler = miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor());
+        let handler =
+            miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor());
         let mut out = String::new();
-        handler.render_report(&mut out, &d.render(&checked.pipeline.sources)).unwrap();
+        handler
+            .render_report(&mut out, &d.render(&checked.pipeline.sources))
+            .unwrap();
     }
 }
 

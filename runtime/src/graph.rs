@@ -23,9 +23,15 @@ impl<'p> StageGraph<'p> {
     /// lint reports them.
     pub fn build(pipeline: &'p Pipeline) -> Self {
         let mut graph = StableDiGraph::new();
-        let nodes: Vec<NodeIndex> = (0..pipeline.stages.len()).map(|i| graph.add_node(i)).collect();
-        let index: HashMap<&str, usize> =
-            pipeline.stages.iter().enumerate().map(|(i, s)| (s.name.value.as_str(), i)).collect();
+        let nodes: Vec<NodeIndex> = (0..pipeline.stages.len())
+            .map(|i| graph.add_node(i))
+            .collect();
+        let index: HashMap<&str, usize> = pipeline
+            .stages
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.value.as_str(), i))
+            .collect();
         for (i, stage) in pipeline.stages.iter().enumerate() {
             for r in stage.inputs() {
                 if let Some(&j) = index.get(r.name.value.as_str()) {
@@ -40,15 +46,26 @@ impl<'p> StageGraph<'p> {
                 }
             }
         }
-        StageGraph { pipeline, graph, nodes }
+        StageGraph {
+            pipeline,
+            graph,
+            nodes,
+        }
     }
 
     /// Stage indices in an order where every stage comes after its inputs (declaration order
     /// among independent stages). `None` when the graph has a cycle.
     pub fn topological_order(&self) -> Option<Vec<usize>> {
         let n = self.nodes.len();
-        let mut indegree: Vec<usize> =
-            self.nodes.iter().map(|&v| self.graph.neighbors_directed(v, Direction::Incoming).count()).collect();
+        let mut indegree: Vec<usize> = self
+            .nodes
+            .iter()
+            .map(|&v| {
+                self.graph
+                    .neighbors_directed(v, Direction::Incoming)
+                    .count()
+            })
+            .collect();
         let mut order = Vec::with_capacity(n);
         let mut done = vec![false; n];
         // Repeatedly take the first ready stage in declaration order: stable and readable.
@@ -56,7 +73,10 @@ impl<'p> StageGraph<'p> {
             let next = (0..n).find(|&i| !done[i] && indegree[i] == 0)?;
             done[next] = true;
             order.push(next);
-            for w in self.graph.neighbors_directed(self.nodes[next], Direction::Outgoing) {
+            for w in self
+                .graph
+                .neighbors_directed(self.nodes[next], Direction::Outgoing)
+            {
                 indegree[self.graph[w]] -= 1;
             }
         }
@@ -83,7 +103,12 @@ impl<'p> StageGraph<'p> {
             StageSpec::Sweep(sweep) => {
                 let size: usize = sweep.vary.iter().map(|v| v.values.len()).product();
                 let params: Vec<&str> = sweep.vary.iter().map(|v| v.param.value.as_str()).collect();
-                format!("{} [{} variants over {}]", stage.name.value, size, params.join(" × "))
+                format!(
+                    "{} [{} variants over {}]",
+                    stage.name.value,
+                    size,
+                    params.join(" × ")
+                )
             }
             _ => stage.name.value.clone(),
         }
@@ -91,14 +116,19 @@ impl<'p> StageGraph<'p> {
 
     /// Plain text, one stage per line with its inputs.
     pub fn to_text(&self) -> String {
-        let order = self.topological_order().unwrap_or_else(|| (0..self.nodes.len()).collect());
+        let order = self
+            .topological_order()
+            .unwrap_or_else(|| (0..self.nodes.len()).collect());
         let labels: Vec<String> = order.iter().map(|&i| self.label(i)).collect();
         let width = labels.iter().map(|l| l.chars().count()).max().unwrap_or(0);
         let mut out = String::new();
         for (&i, label) in order.iter().zip(&labels) {
             let stage = &self.pipeline.stages[i];
-            let inputs: Vec<&str> =
-                self.inputs(i).iter().map(|&(j, _)| self.pipeline.stages[j].name.value.as_str()).collect();
+            let inputs: Vec<&str> = self
+                .inputs(i)
+                .iter()
+                .map(|&(j, _)| self.pipeline.stages[j].name.value.as_str())
+                .collect();
             let _ = write!(out, "{:<9} {label:<width$}", stage.kind.as_str());
             if !inputs.is_empty() {
                 let _ = write!(out, "  ← {}", inputs.join(", "));
@@ -111,7 +141,8 @@ impl<'p> StageGraph<'p> {
 
     /// Graphviz dot.
     pub fn to_dot(&self) -> String {
-        let mut out = String::from("digraph pipeline {\n  rankdir=LR;\n  node [fontname=\"Helvetica\"];\n");
+        let mut out =
+            String::from("digraph pipeline {\n  rankdir=LR;\n  node [fontname=\"Helvetica\"];\n");
         for (i, stage) in self.pipeline.stages.iter().enumerate() {
             let shape = match stage.kind {
                 StageKind::Dataset => "cylinder",
@@ -121,7 +152,12 @@ impl<'p> StageGraph<'p> {
                 StageKind::Sweep => "box, style=dashed",
                 StageKind::Evaluate => "note",
             };
-            let _ = writeln!(out, "  s{i} [label=\"{}\\n{}\", shape={shape}];", stage.kind, escape(&self.label(i)));
+            let _ = writeln!(
+                out,
+                "  s{i} [label=\"{}\\n{}\", shape={shape}];",
+                stage.kind,
+                escape(&self.label(i))
+            );
         }
         for i in 0..self.nodes.len() {
             for (j, role) in self.inputs(i) {

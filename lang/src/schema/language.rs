@@ -1,34 +1,54 @@
 //! The declarations of every node of the language, version 1.
 
-use super::{
-    Lit::{Bool, Float, Int, Str},
-    NodeSpec, ParamSpec as P, Range, StageKind, ValueType as T, VariantSpec as V,
-};
 use super::methods::{
     COMPONENT_CONSTRAINT, COMPONENT_INFERENCE, COMPONENT_LOGITS, COMPONENT_MARGIN,
     COMPONENT_SAMPLER, COMPONENT_TARGETS, COMPONENT_WEIGHTING, METHOD,
+};
+use super::{
+    Lit::{Bool, Float, Int, Str},
+    NodeSpec, ParamSpec as P, Range, StageKind, ValueType as T, VariantSpec as V,
 };
 
 /// The language version this build understands (`lortflow 1`).
 pub const LANGUAGE_VERSION: u32 = 1;
 
-const NAME: P = P::new("name", T::String, "The stage's name, unique in the pipeline.").required();
+const NAME: P = P::new(
+    "name",
+    T::String,
+    "The stage's name, unique in the pipeline.",
+)
+.required();
 
 const DATASET_REF: &[StageKind] = &[StageKind::Dataset];
 const BACKBONE_REF: &[StageKind] = &[StageKind::Backbone];
 const FEATURES_REF: &[StageKind] = &[StageKind::Features, StageKind::Dataset];
 const HEAD_REF: &[StageKind] = &[StageKind::Head];
-const ANY_STAGE_REF: &[StageKind] =
-    &[StageKind::Dataset, StageKind::Backbone, StageKind::Features, StageKind::Head];
+const ANY_STAGE_REF: &[StageKind] = &[
+    StageKind::Dataset,
+    StageKind::Backbone,
+    StageKind::Features,
+    StageKind::Head,
+];
 
 /// Architectures of the `arch` node; their feature dimensions live in [`crate::ir::Arch`].
-pub(crate) const ARCHS: &[&str] =
-    &["small-cnn", "resnet32", "resnet34", "resnet50", "resnext50-32x4d"];
+pub(crate) const ARCHS: &[&str] = &[
+    "small-cnn",
+    "resnet32",
+    "resnet34",
+    "resnet50",
+    "resnext50-32x4d",
+];
 pub(crate) const SCHEDULES: &[&str] = &["cosine", "step", "constant"];
 pub(crate) const SAMPLERS: &[&str] = &["instance", "class-balanced", "sqrt"];
 pub(crate) const FIRST_STAGE_LOSSES: &[&str] = &["ce", "ce-drw", "ldam-drw", "balanced-softmax"];
-pub(crate) const METRICS: &[&str] =
-    &["top1", "logits-magnitude", "rsd", "weight-norm", "confusion", "per-class"];
+pub(crate) const METRICS: &[&str] = &[
+    "top1",
+    "logits-magnitude",
+    "rsd",
+    "weight-norm",
+    "confusion",
+    "per-class",
+];
 
 // ---------------------------------------------------------------------------------------------
 // Top level: version, include, defaults.
@@ -37,7 +57,9 @@ const VERSION: NodeSpec = NodeSpec::new(
     "lortflow",
     "The language version of the file. Every pipeline starts with `lortflow 1`.",
 )
-.args(&[P::new("version", T::Int, "Language version.").required().range(Range::closed(1.0, 1.0))])
+.args(&[P::new("version", T::Int, "Language version.")
+    .required()
+    .range(Range::closed(1.0, 1.0))])
 .required()
 .example("lortflow 1");
 
@@ -55,10 +77,21 @@ const DEFAULTS: NodeSpec = NodeSpec::new(
     "Settings for the whole pipeline. Each can be overridden on the command line.",
 )
 .children(&[
-    NodeSpec::new("backend", "The compute backend of training stages.")
-        .args(&[P::new("backend", T::Enum(&["cpu", "cuda"]), "Backend.").default(Str("cpu")).required()]),
-    NodeSpec::new("seed", "The base random seed; stages derive their own seeds from it.")
-        .args(&[P::new("seed", T::Int, "Seed.").range(Range::NON_NEGATIVE).default(Int(0)).required()]),
+    NodeSpec::new("backend", "The compute backend of training stages.").args(&[P::new(
+        "backend",
+        T::Enum(&["cpu", "cuda"]),
+        "Backend.",
+    )
+    .default(Str("cpu"))
+    .required()]),
+    NodeSpec::new(
+        "seed",
+        "The base random seed; stages derive their own seeds from it.",
+    )
+    .args(&[P::new("seed", T::Int, "Seed.")
+        .range(Range::NON_NEGATIVE)
+        .default(Int(0))
+        .required()]),
 ])
 .example("defaults { backend \"cpu\"; seed 0 }");
 
@@ -196,10 +229,24 @@ const GROUPS: NodeSpec = NodeSpec::new(
      `relative=#true` both are fractions of the largest class.",
 )
 .props(&[
-    P::new("many", T::Float, "Lower bound of the many group.").default(Float(100.0)).range(Range::NON_NEGATIVE),
-    P::new("few", T::Float, "Upper bound of the few group.").default(Float(20.0)).range(Range::NON_NEGATIVE),
-    P::new("rule", T::Enum(&["strict", "inclusive"]), "Boundary inclusivity.").default(Str("strict")),
-    P::new("relative", T::Bool, "Read `many` and `few` as fractions of n_max.").default(Bool(false)),
+    P::new("many", T::Float, "Lower bound of the many group.")
+        .default(Float(100.0))
+        .range(Range::NON_NEGATIVE),
+    P::new("few", T::Float, "Upper bound of the few group.")
+        .default(Float(20.0))
+        .range(Range::NON_NEGATIVE),
+    P::new(
+        "rule",
+        T::Enum(&["strict", "inclusive"]),
+        "Boundary inclusivity.",
+    )
+    .default(Str("strict")),
+    P::new(
+        "relative",
+        T::Bool,
+        "Read `many` and `few` as fractions of n_max.",
+    )
+    .default(Bool(false)),
 ])
 .example("groups many=100 few=20");
 
@@ -224,22 +271,45 @@ const BACKBONE_TRAIN: NodeSpec = NodeSpec::new(
      over all epochs. A checkpoint is kept after every epoch so an interrupted run resumes.",
 )
 .props(&[
-    P::new("epochs", T::Int, "Training epochs.").default(Int(200)).range(Range::AT_LEAST_ONE).unit("epochs"),
-    P::new("batch-size", T::Int, "Mini-batch size.").default(Int(128)).range(Range::AT_LEAST_ONE).unit("images"),
-    P::new("lr", T::Float, "Initial learning rate.").default(Float(0.1)).range(Range::POSITIVE),
-    P::new("momentum", T::Float, "SGD momentum.").default(Float(0.9)).range(Range::UNIT_HALF_OPEN),
-    P::new("weight-decay", T::Float, "L2 weight decay (LTWB: 5e-3 on CIFAR100-LT).")
-        .default(Float(5e-4))
-        .range(Range::NON_NEGATIVE),
+    P::new("epochs", T::Int, "Training epochs.")
+        .default(Int(200))
+        .range(Range::AT_LEAST_ONE)
+        .unit("epochs"),
+    P::new("batch-size", T::Int, "Mini-batch size.")
+        .default(Int(128))
+        .range(Range::AT_LEAST_ONE)
+        .unit("images"),
+    P::new("lr", T::Float, "Initial learning rate.")
+        .default(Float(0.1))
+        .range(Range::POSITIVE),
+    P::new("momentum", T::Float, "SGD momentum.")
+        .default(Float(0.9))
+        .range(Range::UNIT_HALF_OPEN),
+    P::new(
+        "weight-decay",
+        T::Float,
+        "L2 weight decay (LTWB: 5e-3 on CIFAR100-LT).",
+    )
+    .default(Float(5e-4))
+    .range(Range::NON_NEGATIVE),
     P::new("schedule", T::Enum(SCHEDULES), "Learning-rate schedule.").default(Str("cosine")),
-    P::new("warmup-epochs", T::Int, "Linear warm-up epochs.").default(Int(0)).range(Range::NON_NEGATIVE).unit("epochs"),
-    P::new("loss", T::Enum(FIRST_STAGE_LOSSES), "First-stage loss (the rows of the paper's Tab. 3).")
-        .default(Str("ce")),
+    P::new("warmup-epochs", T::Int, "Linear warm-up epochs.")
+        .default(Int(0))
+        .range(Range::NON_NEGATIVE)
+        .unit("epochs"),
+    P::new(
+        "loss",
+        T::Enum(FIRST_STAGE_LOSSES),
+        "First-stage loss (the rows of the paper's Tab. 3).",
+    )
+    .default(Str("ce")),
     P::new("sampler", T::Enum(SAMPLERS), "Training sampler.").default(Str("instance")),
     P::new("seed", T::Int, "Seed; defaults to the pipeline seed.").range(Range::NON_NEGATIVE),
 ])
 .conflicts(&["checkpoint"])
-.example("train epochs=200 batch-size=64 lr=0.01 momentum=0.9 weight-decay=5e-3 schedule=\"cosine\"");
+.example(
+    "train epochs=200 batch-size=64 lr=0.01 momentum=0.9 weight-decay=5e-3 schedule=\"cosine\"",
+);
 
 const CHECKPOINT: NodeSpec = NodeSpec::new(
     "checkpoint",
@@ -247,45 +317,70 @@ const CHECKPOINT: NodeSpec = NodeSpec::new(
      torchvision layout, or a lortflow checkpoint.",
 )
 .args(&[P::new("path", T::Path, "The weights file.").required()])
-.props(&[P::new("format", T::Enum(&["auto", "safetensors", "pytorch", "burn"]), "File format.")
-    .default(Str("auto"))])
+.props(&[P::new(
+    "format",
+    T::Enum(&["auto", "safetensors", "pytorch", "burn"]),
+    "File format.",
+)
+.default(Str("auto"))])
 .conflicts(&["train"])
 .example("checkpoint \"weights/r34-ltwb.safetensors\"");
 
-const AUGMENT: NodeSpec = NodeSpec::new("augment", "A training-time augmentation, applied in the order written.")
-    .args(&[P::new("kind", T::String, "The augmentation.").required()])
-    .variants(&[
-        V {
-            name: "random-crop",
-            doc: "Pad then crop back to the input size at a random offset.",
-            props: &[P::new("padding", T::Int, "Zero padding on each side.").default(Int(4)).range(Range::NON_NEGATIVE).unit("pixels")],
-        },
-        V {
-            name: "random-resized-crop",
-            doc: "Crop a random area and aspect ratio, resize to `size`.",
-            props: &[
-                P::new("size", T::Int, "Output side.").default(Int(224)).range(Range::AT_LEAST_ONE).unit("pixels"),
-                P::new("min-scale", T::Float, "Smallest crop area fraction.").default(Float(0.08)).range(Range::closed(0.01, 1.0)),
-            ],
-        },
-        V {
-            name: "hflip",
-            doc: "Horizontal flip.",
-            props: &[P::new("p", T::Float, "Flip probability.").default(Float(0.5)).range(Range::UNIT)],
-        },
-        V {
-            name: "color-jitter",
-            doc: "Random brightness, contrast and saturation (ImageNet-LT recipe: 0.4 each).",
-            props: &[
-                P::new("brightness", T::Float, "Brightness factor range.").default(Float(0.4)).range(Range::NON_NEGATIVE),
-                P::new("contrast", T::Float, "Contrast factor range.").default(Float(0.4)).range(Range::NON_NEGATIVE),
-                P::new("saturation", T::Float, "Saturation factor range.").default(Float(0.4)).range(Range::NON_NEGATIVE),
-                P::new("hue", T::Float, "Hue shift range.").default(Float(0.0)).range(Range::closed(0.0, 0.5)),
-            ],
-        },
-    ])
-    .repeatable()
-    .example("augment \"random-crop\" padding=4");
+const AUGMENT: NodeSpec = NodeSpec::new(
+    "augment",
+    "A training-time augmentation, applied in the order written.",
+)
+.args(&[P::new("kind", T::String, "The augmentation.").required()])
+.variants(&[
+    V {
+        name: "random-crop",
+        doc: "Pad then crop back to the input size at a random offset.",
+        props: &[P::new("padding", T::Int, "Zero padding on each side.")
+            .default(Int(4))
+            .range(Range::NON_NEGATIVE)
+            .unit("pixels")],
+    },
+    V {
+        name: "random-resized-crop",
+        doc: "Crop a random area and aspect ratio, resize to `size`.",
+        props: &[
+            P::new("size", T::Int, "Output side.")
+                .default(Int(224))
+                .range(Range::AT_LEAST_ONE)
+                .unit("pixels"),
+            P::new("min-scale", T::Float, "Smallest crop area fraction.")
+                .default(Float(0.08))
+                .range(Range::closed(0.01, 1.0)),
+        ],
+    },
+    V {
+        name: "hflip",
+        doc: "Horizontal flip.",
+        props: &[P::new("p", T::Float, "Flip probability.")
+            .default(Float(0.5))
+            .range(Range::UNIT)],
+    },
+    V {
+        name: "color-jitter",
+        doc: "Random brightness, contrast and saturation (ImageNet-LT recipe: 0.4 each).",
+        props: &[
+            P::new("brightness", T::Float, "Brightness factor range.")
+                .default(Float(0.4))
+                .range(Range::NON_NEGATIVE),
+            P::new("contrast", T::Float, "Contrast factor range.")
+                .default(Float(0.4))
+                .range(Range::NON_NEGATIVE),
+            P::new("saturation", T::Float, "Saturation factor range.")
+                .default(Float(0.4))
+                .range(Range::NON_NEGATIVE),
+            P::new("hue", T::Float, "Hue shift range.")
+                .default(Float(0.0))
+                .range(Range::closed(0.0, 0.5)),
+        ],
+    },
+])
+.repeatable()
+.example("augment \"random-crop\" padding=4");
 
 const NORMALIZE: NodeSpec = NodeSpec::new(
     "normalize",
@@ -333,10 +428,22 @@ const FEATURES: NodeSpec = NodeSpec::new(
     NodeSpec::new("backbone", "The backbone to run.")
         .args(&[P::new("backbone", T::StageRef(BACKBONE_REF), "A backbone stage.").required()])
         .required(),
-    NodeSpec::new("tta", "Test-time augmentation: `hflip` averages the features of x and its mirror.")
-        .args(&[P::new("mode", T::Enum(&["none", "hflip"]), "TTA mode.").default(Str("none")).required()]),
-    NodeSpec::new("batch-size", "Images per inference batch; at most one batch is held in memory.")
-        .args(&[P::new("size", T::Int, "Batch size.").default(Int(256)).range(Range::AT_LEAST_ONE).unit("images").required()]),
+    NodeSpec::new(
+        "tta",
+        "Test-time augmentation: `hflip` averages the features of x and its mirror.",
+    )
+    .args(&[P::new("mode", T::Enum(&["none", "hflip"]), "TTA mode.")
+        .default(Str("none"))
+        .required()]),
+    NodeSpec::new(
+        "batch-size",
+        "Images per inference batch; at most one batch is held in memory.",
+    )
+    .args(&[P::new("size", T::Int, "Batch size.")
+        .default(Int(256))
+        .range(Range::AT_LEAST_ONE)
+        .unit("images")
+        .required()]),
 ])
 .stage(StageKind::Features)
 .example("features \"r32-feats\" { backbone \"r32\"; tta \"hflip\" }");
@@ -350,14 +457,38 @@ const HEAD_TRAIN: NodeSpec = NodeSpec::new(
      the method (see the presets table); `epochs=0` applies only the inference map.",
 )
 .props(&[
-    P::new("epochs", T::Int, "Training epochs (default: the preset's).").range(Range::NON_NEGATIVE).unit("epochs"),
-    P::new("batch-size", T::Int, "Mini-batch size (default: the preset's).").range(Range::AT_LEAST_ONE).unit("samples"),
-    P::new("lr", T::Float, "Initial learning rate (default: the preset's).").range(Range::POSITIVE),
-    P::new("momentum", T::Float, "SGD momentum.").default(Float(0.9)).range(Range::UNIT_HALF_OPEN),
-    P::new("weight-decay", T::Float, "L2 weight decay (default: the preset's).").range(Range::NON_NEGATIVE),
+    P::new("epochs", T::Int, "Training epochs (default: the preset's).")
+        .range(Range::NON_NEGATIVE)
+        .unit("epochs"),
+    P::new(
+        "batch-size",
+        T::Int,
+        "Mini-batch size (default: the preset's).",
+    )
+    .range(Range::AT_LEAST_ONE)
+    .unit("samples"),
+    P::new(
+        "lr",
+        T::Float,
+        "Initial learning rate (default: the preset's).",
+    )
+    .range(Range::POSITIVE),
+    P::new("momentum", T::Float, "SGD momentum.")
+        .default(Float(0.9))
+        .range(Range::UNIT_HALF_OPEN),
+    P::new(
+        "weight-decay",
+        T::Float,
+        "L2 weight decay (default: the preset's).",
+    )
+    .range(Range::NON_NEGATIVE),
     P::new("schedule", T::Enum(SCHEDULES), "Learning-rate schedule.").default(Str("cosine")),
-    P::new("seed", T::Int, "Seed of trial 0; trial i uses seed + i. Defaults to the pipeline seed.")
-        .range(Range::NON_NEGATIVE),
+    P::new(
+        "seed",
+        T::Int,
+        "Seed of trial 0; trial i uses seed + i. Defaults to the pipeline seed.",
+    )
+    .range(Range::NON_NEGATIVE),
 ])
 .example("train epochs=20 lr=0.01 weight-decay=5e-4");
 
@@ -366,8 +497,17 @@ const INIT: NodeSpec = NodeSpec::new(
     "Where the head starts: re-initialised (`random`), the backbone's own classifier (`backbone`, \
      the official LORT recipe), or another head's result (`head from=\"name\"`).",
 )
-.args(&[P::new("from", T::Enum(&["random", "backbone", "head"]), "Initialisation.").required()])
-.props(&[P::new("head", T::StageRef(HEAD_REF), "The head to start from (with `init \"head\"`).")])
+.args(&[P::new(
+    "from",
+    T::Enum(&["random", "backbone", "head"]),
+    "Initialisation.",
+)
+.required()])
+.props(&[P::new(
+    "head",
+    T::StageRef(HEAD_REF),
+    "The head to start from (with `init \"head\"`).",
+)])
 .example("init \"backbone\"");
 
 const HEAD: NodeSpec = NodeSpec::new(
@@ -469,8 +609,9 @@ const EVALUATE: NodeSpec = NodeSpec::new(
 .example("evaluate \"table\" {\n    heads \"*\"\n    metrics \"top1\" \"logits-magnitude\" \"rsd\" \"weight-norm\"\n}");
 
 /// Every node allowed at the top level of a pipeline file, in documentation order.
-pub const TOP_LEVEL: &[NodeSpec] =
-    &[VERSION, INCLUDE, DEFAULTS, DATASET, BACKBONE, FEATURES, HEAD, SWEEP, EVALUATE];
+pub const TOP_LEVEL: &[NodeSpec] = &[
+    VERSION, INCLUDE, DEFAULTS, DATASET, BACKBONE, FEATURES, HEAD, SWEEP, EVALUATE,
+];
 
 /// The top-level node called `name`.
 pub fn top_level(name: &str) -> Option<&'static NodeSpec> {

@@ -17,47 +17,82 @@ const DELTA: P = P::new(
 )
 .default(Float(0.98))
 .range(Range::UNIT_HALF_OPEN);
-const COSINE_SCALE: P =
-    P::new("scale", T::Float, "Scale s of the cosine logits (absent from the paper; OLTR uses 16).")
-        .default(Float(16.0))
-        .range(Range::POSITIVE);
-const LDAM_SCALE: P = P::new("scale", T::Float, "Scale s of the cosine logits (LDAM code: 30).")
-    .default(Float(30.0))
-    .range(Range::POSITIVE);
-const MAX_M: P = P::new("max-m", T::Float, "Margin of the rarest class; others get max-m·(n_min/n_i)^(1/4).")
-    .default(Float(0.5))
-    .range(Range::POSITIVE);
+const COSINE_SCALE: P = P::new(
+    "scale",
+    T::Float,
+    "Scale s of the cosine logits (absent from the paper; OLTR uses 16).",
+)
+.default(Float(16.0))
+.range(Range::POSITIVE);
+const LDAM_SCALE: P = P::new(
+    "scale",
+    T::Float,
+    "Scale s of the cosine logits (LDAM code: 30).",
+)
+.default(Float(30.0))
+.range(Range::POSITIVE);
+const MAX_M: P = P::new(
+    "max-m",
+    T::Float,
+    "Margin of the rarest class; others get max-m·(n_min/n_i)^(1/4).",
+)
+.default(Float(0.5))
+.range(Range::POSITIVE);
 const BETA: P = P::new("beta", T::Float, "β of the effective number (1-β^n)/(1-β).")
     .default(Float(0.9999))
     .range(Range::UNIT_HALF_OPEN);
-const GAMMA: P = P::new("gamma", T::Float, "Focusing parameter γ of (1-s_y)^γ (LDAM code: 1).")
-    .default(Float(1.0))
-    .range(Range::NON_NEGATIVE);
-const TAU_NORM: P = P::new("tau", T::Float, "Exponent τ of W_i/‖W_i‖^τ (0 = identity, 1 = unit rows).")
-    .default(Float(1.0))
-    .range(Range::closed(0.0, 4.0));
-const TAU_NORM_BIAS: P = P::new("bias", T::Bool, "Keep the bias (LTWB) instead of dropping it (Kang et al.).")
-    .default(Bool(false));
+const GAMMA: P = P::new(
+    "gamma",
+    T::Float,
+    "Focusing parameter γ of (1-s_y)^γ (LDAM code: 1).",
+)
+.default(Float(1.0))
+.range(Range::NON_NEGATIVE);
+const TAU_NORM: P = P::new(
+    "tau",
+    T::Float,
+    "Exponent τ of W_i/‖W_i‖^τ (0 = identity, 1 = unit rows).",
+)
+.default(Float(1.0))
+.range(Range::closed(0.0, 4.0));
+const TAU_NORM_BIAS: P = P::new(
+    "bias",
+    T::Bool,
+    "Keep the bias (LTWB) instead of dropping it (Kang et al.).",
+)
+.default(Bool(false));
 const TAU_LA: P = P::new("tau", T::Float, "Strength τ of the τ·log π adjustment.")
     .default(Float(1.0))
     .range(Range::NON_NEGATIVE);
-const PER_CLASS: P = P::new("per-class", T::Int, "Consecutive samples drawn per visited class (cRT: 4).")
-    .default(Int(4))
-    .range(Range::AT_LEAST_ONE);
+const PER_CLASS: P = P::new(
+    "per-class",
+    T::Int,
+    "Consecutive samples drawn per visited class (cRT: 4).",
+)
+.default(Int(4))
+.range(Range::AT_LEAST_ONE);
 const CB_LOSS: P = P::new(
     "loss",
     T::Enum(&["bce", "softmax", "focal"]),
     "Base loss: BCE on the softmax (LTWB's port, the paper's CB-BCE), weighted softmax CE, or focal.",
 )
 .default(Str("bce"));
-const FROM_EPOCH: P = P::new("from-epoch", T::Int, "0-based epoch from which the weights apply (DRW); before it all weights are 1.")
-    .default(Int(0))
-    .range(Range::NON_NEGATIVE)
-    .unit("epochs");
-const DRW_EPOCH: P = P::new("drw-epoch", T::Int, "0-based epoch at which re-weighting starts (reference: 160 of 200).")
-    .default(Int(16))
-    .range(Range::NON_NEGATIVE)
-    .unit("epochs");
+const FROM_EPOCH: P = P::new(
+    "from-epoch",
+    T::Int,
+    "0-based epoch from which the weights apply (DRW); before it all weights are 1.",
+)
+.default(Int(0))
+.range(Range::NON_NEGATIVE)
+.unit("epochs");
+const DRW_EPOCH: P = P::new(
+    "drw-epoch",
+    T::Int,
+    "0-based epoch at which re-weighting starts (reference: 160 of 200).",
+)
+.default(Int(16))
+.range(Range::NON_NEGATIVE)
+.unit("epochs");
 const THRESH: P = P::new(
     "thresh",
     T::Float,
@@ -65,8 +100,12 @@ const THRESH: P = P::new(
 )
 .default(Float(0.1))
 .range(Range::UNIT);
-const RADIUS: P =
-    P::new("radius", T::Float, "Absolute radius r of ‖W_i‖ ≤ r; replaces `thresh`.").range(Range::POSITIVE);
+const RADIUS: P = P::new(
+    "radius",
+    T::Float,
+    "Absolute radius r of ‖W_i‖ ≤ r; replaces `thresh`.",
+)
+.range(Range::POSITIVE);
 const EVERY: P = P::new(
     "every",
     T::Enum(&["step", "epoch"]),
@@ -94,107 +133,245 @@ pub(crate) const METHOD: NodeSpec = NodeSpec::new(
 )
 .args(&[P::new("method", T::String, "Method name.").required()])
 .variants(&[
-    V { name: "ce", doc: "Vanilla FC: linear head, softmax cross-entropy.", props: &[] },
-    V { name: "cosine", doc: "Vanilla cosine classifier with a scale.", props: &[COSINE_SCALE] },
-    V { name: "lws", doc: "Learnable weight scaling on the frozen initial classifier (Kang et al.).", props: &[] },
-    V { name: "ldam", doc: "Label-distribution-aware margins (Cao et al.).", props: &[MAX_M, LDAM_SCALE, NORMALIZED] },
+    V {
+        name: "ce",
+        doc: "Vanilla FC: linear head, softmax cross-entropy.",
+        props: &[],
+    },
+    V {
+        name: "cosine",
+        doc: "Vanilla cosine classifier with a scale.",
+        props: &[COSINE_SCALE],
+    },
+    V {
+        name: "lws",
+        doc: "Learnable weight scaling on the frozen initial classifier (Kang et al.).",
+        props: &[],
+    },
+    V {
+        name: "ldam",
+        doc: "Label-distribution-aware margins (Cao et al.).",
+        props: &[MAX_M, LDAM_SCALE, NORMALIZED],
+    },
     V {
         name: "ldam-drw",
         doc: "LDAM with deferred class-balanced re-weighting.",
         props: &[MAX_M, LDAM_SCALE, NORMALIZED, BETA, DRW_EPOCH],
     },
-    V { name: "balanced-softmax", doc: "Softmax on z + log n during training (Ren et al.).", props: &[] },
-    V { name: "resample", doc: "cRT: re-initialised head, class-balanced sampling (Kang et al.).", props: &[PER_CLASS] },
-    V { name: "focal", doc: "Softmax focal loss (Lin et al.).", props: &[GAMMA] },
-    V { name: "class-balanced", doc: "Class-balanced weights by effective number (Cui et al.).", props: &[BETA, CB_LOSS] },
-    V { name: "maxnorm", doc: "Per-class weight-norm constraint by projected gradient (Alshammari et al.).", props: &[THRESH, RADIUS, EVERY] },
-    V { name: "tau-norm", doc: "τ-normalised classifier at inference (Kang et al.).", props: &[TAU_NORM, TAU_NORM_BIAS] },
-    V { name: "logit-adjust", doc: "Logit adjustment by τ·log π (Menon et al.).", props: &[TAU_LA, LA_FORM] },
-    V { name: "lort", doc: "LORT: large label smoothing on a fine-tuned classifier (the paper).", props: &[DELTA] },
+    V {
+        name: "balanced-softmax",
+        doc: "Softmax on z + log n during training (Ren et al.).",
+        props: &[],
+    },
+    V {
+        name: "resample",
+        doc: "cRT: re-initialised head, class-balanced sampling (Kang et al.).",
+        props: &[PER_CLASS],
+    },
+    V {
+        name: "focal",
+        doc: "Softmax focal loss (Lin et al.).",
+        props: &[GAMMA],
+    },
+    V {
+        name: "class-balanced",
+        doc: "Class-balanced weights by effective number (Cui et al.).",
+        props: &[BETA, CB_LOSS],
+    },
+    V {
+        name: "maxnorm",
+        doc: "Per-class weight-norm constraint by projected gradient (Alshammari et al.).",
+        props: &[THRESH, RADIUS, EVERY],
+    },
+    V {
+        name: "tau-norm",
+        doc: "τ-normalised classifier at inference (Kang et al.).",
+        props: &[TAU_NORM, TAU_NORM_BIAS],
+    },
+    V {
+        name: "logit-adjust",
+        doc: "Logit adjustment by τ·log π (Menon et al.).",
+        props: &[TAU_LA, LA_FORM],
+    },
+    V {
+        name: "lort",
+        doc: "LORT: large label smoothing on a fine-tuned classifier (the paper).",
+        props: &[DELTA],
+    },
 ])
 .methods()
 .example("method \"lort\" delta=0.98");
 
 /// `logits`: how the head turns features into logits.
-pub(crate) const COMPONENT_LOGITS: NodeSpec = NodeSpec::new("logits", "Component: the logit function g.")
-    .args(&[P::new("kind", T::String, "Logit function.").required()])
-    .variants(&[
-        V { name: "linear", doc: "z = W f + b.", props: &[] },
-        V { name: "cosine", doc: "z = s · (W_i/‖W_i‖)ᵀ(f/‖f‖).", props: &[COSINE_SCALE] },
-        V { name: "lws", doc: "z = c ⊙ (W f + b) with W, b frozen and c learned (init 1).", props: &[] },
-    ])
-    .example("logits \"cosine\" scale=16");
+pub(crate) const COMPONENT_LOGITS: NodeSpec =
+    NodeSpec::new("logits", "Component: the logit function g.")
+        .args(&[P::new("kind", T::String, "Logit function.").required()])
+        .variants(&[
+            V {
+                name: "linear",
+                doc: "z = W f + b.",
+                props: &[],
+            },
+            V {
+                name: "cosine",
+                doc: "z = s · (W_i/‖W_i‖)ᵀ(f/‖f‖).",
+                props: &[COSINE_SCALE],
+            },
+            V {
+                name: "lws",
+                doc: "z = c ⊙ (W f + b) with W, b frozen and c learned (init 1).",
+                props: &[],
+            },
+        ])
+        .example("logits \"cosine\" scale=16");
 
 /// `targets`: the training target distribution.
-pub(crate) const COMPONENT_TARGETS: NodeSpec = NodeSpec::new("targets", "Component: the target distribution.")
-    .args(&[P::new("kind", T::String, "Target kind.").required()])
-    .variants(&[
-        V { name: "one-hot", doc: "The label only.", props: &[] },
-        V { name: "smoothed", doc: "1-δ+δ/K on the label, δ/K elsewhere (LORT).", props: &[DELTA] },
-    ])
-    .example("targets \"smoothed\" delta=0.98");
+pub(crate) const COMPONENT_TARGETS: NodeSpec =
+    NodeSpec::new("targets", "Component: the target distribution.")
+        .args(&[P::new("kind", T::String, "Target kind.").required()])
+        .variants(&[
+            V {
+                name: "one-hot",
+                doc: "The label only.",
+                props: &[],
+            },
+            V {
+                name: "smoothed",
+                doc: "1-δ+δ/K on the label, δ/K elsewhere (LORT).",
+                props: &[DELTA],
+            },
+        ])
+        .example("targets \"smoothed\" delta=0.98");
 
 /// `margin`: a per-class offset of the logits during training.
-pub(crate) const COMPONENT_MARGIN: NodeSpec =
-    NodeSpec::new("margin", "Component: a margin or prior added to the logits during training.")
-        .args(&[P::new("kind", T::String, "Margin kind.").required()])
-        .variants(&[
-            V { name: "none", doc: "No margin.", props: &[] },
-            V { name: "ldam", doc: "Subtract C/n_y^(1/4) from the true-class logit.", props: &[MAX_M] },
-            V { name: "balanced-softmax", doc: "Add log n_i to every logit.", props: &[] },
-            V { name: "logit-adjust", doc: "Add τ·log π_i to every logit (the loss form).", props: &[TAU_LA] },
-        ])
-        .example("margin \"balanced-softmax\"");
+pub(crate) const COMPONENT_MARGIN: NodeSpec = NodeSpec::new(
+    "margin",
+    "Component: a margin or prior added to the logits during training.",
+)
+.args(&[P::new("kind", T::String, "Margin kind.").required()])
+.variants(&[
+    V {
+        name: "none",
+        doc: "No margin.",
+        props: &[],
+    },
+    V {
+        name: "ldam",
+        doc: "Subtract C/n_y^(1/4) from the true-class logit.",
+        props: &[MAX_M],
+    },
+    V {
+        name: "balanced-softmax",
+        doc: "Add log n_i to every logit.",
+        props: &[],
+    },
+    V {
+        name: "logit-adjust",
+        doc: "Add τ·log π_i to every logit (the loss form).",
+        props: &[TAU_LA],
+    },
+])
+.example("margin \"balanced-softmax\"");
 
 /// `weighting`: per-sample loss weights r_w.
 pub(crate) const COMPONENT_WEIGHTING: NodeSpec =
     NodeSpec::new("weighting", "Component: the per-sample loss weight r_w(y).")
         .args(&[P::new("kind", T::String, "Weighting kind.").required()])
         .variants(&[
-            V { name: "none", doc: "All samples weigh 1.", props: &[] },
+            V {
+                name: "none",
+                doc: "All samples weigh 1.",
+                props: &[],
+            },
             V {
                 name: "class-balanced",
                 doc: "(1-β)/(1-β^n_y), normalised to sum to K.",
                 props: &[BETA, CB_LOSS, GAMMA, FROM_EPOCH],
             },
-            V { name: "focal", doc: "(1-s_y)^γ.", props: &[GAMMA] },
+            V {
+                name: "focal",
+                doc: "(1-s_y)^γ.",
+                props: &[GAMMA],
+            },
         ])
         .example("weighting \"class-balanced\" beta=0.9999 loss=\"softmax\"");
 
 /// `sampler`: how training samples are drawn.
-pub(crate) const COMPONENT_SAMPLER: NodeSpec = NodeSpec::new("sampler", "Component: the sampler r_s.")
-    .args(&[P::new("kind", T::String, "Sampler.").required()])
-    .variants(&[
-        V { name: "instance", doc: "Every sample once per epoch, shuffled.", props: &[] },
-        V { name: "class-balanced", doc: "Round-robin over shuffled classes (cRT's class-aware sampler).", props: &[PER_CLASS] },
-        V { name: "sqrt", doc: "Sample class i with probability ∝ √n_i.", props: &[] },
-    ])
-    .example("sampler \"class-balanced\" per-class=4");
+pub(crate) const COMPONENT_SAMPLER: NodeSpec =
+    NodeSpec::new("sampler", "Component: the sampler r_s.")
+        .args(&[P::new("kind", T::String, "Sampler.").required()])
+        .variants(&[
+            V {
+                name: "instance",
+                doc: "Every sample once per epoch, shuffled.",
+                props: &[],
+            },
+            V {
+                name: "class-balanced",
+                doc: "Round-robin over shuffled classes (cRT's class-aware sampler).",
+                props: &[PER_CLASS],
+            },
+            V {
+                name: "sqrt",
+                doc: "Sample class i with probability ∝ √n_i.",
+                props: &[],
+            },
+        ])
+        .example("sampler \"class-balanced\" per-class=4");
 
 /// `constraint`: a projection applied to the weights.
-pub(crate) const COMPONENT_CONSTRAINT: NodeSpec =
-    NodeSpec::new("constraint", "Component: a constraint on the classifier weights.")
-        .args(&[P::new("kind", T::String, "Constraint.").required()])
-        .variants(&[
-            V { name: "none", doc: "Unconstrained.", props: &[] },
-            V { name: "maxnorm", doc: "‖W_i‖ ≤ r by projection; the bias is free.", props: &[THRESH, RADIUS, EVERY] },
-        ])
-        .example("constraint \"maxnorm\" thresh=0.1");
+pub(crate) const COMPONENT_CONSTRAINT: NodeSpec = NodeSpec::new(
+    "constraint",
+    "Component: a constraint on the classifier weights.",
+)
+.args(&[P::new("kind", T::String, "Constraint.").required()])
+.variants(&[
+    V {
+        name: "none",
+        doc: "Unconstrained.",
+        props: &[],
+    },
+    V {
+        name: "maxnorm",
+        doc: "‖W_i‖ ≤ r by projection; the bias is free.",
+        props: &[THRESH, RADIUS, EVERY],
+    },
+])
+.example("constraint \"maxnorm\" thresh=0.1");
 
 /// `inference`: a map applied to the logits at test time.
 pub(crate) const COMPONENT_INFERENCE: NodeSpec =
     NodeSpec::new("inference", "Component: the inference-time logit map h.")
         .args(&[P::new("kind", T::String, "Map.").required()])
         .variants(&[
-            V { name: "none", doc: "Raw logits.", props: &[] },
-            V { name: "tau-norm", doc: "(W_i/‖W_i‖^τ)ᵀ f (+ b with `bias=#true`).", props: &[TAU_NORM, TAU_NORM_BIAS] },
-            V { name: "logit-adjust", doc: "z_i − τ·log π_i.", props: &[TAU_LA] },
+            V {
+                name: "none",
+                doc: "Raw logits.",
+                props: &[],
+            },
+            V {
+                name: "tau-norm",
+                doc: "(W_i/‖W_i‖^τ)ᵀ f (+ b with `bias=#true`).",
+                props: &[TAU_NORM, TAU_NORM_BIAS],
+            },
+            V {
+                name: "logit-adjust",
+                doc: "z_i − τ·log π_i.",
+                props: &[TAU_LA],
+            },
         ])
         .example("inference \"tau-norm\" tau=1.0");
 
 /// The component nodes of a head, in the order of the unified form.
-pub const COMPONENTS: &[&str] =
-    &["logits", "targets", "margin", "weighting", "sampler", "constraint", "inference"];
+pub const COMPONENTS: &[&str] = &[
+    "logits",
+    "targets",
+    "margin",
+    "weighting",
+    "sampler",
+    "constraint",
+    "inference",
+];
 
 /// A value a preset puts into a component property.
 #[derive(Debug, Clone, Copy)]
@@ -232,8 +409,13 @@ pub struct TrainDefaults {
 }
 
 /// Defaults of a re-initialised head trained to convergence.
-const FRESH: TrainDefaults =
-    TrainDefaults { epochs: 20, batch_size: 128, lr: 0.01, weight_decay: 5e-4, init: "random" };
+const FRESH: TrainDefaults = TrainDefaults {
+    epochs: 20,
+    batch_size: 128,
+    lr: 0.01,
+    weight_decay: 5e-4,
+    init: "random",
+};
 
 /// A named method: the components it stands for and its training defaults.
 #[derive(Debug, Clone, Copy)]
@@ -255,12 +437,21 @@ const fn c(
     variant: &'static str,
     props: &'static [(&'static str, PresetValue)],
 ) -> ComponentSetting {
-    ComponentSetting { node, variant, props }
+    ComponentSetting {
+        node,
+        variant,
+        props,
+    }
 }
 
 /// Every preset of the `method` node.
 pub const HEAD_PRESETS: &[HeadPreset] = &[
-    HeadPreset { name: "ce", components: &[], train: FRESH, reference: "Vanilla FC of Tab. 1" },
+    HeadPreset {
+        name: "ce",
+        components: &[],
+        train: FRESH,
+        reference: "Vanilla FC of Tab. 1",
+    },
     HeadPreset {
         name: "cosine",
         components: &[c("logits", "cosine", &[("scale", M("scale"))])],
@@ -273,7 +464,13 @@ pub const HEAD_PRESETS: &[HeadPreset] = &[
             c("logits", "lws", &[]),
             c("sampler", "class-balanced", &[("per-class", L(Int(4)))]),
         ],
-        train: TrainDefaults { epochs: 5, batch_size: 512, lr: 0.2, weight_decay: 5e-4, init: "backbone" },
+        train: TrainDefaults {
+            epochs: 5,
+            batch_size: 512,
+            lr: 0.2,
+            weight_decay: 5e-4,
+            init: "backbone",
+        },
         reference: "classifier-balancing `cls_lws.yaml`",
     },
     HeadPreset {
@@ -293,7 +490,11 @@ pub const HEAD_PRESETS: &[HeadPreset] = &[
             c(
                 "weighting",
                 "class-balanced",
-                &[("beta", M("beta")), ("loss", L(Str("softmax"))), ("from-epoch", M("drw-epoch"))],
+                &[
+                    ("beta", M("beta")),
+                    ("loss", L(Str("softmax"))),
+                    ("from-epoch", M("drw-epoch")),
+                ],
             ),
         ],
         train: FRESH,
@@ -307,8 +508,18 @@ pub const HEAD_PRESETS: &[HeadPreset] = &[
     },
     HeadPreset {
         name: "resample",
-        components: &[c("sampler", "class-balanced", &[("per-class", M("per-class"))])],
-        train: TrainDefaults { epochs: 10, batch_size: 512, lr: 0.2, weight_decay: 5e-4, init: "random" },
+        components: &[c(
+            "sampler",
+            "class-balanced",
+            &[("per-class", M("per-class"))],
+        )],
+        train: TrainDefaults {
+            epochs: 10,
+            batch_size: 512,
+            lr: 0.2,
+            weight_decay: 5e-4,
+            init: "random",
+        },
         reference: "classifier-balancing `cls_crt.yaml`",
     },
     HeadPreset {
@@ -319,7 +530,11 @@ pub const HEAD_PRESETS: &[HeadPreset] = &[
     },
     HeadPreset {
         name: "class-balanced",
-        components: &[c("weighting", "class-balanced", &[("beta", M("beta")), ("loss", M("loss"))])],
+        components: &[c(
+            "weighting",
+            "class-balanced",
+            &[("beta", M("beta")), ("loss", M("loss"))],
+        )],
         train: FRESH,
         reference: "LTWB's CB-BCE (`class_balanced_loss.py`), β 0.9999",
     },
@@ -328,14 +543,28 @@ pub const HEAD_PRESETS: &[HeadPreset] = &[
         components: &[c(
             "constraint",
             "maxnorm",
-            &[("thresh", M("thresh")), ("radius", M("radius")), ("every", M("every"))],
+            &[
+                ("thresh", M("thresh")),
+                ("radius", M("radius")),
+                ("every", M("every")),
+            ],
         )],
-        train: TrainDefaults { epochs: 10, batch_size: 64, lr: 0.01, weight_decay: 0.1, init: "backbone" },
+        train: TrainDefaults {
+            epochs: 10,
+            batch_size: 64,
+            lr: 0.01,
+            weight_decay: 0.1,
+            init: "backbone",
+        },
         reference: "LTWB demo 2: lr 0.01, wd 0.1, 10 epochs, thresh 0.1",
     },
     HeadPreset {
         name: "tau-norm",
-        components: &[c("inference", "tau-norm", &[("tau", M("tau")), ("bias", M("bias"))])],
+        components: &[c(
+            "inference",
+            "tau-norm",
+            &[("tau", M("tau")), ("bias", M("bias"))],
+        )],
         train: FRESH,
         reference: "classifier-balancing `tau_norm.py` (bias dropped)",
     },
@@ -348,7 +577,13 @@ pub const HEAD_PRESETS: &[HeadPreset] = &[
     HeadPreset {
         name: "lort",
         components: &[c("targets", "smoothed", &[("delta", M("delta"))])],
-        train: TrainDefaults { epochs: 20, batch_size: 64, lr: 5e-4, weight_decay: 0.0, init: "backbone" },
+        train: TrainDefaults {
+            epochs: 20,
+            batch_size: 64,
+            lr: 5e-4,
+            weight_decay: 0.0,
+            init: "backbone",
+        },
         reference: "official LOS code `main_stage2.py`: fine-tune the stage-1 fc, lr 5e-4, wd 0",
     },
 ];

@@ -84,11 +84,19 @@ impl ValueType {
             ValueType::Path => "path string".into(),
             ValueType::Enum(choices) => format!(
                 "one of {}",
-                choices.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ")
+                choices
+                    .iter()
+                    .map(|c| format!("`{c}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
             ValueType::StageRef(kinds) => format!(
                 "name of a {} stage",
-                kinds.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(" or ")
+                kinds
+                    .iter()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(" or ")
             ),
             ValueType::StagePattern => "stage name or glob pattern".into(),
             ValueType::Any => "value".into(),
@@ -130,21 +138,42 @@ pub struct Range {
 
 impl Range {
     /// Any number.
-    pub const ANY: Range = Range { min: Bound::Unbounded, max: Bound::Unbounded };
+    pub const ANY: Range = Range {
+        min: Bound::Unbounded,
+        max: Bound::Unbounded,
+    };
     /// `[0, ∞)`.
-    pub const NON_NEGATIVE: Range = Range { min: Bound::Inclusive(0.0), max: Bound::Unbounded };
+    pub const NON_NEGATIVE: Range = Range {
+        min: Bound::Inclusive(0.0),
+        max: Bound::Unbounded,
+    };
     /// `(0, ∞)`.
-    pub const POSITIVE: Range = Range { min: Bound::Exclusive(0.0), max: Bound::Unbounded };
+    pub const POSITIVE: Range = Range {
+        min: Bound::Exclusive(0.0),
+        max: Bound::Unbounded,
+    };
     /// `[1, ∞)`.
-    pub const AT_LEAST_ONE: Range = Range { min: Bound::Inclusive(1.0), max: Bound::Unbounded };
+    pub const AT_LEAST_ONE: Range = Range {
+        min: Bound::Inclusive(1.0),
+        max: Bound::Unbounded,
+    };
     /// `[0, 1)`.
-    pub const UNIT_HALF_OPEN: Range = Range { min: Bound::Inclusive(0.0), max: Bound::Exclusive(1.0) };
+    pub const UNIT_HALF_OPEN: Range = Range {
+        min: Bound::Inclusive(0.0),
+        max: Bound::Exclusive(1.0),
+    };
     /// `[0, 1]`.
-    pub const UNIT: Range = Range { min: Bound::Inclusive(0.0), max: Bound::Inclusive(1.0) };
+    pub const UNIT: Range = Range {
+        min: Bound::Inclusive(0.0),
+        max: Bound::Inclusive(1.0),
+    };
 
     /// `[min, max]`.
     pub const fn closed(min: f64, max: f64) -> Range {
-        Range { min: Bound::Inclusive(min), max: Bound::Inclusive(max) }
+        Range {
+            min: Bound::Inclusive(min),
+            max: Bound::Inclusive(max),
+        }
     }
 
     /// Whether `v` lies in the range.
@@ -185,7 +214,11 @@ impl fmt::Display for Range {
 }
 
 fn trim_float(v: f64) -> String {
-    if v.fract() == 0.0 { format!("{v:.0}") } else { format!("{v}") }
+    if v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v}")
+    }
 }
 
 /// An argument or a property of a node.
@@ -442,8 +475,10 @@ impl NodeSpec {
 
     /// The properties valid for the given variant (shared ones first).
     pub fn props_for(&self, variant: Option<&str>) -> impl Iterator<Item = &'static ParamSpec> {
-        let variant_props: &'static [ParamSpec] =
-            variant.and_then(|v| self.variant(v)).map(|v| v.props).unwrap_or(&[]);
+        let variant_props: &'static [ParamSpec] = variant
+            .and_then(|v| self.variant(v))
+            .map(|v| v.props)
+            .unwrap_or(&[]);
         self.props.iter().chain(variant_props.iter())
     }
 

@@ -1,0 +1,621 @@
+//! The engine: cache keys and staleness of a plan, and its execution. Independent stages run in
+//! parallel on a pool of workers (one accelerator stage per device at a time); a failing stage
+//! stops what depends on it while the rest goes on.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Instant;
+
+use lortflow_lang::LANGUAGE_VERSION;
+use lortflow_lang::ir::{Backend, Source, StageSpec};
+use serde::Serialize;
+use serde_json::Value as Json;
+
+use crate::plan::{ConcreteStage, external_files, key_params};
+use crate::stage::{CancelToken, Registry, Reporter, StageContext, StageError, StageInput};
+use crate::{
+    Artifact, CacheKey, ExternalFile, FileDigestCache, InputRef, KeyBuilder, Manifest, RunRecord,
+    StageOutcome, StageRun, Store, StoreError, Timestamp,
+};
+
+/// Whether a stage's artifact can be reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// The artifact for the current key is in the store.
+    Cached,
+    /// The stage must run.
+    Stale,
+    /// The stage cannot run: an external file is missing or an input is blocked.
+    Blocked,
+}
+
+/// The key and state of one concrete stage, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageStatus {
+    /// The stage name.
+    pub name: String,
+    /// Its kind.
+    pub kind: String,
+    /// The state.
+    pub state: State,
+    /// The cache key (absent when blocked).
+    pub key: Option<CacheKey>,
+    /// Why the stage is stale or blocked, one sentence each.
+    pub reasons: Vec<String>,
+    #[serde(skip)]
+    params: Json,
+    #[serde(skip)]
+    external: Vec<ExternalFile>,
+}
+
+/// What `--force` applies to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Force {
+    /// Nothing.
+    #[default]
+    None,
+    /// Every stage.
+    All,
+    /// The named stages (concrete or declared names).
+    Stages(Vec<String>),
+}
+
+/// Computes keys and states of a plan (no artifact is read beyond its manifest).
+pub fn status(
+    plan: &[ConcreteStage],
+    store: &Store,
+    registry: &Registry,
+    digests: &mut FileDigestCache,
+    backend: Backend,
+    force: &Force,
+) -> Vec<StageStatus> {
+    let backend_name = match backend {
+        Backend::Cpu => "cpu",
+        Backend::Cuda => "cuda",
+    };
+    let mut out: Vec<StageStatus> = Vec::with_capacity(plan.len());
+    for stage in plan {
+        let mut reasons = Vec::new();
+        let params = key_params(stage, backend_name);
+        let version = registry
+            .get(stage.kind())
+            .map_or("unregistered", |e| e.version());
+        let mut builder = KeyBuilder::new(LANGUAGE_VERSION, stage.kind().as_str(), version);
+        builder.params(&params);
+        let mut blocked = false;
+        for &(role, i) in &stage.inputs {
+            match &out[i].key {
+                Some(k) => {
+                    builder.input(&format!("{role}:{}", plan[i].name), k);
+                }
+                None => {
+                    blocked = true;
+                    reasons.push(format!("input `{}` cannot run", plan[i].name));
+                }
+            }
+        }
+        let mut external = Vec::new();
+        let downloadable = matches!(&stage.stage.spec, StageSpec::Dataset(d) if matches!(d.source.value,
+            Source::FashionMnist { download: true, .. } | Source::Mnist { download: true, .. }
+            | Source::Cifar10 { download: true, .. } | Source::Cifar100 { download: true, .. }));
+        for (written, resolved) in external_files(stage) {
+            match digests.digest(&resolved) {
+                Ok(d) => {
+                    builder.external_file(&written, &d);
+                    external.push(ExternalFile::new(&written, &d));
+                }
+                // Official downloads are identified by their published checksums, which the
+                // dataset stage verifies; their parameters alone make the key.
+                Err(_) if downloadable => {}
+                Err(e) => {
+                    blocked = true;
+                    reasons.push(missing_file_reason(
+                        stage,
+                        &written,
+                        &resolved,
+                        &e.to_string(),
+                    ));
+                }
+            }
+        }
+        if blocked {
+            out.push(StageStatus {
+                name: stage.name.clone(),
+                kind: stage.kind().to_string(),
+                state: State::Blocked,
+                key: None,
+                reasons,
+                params,
+                external,
+            });
+            continue;
+        }
+        let key = builder.finish();
+        let forced = match force {
+            Force::None => false,
+            Force::All => true,
+            Force::Stages(names) => names
+                .iter()
+                .any(|n| *n == stage.name || *n == stage.declared),
+        };
+        let upstream_stale: Vec<&str> = stage
+            .inputs
+            .iter()
+            .filter(|&&(_, i)| out[i].state != State::Cached)
+            .map(|&(_, i)| plan[i].name.as_str())
+            .collect();
+        let present = matches!(store.get_unverified(&key), Ok(Some(_)));
+        let state = if present && !forced && upstream_stale.is_empty() {
+            State::Cached
+        } else {
+            State::Stale
+        };
+        if state == State::Stale {
+            if forced {
+                reasons.push("forced with --force".into());
+            }
+            for u in &upstream_stale {
+                reasons.push(format!("upstream `{u}` will run"));
+            }
+            if !present {
+                reasons.extend(why_changed(
+                    store, stage, &key, version, &params, &external, plan, &out,
+                ));
+            }
+        }
+        out.push(StageStatus {
+            name: stage.name.clone(),
+            kind: stage.kind().to_string(),
+            state,
+            key: Some(key),
+            reasons,
+            params,
+            external,
+        });
+    }
+    out
+}
+
+fn missing_file_reason(
+    stage: &ConcreteStage,
+    written: &str,
+    resolved: &Path,
+    error: &str,
+) -> String {
+    let hint = match &stage.stage.spec {
+        StageSpec::Dataset(d) => match &d.source.value {
+            Source::Cifar10 { .. }
+            | Source::Cifar100 { .. }
+            | Source::FashionMnist { .. }
+            | Source::Mnist { .. } => {
+                "; put the official files there, or add `download=#true` to `source`".to_string()
+            }
+            Source::ImageList { .. } => {
+                "; see the list-file format in docs/language.md (`source \"image-list\"`)".into()
+            }
+            Source::Inat2018 { .. } => {
+                "; the iNaturalist 2018 JSON files and images go there".into()
+            }
+            _ => String::new(),
+        },
+        StageSpec::Backbone(_) => "; point `checkpoint` at an existing weights file".into(),
+        _ => String::new(),
+    };
+    let _ = error;
+    format!(
+        "reads `{written}` ({}), which does not exist{hint}",
+        resolved.display()
+    )
+}
+
+/// Compares a stage with the last manifest recorded under its name.
+#[allow(clippy::too_many_arguments)]
+fn why_changed(
+    store: &Store,
+    stage: &ConcreteStage,
+    key: &CacheKey,
+    version: &str,
+    params: &Json,
+    external: &[ExternalFile],
+    plan: &[ConcreteStage],
+    statuses: &[StageStatus],
+) -> Vec<String> {
+    let Ok(Some(last)) = store.last_manifest_for(&stage.name) else {
+        return vec!["never run".into()];
+    };
+    if &last.key == key {
+        return vec!["its artifact is no longer in the store (removed by `cache gc`?)".into()];
+    }
+    let mut reasons = Vec::new();
+    if last.impl_version != version {
+        reasons.push(format!(
+            "the {} implementation changed ({} → {version})",
+            stage.kind(),
+            last.impl_version
+        ));
+    }
+    let mut changes = Vec::new();
+    diff_json("", &last.params, params, &mut changes);
+    for (path, old, new) in changes {
+        reasons.push(format!("`{path}` changed from {old} to {new}"));
+    }
+    for &(role, i) in &stage.inputs {
+        let name = format!("{role}:{}", plan[i].name);
+        let old = last.inputs.iter().find(|r| r.name == name).map(|r| &r.key);
+        if old != statuses[i].key.as_ref() && statuses[i].state == State::Cached {
+            reasons.push(format!("input `{}` changed", plan[i].name));
+        }
+    }
+    for f in external {
+        match last.external_files.iter().find(|o| o.path == f.path) {
+            Some(o) if o.digest != f.digest => reasons.push(format!("file `{}` changed", f.path)),
+            None => reasons.push(format!("reads a new file `{}`", f.path)),
+            _ => {}
+        }
+    }
+    if reasons.is_empty() {
+        reasons.push("its inputs changed".into());
+    }
+    reasons
+}
+
+/// Differences between two JSON values as (path, old, new), paths like `train.lr`.
+pub fn diff_json(prefix: &str, old: &Json, new: &Json, out: &mut Vec<(String, String, String)>) {
+    match (old, new) {
+        (Json::Object(a), Json::Object(b)) => {
+            let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            for k in keys {
+                let path = if prefix.is_empty() {
+                    k.replace('_', "-")
+                } else {
+                    format!("{prefix}.{}", k.replace('_', "-"))
+                };
+                diff_json(
+                    &path,
+                    a.get(k).unwrap_or(&Json::Null),
+                    b.get(k).unwrap_or(&Json::Null),
+                    out,
+                );
+            }
+        }
+        (a, b) if a != b => out.push((prefix.to_string(), compact(a), compact(b))),
+        _ => {}
+    }
+}
+
+fn compact(v: &Json) -> String {
+    match v {
+        Json::Null => "unset".into(),
+        Json::String(s) => format!("\"{s}\""),
+        other => other.to_string(),
+    }
+}
+
+/// Options of a run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Parallel workers.
+    pub jobs: usize,
+    /// The backend.
+    pub backend: Backend,
+    /// The pipeline file, for the run record.
+    pub pipeline: PathBuf,
+}
+
+/// The outcome of a run.
+#[derive(Debug)]
+pub struct RunReport {
+    /// The run record (also written to the store).
+    pub record: RunRecord,
+    /// Artifacts of the stages that finished (ran or cached), by plan index.
+    pub artifacts: BTreeMap<usize, Artifact>,
+}
+
+impl RunReport {
+    /// Whether any stage failed or was cancelled.
+    pub fn failed(&self) -> bool {
+        self.record
+            .stages
+            .iter()
+            .any(|s| matches!(s.outcome, StageOutcome::Failed | StageOutcome::Cancelled))
+    }
+}
+
+/// Errors that stop a run before or outside any stage.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A stage kind has no executor.
+    #[error("no implementation is registered for `{0}` stages")]
+    Unregistered(String),
+}
+
+enum Event {
+    Done {
+        index: usize,
+        result: Result<(Artifact, f64), (StageError, f64)>,
+    },
+}
+
+/// Executes the stale stages of a plan (`selected` limits the run to some stages; their inputs
+/// must then be cached or selected too).
+#[allow(clippy::too_many_arguments)]
+pub fn execute(
+    plan: &[ConcreteStage],
+    statuses: &[StageStatus],
+    selected: Option<&HashSet<usize>>,
+    store: &Store,
+    registry: &Registry,
+    options: &RunOptions,
+    cancel: &CancelToken,
+    reporter: &dyn Reporter,
+) -> Result<RunReport, EngineError> {
+    let started = Timestamp::now();
+    let clock = Instant::now();
+    let mut record = RunRecord::new(options.pipeline.clone());
+    record.started_at = started;
+    record.id = RunRecord::make_id(started);
+    for stage in plan {
+        if registry.get(stage.kind()).is_none() {
+            return Err(EngineError::Unregistered(stage.kind().to_string()));
+        }
+    }
+    let n = plan.len();
+    let in_run = |i: usize| selected.is_none_or(|s| s.contains(&i));
+    let mut outcome: Vec<Option<(StageOutcome, f64, Option<String>)>> = vec![None; n];
+    let mut artifacts: BTreeMap<usize, Artifact> = BTreeMap::new();
+    let mut stale: Vec<bool> = statuses.iter().map(|s| s.state != State::Cached).collect();
+
+    // Cached artifacts are verified before anything reads them; a corrupt one is reported,
+    // evicted and rebuilt, and everything downstream runs again.
+    for i in 0..n {
+        if !in_run(i) {
+            continue;
+        }
+        if stale[i] || plan[i].inputs.iter().any(|&(_, j)| stale[j]) {
+            stale[i] = true;
+            continue;
+        }
+        let Some(key) = &statuses[i].key else {
+            continue;
+        };
+        match store.get(key) {
+            Ok(Some(a)) => {
+                artifacts.insert(i, a);
+            }
+            Ok(None) => stale[i] = true,
+            Err(e) if e.is_corrupt() => {
+                reporter.notice(&format!(
+                    "the cached artifact of `{}` is corrupt ({e}); rebuilding it",
+                    plan[i].name
+                ));
+                let _ = store.evict(key);
+                stale[i] = true;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+
+    let (tx, rx) = mpsc::channel::<Event>();
+    std::thread::scope(|scope| -> Result<(), EngineError> {
+        let mut running: HashSet<usize> = HashSet::new();
+        let mut device_busy = false;
+        loop {
+            // Settle everything decidable without running.
+            let mut progressed = true;
+            while progressed {
+                progressed = false;
+                for i in 0..n {
+                    if outcome[i].is_some() || running.contains(&i) {
+                        continue;
+                    }
+                    if !in_run(i) {
+                        outcome[i] = Some((StageOutcome::Skipped, 0.0, None));
+                        progressed = true;
+                        continue;
+                    }
+                    if statuses[i].state == State::Blocked {
+                        let why = statuses[i].reasons.join("; ");
+                        reporter.finished(&plan[i].name, StageOutcome::Failed, 0.0, Some(&why));
+                        outcome[i] = Some((StageOutcome::Failed, 0.0, Some(why)));
+                        progressed = true;
+                        continue;
+                    }
+                    // An input that has settled without an artifact failed, was skipped or was
+                    // cancelled: this stage cannot run.
+                    if let Some(&(_, j)) = plan[i]
+                        .inputs
+                        .iter()
+                        .find(|&&(_, j)| outcome[j].is_some() && !artifacts.contains_key(&j))
+                    {
+                        let why = format!("upstream `{}` did not finish", plan[j].name);
+                        reporter.finished(&plan[i].name, StageOutcome::Skipped, 0.0, Some(&why));
+                        outcome[i] = Some((StageOutcome::Skipped, 0.0, Some(why)));
+                        progressed = true;
+                        continue;
+                    }
+                    if !stale[i] && artifacts.contains_key(&i) {
+                        reporter.finished(&plan[i].name, StageOutcome::Cached, 0.0, None);
+                        outcome[i] = Some((StageOutcome::Cached, 0.0, None));
+                        progressed = true;
+                    }
+                }
+            }
+            // Start ready stages.
+            for i in 0..n {
+                if outcome[i].is_some()
+                    || running.contains(&i)
+                    || running.len() >= options.jobs.max(1)
+                {
+                    continue;
+                }
+                if cancel.is_cancelled() {
+                    break;
+                }
+                let ready = plan[i]
+                    .inputs
+                    .iter()
+                    .all(|&(_, j)| artifacts.contains_key(&j) && outcome[j].is_some());
+                if !ready {
+                    continue;
+                }
+                let executor = registry.get(plan[i].kind()).expect("checked above").clone();
+                let uses_device = executor.uses_device(&plan[i], options.backend);
+                if uses_device && device_busy {
+                    continue;
+                }
+                device_busy |= uses_device;
+                running.insert(i);
+                let key = statuses[i].key.clone().expect("only unblocked stages run");
+                let inputs: Vec<StageInput<'_>> = plan[i]
+                    .inputs
+                    .iter()
+                    .map(|&(role, j)| StageInput {
+                        role,
+                        stage: &plan[j],
+                        artifact: artifacts[&j].clone(),
+                    })
+                    .collect();
+                let tx = tx.clone();
+                let stage = &plan[i];
+                let status = &statuses[i];
+                reporter.started(&stage.name, stage.kind());
+                scope.spawn(move || {
+                    let t = Instant::now();
+                    let result = run_one(
+                        stage,
+                        status,
+                        key,
+                        inputs,
+                        store,
+                        executor.as_ref(),
+                        options.backend,
+                        cancel,
+                        reporter,
+                    )
+                    .map(|a| (a, t.elapsed().as_secs_f64()))
+                    .map_err(|e| (e, t.elapsed().as_secs_f64()));
+                    let _ = tx.send(Event::Done { index: i, result });
+                });
+            }
+            if running.is_empty() {
+                break;
+            }
+            let Ok(Event::Done { index, result }) = rx.recv() else {
+                break;
+            };
+            running.remove(&index);
+            if registry
+                .get(plan[index].kind())
+                .is_some_and(|e| e.uses_device(&plan[index], options.backend))
+            {
+                device_busy = false;
+            }
+            match result {
+                Ok((artifact, secs)) => {
+                    reporter.finished(&plan[index].name, StageOutcome::Ran, secs, None);
+                    artifacts.insert(index, artifact);
+                    outcome[index] = Some((StageOutcome::Ran, secs, None));
+                }
+                Err((StageError::Cancelled, secs)) => {
+                    reporter.finished(&plan[index].name, StageOutcome::Cancelled, secs, None);
+                    outcome[index] = Some((StageOutcome::Cancelled, secs, None));
+                }
+                Err((e, secs)) => {
+                    let message = e.to_string();
+                    reporter.finished(
+                        &plan[index].name,
+                        StageOutcome::Failed,
+                        secs,
+                        Some(&message),
+                    );
+                    outcome[index] = Some((StageOutcome::Failed, secs, Some(message)));
+                }
+            }
+        }
+        Ok(())
+    })?;
+
+    for (i, stage) in plan.iter().enumerate() {
+        let (o, secs, error) = outcome[i]
+            .clone()
+            .unwrap_or((StageOutcome::Cancelled, 0.0, None));
+        record.stages.push(StageRun {
+            name: stage.name.clone(),
+            kind: stage.kind().to_string(),
+            key: statuses[i].key.clone(),
+            outcome: o,
+            duration_s: secs,
+            error,
+        });
+    }
+    record.duration_s = clock.elapsed().as_secs_f64();
+    store.write_run_record(&record)?;
+    Ok(RunReport { record, artifacts })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_one(
+    stage: &ConcreteStage,
+    status: &StageStatus,
+    key: CacheKey,
+    inputs: Vec<StageInput<'_>>,
+    store: &Store,
+    executor: &dyn crate::stage::StageExecutor,
+    backend: Backend,
+    cancel: &CancelToken,
+    reporter: &dyn Reporter,
+) -> Result<Artifact, StageError> {
+    let io = |e: StoreError| StageError::from_error(&e);
+    let staging = store.begin(&key).map_err(io)?;
+    let work_dir = store.root().join("work").join(key.as_str());
+    std::fs::create_dir_all(&work_dir)
+        .map_err(|e| StageError::failed(format!("cannot create `{}`: {e}", work_dir.display())))?;
+    let input_refs: Vec<InputRef> = inputs
+        .iter()
+        .map(|i| InputRef {
+            name: format!("{}:{}", i.role, i.stage.name),
+            key: i.artifact.key().clone(),
+        })
+        .collect();
+    let started_at = Timestamp::now();
+    let clock = Instant::now();
+    let cx = StageContext::new(
+        stage,
+        inputs,
+        staging.path(),
+        &work_dir,
+        backend,
+        cancel,
+        reporter,
+    );
+    let summary = executor.run(&cx)?;
+    cx.check_cancelled()?;
+    let mut manifest = Manifest::new(&stage.name, stage.kind().as_str(), &key, executor.version());
+    manifest.params = status.params.clone();
+    manifest.inputs = input_refs;
+    manifest.external_files = status.external.clone();
+    manifest.started_at = started_at;
+    manifest.duration_s = clock.elapsed().as_secs_f64();
+    manifest.summary = summary;
+    let artifact = staging.commit(manifest).map_err(io)?;
+    store.record_stage(&stage.name, &key).map_err(io)?;
+    let _ = std::fs::remove_dir_all(&work_dir);
+    Ok(artifact)
+}
+
+/// The indices of `targets` and everything they depend on.
+pub fn with_upstream(plan: &[ConcreteStage], targets: &[usize]) -> HashSet<usize> {
+    let mut keep = HashSet::new();
+    let mut stack: Vec<usize> = targets.to_vec();
+    while let Some(i) = stack.pop() {
+        if keep.insert(i) {
+            stack.extend(plan[i].inputs.iter().map(|&(_, j)| j));
+        }
+    }
+    keep
+}

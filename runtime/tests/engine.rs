@@ -1,0 +1,205 @@
+//! The engine against test doubles: caching, invalidation, failures, corruption.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use lortflow_lang::ir::Backend;
+use lortflow_lang::{MemoryLoader, StageKind, check_text};
+use lortflow_runtime::engine::{execute, status};
+use lortflow_runtime::plan::expand;
+use lortflow_runtime::*;
+use serde_json::json;
+
+/// Writes one file whose content depends on the stage and its inputs; counts its runs; fails
+/// for stages whose name starts with `fail`.
+struct Fake {
+    runs: Arc<AtomicUsize>,
+}
+
+impl StageExecutor for Fake {
+    fn version(&self) -> &'static str {
+        "test-1"
+    }
+    fn run(&self, cx: &StageContext<'_>) -> Result<serde_json::Value, StageError> {
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        if cx.stage.name.starts_with("fail") {
+            return Err(StageError::failed("this stage always fails"));
+        }
+        let inputs: Vec<String> = cx
+            .inputs
+            .iter()
+            .map(|i| i.artifact.key().short().to_string())
+            .collect();
+        std::fs::write(
+            cx.out_dir.join("out.txt"),
+            format!("{} {:?}", cx.stage.name, inputs),
+        )
+        .unwrap();
+        Ok(json!({"name": cx.stage.name}))
+    }
+}
+
+struct Harness {
+    dir: tempfile::TempDir,
+    registry: Registry,
+    runs: Arc<AtomicUsize>,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let mut registry = Registry::new();
+        for kind in StageKind::ALL {
+            registry.register(kind, Arc::new(Fake { runs: runs.clone() }));
+        }
+        Harness {
+            dir: tempfile::tempdir().unwrap(),
+            registry,
+            runs,
+        }
+    }
+
+    fn run(&self, text: &str) -> (Vec<StageStatus>, RunReport) {
+        let checked = check_text(
+            Path::new("p.kdl"),
+            text.to_string(),
+            &MemoryLoader::default(),
+        );
+        assert!(!checked.has_errors(), "{:?}", checked.diagnostics);
+        let plan = expand(&checked.pipeline, &[]).unwrap();
+        let store = Store::open(&self.dir.path().join(".lortflow")).unwrap();
+        let _lock = store.lock().unwrap();
+        let mut digests = FileDigestCache::load(store.root().join("file-digests.json"));
+        let statuses = status(
+            &plan,
+            &store,
+            &self.registry,
+            &mut digests,
+            Backend::Cpu,
+            &Force::None,
+        );
+        let options = RunOptions {
+            jobs: 2,
+            backend: Backend::Cpu,
+            pipeline: "p.kdl".into(),
+        };
+        let report = execute(
+            &plan,
+            &statuses,
+            None,
+            &store,
+            &self.registry,
+            &options,
+            &CancelToken::new(),
+            &SilentReporter,
+        )
+        .unwrap();
+        (statuses, report)
+    }
+
+    fn runs(&self) -> usize {
+        self.runs.swap(0, Ordering::SeqCst)
+    }
+}
+
+const PIPELINE: &str = r#"lortflow 1
+dataset "d" { source "synthetic" kind="vectors" }
+head "ce" { features "d" }
+head "lort" { features "d"; method "lort" delta=0.9; init "random" }
+evaluate "t" { heads "*" }
+"#;
+
+fn outcomes(report: &RunReport) -> Vec<(String, StageOutcome)> {
+    report
+        .record
+        .stages
+        .iter()
+        .map(|s| (s.name.clone(), s.outcome))
+        .collect()
+}
+
+#[test]
+fn second_run_executes_nothing() {
+    let h = Harness::new();
+    let (_, first) = h.run(PIPELINE);
+    assert!(!first.failed());
+    assert_eq!(h.runs(), 4);
+    let (statuses, second) = h.run(PIPELINE);
+    assert_eq!(h.runs(), 0);
+    assert!(statuses.iter().all(|s| s.state == State::Cached));
+    assert!(
+        outcomes(&second)
+            .iter()
+            .all(|(_, o)| *o == StageOutcome::Cached)
+    );
+}
+
+#[test]
+fn a_parameter_change_reruns_that_head_and_its_evaluation_only() {
+    let h = Harness::new();
+    h.run(PIPELINE);
+    h.runs();
+    let edited = PIPELINE.replace("delta=0.9", "delta=0.8");
+    let (statuses, report) = h.run(&edited);
+    assert_eq!(h.runs(), 2);
+    let ran: Vec<String> = outcomes(&report)
+        .into_iter()
+        .filter(|(_, o)| *o == StageOutcome::Ran)
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(ran, ["lort", "t"]);
+    let lort = statuses.iter().find(|s| s.name == "lort").unwrap();
+    assert!(
+        lort.reasons
+            .iter()
+            .any(|r| r.contains("targets.delta") && r.contains("0.9") && r.contains("0.8")),
+        "{:?}",
+        lort.reasons
+    );
+    let t = statuses.iter().find(|s| s.name == "t").unwrap();
+    assert!(
+        t.reasons.iter().any(|r| r.contains("upstream `lort`")),
+        "{:?}",
+        t.reasons
+    );
+}
+
+#[test]
+fn a_failing_stage_stops_its_downstream_and_siblings_finish() {
+    let h = Harness::new();
+    let text = PIPELINE.replace("head \"ce\"", "head \"fail-ce\"");
+    let (_, report) = h.run(&text);
+    assert!(report.failed());
+    let o = outcomes(&report);
+    assert!(o.contains(&("fail-ce".into(), StageOutcome::Failed)));
+    assert!(o.contains(&("lort".into(), StageOutcome::Ran)));
+    assert!(o.contains(&("t".into(), StageOutcome::Skipped)));
+}
+
+#[test]
+fn a_corrupt_artifact_is_detected_and_rebuilt() {
+    let h = Harness::new();
+    let (statuses, _) = h.run(PIPELINE);
+    h.runs();
+    let key = statuses
+        .iter()
+        .find(|s| s.name == "ce")
+        .unwrap()
+        .key
+        .clone()
+        .unwrap();
+    let file = h
+        .dir
+        .path()
+        .join(".lortflow/objects")
+        .join(key.as_str())
+        .join("out.txt");
+    std::fs::write(&file, "tampered").unwrap();
+    let (_, report) = h.run(PIPELINE);
+    let o = outcomes(&report);
+    assert!(o.contains(&("ce".into(), StageOutcome::Ran)), "{o:?}");
+    assert!(o.contains(&("t".into(), StageOutcome::Ran)), "{o:?}");
+    assert!(o.contains(&("lort".into(), StageOutcome::Cached)), "{o:?}");
+    assert_ne!(std::fs::read_to_string(&file).unwrap(), "tampered");
+}
