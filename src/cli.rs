@@ -35,6 +35,15 @@ pub(crate) enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
+    /// Run the stale stages of a pipeline and print its results.
+    Run(RunArgs),
+    /// Show which stages are cached or stale, and why.
+    Status(StatusArgs),
+    /// Show what a stage's cached artifact holds.
+    Inspect(InspectArgs),
+    /// Inspect and prune the artifact store.
+    #[command(subcommand)]
+    Cache(CacheCommand),
     /// Check pipeline files and report every problem.
     Lint(LintArgs),
     /// Show the stage graph.
@@ -93,4 +102,94 @@ pub(crate) fn init_logging(args: &GlobalArgs) {
         LogFormat::Text => builder.with_target(false).try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum BackendArg {
+    Cpu,
+    Cuda,
+}
+
+/// Arguments shared by the commands that plan a pipeline.
+#[derive(Debug, Args)]
+pub(crate) struct PipelineArgs {
+    /// Pipeline file.
+    pub(crate) file: PathBuf,
+    /// Override a parameter: `--set lort.delta=0.9` (checked like the file).
+    #[arg(long = "set", value_name = "STAGE.PARAM=VALUE")]
+    pub(crate) set: Vec<String>,
+    /// Compute backend (default: the pipeline's `defaults backend`).
+    #[arg(long, value_enum)]
+    pub(crate) backend: Option<BackendArg>,
+    /// Artifact store (default: `.lortflow/` beside the pipeline).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) store: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    #[command(flatten)]
+    pub(crate) pipeline: PipelineArgs,
+    /// Show the plan (what runs, what is cached, and why) without running anything.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+    /// Re-run stages even if cached: all, or the named ones (repeatable).
+    #[arg(long, value_name = "STAGE", num_args = 0..=1, default_missing_value = "")]
+    pub(crate) force: Vec<String>,
+    /// Run only this stage and what it needs.
+    #[arg(long, value_name = "STAGE")]
+    pub(crate) only: Option<String>,
+    /// Stages run in parallel (default: the number of CPUs).
+    #[arg(short = 'j', long = "jobs", value_name = "N")]
+    pub(crate) jobs: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    #[command(flatten)]
+    pub(crate) pipeline: PipelineArgs,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
+    pub(crate) format: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct InspectArgs {
+    #[command(flatten)]
+    pub(crate) pipeline: PipelineArgs,
+    /// The stage (as `lortflow graph` or `status` names it).
+    pub(crate) stage: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
+    pub(crate) format: OutputFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum OutputFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum CacheCommand {
+    /// List the artifacts in a store.
+    Ls {
+        /// A pipeline whose store to list (default: `.lortflow` in the current directory).
+        file: Option<PathBuf>,
+        /// Artifact store.
+        #[arg(long, value_name = "DIR")]
+        store: Option<PathBuf>,
+    },
+    /// Remove every artifact the given pipelines do not reference.
+    Gc {
+        /// The pipelines whose artifacts to keep (all sharing one store).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Artifact store.
+        #[arg(long, value_name = "DIR")]
+        store: Option<PathBuf>,
+        /// Show what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }

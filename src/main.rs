@@ -4,6 +4,8 @@
 mod cli;
 mod commands;
 mod render;
+mod reporter;
+mod session;
 
 use std::process::ExitCode;
 

@@ -445,22 +445,14 @@ pub fn execute(
                     }
                 }
             }
-            // Start ready stages.
-            for i in 0..n {
-                if outcome[i].is_some()
-                    || running.contains(&i)
-                    || running.len() >= options.jobs.max(1)
-                {
-                    continue;
-                }
-                if cancel.is_cancelled() {
-                    break;
-                }
-                let ready = plan[i]
-                    .inputs
-                    .iter()
-                    .all(|&(_, j)| artifacts.contains_key(&j) && outcome[j].is_some());
-                if !ready {
+            // Start ready stages; ready stages of one batch group start as one task.
+            let ready: Vec<usize> = (0..n)
+                .filter(|&i| outcome[i].is_none() && !running.contains(&i))
+                .filter(|&i| plan[i].inputs.iter().all(|&(_, j)| artifacts.contains_key(&j) && outcome[j].is_some()))
+                .collect();
+            let mut taken: HashSet<usize> = HashSet::new();
+            for &i in &ready {
+                if taken.contains(&i) || running.len() >= options.jobs.max(1) || cancel.is_cancelled() {
                     continue;
                 }
                 let executor = registry.get(plan[i].kind()).expect("checked above").clone();
@@ -468,38 +460,37 @@ pub fn execute(
                 if uses_device && device_busy {
                     continue;
                 }
+                let members: Vec<usize> = match executor.batch_group(&plan[i]) {
+                    Some(group) => ready
+                        .iter()
+                        .copied()
+                        .filter(|&j| {
+                            !taken.contains(&j)
+                                && plan[j].kind() == plan[i].kind()
+                                && executor.batch_group(&plan[j]).as_deref() == Some(group.as_str())
+                        })
+                        .collect(),
+                    None => vec![i],
+                };
                 device_busy |= uses_device;
-                running.insert(i);
-                let key = statuses[i].key.clone().expect("only unblocked stages run");
-                let inputs: Vec<StageInput<'_>> = plan[i]
-                    .inputs
-                    .iter()
-                    .map(|&(role, j)| StageInput {
-                        role,
-                        stage: &plan[j],
-                        artifact: artifacts[&j].clone(),
-                    })
-                    .collect();
+                let mut jobs = Vec::with_capacity(members.len());
+                for &m in &members {
+                    taken.insert(m);
+                    running.insert(m);
+                    reporter.started(&plan[m].name, plan[m].kind());
+                    let inputs: Vec<StageInput<'_>> =
+                        plan[m].inputs.iter().map(|&(role, j)| input_tree(plan, &artifacts, role, j)).collect();
+                    jobs.push(Job { index: m, stage: &plan[m], status: &statuses[m], inputs });
+                }
                 let tx = tx.clone();
-                let stage = &plan[i];
-                let status = &statuses[i];
-                reporter.started(&stage.name, stage.kind());
                 scope.spawn(move || {
                     let t = Instant::now();
-                    let result = run_one(
-                        stage,
-                        status,
-                        key,
-                        inputs,
-                        store,
-                        executor.as_ref(),
-                        options.backend,
-                        cancel,
-                        reporter,
-                    )
-                    .map(|a| (a, t.elapsed().as_secs_f64()))
-                    .map_err(|e| (e, t.elapsed().as_secs_f64()));
-                    let _ = tx.send(Event::Done { index: i, result });
+                    let results = run_batch(jobs, store, executor.as_ref(), options.backend, cancel, reporter);
+                    let secs = t.elapsed().as_secs_f64() / results.len().max(1) as f64;
+                    for (index, result) in results {
+                        let result = result.map(|a| (a, secs)).map_err(|e| (e, secs));
+                        let _ = tx.send(Event::Done { index, result });
+                    }
                 });
             }
             if running.is_empty() {
@@ -558,54 +549,95 @@ pub fn execute(
     Ok(RunReport { record, artifacts })
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run_one(
-    stage: &ConcreteStage,
-    status: &StageStatus,
-    key: CacheKey,
-    inputs: Vec<StageInput<'_>>,
+/// One stage of a task: what it needs before its context exists.
+struct Job<'p> {
+    index: usize,
+    stage: &'p ConcreteStage,
+    status: &'p StageStatus,
+    inputs: Vec<StageInput<'p>>,
+}
+
+/// The input `j` with its whole upstream, artifacts included.
+fn input_tree<'p>(
+    plan: &'p [ConcreteStage],
+    artifacts: &BTreeMap<usize, Artifact>,
+    role: &'static str,
+    j: usize,
+) -> StageInput<'p> {
+    StageInput {
+        role,
+        stage: &plan[j],
+        artifact: artifacts[&j].clone(),
+        upstream: plan[j].inputs.iter().map(|&(r, k)| input_tree(plan, artifacts, r, k)).collect(),
+    }
+}
+
+/// Runs the stages of one task (one stage, or a batch group) and commits each artifact.
+fn run_batch(
+    jobs: Vec<Job<'_>>,
     store: &Store,
     executor: &dyn crate::stage::StageExecutor,
     backend: Backend,
     cancel: &CancelToken,
     reporter: &dyn Reporter,
-) -> Result<Artifact, StageError> {
+) -> Vec<(usize, Result<Artifact, StageError>)> {
     let io = |e: StoreError| StageError::from_error(&e);
-    let staging = store.begin(&key).map_err(io)?;
-    let work_dir = store.root().join("work").join(key.as_str());
-    std::fs::create_dir_all(&work_dir)
-        .map_err(|e| StageError::failed(format!("cannot create `{}`: {e}", work_dir.display())))?;
-    let input_refs: Vec<InputRef> = inputs
-        .iter()
-        .map(|i| InputRef {
-            name: format!("{}:{}", i.role, i.stage.name),
-            key: i.artifact.key().clone(),
-        })
-        .collect();
     let started_at = Timestamp::now();
     let clock = Instant::now();
-    let cx = StageContext::new(
-        stage,
-        inputs,
-        staging.path(),
-        &work_dir,
-        backend,
-        cancel,
-        reporter,
-    );
-    let summary = executor.run(&cx)?;
-    cx.check_cancelled()?;
-    let mut manifest = Manifest::new(&stage.name, stage.kind().as_str(), &key, executor.version());
-    manifest.params = status.params.clone();
-    manifest.inputs = input_refs;
-    manifest.external_files = status.external.clone();
-    manifest.started_at = started_at;
-    manifest.duration_s = clock.elapsed().as_secs_f64();
-    manifest.summary = summary;
-    let artifact = staging.commit(manifest).map_err(io)?;
-    store.record_stage(&stage.name, &key).map_err(io)?;
-    let _ = std::fs::remove_dir_all(&work_dir);
-    Ok(artifact)
+    // Staging and work directories first; a job that cannot get them fails alone.
+    let mut results: Vec<(usize, Result<Artifact, StageError>)> = Vec::new();
+    let mut prepared = Vec::new();
+    for job in jobs {
+        let key = job.status.key.clone().expect("only unblocked stages run");
+        let work_dir = store.root().join("work").join(key.as_str());
+        let staging = match store.begin(&key) {
+            Ok(s) => s,
+            Err(e) => {
+                results.push((job.index, Err(io(e))));
+                continue;
+            }
+        };
+        if let Err(e) = std::fs::create_dir_all(&work_dir) {
+            results.push((job.index, Err(StageError::failed(format!("cannot create `{}`: {e}", work_dir.display())))));
+            continue;
+        }
+        let input_refs: Vec<InputRef> = job
+            .inputs
+            .iter()
+            .map(|i| InputRef { name: format!("{}:{}", i.role, i.stage.name), key: i.artifact.key().clone() })
+            .collect();
+        prepared.push((job, key, staging, work_dir, input_refs));
+    }
+    let contexts: Vec<StageContext<'_>> = prepared
+        .iter_mut()
+        .map(|(job, _, staging, work_dir, _)| {
+            let inputs = std::mem::take(&mut job.inputs);
+            StageContext::new(job.stage, inputs, staging.path(), work_dir, backend, cancel, reporter)
+        })
+        .collect();
+    let outputs = if contexts.len() == 1 { vec![executor.run(&contexts[0])] } else { executor.run_batch(&contexts) };
+    drop(contexts);
+    let duration = clock.elapsed().as_secs_f64() / prepared.len().max(1) as f64;
+    for ((job, key, staging, work_dir, input_refs), output) in prepared.into_iter().zip(outputs) {
+        let result = output.and_then(|summary| {
+            if cancel.is_cancelled() {
+                return Err(StageError::Cancelled);
+            }
+            let mut manifest = Manifest::new(&job.stage.name, job.stage.kind().as_str(), &key, executor.version());
+            manifest.params = job.status.params.clone();
+            manifest.inputs = input_refs;
+            manifest.external_files = job.status.external.clone();
+            manifest.started_at = started_at;
+            manifest.duration_s = duration;
+            manifest.summary = summary;
+            let artifact = staging.commit(manifest).map_err(io)?;
+            store.record_stage(&job.stage.name, &key).map_err(io)?;
+            let _ = std::fs::remove_dir_all(&work_dir);
+            Ok(artifact)
+        });
+        results.push((job.index, result));
+    }
+    results
 }
 
 /// The indices of `targets` and everything they depend on.

@@ -89,6 +89,15 @@ pub struct StageInput<'a> {
     pub stage: &'a ConcreteStage,
     /// Its artifact, verified.
     pub artifact: Artifact,
+    /// The input's own inputs, recursively (a features stage reaches its dataset this way).
+    pub upstream: Vec<StageInput<'a>>,
+}
+
+impl StageInput<'_> {
+    /// The first input with `role` of this input, searched depth-first through its upstream.
+    pub fn find(&self, role: &str) -> Option<&Self> {
+        self.upstream.iter().find(|u| u.role == role).or_else(|| self.upstream.iter().find_map(|u| u.find(role)))
+    }
 }
 
 /// Everything a stage sees while it runs.
@@ -219,6 +228,18 @@ pub trait StageExecutor: Send + Sync {
     /// Runs the stage, writing its files into `cx.out_dir`; returns the summary stored in the
     /// manifest (class counts, shapes, metrics...).
     fn run(&self, cx: &StageContext<'_>) -> Result<Json, StageError>;
+
+    /// Stages of this kind with the same group that are ready at the same time run in one
+    /// [`run_batch`](Self::run_batch) call: a sweep of heads over one feature matrix trains
+    /// together instead of once per head. `None` (the default) never batches.
+    fn batch_group(&self, _stage: &ConcreteStage) -> Option<String> {
+        None
+    }
+
+    /// Runs several stages of one batch group; one result per context, in order.
+    fn run_batch(&self, contexts: &[StageContext<'_>]) -> Vec<Result<Json, StageError>> {
+        contexts.iter().map(|cx| self.run(cx)).collect()
+    }
 
     /// What `lortflow inspect` shows about an artifact; the stored summary by default.
     fn inspect(&self, artifact: &Artifact) -> Result<Json, StageError> {

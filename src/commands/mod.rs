@@ -1,8 +1,12 @@
 //! One module per subcommand.
 
+mod cache;
 mod docs;
 mod graph;
+mod inspect;
 mod lint;
+mod run;
+mod status;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -13,7 +17,12 @@ use lortflow_lang::{Checked, FsLoader};
 use crate::cli::{Arguments, Command};
 
 pub(crate) fn run(args: Arguments) -> anyhow::Result<ExitCode> {
+    let quiet = args.global.quiet;
     match args.command {
+        Command::Run(a) => run::run(a, quiet),
+        Command::Status(a) => status::run(a),
+        Command::Inspect(a) => inspect::run(a),
+        Command::Cache(c) => cache::run(c),
         Command::Lint(a) => lint::run(a),
         Command::Graph(a) => graph::run(a),
         Command::Docs => docs::run(),

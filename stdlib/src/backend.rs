@@ -21,23 +21,24 @@ use std::time::Duration;
 use thiserror::Error;
 
 /// The CPU backend without autodiff (inference, feature extraction).
-pub type CpuBackend = burn::Flex;
+pub type CpuBackend = burn::backend::Flex;
 /// The CPU backend with autodiff (training).
-pub type CpuAutodiff = burn::Autodiff<CpuBackend>;
+pub type CpuAutodiff = burn::backend::Autodiff<CpuBackend>;
 /// The CPU device.
 pub type CpuDevice = burn_flex::FlexDevice;
 
 /// The CUDA backend without autodiff.
 #[cfg(feature = "cuda")]
-pub type CudaBackend = burn::Cuda;
+pub type CudaBackend = burn::backend::Cuda;
 /// The CUDA backend with autodiff.
 #[cfg(feature = "cuda")]
-pub type CudaAutodiff = burn::Autodiff<CudaBackend>;
+pub type CudaAutodiff = burn::backend::Autodiff<CudaBackend>;
 /// A CUDA device (by ordinal).
 #[cfg(feature = "cuda")]
-pub type CudaDevice = burn::cuda::CudaDevice;
+pub type CudaDevice = burn::backend::cuda::CudaDevice;
 
 /// How long the CUDA probe may take: creating a context on a cold GPU takes seconds, not minutes.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 const CUDA_PROBE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Which backend runs the tensor work.
@@ -160,9 +161,9 @@ fn probe_in_thread(
             "no answer from the driver within {}s",
             timeout.as_secs()
         ))),
-        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-            Err(unavailable("the probe thread ended without an answer".into()))
-        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(unavailable(
+            "the probe thread ended without an answer".into(),
+        )),
     }
 }
 

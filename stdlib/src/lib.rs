@@ -5,3 +5,6 @@ pub mod backend;
 pub mod data;
 pub mod dataset;
 pub mod features;
+pub mod head;
+pub mod metric;
+pub mod stages;

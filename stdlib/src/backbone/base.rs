@@ -9,6 +9,7 @@ use lortflow_lang::ir::Arch;
 use serde::{Deserialize, Serialize};
 
 use super::error::BackboneError;
+use super::init::{InitScheme, seeded_init};
 use super::resnet::{ResNet, ResNetConfig, ResNetKind, Stem};
 use super::small_cnn::{SmallCnn, SmallCnnConfig};
 
@@ -92,7 +93,22 @@ impl BackboneConfig {
         Ok(())
     }
 
-    /// Builds a freshly initialised backbone (seed the backend first for repeatable weights).
+    /// Builds a backbone whose initial weights are a pure function of `seed` (drawn from our own
+    /// RNG, not Burn's process-wide one; see `init.rs`), the same on every backend.
+    pub fn init_seeded<B: Backend>(
+        &self,
+        seed: u64,
+        device: &B::Device,
+    ) -> Result<Backbone<B>, BackboneError> {
+        let scheme = match self.arch {
+            Arch::Resnet32 => InitScheme::CifarResnet,
+            _ => InitScheme::Torchvision,
+        };
+        Ok(seeded_init(self.init(device)?, seed, scheme))
+    }
+
+    /// Builds a backbone initialised from Burn's RNG (use [`init_seeded`](Self::init_seeded) for
+    /// repeatable weights; this is the cheaper choice when the weights are loaded right after).
     pub fn init<B: Backend>(&self, device: &B::Device) -> Result<Backbone<B>, BackboneError> {
         self.validate()?;
         let resnet = |kind| {
@@ -123,6 +139,9 @@ impl BackboneConfig {
 }
 
 /// A backbone: pooled features `[N, D]` and the stage-1 classifier `fc`.
+// There is one value per model, so the size difference of the variants costs nothing, and
+// `derive(Module)` does not see through a `Box`.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Backbone<B: Backend> {
     /// [`SmallCnn`].
@@ -151,6 +170,20 @@ impl<B: Backend> Backbone<B> {
         self.fc().forward(self.forward_features(x))
     }
 
+    /// Trainable parameters, as PyTorch counts them: Burn's `num_params` also counts BatchNorm's
+    /// running statistics (they are visited like parameters), which are buffers in PyTorch.
+    pub fn num_trainable_params(&self) -> usize {
+        use burn_store::ModuleSnapshot;
+        self.collect(None, None, false)
+            .iter()
+            .filter(|s| {
+                let path = s.full_path();
+                !(path.ends_with(".running_mean") || path.ends_with(".running_var"))
+            })
+            .map(|s| s.shape.num_elements())
+            .sum()
+    }
+
     /// The classifier (`weight` is `[D, K]` in Burn's layout, the transpose of PyTorch's).
     pub fn fc(&self) -> &Linear<B> {
         match self {
@@ -174,7 +207,7 @@ mod tests {
         }
         .init::<CpuBackend>(&CpuDevice::default())
         .unwrap()
-        .num_params()
+        .num_trainable_params()
     }
 
     // Reference counts: ltr-reference §7 (torchvision's published 21.8M/25.6M/25.0M).
@@ -216,9 +249,35 @@ mod tests {
             };
             let model = config.init::<CpuBackend>(&device).unwrap();
             let x = Tensor::<CpuBackend, 4>::zeros([2, channels, side, side], &device);
-            assert_eq!(model.forward_features(x.clone()).dims(), [2, arch.feature_dim()]);
+            assert_eq!(
+                model.forward_features(x.clone()).dims(),
+                [2, arch.feature_dim()]
+            );
             assert_eq!(model.forward(x).dims(), [2, 7]);
         }
+    }
+
+    #[test]
+    fn seeded_init_is_a_function_of_the_seed_with_kaiming_scale() {
+        let device = CpuDevice::default();
+        let config = BackboneConfig {
+            arch: Arch::Resnet32,
+            num_classes: 10,
+            in_channels: 3,
+            input_size: 32,
+        };
+        let conv = |seed| -> Vec<f32> {
+            match config.init_seeded::<CpuBackend>(seed, &device).unwrap() {
+                Backbone::ResNet(m) => m.layer3[0].conv2.weight.val().into_data().to_vec().unwrap(),
+                Backbone::SmallCnn(_) => unreachable!(),
+            }
+        };
+        let (a, b) = (conv(1), conv(1));
+        assert_eq!(a, b);
+        assert_ne!(a, conv(2));
+        // Kaiming normal, fan-in = 64·3·3: std = sqrt(2/576).
+        let std = (a.iter().map(|v| v * v).sum::<f32>() / a.len() as f32).sqrt();
+        assert!((std - (2.0f32 / 576.0).sqrt()).abs() < 0.005, "{std}");
     }
 
     #[test]
@@ -231,6 +290,9 @@ mod tests {
         };
         let json = serde_json::to_string(&config).unwrap();
         assert!(json.contains("resnext50-32x4d"), "{json}");
-        assert_eq!(serde_json::from_str::<BackboneConfig>(&json).unwrap(), config);
+        assert_eq!(
+            serde_json::from_str::<BackboneConfig>(&json).unwrap(),
+            config
+        );
     }
 }

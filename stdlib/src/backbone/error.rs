@@ -33,7 +33,9 @@ pub enum BackboneError {
         last_finite: f32,
     },
     /// The cancellation flag was set; checkpoints of completed epochs are kept.
-    #[error("training cancelled at epoch {epoch}, step {step}; {completed_epochs} completed epochs are checkpointed")]
+    #[error(
+        "training cancelled at epoch {epoch}, step {step}; {completed_epochs} completed epochs are checkpointed"
+    )]
     Cancelled {
         /// 0-based epoch.
         epoch: usize,

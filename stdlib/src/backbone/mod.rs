@@ -1,10 +1,33 @@
-//! Backbones on Burn: the architectures, first-stage training, checkpoints and the import of
-//! torchvision-layout state dicts.
+//! Backbones on Burn: the architectures ([`BackboneConfig::init`]), first-stage training
+//! ([`train_backbone`]), Burn checkpoints ([`save_backbone`], [`load_backbone`]) and the import
+//! of torchvision-layout state dicts ([`import_backbone`]).
+//!
+//! Every backbone exposes `forward_features(x) -> [N, D]` (global average pooled, D =
+//! `Arch::feature_dim`) and keeps its stage-1 classifier `fc`, so heads can start from it.
 
 mod base;
+mod checkpoint;
 mod error;
+mod import;
+mod init;
+pub mod loss;
 pub mod resnet;
+pub mod schedule;
 pub mod small_cnn;
+mod train;
 
 pub use base::{Backbone, BackboneConfig, CIFAR_STEM_MAX_SIDE, arch_name};
+pub use checkpoint::{
+    BACKBONE_CONFIG, BACKBONE_RECORD, load_backbone, load_backbone_config, save_backbone,
+};
 pub use error::BackboneError;
+pub use import::{CheckpointFormat, import_backbone};
+pub use loss::Stage1Loss;
+pub use schedule::LrSchedule;
+pub use train::{
+    DEFAULT_PREFETCH, TrainConfig, TrainData, TrainProgress, evaluate_accuracy, inference_model,
+    train_backbone,
+};
+
+#[cfg(test)]
+mod tests;

@@ -79,8 +79,12 @@ impl<B: Backend> SmallCnn<B> {
     /// # Shapes
     /// - input `[N, C, 28, 28]` (any size ≥ 4) → output `[N, 128]`
     pub fn forward_features(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
-        let x = self.pool.forward(relu(self.bn1.forward(self.conv1.forward(x)))); // [N, 32, 14, 14]
-        let x = self.pool.forward(relu(self.bn2.forward(self.conv2.forward(x)))); // [N, 64, 7, 7]
+        let x = self
+            .pool
+            .forward(relu(self.bn1.forward(self.conv1.forward(x)))); // [N, 32, 14, 14]
+        let x = self
+            .pool
+            .forward(relu(self.bn2.forward(self.conv2.forward(x)))); // [N, 64, 7, 7]
         let x = relu(self.bn3.forward(self.conv3.forward(x))); // [N, 128, 7, 7]
         let [n, c, _, _] = x.dims();
         x.mean_dims(&[2, 3]).reshape([n, c])

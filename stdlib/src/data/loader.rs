@@ -59,7 +59,11 @@ pub fn for_each_batch<E: From<DataError>>(
         return Err(DataError::Invalid("batch size must be at least 1".into()).into());
     }
     if let Some(&id) = order.iter().find(|&&id| id as usize >= data.len()) {
-        return Err(DataError::SampleOutOfRange { id, len: data.len() }.into());
+        return Err(DataError::SampleOutOfRange {
+            id,
+            len: data.len(),
+        }
+        .into());
     }
     let (tx, rx) = sync_channel::<Batch>(config.prefetch.max(1));
     std::thread::scope(|scope| {
@@ -114,7 +118,10 @@ fn prepare(
     let mut labels = Vec::with_capacity(ids.len());
     for (i, (&id, out)) in ids.iter().zip(images.chunks_exact_mut(len)).enumerate() {
         // Ids were range-checked by `for_each_batch`.
-        let src = data.images().image(id as usize).expect("sample ids should be in range");
+        let src = data
+            .images()
+            .image(id as usize)
+            .expect("sample ids should be in range");
         if config.train {
             let position = (index * config.batch_size + i) as u64;
             let mut rng = Rng::stream(

@@ -41,7 +41,13 @@ impl SamplerKind {
     /// The sample ids (elements of `ids`) epoch `epoch` visits, in order.
     ///
     /// `ids` must be valid indices of `data` (checked by the loader).
-    pub fn epoch_order(&self, data: &LabeledImages, ids: &[u32], seed: u64, epoch: usize) -> Vec<u32> {
+    pub fn epoch_order(
+        &self,
+        data: &LabeledImages,
+        ids: &[u32],
+        seed: u64,
+        epoch: usize,
+    ) -> Vec<u32> {
         let mut rng = Rng::stream(seed, ORDER_STREAM + epoch as u64);
         let n = ids.len();
         if n == 0 {
@@ -100,10 +106,9 @@ impl SamplerKind {
                     .map(|_| {
                         let u = rng.next_f64();
                         // The last non-empty class absorbs rounding at the top of the range.
-                        let c = cumulative
-                            .iter()
-                            .position(|&p| u < p)
-                            .unwrap_or_else(|| by_class.iter().rposition(|m| !m.is_empty()).unwrap_or(0));
+                        let c = cumulative.iter().position(|&p| u < p).unwrap_or_else(|| {
+                            by_class.iter().rposition(|m| !m.is_empty()).unwrap_or(0)
+                        });
                         let members = &by_class[c];
                         members[rng.below(members.len() as u64) as usize]
                     })

@@ -1,7 +1,8 @@
 //! The losses of the unified form (paper Eq. 1), for H heads at once.
 //!
-//! Logits come in as `[H, B, K]` (head, sample, class); every per-head setting is a tensor that
-//! broadcasts over that shape, so one call computes a whole sweep's losses. The formulas
+//! Logits come in as `[B, H, K]` (sample, head, class) — the layout of one `[B, D] × [D, H·K]`
+//! matmul over all heads; every per-head setting is a `[1, H, 1]` or `[1, H, K]` tensor that
+//! broadcasts over it, so one call computes a whole sweep's losses. The formulas
 //! (ltr-reference §1, §3):
 //!
 //! - training logits `z' = s·(z − m ⊙ e_y) + p`: `s` the cosine scale (1 for linear logits), `m` the
@@ -30,33 +31,48 @@ use super::plan::LossForm;
 /// differ only for saturated probabilities.
 const PROB_FLOOR: f32 = 1e-30;
 
-/// Per-head constants of a group, `[H, 1, 1]` or `[H, 1, K]`; `None` when no head uses them, so
+/// Per-head constants of a group, `[1, H, 1]` or `[1, H, K]`; `None` when no head uses them, so
 /// their ops are skipped.
 #[derive(Debug, Clone)]
 pub(crate) struct LossParams<B: Backend> {
     pub form: LossForm,
     pub num_classes: usize,
-    /// `s`, `[H, 1, 1]`.
+    /// `s`, `[1, H, K]` (repeated over the classes: see `train::per_head_rows`).
     pub scale: Option<Tensor<B, 3>>,
-    /// `s·m`, `[H, 1, K]`.
+    /// `s·m`, `[1, H, K]`.
     pub scaled_margin: Option<Tensor<B, 3>>,
-    /// `p`, `[H, 1, K]`.
+    /// `p`, `[1, H, K]`.
     pub prior: Option<Tensor<B, 3>>,
-    /// `δ`, `[H, 1, 1]`.
+    /// `δ`, `[1, H, 1]`.
     pub delta: Option<Tensor<B, 3>>,
-    /// `γ`, `[H, 1, 1]`.
+    /// `γ`, `[1, H, 1]`.
     pub gamma: Option<Tensor<B, 3>>,
-    /// 1 where the weighted loss is normalised by `Σ w`, 0 where by `B`; `[H, 1, 1]`.
+    /// 1 where the weighted loss is normalised by `Σ w`, 0 where by `B`; `[1, H, 1]`.
     pub normalize_by_weight: Option<Tensor<B, 3>>,
+}
+
+/// `t · rows` for `t` `[A, H, K]` and per-head rows `[1, H, K]`, computed as `[A, 1, H·K]` times
+/// `[1, 1, H·K]`: flex's SIMD broadcast path takes a row shared over the *leading* dimensions only,
+/// and the plain `[A, H, K] × [1, H, K]` broadcast runs a scalar strided loop several times slower.
+pub(crate) fn mul_rows<B: Backend>(t: Tensor<B, 3>, rows: Tensor<B, 3>) -> Tensor<B, 3> {
+    let [a, h, k] = t.dims();
+    (t.reshape([a, 1, h * k]) * rows.reshape([1, 1, h * k])).reshape([a, h, k])
+}
+
+/// `t + rows`, shaped like [`mul_rows`] for the same reason.
+pub(crate) fn add_rows<B: Backend>(t: Tensor<B, 3>, rows: Tensor<B, 3>) -> Tensor<B, 3> {
+    let [a, h, k] = t.dims();
+    (t.reshape([a, 1, h * k]) + rows.reshape([1, 1, h * k])).reshape([a, h, k])
 }
 
 /// Per-step inputs of the loss.
 pub(crate) struct LossBatch<B: Backend> {
-    /// Labels, `[H, B, 1]`.
+    /// Labels, `[B, H, 1]`.
     pub labels: Tensor<B, 3, Int>,
-    /// One-hot labels, `[S, B, K]` (`S` = 1 or H); needed by margins and BCE.
+    /// One-hot labels, `[B, S, K]` (`S` = 1 when all heads share the batch, else H); needed by
+    /// margins and BCE.
     pub one_hot: Option<Tensor<B, 3>>,
-    /// Class weight of each sample, `[H, B, 1]`; `None` when all are 1.
+    /// Class weight of each sample, `[B, H, 1]`; `None` when all are 1.
     pub weights: Option<Tensor<B, 3>>,
 }
 
@@ -66,24 +82,26 @@ impl<B: Backend> LossParams<B> {
         self.scaled_margin.is_some() || self.form == LossForm::Bce
     }
 
-    /// The training logits `z'` from the model's logits `z`, `[H, B, K]`.
+    /// The training logits `z'` from the model's logits `z`, `[B, H, K]`.
     pub(crate) fn training_logits(&self, logits: Tensor<B, 3>, batch: &LossBatch<B>) -> Tensor<B, 3> {
         let mut z = logits;
         if let Some(scale) = &self.scale {
-            z = z * scale.clone();
+            z = mul_rows(z, scale.clone());
         }
         if let (Some(margin), Some(one_hot)) = (&self.scaled_margin, &batch.one_hot) {
-            z = z - one_hot.clone() * margin.clone();
+            let [b, h, k] = z.dims();
+            let margins = if one_hot.dims()[1] == h { one_hot.clone() } else { one_hot.clone().repeat_dim(1, h) };
+            z = z - mul_rows(margins, margin.clone()).reshape([b, h, k]);
         }
         if let Some(prior) = &self.prior {
-            z = z + prior.clone();
+            z = add_rows(z, prior.clone());
         }
         z
     }
 
     /// The loss of every head, `[H]`.
     pub(crate) fn losses(&self, logits: Tensor<B, 3>, batch: &LossBatch<B>) -> Tensor<B, 1> {
-        let [heads, samples, _] = logits.dims();
+        let [samples, heads, _] = logits.dims();
         let z = self.training_logits(logits, batch);
         let log_p = log_softmax(z, 2);
         let per_head = match self.form {
@@ -109,17 +127,17 @@ impl<B: Backend> LossParams<B> {
         }
         match &batch.weights {
             Some(weights) => {
-                let total = (per_sample * weights.clone()).sum_dim(1);
+                let total = (per_sample * weights.clone()).sum_dim(0);
                 let norm = match &self.normalize_by_weight {
                     Some(flag) => {
-                        let by_weight = weights.clone().sum_dim(1);
+                        let by_weight = weights.clone().sum_dim(0);
                         by_weight * flag.clone() + flag.clone().neg().add_scalar(1.0).mul_scalar(samples as f32)
                     }
-                    None => weights.clone().sum_dim(1),
+                    None => weights.clone().sum_dim(0),
                 };
                 total / norm
             }
-            None => per_sample.sum_dim(1).div_scalar(samples as f32),
+            None => per_sample.sum_dim(0).div_scalar(samples as f32),
         }
     }
 
@@ -127,7 +145,11 @@ impl<B: Backend> LossParams<B> {
         let one_hot = batch.one_hot.clone().expect("BCE steps should carry one-hot labels");
         let k = self.num_classes as f32;
         let targets = match &self.delta {
-            Some(delta) => one_hot * delta.clone().neg().add_scalar(1.0) + delta.clone().div_scalar(k),
+            Some(delta) => {
+                // `[1, H, K]` rows keep the broadcast on flex's fast path.
+                let delta = delta.clone().repeat_dim(2, self.num_classes);
+                one_hot * delta.clone().neg().add_scalar(1.0) + delta.div_scalar(k)
+            }
             None => one_hot,
         };
         let log_one_minus = log_p.clone().exp().neg().add_scalar(1.0).clamp_min(PROB_FLOOR).log();
@@ -137,6 +159,6 @@ impl<B: Backend> LossParams<B> {
         if let Some(weights) = &batch.weights {
             per_sample = per_sample * weights.clone();
         }
-        per_sample.sum_dim(1).div_scalar(samples as f32 * k)
+        per_sample.sum_dim(0).div_scalar(samples as f32 * k)
     }
 }

@@ -1,0 +1,110 @@
+"""PyTorch CPU reference for stdlib/examples/backbone_bench.rs.
+
+Same architectures (small CNN for 28x28 grey, CIFAR ResNet-32 with option-A shortcuts), batch 128,
+training step = forward + CE + backward + SGD(momentum 0.9, wd 5e-4); features = eval-mode
+forward of the pooled features under no_grad. Prints images/s.
+
+    python bench/backbone_torch.py [train_steps] [infer_steps]
+"""
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+BATCH = 128
+
+
+class SmallCnn(nn.Module):
+    def __init__(self, c=1, k=10):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(c, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32)
+        self.conv2, self.bn2 = nn.Conv2d(32, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64)
+        self.conv3, self.bn3 = nn.Conv2d(64, 128, 3, padding=1, bias=False), nn.BatchNorm2d(128)
+        self.fc = nn.Linear(128, k)
+
+    def features(self, x):
+        x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 2)
+        x = F.max_pool2d(F.relu(self.bn2(self.conv2(x))), 2)
+        x = F.relu(self.bn3(self.conv3(x)))
+        return x.mean((2, 3))
+
+    def forward(self, x):
+        return self.fc(self.features(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.stride, self.pad = stride, (cout - cin) // 2
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        sc = x
+        if self.stride != 1 or self.pad:
+            sc = F.pad(x[:, :, ::self.stride, ::self.stride], (0, 0, 0, 0, self.pad, self.pad))
+        return F.relu(out + sc)
+
+
+class ResNet32(nn.Module):
+    def __init__(self, k=10):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16)
+        layers, cin = [], 16
+        for i, w in enumerate([16, 32, 64]):
+            for j in range(5):
+                layers.append(Block(cin, w, 2 if i > 0 and j == 0 else 1))
+                cin = w
+        self.layers = nn.Sequential(*layers)
+        self.fc = nn.Linear(64, k)
+
+    def features(self, x):
+        return self.layers(F.relu(self.bn1(self.conv1(x)))).mean((2, 3))
+
+    def forward(self, x):
+        return self.fc(self.features(x))
+
+
+def bench(name, model, shape, train_steps, infer_steps):
+    torch.manual_seed(0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    x = torch.randn(BATCH, *shape)
+    y = torch.randint(0, 10, (BATCH,))
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(x), y)
+        loss.item()
+        loss.backward()
+        opt.step()
+
+    model.train()
+    for _ in range(2):
+        step()
+    t = time.perf_counter()
+    for _ in range(train_steps):
+        step()
+    train = train_steps * BATCH / (time.perf_counter() - t)
+    model.eval()
+    with torch.no_grad():
+        model.features(x)
+        t = time.perf_counter()
+        for _ in range(infer_steps):
+            model.features(x)
+        infer = infer_steps * BATCH / (time.perf_counter() - t)
+    print(f"{name:<10} train {train:8.1f} img/s   features {infer:8.1f} img/s")
+
+
+if __name__ == "__main__":
+    args = [int(a) for a in sys.argv[1:]]
+    train_steps = args[0] if args else 10
+    infer_steps = args[1] if len(args) > 1 else 20
+    print(f"torch {torch.__version__} cpu, {torch.get_num_threads()} threads, batch {BATCH}")
+    bench("small-cnn", SmallCnn(), (1, 28, 28), train_steps, infer_steps)
+    bench("resnet32", ResNet32(), (3, 32, 32), max(2, -(-train_steps // 4)), max(2, -(-infer_steps // 4)))

@@ -1,0 +1,111 @@
+//! `lortflow run FILE`: plan, execute what is stale, print the results.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::process::ExitCode;
+
+use lortflow_runtime::engine::{self, Force, RunOptions, State};
+use lortflow_runtime::{CancelToken, StageOutcome};
+
+use crate::cli::RunArgs;
+use crate::reporter::CliReporter;
+use crate::session::{Session, Start};
+
+pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
+    let Start::Ready(session) = Session::start(&args.pipeline)? else {
+        return Ok(ExitCode::from(1));
+    };
+    let force = if args.force.is_empty() {
+        Force::None
+    } else if args.force.iter().any(String::is_empty) {
+        Force::All
+    } else {
+        for name in &args.force {
+            session.find(name)?;
+        }
+        Force::Stages(args.force.clone())
+    };
+    let selected: Option<HashSet<usize>> = match &args.only {
+        Some(name) => Some(engine::with_upstream(&session.plan, &session.find(name)?)),
+        None => None,
+    };
+    let statuses = session.status(&force);
+    if args.dry_run {
+        print_plan(&session, &statuses, selected.as_ref())?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    lortflow_stdlib::stages::check_backend(session.backend).map_err(anyhow::Error::msg)?;
+    let _lock = session.store.lock()?;
+    session.store.clean_tmp(&_lock)?;
+    let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let options = RunOptions { jobs, backend: session.backend, pipeline: session.file.clone() };
+    let reporter = CliReporter::new(quiet);
+    let cancel = CancelToken::new();
+    let report = engine::execute(
+        &session.plan,
+        &statuses,
+        selected.as_ref(),
+        &session.store,
+        &session.registry,
+        &options,
+        &cancel,
+        &reporter,
+    )?;
+    // Results: every evaluation that finished prints its table.
+    let mut stdout = std::io::stdout().lock();
+    for (i, artifact) in &report.artifacts {
+        if session.plan[*i].kind() != lortflow_lang::StageKind::Evaluate {
+            continue;
+        }
+        if let Some(table) = artifact.manifest().summary.get("table").and_then(|t| t.as_str()) {
+            writeln!(stdout, "\n{}: results of `{}`\n\n{table}", session.file.display(), session.plan[*i].name)?;
+        }
+    }
+    let count = |o: StageOutcome| report.record.stages.iter().filter(|s| s.outcome == o).count();
+    let summary = format!(
+        "{} ran, {} cached, {} failed, {} skipped in {:.1}s",
+        count(StageOutcome::Ran),
+        count(StageOutcome::Cached),
+        count(StageOutcome::Failed) + count(StageOutcome::Cancelled),
+        report.record.stages.iter().filter(|s| s.outcome == StageOutcome::Skipped && s.error.is_some()).count(),
+        report.record.duration_s
+    );
+    if report.failed() {
+        eprintln!("error: {summary}");
+        for s in report.record.stages.iter().filter(|s| s.outcome == StageOutcome::Failed) {
+            eprintln!("  `{}`: {}", s.name, s.error.as_deref().unwrap_or("failed"));
+        }
+        return Ok(ExitCode::from(1));
+    }
+    if !quiet {
+        eprintln!("{summary}");
+    }
+    let _ = statuses.iter().filter(|s| s.state == State::Stale).count();
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_plan(
+    session: &Session,
+    statuses: &[lortflow_runtime::StageStatus],
+    selected: Option<&HashSet<usize>>,
+) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    let width = session.plan.iter().map(|s| s.name.chars().count()).max().unwrap_or(0);
+    let mut runs = 0;
+    for (i, (stage, status)) in session.plan.iter().zip(statuses).enumerate() {
+        if selected.is_some_and(|s| !s.contains(&i)) {
+            continue;
+        }
+        let verb = match status.state {
+            State::Cached => "cached ",
+            State::Stale => {
+                runs += 1;
+                "run    "
+            }
+            State::Blocked => "blocked",
+        };
+        writeln!(out, "{verb} {:<9} {:<width$}  {}", stage.kind().as_str(), stage.name, status.reasons.join("; "))?;
+    }
+    writeln!(out, "\n{runs} of {} stages would run (dry run: nothing was executed)", selected.map_or(session.plan.len(), |s| s.len()))?;
+    Ok(())
+}

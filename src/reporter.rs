@@ -1,0 +1,106 @@
+//! Run progress for people: bars on a terminal, plain lines otherwise (CI logs).
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use lortflow_lang::StageKind;
+use lortflow_runtime::{Progress, Reporter, StageOutcome};
+
+/// Draws one bar per running stage when stderr is a terminal; prints lines otherwise.
+pub(crate) struct CliReporter {
+    bars: Option<MultiProgress>,
+    state: Mutex<HashMap<String, (ProgressBar, Instant)>>,
+    last_line: Mutex<HashMap<String, Instant>>,
+    quiet: bool,
+}
+
+impl CliReporter {
+    pub(crate) fn new(quiet: bool) -> Self {
+        use std::io::IsTerminal;
+        let bars = (!quiet && std::io::stderr().is_terminal())
+            .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(8)));
+        CliReporter { bars, state: Mutex::new(HashMap::new()), last_line: Mutex::new(HashMap::new()), quiet }
+    }
+
+    fn line(&self, text: &str) {
+        if self.quiet {
+            return;
+        }
+        match &self.bars {
+            Some(bars) => {
+                let _ = bars.println(text);
+            }
+            None => {
+                let _ = writeln!(std::io::stderr().lock(), "{text}");
+            }
+        }
+    }
+}
+
+impl Reporter for CliReporter {
+    fn started(&self, stage: &str, kind: StageKind) {
+        match &self.bars {
+            Some(bars) => {
+                let bar = bars.add(ProgressBar::new(0));
+                bar.set_style(
+                    ProgressStyle::with_template("{spinner:.cyan} {prefix:<28} {bar:24.cyan/blue} {pos}/{len} {msg} [{elapsed_precise}, eta {eta}]")
+                        .expect("a valid template")
+                        .progress_chars("=> "),
+                );
+                bar.set_prefix(format!("{kind} {stage}"));
+                bar.enable_steady_tick(Duration::from_millis(150));
+                self.state.lock().expect("reporter lock").insert(stage.to_string(), (bar, Instant::now()));
+            }
+            None => self.line(&format!("  running  {kind} `{stage}`")),
+        }
+    }
+
+    fn progress(&self, stage: &str, p: &Progress) {
+        if let Some(bars) = &self.bars {
+            let _ = bars;
+            if let Some((bar, _)) = self.state.lock().expect("reporter lock").get(stage) {
+                bar.set_length(p.total);
+                bar.set_position(p.done);
+                bar.set_message(format!("{}s {}", p.unit, p.message));
+            }
+            return;
+        }
+        // Without a terminal, at most one line every 5 seconds per stage, plus the last one.
+        let mut last = self.last_line.lock().expect("reporter lock");
+        let now = Instant::now();
+        let due = last.get(stage).is_none_or(|t| now.duration_since(*t) >= Duration::from_secs(5)) || p.done == p.total;
+        if due {
+            last.insert(stage.to_string(), now);
+            drop(last);
+            let of = if p.total > 0 { format!("/{}", p.total) } else { String::new() };
+            self.line(&format!("           `{stage}` {} {}{of} {}", p.unit, p.done, p.message));
+        }
+    }
+
+    fn finished(&self, stage: &str, outcome: StageOutcome, seconds: f64, error: Option<&str>) {
+        if let Some((bar, _)) = self.state.lock().expect("reporter lock").remove(stage) {
+            bar.finish_and_clear();
+        }
+        let mark = match outcome {
+            StageOutcome::Ran => "✓ ran    ",
+            StageOutcome::Cached => "· cached ",
+            StageOutcome::Failed => "✗ failed ",
+            StageOutcome::Skipped => "- skipped",
+            StageOutcome::Cancelled => "✗ cancelled",
+        };
+        let time = if outcome == StageOutcome::Ran || outcome == StageOutcome::Failed { format!(" ({seconds:.1}s)") } else { String::new() };
+        let why = error.map(|e| format!(": {e}")).unwrap_or_default();
+        if outcome == StageOutcome::Failed && self.quiet {
+            let _ = writeln!(std::io::stderr().lock(), "{mark} `{stage}`{time}{why}");
+            return;
+        }
+        self.line(&format!("{mark} `{stage}`{time}{why}"));
+    }
+
+    fn notice(&self, message: &str) {
+        let _ = writeln!(std::io::stderr().lock(), "warning: {message}");
+    }
+}

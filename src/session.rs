@@ -1,0 +1,104 @@
+//! What every pipeline command starts from: the checked pipeline, its plan, the store and the
+//! registry of stage implementations.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use lortflow_lang::Checked;
+use lortflow_lang::ir::Backend;
+use lortflow_runtime::engine::{self, Force, StageStatus};
+use lortflow_runtime::plan::{ConcreteStage, Override, expand};
+use lortflow_runtime::{FileDigestCache, Registry, Store};
+
+use crate::cli::{BackendArg, PipelineArgs};
+use crate::render;
+
+/// A loaded, planned pipeline.
+pub(crate) struct Session {
+    pub(crate) file: PathBuf,
+    pub(crate) checked: Checked,
+    pub(crate) plan: Vec<ConcreteStage>,
+    pub(crate) store: Store,
+    pub(crate) registry: Registry,
+    pub(crate) backend: Backend,
+}
+
+/// Why a session could not start: the diagnostics were printed (exit 1), or the input was
+/// unusable (exit 2, via the error).
+pub(crate) enum Start {
+    Ready(Box<Session>),
+    Invalid,
+}
+
+impl Session {
+    pub(crate) fn start(args: &PipelineArgs) -> anyhow::Result<Start> {
+        let Some(checked) = crate::commands::load_valid(&args.file)? else {
+            return Ok(Start::Invalid);
+        };
+        let overrides = args
+            .set
+            .iter()
+            .map(|s| Override::parse(s).map_err(anyhow::Error::msg))
+            .collect::<anyhow::Result<Vec<_>>>()
+            .context("invalid --set")?;
+        let plan = match expand(&checked.pipeline, &overrides) {
+            Ok(plan) => plan,
+            Err(diags) => {
+                eprint!("{}", render::human(&diags, &checked.pipeline.sources, render::stderr_color()));
+                if diags.is_empty() {
+                    eprintln!("error: the pipeline has no valid stage order");
+                }
+                return Ok(Start::Invalid);
+            }
+        };
+        let backend = match args.backend {
+            Some(BackendArg::Cpu) => Backend::Cpu,
+            Some(BackendArg::Cuda) => Backend::Cuda,
+            None => checked.pipeline.defaults.backend.value,
+        };
+        let store_dir = store_dir(&args.file, args.store.as_deref());
+        let store = Store::open(&store_dir).with_context(|| format!("cannot open the artifact store `{}`", store_dir.display()))?;
+        let registry = lortflow_stdlib::stages::registry();
+        Ok(Start::Ready(Box::new(Session { file: args.file.clone(), checked, plan, store, registry, backend })))
+    }
+
+    /// Keys and states of every stage.
+    pub(crate) fn status(&self, force: &Force) -> Vec<StageStatus> {
+        let mut digests = FileDigestCache::load(self.store.root().join("file-digests.json"));
+        let statuses = engine::status(&self.plan, &self.store, &self.registry, &mut digests, self.backend, force);
+        // A digest cache that cannot be saved only costs re-hashing next time.
+        let _ = digests.save();
+        statuses
+    }
+
+    /// The plan index of a stage given by concrete or declared name.
+    pub(crate) fn find(&self, name: &str) -> anyhow::Result<Vec<usize>> {
+        let exact: Vec<usize> = self.plan.iter().enumerate().filter(|(_, s)| s.name == name).map(|(i, _)| i).collect();
+        if !exact.is_empty() {
+            return Ok(exact);
+        }
+        let declared: Vec<usize> =
+            self.plan.iter().enumerate().filter(|(_, s)| s.declared == name).map(|(i, _)| i).collect();
+        if !declared.is_empty() {
+            return Ok(declared);
+        }
+        let names: Vec<&str> = self.plan.iter().map(|s| s.name.as_str()).collect();
+        let close = names.iter().filter(|n| strsim_like(n, name)).take(3).map(|n| format!("`{n}`")).collect::<Vec<_>>();
+        if close.is_empty() {
+            bail!("no stage `{name}` in `{}`; `lortflow graph {}` lists them", self.file.display(), self.file.display())
+        }
+        bail!("no stage `{name}` in `{}`; did you mean {}?", self.file.display(), close.join(" or "))
+    }
+}
+
+fn strsim_like(candidate: &str, name: &str) -> bool {
+    candidate.contains(name) || name.contains(candidate) || candidate.starts_with(&name[..name.len().min(3)])
+}
+
+/// `--store DIR`, or `.lortflow/` beside the pipeline.
+pub(crate) fn store_dir(pipeline: &Path, store: Option<&Path>) -> PathBuf {
+    match store {
+        Some(dir) => dir.to_path_buf(),
+        None => pipeline.parent().unwrap_or(Path::new(".")).join(".lortflow"),
+    }
+}

@@ -1,0 +1,356 @@
+//! Training, checkpoint and import tests on tiny shapes (run them in release:
+//! `cargo test --release -p lortflow-stdlib backbone`).
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use burn::module::{AutodiffModule, Module};
+use burn::tensor::{Tensor, TensorData};
+use burn_store::{BurnToPyTorchAdapter, ModuleSnapshot};
+use lortflow_lang::ir::Arch;
+
+use super::*;
+use crate::backend::{CpuAutodiff, CpuBackend, CpuDevice};
+use crate::data::{ImagePipeline, Normalization, SamplerKind, Transform};
+use crate::dataset::{LabeledImages, PatternImagesConfig};
+
+fn synthetic(per_class: usize) -> LabeledImages {
+    PatternImagesConfig {
+        per_class,
+        ..Default::default()
+    }
+    .generate()
+    .unwrap()
+}
+
+fn small_cnn(data: &LabeledImages) -> BackboneConfig {
+    BackboneConfig {
+        arch: Arch::SmallCnn,
+        num_classes: data.num_classes(),
+        in_channels: data.images().channels(),
+        input_size: data.images().height(),
+    }
+}
+
+fn train_config(epochs: usize, loss: Stage1Loss) -> TrainConfig {
+    TrainConfig {
+        epochs,
+        batch_size: 16,
+        lr: 0.05,
+        momentum: 0.9,
+        weight_decay: 5e-4,
+        schedule: LrSchedule::Cosine,
+        warmup_epochs: 0,
+        loss,
+        sampler: SamplerKind::Instance,
+        seed: 7,
+        prefetch: 2,
+    }
+}
+
+fn pipeline(data: &LabeledImages, ids: &[u32]) -> ImagePipeline {
+    ImagePipeline::new(
+        vec![
+            Transform::RandomCrop { padding: 2 },
+            Transform::Hflip { p: 0.5 },
+        ],
+        Normalization::from_data(data, ids).unwrap(),
+        data.images().shape(),
+    )
+    .unwrap()
+}
+
+/// Trains and returns the model and the per-step losses.
+fn train(
+    data: &LabeledImages,
+    config: &TrainConfig,
+    dir: &Path,
+    cancel_after_epoch: Option<usize>,
+) -> (Result<Backbone<CpuAutodiff>, BackboneError>, Vec<f32>) {
+    let ids: Vec<u32> = (0..data.len() as u32).collect();
+    let pipeline = pipeline(data, &ids);
+    let cancel = AtomicBool::new(false);
+    let mut losses = Vec::new();
+    let mut progress = |p: &TrainProgress| {
+        losses.push(p.loss);
+        if Some(p.epoch) == cancel_after_epoch && p.step + 1 == p.steps {
+            cancel.store(true, Ordering::Relaxed);
+        }
+    };
+    let result = train_backbone::<CpuAutodiff>(
+        &small_cnn(data),
+        config,
+        TrainData {
+            images: data,
+            sample_ids: &ids,
+            pipeline: &pipeline,
+        },
+        dir,
+        &cancel,
+        &mut progress,
+        &CpuDevice::default(),
+    );
+    (result, losses)
+}
+
+fn weights(model: &Backbone<CpuAutodiff>) -> Vec<f32> {
+    let x = Tensor::<CpuBackend, 4>::from_data(
+        TensorData::new(
+            (0..2 * 28 * 28)
+                .map(|i| (i % 17) as f32 / 17.0)
+                .collect::<Vec<_>>(),
+            [2, 1, 28, 28],
+        ),
+        &CpuDevice::default(),
+    );
+    let mut out: Vec<f32> = model.valid().forward(x).into_data().to_vec().unwrap();
+    out.extend(model.fc().weight.val().into_data().to_vec::<f32>().unwrap());
+    out
+}
+
+#[test]
+fn a_few_steps_reduce_the_loss() {
+    let data = synthetic(16);
+    let dir = tempfile::tempdir().unwrap();
+    let (model, losses) = train(&data, &train_config(3, Stage1Loss::Ce), dir.path(), None);
+    model.unwrap();
+    let steps = losses.len() / 3;
+    let first: f32 = losses[..steps].iter().sum::<f32>() / steps as f32;
+    let last: f32 = losses[2 * steps..].iter().sum::<f32>() / steps as f32;
+    assert!(last < first * 0.8, "{first} -> {last}: {losses:?}");
+}
+
+#[test]
+fn every_first_stage_loss_trains() {
+    let data = synthetic(8);
+    for name in ["ce-drw", "ldam-drw", "balanced-softmax"] {
+        let dir = tempfile::tempdir().unwrap();
+        let loss = Stage1Loss::from_name(name, 2).unwrap();
+        let (model, losses) = train(&data, &train_config(2, loss), dir.path(), None);
+        model.unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(losses.iter().all(|l| l.is_finite()), "{name}: {losses:?}");
+    }
+}
+
+#[test]
+fn interrupted_then_resumed_equals_uninterrupted() {
+    let data = synthetic(8);
+    let config = train_config(2, Stage1Loss::Ce);
+
+    let straight = tempfile::tempdir().unwrap();
+    let (reference, _) = train(&data, &config, straight.path(), None);
+    let reference = weights(&reference.unwrap());
+
+    let resumed = tempfile::tempdir().unwrap();
+    let (stopped, _) = train(&data, &config, resumed.path(), Some(0));
+    match stopped {
+        Err(BackboneError::Cancelled {
+            epoch: 1,
+            completed_epochs: 1,
+            ..
+        }) => {}
+        other => panic!("expected a cancellation in epoch 1, got {other:?}"),
+    }
+    let (model, losses) = train(&data, &config, resumed.path(), None);
+    // Only epoch 2 ran after the resume.
+    assert_eq!(losses.len(), 80usize.div_ceil(16));
+    assert_eq!(weights(&model.unwrap()), reference);
+}
+
+#[test]
+fn a_checkpoint_of_another_configuration_is_refused() {
+    let data = synthetic(4);
+    let dir = tempfile::tempdir().unwrap();
+    train(&data, &train_config(1, Stage1Loss::Ce), dir.path(), None)
+        .0
+        .unwrap();
+    let mut other = train_config(1, Stage1Loss::Ce);
+    other.lr = 0.01;
+    let err = train(&data, &other, dir.path(), None).0.unwrap_err();
+    assert!(
+        err.to_string().contains("different training configuration"),
+        "{err}"
+    );
+}
+
+#[test]
+fn diverging_training_stops_with_the_epoch_and_step() {
+    let data = synthetic(4);
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = train_config(1, Stage1Loss::Ce);
+    config.lr = 1e30;
+    let err = train(&data, &config, dir.path(), None).0.unwrap_err();
+    match err {
+        BackboneError::NonFiniteLoss { epoch: 0, .. } => {}
+        other => panic!("expected a non-finite loss, got {other:?}"),
+    }
+}
+
+#[test]
+fn save_load_round_trip_gives_identical_outputs() {
+    let data = synthetic(4);
+    let dir = tempfile::tempdir().unwrap();
+    let (model, _) = train(&data, &train_config(1, Stage1Loss::Ce), dir.path(), None);
+    let model = model.unwrap();
+    let config = small_cnn(&data);
+    let out = dir.path().join("artifact");
+    save_backbone(&model.valid(), &config, &out).unwrap();
+    let (loaded, loaded_config) =
+        load_backbone::<CpuAutodiff>(&out, &CpuDevice::default()).unwrap();
+    assert_eq!(loaded_config, config);
+    assert_eq!(weights(&loaded), weights(&model));
+}
+
+/// Writes `model` as a torchvision state dict: PyTorch names and layouts, `downsample.0/1`,
+/// and `num_batches_tracked` counters.
+fn write_torchvision(
+    model: &resnet::ResNet<CpuBackend>,
+    path: &Path,
+    edit: impl Fn(&mut Vec<(String, Vec<usize>, Vec<f32>)>),
+) {
+    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = model
+        .collect(None, Some(Box::new(BurnToPyTorchAdapter)), false)
+        .into_iter()
+        .map(|s| {
+            let name = s
+                .full_path()
+                .replace("downsample.conv.", "downsample.0.")
+                .replace("downsample.bn.", "downsample.1.");
+            let data = s.to_data().unwrap();
+            (name, data.shape.to_vec(), data.to_vec::<f32>().unwrap())
+        })
+        .collect();
+    edit(&mut tensors);
+    let mut bytes: Vec<(String, Vec<usize>, Vec<u8>, safetensors::Dtype)> = tensors
+        .into_iter()
+        .map(|(n, s, v)| {
+            let b = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            (n, s, b, safetensors::Dtype::F32)
+        })
+        .collect();
+    let bn_names: Vec<String> = bytes
+        .iter()
+        .filter_map(|(n, ..)| n.strip_suffix(".running_mean").map(str::to_string))
+        .collect();
+    for bn in bn_names {
+        bytes.push((
+            format!("{bn}.num_batches_tracked"),
+            vec![],
+            7i64.to_le_bytes().to_vec(),
+            safetensors::Dtype::I64,
+        ));
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
+        .iter()
+        .map(|(n, s, b, d)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, path).unwrap();
+}
+
+fn resnet34_cifar(num_classes: usize) -> BackboneConfig {
+    BackboneConfig {
+        arch: Arch::Resnet34,
+        num_classes,
+        in_channels: 3,
+        input_size: 32,
+    }
+}
+
+fn inner(model: Backbone<CpuBackend>) -> resnet::ResNet<CpuBackend> {
+    match model {
+        Backbone::ResNet(m) => m,
+        Backbone::SmallCnn(_) => unreachable!("a ResNet config builds a ResNet"),
+    }
+}
+
+#[test]
+fn a_torchvision_safetensors_checkpoint_loads() {
+    let device = CpuDevice::default();
+    let config = resnet34_cifar(10);
+    let mut source = inner(config.init::<CpuBackend>(&device).unwrap());
+    // Non-trivial running statistics, so that the BatchNorm buffers are checked too.
+    source.bn1.running_mean =
+        burn::module::RunningState::new(Tensor::ones([64], &device).mul_scalar(0.25));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r34.safetensors");
+    write_torchvision(&source, &path, |_| {});
+    let imported =
+        import_backbone::<CpuBackend>(&config, &path, CheckpointFormat::Auto, &device).unwrap();
+    let x = Tensor::<CpuBackend, 4>::ones([1, 3, 32, 32], &device).mul_scalar(0.3);
+    let a: Vec<f32> = source.forward(x.clone()).into_data().to_vec().unwrap();
+    let b: Vec<f32> = imported.forward(x).into_data().to_vec().unwrap();
+    assert_eq!(a, b);
+}
+
+#[test]
+fn a_mismatched_checkpoint_names_every_offending_key() {
+    let device = CpuDevice::default();
+    let source = inner(resnet34_cifar(10).init::<CpuBackend>(&device).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.safetensors");
+    write_torchvision(&source, &path, |tensors| {
+        for (name, shape, values) in tensors.iter_mut() {
+            if name == "fc.weight" {
+                *shape = vec![5, 512];
+                values.truncate(5 * 512);
+            }
+        }
+        tensors.retain(|(name, ..)| name != "layer2.0.downsample.1.running_var");
+        tensors.push(("head.extra".into(), vec![2], vec![0.0, 1.0]));
+    });
+    let err = import_backbone::<CpuBackend>(
+        &resnet34_cifar(10),
+        &path,
+        CheckpointFormat::Safetensors,
+        &device,
+    )
+    .expect_err("the checkpoint should not fit");
+    let msg = err.to_string();
+    assert!(msg.contains("`fc.weight`"), "{msg}");
+    assert!(
+        msg.contains("[512, 10]") && msg.contains("[512, 5]"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("missing in the file: `layer2.0.downsample.bn.running_var`"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("unexpected in the file: `head.extra`"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn evaluation_uses_running_statistics() {
+    // In inference mode a sample's output does not depend on the rest of its batch.
+    let device = CpuDevice::default();
+    let data = synthetic(2);
+    let model = small_cnn(&data).init::<CpuBackend>(&device).unwrap();
+    let x = Tensor::<CpuBackend, 4>::random(
+        [4, 1, 28, 28],
+        burn::tensor::Distribution::Default,
+        &device,
+    );
+    let all: Vec<f32> = model.forward(x.clone()).into_data().to_vec().unwrap();
+    let one: Vec<f32> = model
+        .forward(x.narrow(0, 0, 1))
+        .into_data()
+        .to_vec()
+        .unwrap();
+    for (a, b) in all[..10].iter().zip(&one) {
+        assert!((a - b).abs() < 1e-5);
+    }
+    assert_eq!(
+        model.num_params(),
+        small_cnn(&data)
+            .init::<CpuBackend>(&device)
+            .unwrap()
+            .num_params()
+    );
+}

@@ -1,0 +1,383 @@
+//! First-stage training: an explicit loop (no burn-train `Learner`, which installs its own logger
+//! and panic hook) with SGD + momentum + weight decay, a per-epoch learning-rate schedule, a
+//! checkpoint after every epoch and resumption from the last one.
+//!
+//! Repeatability: the initial weights are drawn from per-parameter streams of our own RNG
+//! (`init.rs`; Flex keeps its RNG in a process-wide global that any concurrent work would
+//! disturb); the order and augmentation of every epoch depend only on `(seed, epoch)`
+//! (`data` module). A run resumed from the checkpoint of epoch `e` therefore continues exactly as
+//! the uninterrupted run would have, on the CPU bit for bit.
+
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{GradientsParams, Optimizer, SgdConfig};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
+use lortflow_lang::ir::BackboneTrain;
+use tracing::{debug, info};
+
+use super::base::{Backbone, BackboneConfig};
+use super::checkpoint::{CheckpointDir, TrainState};
+use super::error::BackboneError;
+use super::loss::{BoundLoss, Stage1Loss};
+use super::schedule::LrSchedule;
+use crate::data::{BatchConfig, DataError, ImagePipeline, SamplerKind, for_each_batch};
+use crate::dataset::LabeledImages;
+
+/// Batches prepared ahead of the model by the data worker.
+pub const DEFAULT_PREFETCH: usize = 4;
+
+/// First-stage training hyper-parameters, validated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainConfig {
+    /// Epochs.
+    pub epochs: usize,
+    /// Images per step.
+    pub batch_size: usize,
+    /// Initial learning rate.
+    pub lr: f64,
+    /// SGD momentum (PyTorch semantics: no dampening, no Nesterov).
+    pub momentum: f64,
+    /// L2 weight decay on every parameter (PyTorch's `SGD(weight_decay=…)`, BatchNorm included).
+    pub weight_decay: f64,
+    /// Learning-rate schedule.
+    pub schedule: LrSchedule,
+    /// Linear warm-up epochs.
+    pub warmup_epochs: usize,
+    /// The loss.
+    pub loss: Stage1Loss,
+    /// The sampler.
+    pub sampler: SamplerKind,
+    /// Seed of initialisation, order and augmentation.
+    pub seed: u64,
+    /// Batches prepared ahead.
+    pub prefetch: usize,
+}
+
+impl TrainConfig {
+    /// From the IR's `train` node (already range-checked by the linter; checked again here
+    /// because the library may be called directly).
+    pub fn from_ir(train: &BackboneTrain) -> Result<Self, BackboneError> {
+        let epochs = train.epochs as usize;
+        let config = Self {
+            epochs,
+            batch_size: train.batch_size as usize,
+            lr: train.lr,
+            momentum: train.momentum,
+            weight_decay: train.weight_decay,
+            schedule: LrSchedule::from_name(&train.schedule)?,
+            warmup_epochs: train.warmup_epochs as usize,
+            loss: Stage1Loss::from_name(&train.loss, epochs)?,
+            sampler: SamplerKind::from_name(&train.sampler).ok_or_else(|| {
+                BackboneError::InvalidTraining(format!(
+                    "unknown sampler `{}`, expected `instance`, `class-balanced` or `sqrt`",
+                    train.sampler
+                ))
+            })?,
+            seed: train.seed,
+            prefetch: DEFAULT_PREFETCH,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks ranges.
+    pub fn validate(&self) -> Result<(), BackboneError> {
+        let bad = |m: String| Err(BackboneError::InvalidTraining(m));
+        if self.epochs == 0 || self.batch_size == 0 {
+            return bad(format!(
+                "epochs and batch size must be at least 1, got {} and {}",
+                self.epochs, self.batch_size
+            ));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return bad(format!(
+                "the learning rate must be positive, got {}",
+                self.lr
+            ));
+        }
+        if !(0.0..1.0).contains(&self.momentum) {
+            return bad(format!("momentum must be in [0, 1), got {}", self.momentum));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return bad(format!(
+                "weight decay must be non-negative, got {}",
+                self.weight_decay
+            ));
+        }
+        Ok(())
+    }
+
+    /// A string that changes whenever a setting that shapes the trajectory changes; stored in
+    /// checkpoints so that a resume never continues someone else's run.
+    pub(crate) fn fingerprint(&self, backbone: &BackboneConfig, num_samples: usize) -> String {
+        format!("{self:?}|{backbone:?}|samples={num_samples}")
+    }
+}
+
+/// What the training set is.
+#[derive(Clone, Copy, Debug)]
+pub struct TrainData<'a> {
+    /// The split (all its images stay in memory once).
+    pub images: &'a LabeledImages,
+    /// The ids of the long-tailed subset (`LongTailIndex::sample_ids`).
+    pub sample_ids: &'a [u32],
+    /// Augmentation and normalisation.
+    pub pipeline: &'a ImagePipeline,
+}
+
+/// Reported after every step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TrainProgress {
+    /// 0-based epoch.
+    pub epoch: usize,
+    /// Epochs in total.
+    pub epochs: usize,
+    /// 0-based step within the epoch.
+    pub step: usize,
+    /// Steps per epoch.
+    pub steps: usize,
+    /// Loss of this step.
+    pub loss: f32,
+    /// Training accuracy of the epoch so far (inference-time logits on augmented images).
+    pub train_acc: f32,
+    /// Images per second over the epoch so far.
+    pub images_per_sec: f32,
+    /// Learning rate of the epoch.
+    pub lr: f64,
+}
+
+/// Trains `backbone` on `data`, checkpointing into `work_dir/checkpoint/` after every epoch and
+/// resuming from the last checkpoint found there.
+///
+/// Stops with [`BackboneError::Cancelled`] when `cancel` is set (checked before every step; the
+/// checkpoints of completed epochs are kept) and with [`BackboneError::NonFiniteLoss`] when the
+/// loss is NaN or infinite. `progress` is called after every step.
+#[tracing::instrument(skip_all, fields(arch = super::base::arch_name(backbone.arch)))]
+pub fn train_backbone<B: AutodiffBackend>(
+    backbone: &BackboneConfig,
+    config: &TrainConfig,
+    data: TrainData<'_>,
+    work_dir: &Path,
+    cancel: &AtomicBool,
+    progress: &mut dyn FnMut(&TrainProgress),
+    device: &B::Device,
+) -> Result<Backbone<B>, BackboneError> {
+    config.validate()?;
+    backbone.validate()?;
+    if data.sample_ids.is_empty() {
+        return Err(DataError::EmptySubset.into());
+    }
+    let [c, h, w] = data.pipeline.output_shape();
+    if c != backbone.in_channels || h != backbone.input_size || w != backbone.input_size {
+        return Err(BackboneError::InvalidConfig(format!(
+            "the data pipeline produces {c}x{h}x{w} images but the backbone expects {}x{}x{}",
+            backbone.in_channels, backbone.input_size, backbone.input_size
+        )));
+    }
+    if data.images.num_classes() != backbone.num_classes {
+        return Err(BackboneError::InvalidConfig(format!(
+            "the dataset has {} classes but the backbone's classifier {}",
+            data.images.num_classes(),
+            backbone.num_classes
+        )));
+    }
+    let mut class_counts = vec![0usize; backbone.num_classes];
+    for &id in data.sample_ids {
+        let label = data
+            .images
+            .labels()
+            .get(id as usize)
+            .ok_or(DataError::SampleOutOfRange {
+                id,
+                len: data.images.len(),
+            })?;
+        class_counts[*label as usize] += 1;
+    }
+
+    // Seeding the backend still matters for any random op during training (none in our
+    // architectures today); the weights themselves come from our own per-parameter streams.
+    B::seed(device, config.seed);
+    let model = backbone.init_seeded::<B>(config.seed, device)?;
+    let mut optim = SgdConfig::new()
+        .with_momentum(Some(MomentumConfig {
+            momentum: config.momentum,
+            // PyTorch's SGD has no dampening by default; Burn's default is 0.1.
+            dampening: 0.0,
+            nesterov: false,
+        }))
+        .with_weight_decay(
+            (config.weight_decay > 0.0).then(|| WeightDecayConfig::new(config.weight_decay as f32)),
+        )
+        .init::<B, Backbone<B>>();
+
+    let checkpoints = CheckpointDir::new(work_dir.join("checkpoint"));
+    let fingerprint = config.fingerprint(backbone, data.sample_ids.len());
+    let (mut model, start_epoch, mut last_finite) = match checkpoints.latest(&fingerprint)? {
+        Some(state) => {
+            info!(epoch = state.completed_epochs, "resuming from checkpoint");
+            let model = checkpoints.load_model(model, state.completed_epochs, device)?;
+            optim = checkpoints.load_optimizer::<B, _>(optim, state.completed_epochs, device)?;
+            (model, state.completed_epochs, state.last_loss)
+        }
+        None => (model, 0, f32::NAN),
+    };
+
+    let loss_fn = BoundLoss::<B>::new(config.loss, &class_counts, device);
+    let batch_config = BatchConfig {
+        batch_size: config.batch_size,
+        prefetch: config.prefetch,
+        seed: config.seed,
+        train: true,
+    };
+    let steps = data.sample_ids.len().div_ceil(config.batch_size);
+
+    for epoch in start_epoch..config.epochs {
+        let lr = config
+            .schedule
+            .lr_at(config.lr, epoch, config.epochs, config.warmup_epochs);
+        let order = config
+            .sampler
+            .epoch_order(data.images, data.sample_ids, config.seed, epoch);
+        let started = Instant::now();
+        let (mut seen, mut correct) = (0usize, 0i64);
+        let mut slot = Some(model);
+        for_each_batch::<BackboneError>(
+            data.images,
+            &order,
+            data.pipeline,
+            &batch_config,
+            epoch,
+            |batch| {
+                if cancel.load(Ordering::Relaxed) {
+                    return Err(BackboneError::Cancelled {
+                        epoch,
+                        step: batch.index,
+                        completed_epochs: epoch,
+                    });
+                }
+                let n = batch.shape[0];
+                let model = slot
+                    .take()
+                    .expect("the model should be back after each step");
+                let x = Tensor::<B, 4>::from_data(
+                    TensorData::new(batch.images, batch.shape).convert::<B::FloatElem>(),
+                    device,
+                );
+                let labels: Vec<i64> = batch.labels.iter().map(|&l| i64::from(l)).collect();
+                let y = Tensor::<B, 1, Int>::from_data(
+                    TensorData::new(labels, [n]).convert::<B::IntElem>(),
+                    device,
+                );
+                let features = model.forward_features(x);
+                let (loss, logits) = loss_fn.forward(features, model.fc(), y.clone(), epoch);
+                let value: f32 = loss.clone().into_scalar().elem();
+                if !value.is_finite() {
+                    return Err(BackboneError::NonFiniteLoss {
+                        epoch,
+                        step: batch.index,
+                        loss: value,
+                        last_finite,
+                    });
+                }
+                last_finite = value;
+                let hits: i64 = logits
+                    .argmax(1)
+                    .reshape([n])
+                    .equal(y)
+                    .int()
+                    .sum()
+                    .into_scalar()
+                    .elem();
+                let grads = GradientsParams::from_grads(loss.backward(), &model);
+                slot = Some(optim.step(lr, model, grads));
+                seen += n;
+                correct += hits;
+                progress(&TrainProgress {
+                    epoch,
+                    epochs: config.epochs,
+                    step: batch.index,
+                    steps,
+                    loss: value,
+                    train_acc: correct as f32 / seen as f32,
+                    images_per_sec: seen as f32 / started.elapsed().as_secs_f32().max(1e-9),
+                    lr,
+                });
+                Ok(ControlFlow::Continue(()))
+            },
+        )?;
+        model = slot.expect("the model should be back after the epoch");
+        let elapsed = started.elapsed().as_secs_f32();
+        debug!(
+            epoch,
+            loss = last_finite,
+            acc = correct as f32 / seen.max(1) as f32,
+            images_per_sec = seen as f32 / elapsed.max(1e-9),
+            "epoch done"
+        );
+        checkpoints.save(
+            &model,
+            &optim,
+            &TrainState {
+                completed_epochs: epoch + 1,
+                fingerprint: fingerprint.clone(),
+                last_loss: last_finite,
+            },
+        )?;
+    }
+    Ok(model)
+}
+
+/// Accuracy of `model`'s own classifier on `ids` of `images` (evaluation view, BatchNorm in
+/// inference mode): a quick check of a trained or imported backbone.
+pub fn evaluate_accuracy<B: Backend>(
+    model: &Backbone<B>,
+    images: &LabeledImages,
+    ids: &[u32],
+    pipeline: &ImagePipeline,
+    batch_size: usize,
+    device: &B::Device,
+) -> Result<f32, BackboneError> {
+    let config = BatchConfig {
+        batch_size,
+        prefetch: 2,
+        seed: 0,
+        train: false,
+    };
+    let mut correct = 0i64;
+    for_each_batch::<BackboneError>(images, ids, pipeline, &config, 0, |batch| {
+        let n = batch.shape[0];
+        let x = Tensor::<B, 4>::from_data(
+            TensorData::new(batch.images, batch.shape).convert::<B::FloatElem>(),
+            device,
+        );
+        let labels: Vec<i64> = batch.labels.iter().map(|&l| i64::from(l)).collect();
+        let y = Tensor::<B, 1, Int>::from_data(
+            TensorData::new(labels, [n]).convert::<B::IntElem>(),
+            device,
+        );
+        let hits: i64 = model
+            .forward(x)
+            .argmax(1)
+            .reshape([n])
+            .equal(y)
+            .int()
+            .sum()
+            .into_scalar()
+            .elem();
+        correct += hits;
+        Ok(ControlFlow::Continue(()))
+    })?;
+    Ok(correct as f32 / ids.len().max(1) as f32)
+}
+
+/// The inference copy of a trained backbone (no autodiff; BatchNorm uses its running statistics).
+pub fn inference_model<B: AutodiffBackend>(model: &Backbone<B>) -> Backbone<B::InnerBackend> {
+    model.valid()
+}

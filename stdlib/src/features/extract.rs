@@ -1,0 +1,126 @@
+//! Running a frozen backbone over a split and streaming its features to `features.safetensors`.
+
+use std::collections::BTreeMap;
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+
+use super::error::FeaturesError;
+use super::file::FeatureWriter;
+use crate::backbone::Backbone;
+use crate::data::{BatchConfig, ImagePipeline, for_each_batch};
+use crate::dataset::LabeledImages;
+
+/// Test-time augmentation of features.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Tta {
+    /// The image as is.
+    #[default]
+    None,
+    /// The mean of the features of the image and of its mirror image (LTWB/LORT's flip TTA).
+    Hflip,
+}
+
+impl Tta {
+    /// Parses `none` or `hflip`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "none" => Some(Tta::None),
+            "hflip" => Some(Tta::Hflip),
+            _ => None,
+        }
+    }
+
+    /// The schema name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Tta::None => "none",
+            Tta::Hflip => "hflip",
+        }
+    }
+}
+
+/// Extracts the features of the images `ids` of `images` (in that order) with `model` and
+/// streams them into the safetensors file `out`.
+///
+/// `model` must be an inference model (`model.valid()` of a trained backbone, or one built on a
+/// backend without autodiff): BatchNorm then normalises with its running statistics, so a sample's
+/// features do not depend on its batch. The reference codebases (LTWB, LORT, Decoupling) instead
+/// keep the backbone in training mode during stage 2, so their BatchNorm statistics keep drifting
+/// while the "frozen" features are computed on the fly; cached features cannot reproduce that,
+/// and it is pitfall 3 of ltr-reference §9.
+///
+/// Memory: the source images plus one prepared batch (and the prefetched ones); features go to
+/// disk as they are computed.
+#[allow(clippy::too_many_arguments)]
+pub fn extract_features<B: Backend>(
+    model: &Backbone<B>,
+    images: &LabeledImages,
+    ids: &[u32],
+    pipeline: &ImagePipeline,
+    tta: Tta,
+    batch_size: usize,
+    out: &Path,
+    metadata: &BTreeMap<String, String>,
+    cancel: &AtomicBool,
+    device: &B::Device,
+) -> Result<(), FeaturesError> {
+    if B::ad_enabled(device) {
+        return Err(FeaturesError::AutodiffModel);
+    }
+    let dim = model.fc().weight.dims()[0];
+    let labels = ids
+        .iter()
+        .map(|&id| {
+            images.labels().get(id as usize).copied().ok_or(
+                crate::data::DataError::SampleOutOfRange {
+                    id,
+                    len: images.len(),
+                },
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut metadata = metadata.clone();
+    metadata.insert("tta".into(), tta.name().into());
+    let mut writer = FeatureWriter::create(out, dim, labels, &metadata)?;
+    let config = BatchConfig {
+        batch_size: batch_size.max(1),
+        prefetch: 2,
+        seed: 0,
+        train: false,
+    };
+    let mut rows = 0usize;
+    for_each_batch::<FeaturesError>(images, ids, pipeline, &config, 0, |batch| {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(FeaturesError::Cancelled {
+                rows,
+                total: ids.len(),
+            });
+        }
+        let n = batch.shape[0];
+        let x = Tensor::<B, 4>::from_data(
+            TensorData::new(batch.images, batch.shape).convert::<B::FloatElem>(),
+            device,
+        );
+        let features = match tta {
+            Tta::None => model.forward_features(x),
+            Tta::Hflip => {
+                let flipped = x.clone().flip([3]);
+                (model.forward_features(x) + model.forward_features(flipped)).div_scalar(2.0)
+            }
+        };
+        let values: Vec<f32> = features
+            .into_data()
+            .convert::<f32>()
+            .into_vec()
+            .map_err(|e| FeaturesError::Shape(format!("cannot read features back: {e:?}")))?;
+        writer.write_rows(&values)?;
+        rows += n;
+        Ok(ControlFlow::Continue(()))
+    })?;
+    writer.finish()?;
+    Ok(())
+}

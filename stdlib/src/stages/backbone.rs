@@ -1,0 +1,121 @@
+//! The `backbone` stage: first-stage training (or loading a checkpoint), then the backbone's own
+//! test accuracy. The artifact keeps the model with its classifier, and the input normalisation
+//! the features stage must reuse.
+
+use lortflow_lang::ir::{StageSpec, Weights};
+use lortflow_runtime::{StageContext, StageError, StageExecutor};
+use serde_json::{Value as Json, json};
+
+use super::common::{DatasetIndex, INDEX_FILE, backend_choice, dataset_spec, fail, load_split_images, read_json, write_json};
+use crate::backbone::{
+    BackboneConfig, CheckpointFormat, TrainConfig, TrainData, evaluate_accuracy, import_backbone, save_backbone,
+    train_backbone,
+};
+use crate::data::{ImagePipeline, Normalization, Transform};
+use crate::dataset::Split;
+
+pub(crate) const NORMALIZATION_FILE: &str = "normalization.json";
+
+pub(crate) struct BackboneStage;
+
+impl StageExecutor for BackboneStage {
+    fn version(&self) -> &'static str {
+        "1"
+    }
+
+    fn run(&self, cx: &StageContext<'_>) -> Result<Json, StageError> {
+        let StageSpec::Backbone(spec) = &cx.stage.stage.spec else {
+            return Err(StageError::failed("not a backbone stage"));
+        };
+        let data = cx.input("data")?;
+        let dataset = dataset_spec(data)?;
+        let index: DatasetIndex = read_json(&data.artifact.file(INDEX_FILE))?;
+        let train = load_split_images(dataset, Split::Train)?;
+        let test = load_split_images(dataset, Split::Test)?;
+        let [_, channels, height, width] = train.images().shape();
+        if height != width {
+            return Err(StageError::failed(format!(
+                "backbone `{}` needs square images; `{}` has {height}x{width}",
+                cx.stage.name, data.stage.name
+            )));
+        }
+        let config = BackboneConfig {
+            arch: spec.arch.value,
+            num_classes: index.meta.num_classes,
+            in_channels: channels,
+            input_size: height,
+        };
+        let normalization = Normalization::preset(&spec.normalize, &train, &index.train_ids).map_err(fail)?;
+        let test_pipeline = ImagePipeline::new(vec![], normalization.clone(), train.images().shape()).map_err(fail)?;
+        let test_ids: Vec<u32> = (0..test.len() as u32).collect();
+        let out_dir = cx.out_dir;
+        let started = std::time::Instant::now();
+        let mut last = (0.0f32, 0.0f32, 0.0f32);
+        let result: Result<Json, StageError> = crate::with_backend!(backend_choice(cx.backend), |B, device| {
+            let model = match &spec.weights {
+                Weights::Train(t) => {
+                    let transforms: Vec<Transform> = spec.augment.iter().map(Transform::from).collect();
+                    let pipeline = ImagePipeline::new(transforms, normalization.clone(), train.images().shape()).map_err(fail)?;
+                    let train_config = TrainConfig::from_ir(t).map_err(fail)?;
+                    let data = TrainData { images: &train, sample_ids: &index.train_ids, pipeline: &pipeline };
+                    let mut report = |p: &crate::backbone::TrainProgress| {
+                        last = (p.loss, p.train_acc, p.images_per_sec);
+                        cx.progress(
+                            (p.epoch * p.steps + p.step + 1) as u64,
+                            (p.epochs * p.steps) as u64,
+                            "step",
+                            format!(
+                                "epoch {}/{} loss {:.3} acc {:.1}% {:.0} img/s",
+                                p.epoch + 1,
+                                p.epochs,
+                                p.loss,
+                                100.0 * p.train_acc,
+                                p.images_per_sec
+                            ),
+                        )
+                    };
+                    let model = train_backbone::<B>(&config, &train_config, data, cx.work_dir, cx.cancel.flag(), &mut report, &device)
+                        .map_err(|e| match e {
+                            crate::backbone::BackboneError::Cancelled { .. } => StageError::Cancelled,
+                            other => fail(other),
+                        })?;
+                    crate::backbone::inference_model(&model)
+                }
+                Weights::Checkpoint { path, format } => {
+                    let format = CheckpointFormat::from_name(format).unwrap_or(CheckpointFormat::Auto);
+                    import_backbone::<<B as burn::tensor::backend::AutodiffBackend>::InnerBackend>(&config, &path.resolved, format, &device)
+                        .map_err(fail)?
+                }
+            };
+            cx.progress(0, 1, "step", "evaluating the backbone's own classifier");
+            let accuracy = evaluate_accuracy(&model, &test, &test_ids, &test_pipeline, 256, &device).map_err(fail)?;
+            save_backbone(&model, &config, out_dir).map_err(fail)?;
+            Ok(json!({
+                "arch": crate::backbone::arch_name(config.arch),
+                "feature_dim": config.feature_dim(),
+                "parameters": model.num_trainable_params(),
+                "input": [channels, height, width],
+                "test_top1": accuracy,
+            }))
+        })
+        .map_err(fail)?;
+        let mut summary = result?;
+        write_json(&out_dir.join(NORMALIZATION_FILE), &json!({ "mean": normalization.mean, "std": normalization.std }))?;
+        if matches!(spec.weights, Weights::Train(_)) {
+            summary["final_loss"] = json!(last.0);
+            summary["final_train_acc"] = json!(last.1);
+            summary["images_per_sec"] = json!(last.2);
+            summary["train_seconds"] = json!(started.elapsed().as_secs_f64());
+        }
+        Ok(summary)
+    }
+}
+
+/// The normalisation a backbone was trained with.
+pub(crate) fn read_normalization(artifact: &lortflow_runtime::Artifact) -> Result<Normalization, StageError> {
+    let v: Json = read_json(&artifact.file(NORMALIZATION_FILE))?;
+    let floats = |key: &str| -> Vec<f32> {
+        v[key].as_array().map(|a| a.iter().filter_map(|x| x.as_f64()).map(|x| x as f32).collect()).unwrap_or_default()
+    };
+    Ok(Normalization { mean: floats("mean"), std: floats("std") })
+}

@@ -1,0 +1,234 @@
+//! The `dataset` stage: reads the source, makes the train split long-tailed and assigns the
+//! many / medium / few groups. Its artifact is an index, not a copy of the images; feature
+//! sources also store their (long-tailed) matrices so heads can read them like a features stage.
+
+use lortflow_lang::ir::{Backend, DatasetSpec, Source, StageSpec};
+use lortflow_runtime::{ConcreteStage, StageContext, StageError, StageExecutor};
+use serde_json::{Value as Json, json};
+
+use super::common::{
+    DatasetIndex, INDEX_FILE, META_FILE, Meta, TEST_FEATURES, TRAIN_FEATURES, fail, load_split_images, read_json,
+    split_ids, write_json,
+};
+use crate::dataset::{
+    Boundary, ClassOrder, Group, GroupConfig, GaussianClustersConfig, ImbalanceProfile, LongTailConfig, SampleSelection,
+    Split, Thresholds,
+};
+use crate::features::{NpyFile, write_features};
+
+pub(crate) struct DatasetStage;
+
+impl StageExecutor for DatasetStage {
+    fn version(&self) -> &'static str {
+        "1"
+    }
+
+    fn uses_device(&self, _: &ConcreteStage, _: Backend) -> bool {
+        false
+    }
+
+    fn run(&self, cx: &StageContext<'_>) -> Result<Json, StageError> {
+        let StageSpec::Dataset(spec) = &cx.stage.stage.spec else {
+            return Err(StageError::failed("not a dataset stage"));
+        };
+        cx.progress(0, 2, "step", "reading the source");
+        let vectors = vector_source(spec)?;
+        let (train_labels, num_classes, test_count) = match &vectors {
+            Some(v) => (v.train_labels.clone(), v.num_classes, v.test_labels.len()),
+            None => {
+                let train = load_split_images(spec, Split::Train)?;
+                // The test split is read here too so that a broken test file fails at the dataset
+                // stage, where the error names the dataset, not deep inside a backbone.
+                let test = load_split_images(spec, Split::Test)?;
+                (train.labels().to_vec(), train.num_classes(), test.len())
+            }
+        };
+        cx.check_cancelled()?;
+        cx.progress(1, 2, "step", "building the long-tailed index");
+        let index = long_tail(spec, &train_labels, num_classes).map_err(|e| {
+            StageError::failed(format!("dataset `{}`: {e}", cx.stage.name))
+        })?;
+        let groups = group_config(spec).assign(&index.class_counts).map_err(fail)?;
+        let meta = Meta {
+            num_classes,
+            class_counts: index.class_counts.clone(),
+            groups: groups.groups.clone(),
+            many_threshold: groups.many_threshold,
+            few_threshold: groups.few_threshold,
+            boundary: spec.groups.rule.clone(),
+        };
+        let kind = if vectors.is_some() { "vectors" } else { "images" };
+        if let Some(v) = &vectors {
+            let dim = v.dim;
+            let mut rows = Vec::with_capacity(index.sample_ids.len() * dim);
+            for &id in &index.sample_ids {
+                let i = id as usize;
+                rows.extend_from_slice(&v.train[i * dim..(i + 1) * dim]);
+            }
+            write_features(&cx.out_dir.join(TRAIN_FEATURES), &rows, dim, &index.labels).map_err(fail)?;
+            write_features(&cx.out_dir.join(TEST_FEATURES), &v.test, dim, &v.test_labels).map_err(fail)?;
+            write_json(&cx.out_dir.join(META_FILE), &meta)?;
+        }
+        let sizes = groups.sizes();
+        let summary = json!({
+            "kind": kind,
+            "num_classes": num_classes,
+            "train_samples": index.sample_ids.len(),
+            "test_samples": test_count,
+            "class_counts": index.class_counts,
+            "imbalance_ratio": index.imbalance_ratio(),
+            "groups": { "many": sizes[0], "medium": sizes[1], "few": sizes[2],
+                        "many_threshold": groups.many_threshold, "few_threshold": groups.few_threshold },
+        });
+        let record = DatasetIndex { meta, train_ids: index.sample_ids, test_count, kind: kind.into() };
+        write_json(&cx.out_dir.join(INDEX_FILE), &record)?;
+        cx.progress(2, 2, "step", "done");
+        Ok(summary)
+    }
+
+    fn inspect(&self, artifact: &lortflow_runtime::Artifact) -> Result<Json, StageError> {
+        let index: DatasetIndex = read_json(&artifact.file(INDEX_FILE))?;
+        let mut summary = artifact.manifest().summary.clone();
+        let rows: Vec<String> = index
+            .meta
+            .class_counts
+            .iter()
+            .zip(&index.meta.groups)
+            .enumerate()
+            .map(|(c, (n, g))| format!("{c:>5}  {n:>7}  {}", group_name(*g)))
+            .collect();
+        summary["table"] = Json::String(format!("class    train  group\n{}", rows.join("\n")));
+        Ok(summary)
+    }
+}
+
+pub(crate) fn group_name(g: Group) -> &'static str {
+    match g {
+        Group::Many => "many",
+        Group::Medium => "medium",
+        Group::Few => "few",
+    }
+}
+
+fn long_tail(spec: &DatasetSpec, labels: &[u32], num_classes: usize) -> Result<crate::dataset::LongTailIndex, String> {
+    let lt = &spec.long_tail;
+    let profile = match lt.profile.as_str() {
+        "exp" => ImbalanceProfile::Exp,
+        "step" => ImbalanceProfile::Step,
+        _ => ImbalanceProfile::None,
+    };
+    let selection = match lt.select.as_str() {
+        "shuffle" => SampleSelection::Shuffle { seed: lt.seed },
+        _ => SampleSelection::First,
+    };
+    let config = LongTailConfig {
+        profile,
+        imbalance_ratio: if profile == ImbalanceProfile::None { 1.0 } else { lt.imbalance_ratio },
+        n_max: lt.max_per_class.map(|m| m as usize),
+        max_per_class: None,
+        class_order: ClassOrder::Labels,
+        selection,
+    };
+    config.build(labels, num_classes).map_err(|e| e.to_string())
+}
+
+fn group_config(spec: &DatasetSpec) -> GroupConfig {
+    let g = &spec.groups;
+    let thresholds = if g.relative {
+        Thresholds::Relative { many: g.many, few: g.few }
+    } else {
+        Thresholds::Absolute { many: g.many.round() as usize, few: g.few.round() as usize }
+    };
+    let boundary = if g.rule == "inclusive" { Boundary::Oltr } else { Boundary::Strict };
+    GroupConfig { thresholds, boundary }
+}
+
+/// Feature vectors of a `features` or `synthetic kind="vectors"` source.
+struct Vectors {
+    dim: usize,
+    num_classes: usize,
+    train: Vec<f32>,
+    train_labels: Vec<u32>,
+    test: Vec<f32>,
+    test_labels: Vec<u32>,
+}
+
+fn vector_source(spec: &DatasetSpec) -> Result<Option<Vectors>, StageError> {
+    match &spec.source.value {
+        Source::Synthetic { kind, classes, per_class, test_per_class, dim, noise, seed, .. } if kind == "vectors" => {
+            // One draw for both splits, so that train and test share the class centres.
+            let all = GaussianClustersConfig {
+                num_classes: *classes as usize,
+                dim: *dim as usize,
+                per_class: (*per_class + *test_per_class) as usize,
+                separation: 3.0,
+                noise: *noise,
+                seed: *seed,
+            }
+            .generate()
+            .map_err(fail)?;
+            let d = all.dim();
+            let take = |split: Split| {
+                let ids = split_ids(all.labels(), *classes as usize, *per_class as usize, split);
+                let mut x = Vec::with_capacity(ids.len() * d);
+                let mut y = Vec::with_capacity(ids.len());
+                for &i in &ids {
+                    x.extend_from_slice(all.row(i as usize).expect("ids come from the data"));
+                    y.push(all.labels()[i as usize]);
+                }
+                (x, y)
+            };
+            let (train, train_labels) = take(Split::Train);
+            let (test, test_labels) = take(Split::Test);
+            Ok(Some(Vectors { dim: d, num_classes: *classes as usize, train, train_labels, test, test_labels }))
+        }
+        Source::Features { train, test, train_labels, test_labels } => {
+            let (train_x, train_dim, train_y) = read_matrix(&train.resolved, train_labels.as_ref().map(|p| p.resolved.as_path()))?;
+            let (test_x, test_dim, test_y) = read_matrix(&test.resolved, test_labels.as_ref().map(|p| p.resolved.as_path()))?;
+            if train_dim != test_dim {
+                return Err(StageError::failed(format!(
+                    "`{}` has {train_dim} features per row but `{}` has {test_dim}",
+                    train.written, test.written
+                )));
+            }
+            let num_classes = train_y.iter().chain(&test_y).max().map_or(0, |m| *m as usize + 1);
+            Ok(Some(Vectors { dim: train_dim, num_classes, train: train_x, train_labels: train_y, test: test_x, test_labels: test_y }))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Reads a feature matrix from `.safetensors` (with its `labels`) or `.npy` (labels from a
+/// second `.npy` file).
+fn read_matrix(path: &std::path::Path, labels: Option<&std::path::Path>) -> Result<(Vec<f32>, usize, Vec<u32>), StageError> {
+    let is_npy = path.extension().is_some_and(|e| e == "npy");
+    if !is_npy {
+        let file = crate::features::FeatureFile::open(path).map_err(fail)?;
+        return Ok((file.features().to_vec(), file.dim(), file.labels().to_vec()));
+    }
+    let matrix = NpyFile::open(path).map_err(fail)?.into_f32().map_err(fail)?;
+    let shape = matrix.shape().to_vec();
+    if shape.len() != 2 {
+        return Err(StageError::failed(format!(
+            "`{}` holds an array of shape {shape:?}; features must be a 2-D (samples x dimensions) float32 array",
+            path.display()
+        )));
+    }
+    let Some(labels_path) = labels else {
+        return Err(StageError::failed(format!(
+            "`{}` is a .npy matrix without labels; add `train-labels=`/`test-labels=` pointing at a .npy of integer labels",
+            path.display()
+        )));
+    };
+    let y = NpyFile::open(labels_path).map_err(fail)?.to_labels().map_err(fail)?;
+    if y.len() != shape[0] {
+        return Err(StageError::failed(format!(
+            "`{}` has {} rows but `{}` has {} labels",
+            path.display(),
+            shape[0],
+            labels_path.display(),
+            y.len()
+        )));
+    }
+    Ok((matrix.data().to_vec(), shape[1], y))
+}
