@@ -96,8 +96,11 @@ pub(crate) fn init_logging(args: &GlobalArgs) {
         (false, 1) => "info,lortflow=debug,lortflow_runtime=debug,lortflow_stdlib=debug",
         (false, _) => "trace",
     };
-    let filter = EnvFilter::try_from_env("LORTFLOW_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        EnvFilter::try_from_env("LORTFLOW_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match args.log_format {
         LogFormat::Text => builder.with_target(false).try_init(),
         LogFormat::Json => builder.json().try_init(),

@@ -11,7 +11,11 @@ pub(crate) fn stderr_color() -> bool {
 
 /// Renders diagnostics as miette reports.
 pub(crate) fn human(diagnostics: &[Diagnostic], sources: &SourceMap, color: bool) -> String {
-    let theme = if color { GraphicalTheme::unicode() } else { GraphicalTheme::unicode_nocolor() };
+    let theme = if color {
+        GraphicalTheme::unicode()
+    } else {
+        GraphicalTheme::unicode_nocolor()
+    };
     let width = terminal_width();
     let handler = GraphicalReportHandler::new_themed(theme).with_width(width);
     let mut out = String::new();
@@ -23,7 +27,11 @@ pub(crate) fn human(diagnostics: &[Diagnostic], sources: &SourceMap, color: bool
 }
 
 fn terminal_width() -> usize {
-    std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok()).unwrap_or(100).clamp(60, 200)
+    std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(100)
+        .clamp(60, 200)
 }
 
 /// "2 errors, 1 warning".

@@ -22,7 +22,12 @@ impl CliReporter {
         use std::io::IsTerminal;
         let bars = (!quiet && std::io::stderr().is_terminal())
             .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(8)));
-        CliReporter { bars, state: Mutex::new(HashMap::new()), last_line: Mutex::new(HashMap::new()), quiet }
+        CliReporter {
+            bars,
+            state: Mutex::new(HashMap::new()),
+            last_line: Mutex::new(HashMap::new()),
+            quiet,
+        }
     }
 
     fn line(&self, text: &str) {
@@ -52,7 +57,10 @@ impl Reporter for CliReporter {
                 );
                 bar.set_prefix(format!("{kind} {stage}"));
                 bar.enable_steady_tick(Duration::from_millis(150));
-                self.state.lock().expect("reporter lock").insert(stage.to_string(), (bar, Instant::now()));
+                self.state
+                    .lock()
+                    .expect("reporter lock")
+                    .insert(stage.to_string(), (bar, Instant::now()));
             }
             None => self.line(&format!("  running  {kind} `{stage}`")),
         }
@@ -71,12 +79,22 @@ impl Reporter for CliReporter {
         // Without a terminal, at most one line every 5 seconds per stage, plus the last one.
         let mut last = self.last_line.lock().expect("reporter lock");
         let now = Instant::now();
-        let due = last.get(stage).is_none_or(|t| now.duration_since(*t) >= Duration::from_secs(5)) || p.done == p.total;
+        let due = last
+            .get(stage)
+            .is_none_or(|t| now.duration_since(*t) >= Duration::from_secs(5))
+            || p.done == p.total;
         if due {
             last.insert(stage.to_string(), now);
             drop(last);
-            let of = if p.total > 0 { format!("/{}", p.total) } else { String::new() };
-            self.line(&format!("           `{stage}` {} {}{of} {}", p.unit, p.done, p.message));
+            let of = if p.total > 0 {
+                format!("/{}", p.total)
+            } else {
+                String::new()
+            };
+            self.line(&format!(
+                "           `{stage}` {} {}{of} {}",
+                p.unit, p.done, p.message
+            ));
         }
     }
 
@@ -91,7 +109,11 @@ impl Reporter for CliReporter {
             StageOutcome::Skipped => "- skipped",
             StageOutcome::Cancelled => "✗ cancelled",
         };
-        let time = if outcome == StageOutcome::Ran || outcome == StageOutcome::Failed { format!(" ({seconds:.1}s)") } else { String::new() };
+        let time = if outcome == StageOutcome::Ran || outcome == StageOutcome::Failed {
+            format!(" ({seconds:.1}s)")
+        } else {
+            String::new()
+        };
         let why = error.map(|e| format!(": {e}")).unwrap_or_default();
         if outcome == StageOutcome::Failed && self.quiet {
             let _ = writeln!(std::io::stderr().lock(), "{mark} `{stage}`{time}{why}");

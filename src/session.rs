@@ -44,7 +44,10 @@ impl Session {
         let plan = match expand(&checked.pipeline, &overrides) {
             Ok(plan) => plan,
             Err(diags) => {
-                eprint!("{}", render::human(&diags, &checked.pipeline.sources, render::stderr_color()));
+                eprint!(
+                    "{}",
+                    render::human(&diags, &checked.pipeline.sources, render::stderr_color())
+                );
                 if diags.is_empty() {
                     eprintln!("error: the pipeline has no valid stage order");
                 }
@@ -57,15 +60,30 @@ impl Session {
             None => checked.pipeline.defaults.backend.value,
         };
         let store_dir = store_dir(&args.file, args.store.as_deref());
-        let store = Store::open(&store_dir).with_context(|| format!("cannot open the artifact store `{}`", store_dir.display()))?;
+        let store = Store::open(&store_dir)
+            .with_context(|| format!("cannot open the artifact store `{}`", store_dir.display()))?;
         let registry = lortflow_stdlib::stages::registry();
-        Ok(Start::Ready(Box::new(Session { file: args.file.clone(), checked, plan, store, registry, backend })))
+        Ok(Start::Ready(Box::new(Session {
+            file: args.file.clone(),
+            checked,
+            plan,
+            store,
+            registry,
+            backend,
+        })))
     }
 
     /// Keys and states of every stage.
     pub(crate) fn status(&self, force: &Force) -> Vec<StageStatus> {
         let mut digests = FileDigestCache::load(self.store.root().join("file-digests.json"));
-        let statuses = engine::status(&self.plan, &self.store, &self.registry, &mut digests, self.backend, force);
+        let statuses = engine::status(
+            &self.plan,
+            &self.store,
+            &self.registry,
+            &mut digests,
+            self.backend,
+            force,
+        );
         // A digest cache that cannot be saved only costs re-hashing next time.
         let _ = digests.save();
         statuses
@@ -73,32 +91,61 @@ impl Session {
 
     /// The plan index of a stage given by concrete or declared name.
     pub(crate) fn find(&self, name: &str) -> anyhow::Result<Vec<usize>> {
-        let exact: Vec<usize> = self.plan.iter().enumerate().filter(|(_, s)| s.name == name).map(|(i, _)| i).collect();
+        let exact: Vec<usize> = self
+            .plan
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.name == name)
+            .map(|(i, _)| i)
+            .collect();
         if !exact.is_empty() {
             return Ok(exact);
         }
-        let declared: Vec<usize> =
-            self.plan.iter().enumerate().filter(|(_, s)| s.declared == name).map(|(i, _)| i).collect();
+        let declared: Vec<usize> = self
+            .plan
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.declared == name)
+            .map(|(i, _)| i)
+            .collect();
         if !declared.is_empty() {
             return Ok(declared);
         }
         let names: Vec<&str> = self.plan.iter().map(|s| s.name.as_str()).collect();
-        let close = names.iter().filter(|n| strsim_like(n, name)).take(3).map(|n| format!("`{n}`")).collect::<Vec<_>>();
+        let close = names
+            .iter()
+            .filter(|n| strsim_like(n, name))
+            .take(3)
+            .map(|n| format!("`{n}`"))
+            .collect::<Vec<_>>();
         if close.is_empty() {
-            bail!("no stage `{name}` in `{}`; `lortflow graph {}` lists them", self.file.display(), self.file.display())
+            bail!(
+                "no stage `{name}` in `{}`; `lortflow graph {}` lists them",
+                self.file.display(),
+                self.file.display()
+            )
         }
-        bail!("no stage `{name}` in `{}`; did you mean {}?", self.file.display(), close.join(" or "))
+        bail!(
+            "no stage `{name}` in `{}`; did you mean {}?",
+            self.file.display(),
+            close.join(" or ")
+        )
     }
 }
 
 fn strsim_like(candidate: &str, name: &str) -> bool {
-    candidate.contains(name) || name.contains(candidate) || candidate.starts_with(&name[..name.len().min(3)])
+    candidate.contains(name)
+        || name.contains(candidate)
+        || candidate.starts_with(&name[..name.len().min(3)])
 }
 
 /// `--store DIR`, or `.lortflow/` beside the pipeline.
 pub(crate) fn store_dir(pipeline: &Path, store: Option<&Path>) -> PathBuf {
     match store {
         Some(dir) => dir.to_path_buf(),
-        None => pipeline.parent().unwrap_or(Path::new(".")).join(".lortflow"),
+        None => pipeline
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join(".lortflow"),
     }
 }

@@ -17,7 +17,11 @@ pub(crate) struct Ran {
 
 impl Test {
     pub(crate) fn new() -> Self {
-        Test { dir: tempfile::tempdir().expect("temp dir"), args: vec![], env: vec![] }
+        Test {
+            dir: tempfile::tempdir().expect("temp dir"),
+            args: vec![],
+            env: vec![],
+        }
     }
 
     /// Writes `pipeline.kdl` into the test directory.
@@ -41,9 +45,19 @@ impl Test {
         self.dir.path().join(name)
     }
 
+    /// Runs the CLI with these arguments (the builder's own arguments are ignored).
+    pub(crate) fn args_run<I: IntoIterator<Item = S>, S: AsRef<str>>(&self, args: I) -> Ran {
+        let args: Vec<String> = args.into_iter().map(|a| a.as_ref().to_string()).collect();
+        self.exec(&args)
+    }
+
     pub(crate) fn run(&self) -> Ran {
+        self.exec(&self.args)
+    }
+
+    fn exec(&self, args: &[String]) -> Ran {
         let output: Output = Command::new(env!("CARGO_BIN_EXE_lortflow"))
-            .args(&self.args)
+            .args(args)
             .current_dir(self.dir.path())
             .env("NO_COLOR", "1")
             .env("COLUMNS", "100")
@@ -61,11 +75,19 @@ impl Test {
 
 impl Ran {
     pub(crate) fn success(self) -> Self {
-        assert_eq!(self.code, 0, "expected success\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, 0,
+            "expected success\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
         self
     }
     pub(crate) fn code(self, code: i32) -> Self {
-        assert_eq!(self.code, code, "expected exit code {code}\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, code,
+            "expected exit code {code}\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
         self
     }
 }

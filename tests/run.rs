@@ -1,1 +1,303 @@
-//! placeholder
+//! `lortflow run` / `status` / `inspect` / `cache` end to end on synthetic data: caching,
+//! invalidation with reasons, failures, corruption, the lock and a killed run.
+
+use std::time::{Duration, Instant};
+
+use crate::cli::{Test, repo};
+
+fn smoke() -> String {
+    std::fs::read_to_string(repo().join("pipelines/smoke.kdl")).unwrap()
+}
+
+/// A small pipeline whose heads train on synthetic feature vectors (no backbone: fast).
+const VECTORS: &str = r#"lortflow 1
+dataset "d" {
+    source "synthetic" kind="vectors" classes=5 per-class=80 test-per-class=20 dim=16 noise=1.0
+    long-tail "exp" imbalance-ratio=10
+    groups many=40 few=15
+}
+head "ce" { features "d"; method "ce"; train epochs=5 }
+head "lort" { features "d"; method "lort" delta=0.9; init "head" head="ce"; train epochs=5 }
+head "bs" { features "d"; method "balanced-softmax"; train epochs=5 }
+evaluate "table" { heads "*" }
+"#;
+
+#[test]
+fn smoke_pipeline_runs_end_to_end_then_is_fully_cached() {
+    let t = Test::new().pipeline(&smoke());
+    let first = t.args_run(["run", "pipeline.kdl"]).success();
+    assert!(
+        first.stdout.contains("results of `table`"),
+        "{}",
+        first.stdout
+    );
+    for head in [
+        "ce",
+        "lort-delta[delta=0.98]",
+        "balanced-softmax",
+        "tau-norm",
+    ] {
+        assert!(
+            first.stdout.lines().any(|l| l.starts_with(head)),
+            "no row for {head}:\n{}",
+            first.stdout
+        );
+    }
+    assert!(
+        first.stderr.contains("19 ran, 0 cached, 0 failed"),
+        "{}",
+        first.stderr
+    );
+    let second = t.args_run(["run", "pipeline.kdl"]).success();
+    assert!(
+        second.stderr.contains("0 ran, 19 cached, 0 failed"),
+        "{}",
+        second.stderr
+    );
+    // The table is printed again from the cached evaluation.
+    assert_eq!(first.stdout, second.stdout);
+}
+
+#[test]
+fn a_parameter_change_reruns_only_that_head_and_status_says_why() {
+    let t = Test::new().pipeline(VECTORS);
+    t.args_run(["run", "pipeline.kdl"]).success();
+    let edited = VECTORS.replace("delta=0.9", "delta=0.8");
+    let t = t.file("pipeline.kdl", &edited);
+    let status = t.args_run(["status", "pipeline.kdl"]).success();
+    let lort = status
+        .stdout
+        .lines()
+        .find(|l| l.contains(" lort "))
+        .expect("a lort line");
+    assert!(lort.starts_with("stale"), "{}", status.stdout);
+    assert!(
+        lort.contains("`targets.delta` changed from 0.9 to 0.8"),
+        "{}",
+        status.stdout
+    );
+    assert!(
+        status
+            .stdout
+            .lines()
+            .any(|l| l.starts_with("cached ") && l.contains(" ce ")),
+        "{}",
+        status.stdout
+    );
+    let json = t
+        .args_run(["status", "--format", "json", "pipeline.kdl"])
+        .success();
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    let stages = v["stages"].as_array().unwrap();
+    assert!(
+        stages
+            .iter()
+            .all(|s| s["name"].is_string() && s["state"].is_string() && s["reasons"].is_array())
+    );
+    let ran = t.args_run(["run", "pipeline.kdl"]).success();
+    assert!(ran.stderr.contains("2 ran, 3 cached"), "{}", ran.stderr);
+    assert!(
+        ran.stderr.contains("✓ ran     `lort`") && ran.stderr.contains("✓ ran     `table`"),
+        "{}",
+        ran.stderr
+    );
+}
+
+#[test]
+fn set_overrides_are_checked_like_the_file() {
+    let t = Test::new().pipeline(VECTORS);
+    let bad = t
+        .args_run(["run", "pipeline.kdl", "--set", "lort.delta=1.5"])
+        .code(1);
+    assert!(bad.stderr.contains("must be in [0, 1)"), "{}", bad.stderr);
+    let dry = t
+        .args_run([
+            "run",
+            "pipeline.kdl",
+            "--dry-run",
+            "--set",
+            "lort.train.lr=0.1",
+        ])
+        .success();
+    assert!(
+        dry.stdout
+            .contains("would run (dry run: nothing was executed)"),
+        "{}",
+        dry.stdout
+    );
+    assert!(
+        !t.path(".lortflow/objects")
+            .read_dir()
+            .is_ok_and(|mut d| d.next().is_some()),
+        "dry run wrote artifacts"
+    );
+}
+
+#[test]
+fn a_failing_stage_stops_its_downstream_and_siblings_finish() {
+    let text = format!(
+        "{VECTORS}\ndataset \"missing\" {{ source \"fashion-mnist\" root=\"nowhere\" }}\n\
+         backbone \"b\" {{ data \"missing\"; arch \"small-cnn\"; train epochs=1 }}\n\
+         features \"f\" {{ backbone \"b\" }}\nhead \"h\" {{ features \"f\" }}\nevaluate \"other\" {{ heads \"h\" }}\n"
+    );
+    let t = Test::new().pipeline(&text);
+    let ran = t.args_run(["run", "pipeline.kdl"]).code(1);
+    assert!(ran.stderr.contains("reads `nowhere`"), "{}", ran.stderr);
+    assert!(ran.stderr.contains("download=#true"), "{}", ran.stderr);
+    assert!(ran.stderr.contains("✗ failed  `missing`"), "{}", ran.stderr);
+    assert!(
+        ran.stderr.contains("✓ ran     `bs`") && ran.stderr.contains("✓ ran     `lort`"),
+        "{}",
+        ran.stderr
+    );
+    assert!(ran.stderr.contains("- skipped `b`"), "{}", ran.stderr);
+    // `table` evaluates every head, `h` included: it cannot run either.
+    assert!(ran.stderr.contains("- skipped `table`"), "{}", ran.stderr);
+}
+
+#[test]
+fn a_corrupt_artifact_is_reported_and_rebuilt() {
+    let t = Test::new().pipeline(VECTORS);
+    t.args_run(["run", "pipeline.kdl"]).success();
+    let inspect = t
+        .args_run(["inspect", "pipeline.kdl", "ce", "--format", "json"])
+        .success();
+    let v: serde_json::Value = serde_json::from_str(&inspect.stdout).unwrap();
+    let dir = std::path::PathBuf::from(v[0]["dir"].as_str().unwrap());
+    std::fs::write(dir.join("head.json"), "{}").unwrap();
+    let ran = t.args_run(["run", "pipeline.kdl"]).success();
+    assert!(
+        ran.stderr
+            .contains("the cached artifact of `ce` is corrupt"),
+        "{}",
+        ran.stderr
+    );
+    assert!(ran.stderr.contains("✓ ran     `ce`"), "{}", ran.stderr);
+    assert_ne!(
+        std::fs::read_to_string(dir.join("head.json")).unwrap(),
+        "{}"
+    );
+}
+
+#[test]
+fn a_second_concurrent_run_fails_fast_naming_the_holder() {
+    let t = Test::new().pipeline(VECTORS);
+    std::fs::create_dir_all(t.path(".lortflow")).unwrap();
+    let mut holder = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let lock = serde_json::json!({
+        "pid": holder.id(), "started_at": "2026-11-26 10:00:00 UTC", "started_at_unix": 1.0, "token": "other-run",
+    });
+    std::fs::write(t.path(".lortflow/lock"), lock.to_string()).unwrap();
+    let start = Instant::now();
+    let ran = t.args_run(["run", "pipeline.kdl"]);
+    holder.kill().unwrap();
+    let _ = holder.wait();
+    assert_ne!(ran.code, 0);
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "should fail at once"
+    );
+    assert!(
+        ran.stderr.contains(&format!("pid {}", holder.id())),
+        "{}",
+        ran.stderr
+    );
+    assert!(ran.stderr.contains("--store"), "{}", ran.stderr);
+    // The holder is gone: its lock is stale and the next run takes it over.
+    t.args_run(["run", "pipeline.kdl"]).success();
+}
+
+#[test]
+fn a_killed_run_leaves_nothing_trusted_and_the_next_run_completes() {
+    let text = r#"lortflow 1
+dataset "d" { source "synthetic" kind="images" classes=4 per-class=200 test-per-class=10 size=16 }
+backbone "b" { data "d"; arch "small-cnn"; train epochs=200 batch-size=32 lr=0.05 }
+features "f" { backbone "b" }
+head "ce" { features "f" }
+evaluate "t" { heads "*" }
+"#;
+    let t = Test::new().pipeline(text);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lortflow"))
+        .args(["run", "pipeline.kdl"])
+        .current_dir(t.dir.path())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the backbone has written its first epoch checkpoint, then SIGKILL.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let work = t.path(".lortflow/work");
+    loop {
+        let checkpointed = walk(&work).iter().any(|p| p.ends_with("state.json"));
+        if checkpointed || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+    // The backbone is not in the store; a shorter run (same stage, fewer epochs) must not
+    // mistake the half-trained one for its own, and the original completes on rerun.
+    let status = t.args_run(["status", "pipeline.kdl"]).success();
+    assert!(
+        status
+            .stdout
+            .lines()
+            .any(|l| l.starts_with("stale") && l.contains(" b ")),
+        "{}",
+        status.stdout
+    );
+    let edited = text.replace("epochs=200", "epochs=2");
+    let t = t.file("pipeline.kdl", &edited);
+    let ran = t.args_run(["run", "pipeline.kdl"]).success();
+    assert!(
+        ran.stderr.contains("✓ ran     `b`") && ran.stderr.contains(", 0 failed"),
+        "{}",
+        ran.stderr
+    );
+    assert!(
+        walk(&t.path(".lortflow/tmp")).is_empty(),
+        "staging leftovers were not cleaned"
+    );
+}
+
+#[test]
+fn inspect_shows_class_counts_and_cache_ls_lists_artifacts() {
+    let t = Test::new().pipeline(VECTORS);
+    t.args_run(["run", "pipeline.kdl"]).success();
+    let inspect = t.args_run(["inspect", "pipeline.kdl", "d"]).success();
+    assert!(
+        inspect.stdout.contains("class    train  group"),
+        "{}",
+        inspect.stdout
+    );
+    assert!(
+        inspect.stdout.contains("    0       80  many"),
+        "{}",
+        inspect.stdout
+    );
+    let ls = t.args_run(["cache", "ls", "pipeline.kdl"]).success();
+    assert!(ls.stdout.contains("5 artifacts"), "{}", ls.stdout);
+    // After an edit, gc removes the artifact nothing references any more.
+    let t = t.file("pipeline.kdl", &VECTORS.replace("delta=0.9", "delta=0.7"));
+    t.args_run(["run", "pipeline.kdl"]).success();
+    let gc = t.args_run(["cache", "gc", "pipeline.kdl"]).success();
+    assert!(gc.stdout.contains("removed 2 artifacts"), "{}", gc.stdout);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}

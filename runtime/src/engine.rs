@@ -44,6 +44,9 @@ pub struct StageStatus {
     pub key: Option<CacheKey>,
     /// Why the stage is stale or blocked, one sentence each.
     pub reasons: Vec<String>,
+    /// Blocked only because an input cannot run (the stage itself is fine).
+    #[serde(skip)]
+    blocked_by_input: bool,
     #[serde(skip)]
     params: Json,
     #[serde(skip)]
@@ -85,6 +88,7 @@ pub fn status(
         let mut builder = KeyBuilder::new(LANGUAGE_VERSION, stage.kind().as_str(), version);
         builder.params(&params);
         let mut blocked = false;
+        let mut own_problem = false;
         for &(role, i) in &stage.inputs {
             match &out[i].key {
                 Some(k) => {
@@ -111,6 +115,7 @@ pub fn status(
                 Err(_) if downloadable => {}
                 Err(e) => {
                     blocked = true;
+                    own_problem = true;
                     reasons.push(missing_file_reason(
                         stage,
                         &written,
@@ -127,6 +132,7 @@ pub fn status(
                 state: State::Blocked,
                 key: None,
                 reasons,
+                blocked_by_input: !own_problem,
                 params,
                 external,
             });
@@ -171,6 +177,7 @@ pub fn status(
             state,
             key: Some(key),
             reasons,
+            blocked_by_input: false,
             params,
             external,
         });
@@ -419,9 +426,15 @@ pub fn execute(
                         continue;
                     }
                     if statuses[i].state == State::Blocked {
+                        // A stage that cannot run fails; what depends on it is skipped.
                         let why = statuses[i].reasons.join("; ");
-                        reporter.finished(&plan[i].name, StageOutcome::Failed, 0.0, Some(&why));
-                        outcome[i] = Some((StageOutcome::Failed, 0.0, Some(why)));
+                        let o = if statuses[i].blocked_by_input {
+                            StageOutcome::Skipped
+                        } else {
+                            StageOutcome::Failed
+                        };
+                        reporter.finished(&plan[i].name, o, 0.0, Some(&why));
+                        outcome[i] = Some((o, 0.0, Some(why)));
                         progressed = true;
                         continue;
                     }
@@ -448,11 +461,19 @@ pub fn execute(
             // Start ready stages; ready stages of one batch group start as one task.
             let ready: Vec<usize> = (0..n)
                 .filter(|&i| outcome[i].is_none() && !running.contains(&i))
-                .filter(|&i| plan[i].inputs.iter().all(|&(_, j)| artifacts.contains_key(&j) && outcome[j].is_some()))
+                .filter(|&i| {
+                    plan[i]
+                        .inputs
+                        .iter()
+                        .all(|&(_, j)| artifacts.contains_key(&j) && outcome[j].is_some())
+                })
                 .collect();
             let mut taken: HashSet<usize> = HashSet::new();
             for &i in &ready {
-                if taken.contains(&i) || running.len() >= options.jobs.max(1) || cancel.is_cancelled() {
+                if taken.contains(&i)
+                    || running.len() >= options.jobs.max(1)
+                    || cancel.is_cancelled()
+                {
                     continue;
                 }
                 let executor = registry.get(plan[i].kind()).expect("checked above").clone();
@@ -478,14 +499,29 @@ pub fn execute(
                     taken.insert(m);
                     running.insert(m);
                     reporter.started(&plan[m].name, plan[m].kind());
-                    let inputs: Vec<StageInput<'_>> =
-                        plan[m].inputs.iter().map(|&(role, j)| input_tree(plan, &artifacts, role, j)).collect();
-                    jobs.push(Job { index: m, stage: &plan[m], status: &statuses[m], inputs });
+                    let inputs: Vec<StageInput<'_>> = plan[m]
+                        .inputs
+                        .iter()
+                        .map(|&(role, j)| input_tree(plan, &artifacts, role, j))
+                        .collect();
+                    jobs.push(Job {
+                        index: m,
+                        stage: &plan[m],
+                        status: &statuses[m],
+                        inputs,
+                    });
                 }
                 let tx = tx.clone();
                 scope.spawn(move || {
                     let t = Instant::now();
-                    let results = run_batch(jobs, store, executor.as_ref(), options.backend, cancel, reporter);
+                    let results = run_batch(
+                        jobs,
+                        store,
+                        executor.as_ref(),
+                        options.backend,
+                        cancel,
+                        reporter,
+                    );
                     let secs = t.elapsed().as_secs_f64() / results.len().max(1) as f64;
                     for (index, result) in results {
                         let result = result.map(|a| (a, secs)).map_err(|e| (e, secs));
@@ -568,7 +604,11 @@ fn input_tree<'p>(
         role,
         stage: &plan[j],
         artifact: artifacts[&j].clone(),
-        upstream: plan[j].inputs.iter().map(|&(r, k)| input_tree(plan, artifacts, r, k)).collect(),
+        upstream: plan[j]
+            .inputs
+            .iter()
+            .map(|&(r, k)| input_tree(plan, artifacts, r, k))
+            .collect(),
     }
 }
 
@@ -598,13 +638,22 @@ fn run_batch(
             }
         };
         if let Err(e) = std::fs::create_dir_all(&work_dir) {
-            results.push((job.index, Err(StageError::failed(format!("cannot create `{}`: {e}", work_dir.display())))));
+            results.push((
+                job.index,
+                Err(StageError::failed(format!(
+                    "cannot create `{}`: {e}",
+                    work_dir.display()
+                ))),
+            ));
             continue;
         }
         let input_refs: Vec<InputRef> = job
             .inputs
             .iter()
-            .map(|i| InputRef { name: format!("{}:{}", i.role, i.stage.name), key: i.artifact.key().clone() })
+            .map(|i| InputRef {
+                name: format!("{}:{}", i.role, i.stage.name),
+                key: i.artifact.key().clone(),
+            })
             .collect();
         prepared.push((job, key, staging, work_dir, input_refs));
     }
@@ -612,10 +661,22 @@ fn run_batch(
         .iter_mut()
         .map(|(job, _, staging, work_dir, _)| {
             let inputs = std::mem::take(&mut job.inputs);
-            StageContext::new(job.stage, inputs, staging.path(), work_dir, backend, cancel, reporter)
+            StageContext::new(
+                job.stage,
+                inputs,
+                staging.path(),
+                work_dir,
+                backend,
+                cancel,
+                reporter,
+            )
         })
         .collect();
-    let outputs = if contexts.len() == 1 { vec![executor.run(&contexts[0])] } else { executor.run_batch(&contexts) };
+    let outputs = if contexts.len() == 1 {
+        vec![executor.run(&contexts[0])]
+    } else {
+        executor.run_batch(&contexts)
+    };
     drop(contexts);
     let duration = clock.elapsed().as_secs_f64() / prepared.len().max(1) as f64;
     for ((job, key, staging, work_dir, input_refs), output) in prepared.into_iter().zip(outputs) {
@@ -623,7 +684,12 @@ fn run_batch(
             if cancel.is_cancelled() {
                 return Err(StageError::Cancelled);
             }
-            let mut manifest = Manifest::new(&job.stage.name, job.stage.kind().as_str(), &key, executor.version());
+            let mut manifest = Manifest::new(
+                &job.stage.name,
+                job.stage.kind().as_str(),
+                &key,
+                executor.version(),
+            );
             manifest.params = job.status.params.clone();
             manifest.inputs = input_refs;
             manifest.external_files = job.status.external.clone();

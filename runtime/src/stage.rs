@@ -96,7 +96,10 @@ pub struct StageInput<'a> {
 impl StageInput<'_> {
     /// The first input with `role` of this input, searched depth-first through its upstream.
     pub fn find(&self, role: &str) -> Option<&Self> {
-        self.upstream.iter().find(|u| u.role == role).or_else(|| self.upstream.iter().find_map(|u| u.find(role)))
+        self.upstream
+            .iter()
+            .find(|u| u.role == role)
+            .or_else(|| self.upstream.iter().find_map(|u| u.find(role)))
     }
 }
 

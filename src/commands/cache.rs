@@ -15,7 +15,11 @@ use crate::session::{Session, Start, store_dir};
 pub(crate) fn run(command: CacheCommand) -> anyhow::Result<ExitCode> {
     match command {
         CacheCommand::Ls { file, store } => ls(file, store),
-        CacheCommand::Gc { files, store, dry_run } => gc(files, store, dry_run),
+        CacheCommand::Gc {
+            files,
+            store,
+            dry_run,
+        } => gc(files, store, dry_run),
     }
 }
 
@@ -26,11 +30,18 @@ fn ls(file: Option<PathBuf>, store: Option<PathBuf>) -> anyhow::Result<ExitCode>
         (None, None) => PathBuf::from(".lortflow"),
     };
     if !dir.exists() {
-        bail!("no artifact store at `{}`; `lortflow run` creates one beside the pipeline", dir.display());
+        bail!(
+            "no artifact store at `{}`; `lortflow run` creates one beside the pipeline",
+            dir.display()
+        );
     }
     let store = Store::open(&dir).with_context(|| format!("cannot open `{}`", dir.display()))?;
     let mut items = store.list()?;
-    items.sort_by(|a, b| a.created.unix_seconds().total_cmp(&b.created.unix_seconds()));
+    items.sort_by(|a, b| {
+        a.created
+            .unix_seconds()
+            .total_cmp(&b.created.unix_seconds())
+    });
     let mut out = std::io::stdout().lock();
     let mut total = 0;
     for a in &items {
@@ -45,7 +56,13 @@ fn ls(file: Option<PathBuf>, store: Option<PathBuf>) -> anyhow::Result<ExitCode>
             a.created
         )?;
     }
-    writeln!(out, "\n{} artifacts, {} in `{}`", items.len(), human_bytes(total), dir.display())?;
+    writeln!(
+        out,
+        "\n{} artifacts, {} in `{}`",
+        items.len(),
+        human_bytes(total),
+        dir.display()
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -53,35 +70,72 @@ fn gc(files: Vec<PathBuf>, store: Option<PathBuf>, dry_run: bool) -> anyhow::Res
     let mut keep = HashSet::new();
     let mut dir: Option<PathBuf> = None;
     for file in &files {
-        let args = PipelineArgs { file: file.clone(), set: vec![], backend: None, store: store.clone() };
+        let args = PipelineArgs {
+            file: file.clone(),
+            set: vec![],
+            backend: None,
+            store: store.clone(),
+        };
         let Start::Ready(mut session) = Session::start(&args)? else {
-            bail!("`{}` has errors; gc keeps only what valid pipelines reference, so nothing was removed", file.display());
+            bail!(
+                "`{}` has errors; gc keeps only what valid pipelines reference, so nothing was removed",
+                file.display()
+            );
         };
         let this = session.store.root().to_path_buf();
         if dir.as_ref().is_some_and(|d| *d != this) {
-            bail!("the pipelines use different stores (`{}` and `{}`); run gc once per store", dir.unwrap_or_default().display(), this.display());
+            bail!(
+                "the pipelines use different stores (`{}` and `{}`); run gc once per store",
+                dir.unwrap_or_default().display(),
+                this.display()
+            );
         }
         dir = Some(this);
         // Keep the current artifacts of every backend the pipeline may run on.
-        for backend in [lortflow_lang::ir::Backend::Cpu, lortflow_lang::ir::Backend::Cuda] {
+        for backend in [
+            lortflow_lang::ir::Backend::Cpu,
+            lortflow_lang::ir::Backend::Cuda,
+        ] {
             session.backend = backend;
-            keep.extend(session.status(&Force::None).into_iter().filter_map(|st| st.key));
+            keep.extend(
+                session
+                    .status(&Force::None)
+                    .into_iter()
+                    .filter_map(|st| st.key),
+            );
         }
     }
     let dir = dir.expect("at least one pipeline");
     let store = Store::open(&dir)?;
     if dry_run {
-        let doomed: Vec<_> = store.list()?.into_iter().filter(|a| !keep.contains(&a.key)).collect();
+        let doomed: Vec<_> = store
+            .list()?
+            .into_iter()
+            .filter(|a| !keep.contains(&a.key))
+            .collect();
         let bytes: u64 = doomed.iter().map(|a| a.size_bytes).sum();
         for a in &doomed {
-            println!("would remove {}  {}", a.key.short(), a.stage.as_deref().unwrap_or("?"));
+            println!(
+                "would remove {}  {}",
+                a.key.short(),
+                a.stage.as_deref().unwrap_or("?")
+            );
         }
-        println!("{} artifacts, {} would be freed", doomed.len(), human_bytes(bytes));
+        println!(
+            "{} artifacts, {} would be freed",
+            doomed.len(),
+            human_bytes(bytes)
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let lock = store.lock()?;
     let report = store.gc(&keep, &lock)?;
-    println!("removed {} artifacts ({}), kept {}", report.removed, human_bytes(report.bytes_freed), report.kept);
+    println!(
+        "removed {} artifacts ({}), kept {}",
+        report.removed,
+        human_bytes(report.bytes_freed),
+        report.kept
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -93,5 +147,9 @@ fn human_bytes(n: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }

@@ -20,7 +20,11 @@ pub(crate) fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
     for i in indices {
         let stage = &session.plan[i];
         let Some(key) = &statuses[i].key else {
-            bail!("`{}` cannot run: {}", stage.name, statuses[i].reasons.join("; "));
+            bail!(
+                "`{}` cannot run: {}",
+                stage.name,
+                statuses[i].reasons.join("; ")
+            );
         };
         let Some(artifact) = session.store.get(key)? else {
             bail!(
@@ -31,8 +35,13 @@ pub(crate) fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
                 stage.name
             );
         };
-        let executor = session.registry.get(stage.kind()).expect("every kind is registered");
-        let details = executor.inspect(&artifact).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let executor = session
+            .registry
+            .get(stage.kind())
+            .expect("every kind is registered");
+        let details = executor
+            .inspect(&artifact)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let m = artifact.manifest();
         shown.push(serde_json::json!({
             "name": stage.name,
@@ -54,12 +63,29 @@ pub(crate) fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
         }
         OutputFormat::Human => {
             for s in &shown {
-                writeln!(out, "{} `{}`  key {}", s["kind"].as_str().unwrap_or(""), s["name"].as_str().unwrap_or(""), s["key"].as_str().unwrap_or(""))?;
-                writeln!(out, "  created {} in {:.2}s, {} bytes in {}", s["created"].as_str().unwrap_or(""), s["duration_s"].as_f64().unwrap_or(0.0), s["size_bytes"], s["dir"].as_str().unwrap_or(""))?;
+                writeln!(
+                    out,
+                    "{} `{}`  key {}",
+                    s["kind"].as_str().unwrap_or(""),
+                    s["name"].as_str().unwrap_or(""),
+                    s["key"].as_str().unwrap_or("")
+                )?;
+                writeln!(
+                    out,
+                    "  created {} in {:.2}s, {} bytes in {}",
+                    s["created"].as_str().unwrap_or(""),
+                    s["duration_s"].as_f64().unwrap_or(0.0),
+                    s["size_bytes"],
+                    s["dir"].as_str().unwrap_or("")
+                )?;
                 if let Some(table) = s["details"].get("table").and_then(|t| t.as_str()) {
                     writeln!(out, "\n{table}")?;
                 }
-                writeln!(out, "{}", indent(&serde_json::to_string_pretty(&strip_table(&s["details"]))?))?;
+                writeln!(
+                    out,
+                    "{}",
+                    indent(&serde_json::to_string_pretty(&strip_table(&s["details"]))?)
+                )?;
             }
         }
     }
@@ -75,5 +101,8 @@ fn strip_table(v: &serde_json::Value) -> serde_json::Value {
 }
 
 fn indent(text: &str) -> String {
-    text.lines().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n")
+    text.lines()
+        .map(|l| format!("  {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }

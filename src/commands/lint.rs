@@ -31,16 +31,35 @@ pub(crate) fn run(args: LintArgs) -> anyhow::Result<ExitCode> {
                 continue;
             }
         };
-        let failed = checked.has_errors() || (args.deny_warnings && !checked.diagnostics.is_empty());
+        let failed =
+            checked.has_errors() || (args.deny_warnings && !checked.diagnostics.is_empty());
         any_error |= failed;
         match args.format {
             DiagnosticFormat::Human => {
-                eprint!("{}", render::human(&checked.diagnostics, &checked.pipeline.sources, color));
-                let status = if failed { "error" } else if checked.diagnostics.is_empty() { "ok" } else { "ok" };
-                eprintln!("{status}: `{}`: {}", file.display(), render::counts(&checked));
+                eprint!(
+                    "{}",
+                    render::human(&checked.diagnostics, &checked.pipeline.sources, color)
+                );
+                let status = if failed {
+                    "error"
+                } else if checked.diagnostics.is_empty() {
+                    "ok"
+                } else {
+                    "ok"
+                };
+                eprintln!(
+                    "{status}: `{}`: {}",
+                    file.display(),
+                    render::counts(&checked)
+                );
             }
             DiagnosticFormat::Json => {
-                json.extend(checked.diagnostics.iter().map(|d| d.to_json(&checked.pipeline.sources)));
+                json.extend(
+                    checked
+                        .diagnostics
+                        .iter()
+                        .map(|d| d.to_json(&checked.pipeline.sources)),
+                );
             }
         }
     }

@@ -31,7 +31,8 @@ pub(crate) fn run(args: Arguments) -> anyhow::Result<ExitCode> {
 
 /// Loads and checks a pipeline; an unreadable root file is an error (exit code 2).
 pub(crate) fn load(path: &Path) -> anyhow::Result<Checked> {
-    lortflow_lang::load(path, &FsLoader).with_context(|| format!("cannot read pipeline `{}`", path.display()))
+    lortflow_lang::load(path, &FsLoader)
+        .with_context(|| format!("cannot read pipeline `{}`", path.display()))
 }
 
 /// Loads a pipeline for a command that needs it valid: prints its diagnostics to stderr and
@@ -39,10 +40,21 @@ pub(crate) fn load(path: &Path) -> anyhow::Result<Checked> {
 pub(crate) fn load_valid(path: &Path) -> anyhow::Result<Option<Checked>> {
     let checked = load(path)?;
     if !checked.diagnostics.is_empty() {
-        eprint!("{}", crate::render::human(&checked.diagnostics, &checked.pipeline.sources, crate::render::stderr_color()));
+        eprint!(
+            "{}",
+            crate::render::human(
+                &checked.diagnostics,
+                &checked.pipeline.sources,
+                crate::render::stderr_color()
+            )
+        );
     }
     if checked.has_errors() {
-        eprintln!("error: `{}` has {}; fix them first (`lortflow lint` shows them again)", path.display(), crate::render::counts(&checked));
+        eprintln!(
+            "error: `{}` has {}; fix them first (`lortflow lint` shows them again)",
+            path.display(),
+            crate::render::counts(&checked)
+        );
         return Ok(None);
     }
     Ok(Some(checked))

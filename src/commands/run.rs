@@ -37,8 +37,14 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     lortflow_stdlib::stages::check_backend(session.backend).map_err(anyhow::Error::msg)?;
     let _lock = session.store.lock()?;
     session.store.clean_tmp(&_lock)?;
-    let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let options = RunOptions { jobs, backend: session.backend, pipeline: session.file.clone() };
+    let jobs = args
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let options = RunOptions {
+        jobs,
+        backend: session.backend,
+        pipeline: session.file.clone(),
+    };
     let reporter = CliReporter::new(quiet);
     let cancel = CancelToken::new();
     let report = engine::execute(
@@ -57,22 +63,49 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         if session.plan[*i].kind() != lortflow_lang::StageKind::Evaluate {
             continue;
         }
-        if let Some(table) = artifact.manifest().summary.get("table").and_then(|t| t.as_str()) {
-            writeln!(stdout, "\n{}: results of `{}`\n\n{table}", session.file.display(), session.plan[*i].name)?;
+        if let Some(table) = artifact
+            .manifest()
+            .summary
+            .get("table")
+            .and_then(|t| t.as_str())
+        {
+            writeln!(
+                stdout,
+                "\n{}: results of `{}`\n\n{table}",
+                session.file.display(),
+                session.plan[*i].name
+            )?;
         }
     }
-    let count = |o: StageOutcome| report.record.stages.iter().filter(|s| s.outcome == o).count();
+    let count = |o: StageOutcome| {
+        report
+            .record
+            .stages
+            .iter()
+            .filter(|s| s.outcome == o)
+            .count()
+    };
     let summary = format!(
         "{} ran, {} cached, {} failed, {} skipped in {:.1}s",
         count(StageOutcome::Ran),
         count(StageOutcome::Cached),
         count(StageOutcome::Failed) + count(StageOutcome::Cancelled),
-        report.record.stages.iter().filter(|s| s.outcome == StageOutcome::Skipped && s.error.is_some()).count(),
+        report
+            .record
+            .stages
+            .iter()
+            .filter(|s| s.outcome == StageOutcome::Skipped && s.error.is_some())
+            .count(),
         report.record.duration_s
     );
     if report.failed() {
         eprintln!("error: {summary}");
-        for s in report.record.stages.iter().filter(|s| s.outcome == StageOutcome::Failed) {
+        for s in report
+            .record
+            .stages
+            .iter()
+            .filter(|s| s.outcome == StageOutcome::Failed)
+        {
             eprintln!("  `{}`: {}", s.name, s.error.as_deref().unwrap_or("failed"));
         }
         return Ok(ExitCode::from(1));
@@ -90,7 +123,12 @@ fn print_plan(
     selected: Option<&HashSet<usize>>,
 ) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
-    let width = session.plan.iter().map(|s| s.name.chars().count()).max().unwrap_or(0);
+    let width = session
+        .plan
+        .iter()
+        .map(|s| s.name.chars().count())
+        .max()
+        .unwrap_or(0);
     let mut runs = 0;
     for (i, (stage, status)) in session.plan.iter().zip(statuses).enumerate() {
         if selected.is_some_and(|s| !s.contains(&i)) {
@@ -104,8 +142,18 @@ fn print_plan(
             }
             State::Blocked => "blocked",
         };
-        writeln!(out, "{verb} {:<9} {:<width$}  {}", stage.kind().as_str(), stage.name, status.reasons.join("; "))?;
+        writeln!(
+            out,
+            "{verb} {:<9} {:<width$}  {}",
+            stage.kind().as_str(),
+            stage.name,
+            status.reasons.join("; ")
+        )?;
     }
-    writeln!(out, "\n{runs} of {} stages would run (dry run: nothing was executed)", selected.map_or(session.plan.len(), |s| s.len()))?;
+    writeln!(
+        out,
+        "\n{runs} of {} stages would run (dry run: nothing was executed)",
+        selected.map_or(session.plan.len(), |s| s.len())
+    )?;
     Ok(())
 }

@@ -20,15 +20,28 @@ pub(crate) fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
             writeln!(out)?;
         }
         OutputFormat::Human => {
-            let width = statuses.iter().map(|s| s.name.chars().count()).max().unwrap_or(0);
+            let width = statuses
+                .iter()
+                .map(|s| s.name.chars().count())
+                .max()
+                .unwrap_or(0);
             for s in &statuses {
                 let state = match s.state {
                     State::Cached => "cached ",
                     State::Stale => "stale  ",
                     State::Blocked => "blocked",
                 };
-                let key = s.key.as_ref().map_or("-".to_string(), |k| k.short().to_string());
-                writeln!(out, "{state} {:<9} {:<width$}  {key:<12}  {}", s.kind, s.name, s.reasons.join("; "))?;
+                let key = s
+                    .key
+                    .as_ref()
+                    .map_or("-".to_string(), |k| k.short().to_string());
+                writeln!(
+                    out,
+                    "{state} {:<9} {:<width$}  {key:<12}  {}",
+                    s.kind,
+                    s.name,
+                    s.reasons.join("; ")
+                )?;
             }
             let stale = statuses.iter().filter(|s| s.state != State::Cached).count();
             writeln!(out, "\n{} cached, {stale} to run", statuses.len() - stale)?;

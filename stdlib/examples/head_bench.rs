@@ -12,7 +12,7 @@
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use lortflow_stdlib::backend::{CpuAutodiff, CpuDevice};
+use burn::backend::{Autodiff, Flex};
 use lortflow_stdlib::dataset::Rng;
 use lortflow_stdlib::head::{FeatureView, HeadJob, HeadResult, test_spec, train_heads};
 
@@ -39,15 +39,26 @@ fn main() {
         num_classes: K,
         class_counts: &counts,
     };
-    let device = CpuDevice::default();
+    let device = burn_flex::FlexDevice;
     let run = |jobs: &[HeadJob]| -> (f64, Vec<HeadResult>) {
         let start = Instant::now();
-        let out = train_heads::<CpuAutodiff>(&device, &view, None, jobs, &AtomicBool::new(false), &mut |_| {})
-            .expect("training should succeed");
+        let out = train_heads::<Autodiff<Flex>>(
+            &device,
+            &view,
+            None,
+            jobs,
+            &AtomicBool::new(false),
+            &mut |_| {},
+        )
+        .expect("training should succeed");
         (start.elapsed().as_secs_f64(), out)
     };
 
-    let single = HeadJob { name: "ce".into(), spec: test_spec(), seed: 0 };
+    let single = HeadJob {
+        name: "ce".into(),
+        spec: test_spec(),
+        seed: 0,
+    };
     run(std::slice::from_ref(&single)); // warm-up: thread pool, allocator
     let mut one = f64::INFINITY;
     for _ in 0..3 {
@@ -62,18 +73,28 @@ fn main() {
                 let mut spec = test_spec();
                 spec.train.lr = lr;
                 spec.train.weight_decay = wd;
-                HeadJob { name: format!("lr{lr}-wd{wd}"), spec, seed: 0 }
+                HeadJob {
+                    name: format!("lr{lr}-wd{wd}"),
+                    spec,
+                    seed: 0,
+                }
             })
         })
         .collect();
     let (together, _) = run(&sweep);
-    println!("25-head sweep trained together: {together:.3} s ({:.2}× one head)", together / one);
+    println!(
+        "25-head sweep trained together: {together:.3} s ({:.2}× one head)",
+        together / one
+    );
     if !skip_singles {
         let start = Instant::now();
         for job in &sweep {
             run(std::slice::from_ref(job));
         }
         let singles = start.elapsed().as_secs_f64();
-        println!("25 heads trained one by one: {singles:.3} s ({:.2}× together)", singles / together);
+        println!(
+            "25 heads trained one by one: {singles:.3} s ({:.2}× together)",
+            singles / together
+        );
     }
 }

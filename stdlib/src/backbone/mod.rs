@@ -8,6 +8,7 @@
 mod base;
 mod checkpoint;
 mod error;
+mod fast_bn;
 mod import;
 mod init;
 pub mod loss;

@@ -12,6 +12,8 @@ use burn::tensor::Tensor;
 use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
 
+use super::fast_bn::batch_norm;
+
 /// Feature dimension of [`SmallCnn`].
 pub const SMALL_CNN_FEATURE_DIM: usize = 128;
 
@@ -81,11 +83,11 @@ impl<B: Backend> SmallCnn<B> {
     pub fn forward_features(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
         let x = self
             .pool
-            .forward(relu(self.bn1.forward(self.conv1.forward(x)))); // [N, 32, 14, 14]
+            .forward(relu(batch_norm(&self.bn1, self.conv1.forward(x)))); // [N, 32, 14, 14]
         let x = self
             .pool
-            .forward(relu(self.bn2.forward(self.conv2.forward(x)))); // [N, 64, 7, 7]
-        let x = relu(self.bn3.forward(self.conv3.forward(x))); // [N, 128, 7, 7]
+            .forward(relu(batch_norm(&self.bn2, self.conv2.forward(x)))); // [N, 64, 7, 7]
+        let x = relu(batch_norm(&self.bn3, self.conv3.forward(x))); // [N, 128, 7, 7]
         let [n, c, _, _] = x.dims();
         x.mean_dims(&[2, 3]).reshape([n, c])
     }

@@ -45,12 +45,21 @@ impl FeatureView<'_> {
     /// Checks that every slice has the length its dimensions imply, that labels are in range and
     /// that the class counts match the train labels.
     pub fn validate(&self) -> Result<(), HeadError> {
-        let (n, nt, d, k) = (self.num_train(), self.num_test(), self.dim, self.num_classes);
+        let (n, nt, d, k) = (
+            self.num_train(),
+            self.num_test(),
+            self.dim,
+            self.num_classes,
+        );
         let check = |what: String, actual: usize, expected: usize| {
             if actual == expected {
                 Ok(())
             } else {
-                Err(HeadError::ShapeMismatch { what, actual, expected })
+                Err(HeadError::ShapeMismatch {
+                    what,
+                    actual,
+                    expected,
+                })
             }
         };
         if d == 0 || k == 0 {
@@ -60,12 +69,31 @@ impl FeatureView<'_> {
                 expected: 1,
             });
         }
-        check(format!("train features (N×D = {n}×{d})"), self.train.len(), n * d)?;
-        check(format!("test features (N_test×D = {nt}×{d})"), self.test.len(), nt * d)?;
-        check(format!("class counts (K = {k})"), self.class_counts.len(), k)?;
+        check(
+            format!("train features (N×D = {n}×{d})"),
+            self.train.len(),
+            n * d,
+        )?;
+        check(
+            format!("test features (N_test×D = {nt}×{d})"),
+            self.test.len(),
+            nt * d,
+        )?;
+        check(
+            format!("class counts (K = {k})"),
+            self.class_counts.len(),
+            k,
+        )?;
         for (split, labels) in [("train", self.train_labels), ("test", self.test_labels)] {
-            if let Some((index, &label)) = labels.iter().enumerate().find(|(_, l)| **l as usize >= k) {
-                return Err(HeadError::LabelOutOfRange { split, index, label, num_classes: k });
+            if let Some((index, &label)) =
+                labels.iter().enumerate().find(|(_, l)| **l as usize >= k)
+            {
+                return Err(HeadError::LabelOutOfRange {
+                    split,
+                    index,
+                    label,
+                    num_classes: k,
+                });
             }
         }
         let mut counts = vec![0usize; k];
@@ -80,7 +108,11 @@ impl FeatureView<'_> {
             });
         }
         if n == 0 {
-            return Err(HeadError::ShapeMismatch { what: "train samples".into(), actual: 0, expected: 1 });
+            return Err(HeadError::ShapeMismatch {
+                what: "train samples".into(),
+                actual: 0,
+                expected: 1,
+            });
         }
         Ok(())
     }
@@ -165,7 +197,10 @@ impl TrainedClassifier {
                 let bias = self.bias.iter().zip(scale).map(|(b, c)| b * c).collect();
                 Classifier { weight, bias }
             }
-            None => Classifier { weight: self.weight.clone(), bias: self.bias.clone() },
+            None => Classifier {
+                weight: self.weight.clone(),
+                bias: self.bias.clone(),
+            },
         }
     }
 
@@ -176,7 +211,11 @@ impl TrainedClassifier {
         match inference {
             Inference::TauNorm { tau, bias } => Classifier {
                 weight: tau_normalized(&effective.weight, self.dim, *tau as f32),
-                bias: if *bias { effective.bias } else { vec![0.0; self.num_classes] },
+                bias: if *bias {
+                    effective.bias
+                } else {
+                    vec![0.0; self.num_classes]
+                },
             },
             Inference::None | Inference::LogitAdjust { .. } => effective,
         }
@@ -185,7 +224,9 @@ impl TrainedClassifier {
     /// Per-class offset added to the logits by the inference map (`−τ log π` or zeros).
     pub fn inference_offset(&self, inference: &Inference) -> Vec<f32> {
         match inference {
-            Inference::LogitAdjust { tau } => self.log_prior.iter().map(|&p| -(*tau as f32) * p).collect(),
+            Inference::LogitAdjust { tau } => {
+                self.log_prior.iter().map(|&p| -(*tau as f32) * p).collect()
+            }
             _ => vec![0.0; self.num_classes],
         }
     }
@@ -284,5 +325,8 @@ pub struct HeadProgress {
 }
 
 pub(crate) fn row_norms(weight: &[f32], dim: usize) -> Vec<f32> {
-    weight.chunks(dim.max(1)).map(|r| r.iter().map(|v| v * v).sum::<f32>().sqrt()).collect()
+    weight
+        .chunks(dim.max(1))
+        .map(|r| r.iter().map(|v| v * v).sum::<f32>().sqrt())
+        .collect()
 }

@@ -25,7 +25,10 @@ pub fn balanced_softmax_prior(counts: &[usize]) -> Vec<f64> {
 /// `log(π_j + 1e-12)` with `π_j = n_j / N` (Menon et al. add 1e-12 so an empty class stays finite).
 pub fn log_prior(counts: &[usize]) -> Vec<f64> {
     let total: usize = counts.iter().sum();
-    counts.iter().map(|&n| (n as f64 / total.max(1) as f64 + 1e-12).ln()).collect()
+    counts
+        .iter()
+        .map(|&n| (n as f64 / total.max(1) as f64 + 1e-12).ln())
+        .collect()
 }
 
 /// Class-balanced weights `w_j = (1−β)/(1−β^{n_j})`, normalised so that `Σ_j w_j = K` (Cui et al.;
@@ -128,7 +131,10 @@ mod tests {
     fn random_linear_is_seeded_and_bounded() {
         let (w, b) = random_linear(3, 16, &mut Rng::seed_from_u64(1));
         assert!(w.iter().chain(&b).all(|v| v.abs() <= 0.25));
-        assert_eq!((w.clone(), b.clone()), random_linear(3, 16, &mut Rng::seed_from_u64(1)));
+        assert_eq!(
+            (w.clone(), b.clone()),
+            random_linear(3, 16, &mut Rng::seed_from_u64(1))
+        );
         assert_ne!(w, random_linear(3, 16, &mut Rng::seed_from_u64(2)).0);
     }
 }

@@ -83,14 +83,22 @@ impl<B: Backend> LossParams<B> {
     }
 
     /// The training logits `z'` from the model's logits `z`, `[B, H, K]`.
-    pub(crate) fn training_logits(&self, logits: Tensor<B, 3>, batch: &LossBatch<B>) -> Tensor<B, 3> {
+    pub(crate) fn training_logits(
+        &self,
+        logits: Tensor<B, 3>,
+        batch: &LossBatch<B>,
+    ) -> Tensor<B, 3> {
         let mut z = logits;
         if let Some(scale) = &self.scale {
             z = mul_rows(z, scale.clone());
         }
         if let (Some(margin), Some(one_hot)) = (&self.scaled_margin, &batch.one_hot) {
             let [b, h, k] = z.dims();
-            let margins = if one_hot.dims()[1] == h { one_hot.clone() } else { one_hot.clone().repeat_dim(1, h) };
+            let margins = if one_hot.dims()[1] == h {
+                one_hot.clone()
+            } else {
+                one_hot.clone().repeat_dim(1, h)
+            };
             z = z - mul_rows(margins, margin.clone()).reshape([b, h, k]);
         }
         if let Some(prior) = &self.prior {
@@ -111,7 +119,12 @@ impl<B: Backend> LossParams<B> {
         per_head.reshape([heads])
     }
 
-    fn softmax_family(&self, log_p: Tensor<B, 3>, batch: &LossBatch<B>, samples: usize) -> Tensor<B, 3> {
+    fn softmax_family(
+        &self,
+        log_p: Tensor<B, 3>,
+        batch: &LossBatch<B>,
+        samples: usize,
+    ) -> Tensor<B, 3> {
         let nll = log_p.clone().gather(2, batch.labels.clone()).neg();
         let mut per_sample = match &self.delta {
             Some(delta) => {
@@ -131,7 +144,12 @@ impl<B: Backend> LossParams<B> {
                 let norm = match &self.normalize_by_weight {
                     Some(flag) => {
                         let by_weight = weights.clone().sum_dim(0);
-                        by_weight * flag.clone() + flag.clone().neg().add_scalar(1.0).mul_scalar(samples as f32)
+                        by_weight * flag.clone()
+                            + flag
+                                .clone()
+                                .neg()
+                                .add_scalar(1.0)
+                                .mul_scalar(samples as f32)
                     }
                     None => weights.clone().sum_dim(0),
                 };
@@ -142,7 +160,10 @@ impl<B: Backend> LossParams<B> {
     }
 
     fn bce(&self, log_p: Tensor<B, 3>, batch: &LossBatch<B>, samples: usize) -> Tensor<B, 3> {
-        let one_hot = batch.one_hot.clone().expect("BCE steps should carry one-hot labels");
+        let one_hot = batch
+            .one_hot
+            .clone()
+            .expect("BCE steps should carry one-hot labels");
         let k = self.num_classes as f32;
         let targets = match &self.delta {
             Some(delta) => {
@@ -152,7 +173,13 @@ impl<B: Backend> LossParams<B> {
             }
             None => one_hot,
         };
-        let log_one_minus = log_p.clone().exp().neg().add_scalar(1.0).clamp_min(PROB_FLOOR).log();
+        let log_one_minus = log_p
+            .clone()
+            .exp()
+            .neg()
+            .add_scalar(1.0)
+            .clamp_min(PROB_FLOOR)
+            .log();
         let log_p = log_p.clamp_min(-100.0);
         let bce = (targets.clone() * log_p + targets.neg().add_scalar(1.0) * log_one_minus).neg();
         let mut per_sample = bce.sum_dim(2);

@@ -40,7 +40,8 @@ mod train;
 mod tests;
 
 pub use base::{
-    Classifier, EpochStats, FeatureView, HeadJob, HeadProgress, HeadResult, TrainedClassifier, TrainedHead,
+    Classifier, EpochStats, FeatureView, HeadJob, HeadProgress, HeadResult, TrainedClassifier,
+    TrainedHead,
 };
 pub use error::HeadError;
 pub use train::train_heads;

@@ -12,11 +12,14 @@
 //! draws its own batches (its own seed's stream), gathered together into one `[H, B, D]` tensor.
 //! Either way a member's result is the same as when it trains alone.
 
-use lortflow_lang::ir::{Constraint, HeadSpec, Inference, Init, Logits, Margin, Sampler, Targets, Weighting};
+use lortflow_lang::ir::{
+    Constraint, HeadSpec, Inference, Init, Logits, Margin, Sampler, Targets, Weighting,
+};
 
 use super::base::{Classifier, FeatureView, HeadJob};
 use super::components::{
-    balanced_softmax_prior, class_balanced_weights, ldam_margins, log_prior, random_linear, relative_radius,
+    balanced_softmax_prior, class_balanced_weights, ldam_margins, log_prior, random_linear,
+    relative_radius,
 };
 use super::error::HeadError;
 use crate::dataset::Rng;
@@ -75,7 +78,9 @@ impl Schedule {
 /// `StepLR(10, 0.1)` over 30 epochs).
 pub(crate) fn lr_at(schedule: Schedule, lr: f64, epoch: u32, epochs: u32) -> f64 {
     match schedule {
-        Schedule::Cosine => lr * 0.5 * (1.0 + (std::f64::consts::PI * epoch as f64 / epochs.max(1) as f64).cos()),
+        Schedule::Cosine => {
+            lr * 0.5 * (1.0 + (std::f64::consts::PI * epoch as f64 / epochs.max(1) as f64).cos())
+        }
         Schedule::Step => {
             let step = epochs.div_ceil(3).max(1);
             lr * 0.1f64.powi((epoch / step) as i32)
@@ -168,7 +173,10 @@ fn resolve_one(
     trial: u32,
 ) -> Result<Member, HeadError> {
     let spec: &HeadSpec = &job.spec;
-    let invalid = |message: String| HeadError::InvalidSpec { job: job.name.clone(), message };
+    let invalid = |message: String| HeadError::InvalidSpec {
+        job: job.name.clone(),
+        message,
+    };
     let counts = features.class_counts;
     let (k, d) = (features.num_classes, features.dim);
     let need_counts = |what: &str| -> Result<(), HeadError> {
@@ -179,15 +187,18 @@ fn resolve_one(
             None => Ok(()),
         }
     };
-    let finite_in = |name: &str, v: f64, lo: f64, hi: f64, hi_open: bool| -> Result<f32, HeadError> {
-        let ok = v.is_finite() && v >= lo && if hi_open { v < hi } else { v <= hi };
-        if ok {
-            Ok(v as f32)
-        } else {
-            let close = if hi_open { ")" } else { "]" };
-            Err(invalid(format!("`{name}` must be in [{lo}, {hi}{close}, got {v}")))
-        }
-    };
+    let finite_in =
+        |name: &str, v: f64, lo: f64, hi: f64, hi_open: bool| -> Result<f32, HeadError> {
+            let ok = v.is_finite() && v >= lo && if hi_open { v < hi } else { v <= hi };
+            if ok {
+                Ok(v as f32)
+            } else {
+                let close = if hi_open { ")" } else { "]" };
+                Err(invalid(format!(
+                    "`{name}` must be in [{lo}, {hi}{close}, got {v}"
+                )))
+            }
+        };
 
     if spec.select.value != "last" {
         return Err(invalid(format!(
@@ -202,12 +213,19 @@ fn resolve_one(
     finite_in("lr", train.lr, 0.0, f64::MAX, false)?;
     finite_in("momentum", train.momentum, 0.0, 1.0, true)?;
     finite_in("weight-decay", train.weight_decay, 0.0, f64::MAX, false)?;
-    let schedule = Schedule::parse(&train.schedule)
-        .ok_or_else(|| invalid(format!("unknown schedule `{}` (expected cosine, step or constant)", train.schedule)))?;
+    let schedule = Schedule::parse(&train.schedule).ok_or_else(|| {
+        invalid(format!(
+            "unknown schedule `{}` (expected cosine, step or constant)",
+            train.schedule
+        ))
+    })?;
 
     let (kind, scale) = match spec.logits.value {
         Logits::Linear => (LogitKind::Linear, 1.0),
-        Logits::Cosine { scale } => (LogitKind::Cosine, finite_in("scale", scale, f64::MIN_POSITIVE, f64::MAX, false)?),
+        Logits::Cosine { scale } => (
+            LogitKind::Cosine,
+            finite_in("scale", scale, f64::MIN_POSITIVE, f64::MAX, false)?,
+        ),
         Logits::Lws => (LogitKind::Lws, 1.0),
     };
     let delta = match spec.targets.value {
@@ -228,27 +246,55 @@ fn resolve_one(
         }
         Margin::LogitAdjust { tau } => {
             finite_in("tau", tau, 0.0, f64::MAX, false)?;
-            (zeros.clone(), log_prior(counts).into_iter().map(|p| (tau * p) as f32).collect())
+            (
+                zeros.clone(),
+                log_prior(counts)
+                    .into_iter()
+                    .map(|p| (tau * p) as f32)
+                    .collect(),
+            )
         }
     };
     let ones = vec![1.0f32; k];
-    let (class_weight, weight_from, gamma, normalize_by_weight, loss_form) = match &spec.weighting.value {
-        Weighting::None => (ones, 0, 0.0, true, LossForm::Softmax),
-        Weighting::Focal { gamma } => (ones, 0, finite_in("gamma", *gamma, 0.0, f64::MAX, false)?, true, LossForm::Softmax),
-        Weighting::ClassBalanced { beta, loss, gamma, from_epoch } => {
-            finite_in("beta", *beta, 0.0, 1.0, true)?;
-            need_counts("class-balanced weighting")?;
-            let weights = to_f32(class_balanced_weights(counts, *beta));
-            match loss.as_str() {
-                "softmax" => (weights, *from_epoch, 0.0, true, LossForm::Softmax),
-                "bce" => (weights, *from_epoch, 0.0, true, LossForm::Bce),
-                // Weighted focal, mean over the batch like LDAM-DRW's `FocalLoss` (without its quirk of
-                // taking s_y from the weighted CE).
-                "focal" => (weights, *from_epoch, finite_in("gamma", *gamma, 0.0, f64::MAX, false)?, false, LossForm::Softmax),
-                other => return Err(invalid(format!("unknown class-balanced loss `{other}` (expected bce, softmax or focal)"))),
+    let (class_weight, weight_from, gamma, normalize_by_weight, loss_form) =
+        match &spec.weighting.value {
+            Weighting::None => (ones, 0, 0.0, true, LossForm::Softmax),
+            Weighting::Focal { gamma } => (
+                ones,
+                0,
+                finite_in("gamma", *gamma, 0.0, f64::MAX, false)?,
+                true,
+                LossForm::Softmax,
+            ),
+            Weighting::ClassBalanced {
+                beta,
+                loss,
+                gamma,
+                from_epoch,
+            } => {
+                finite_in("beta", *beta, 0.0, 1.0, true)?;
+                need_counts("class-balanced weighting")?;
+                let weights = to_f32(class_balanced_weights(counts, *beta));
+                match loss.as_str() {
+                    "softmax" => (weights, *from_epoch, 0.0, true, LossForm::Softmax),
+                    "bce" => (weights, *from_epoch, 0.0, true, LossForm::Bce),
+                    // Weighted focal, mean over the batch like LDAM-DRW's `FocalLoss` (without its quirk of
+                    // taking s_y from the weighted CE).
+                    "focal" => (
+                        weights,
+                        *from_epoch,
+                        finite_in("gamma", *gamma, 0.0, f64::MAX, false)?,
+                        false,
+                        LossForm::Softmax,
+                    ),
+                    other => {
+                        return Err(invalid(format!(
+                            "unknown class-balanced loss `{other}` (expected bce, softmax or focal)"
+                        )));
+                    }
+                }
             }
-        }
-    };
+        };
     if let Sampler::ClassBalanced { per_class: 0 } = spec.sampler.value {
         return Err(invalid("`per-class` must be at least 1".into()));
     }
@@ -262,7 +308,10 @@ fn resolve_one(
                     Init::Head(name) => format!("head `{}`", name.value),
                     _ => "the backbone's classifier".to_string(),
                 };
-                return Err(HeadError::NoInitialClassifier { job: job.name.clone(), init });
+                return Err(HeadError::NoInitialClassifier {
+                    job: job.name.clone(),
+                    init,
+                });
             };
             (classifier.weight.clone(), classifier.bias.clone())
         }
@@ -274,9 +323,16 @@ fn resolve_one(
 
     let maxnorm = match &spec.constraint.value {
         Constraint::None => None,
-        Constraint::Maxnorm { thresh, radius, every } => {
+        Constraint::Maxnorm {
+            thresh,
+            radius,
+            every,
+        } => {
             if kind == LogitKind::Lws {
-                return Err(invalid("a MaxNorm constraint has no effect on LWS logits, whose weights are frozen".into()));
+                return Err(invalid(
+                    "a MaxNorm constraint has no effect on LWS logits, whose weights are frozen"
+                        .into(),
+                ));
             }
             let radius = match radius {
                 Some(r) => finite_in("radius", *r, f64::MIN_POSITIVE, f64::MAX, false)?,
@@ -289,7 +345,11 @@ fn resolve_one(
             let every_step = match every.as_str() {
                 "step" => true,
                 "epoch" => false,
-                other => return Err(invalid(format!("unknown MaxNorm `every` `{other}` (expected step or epoch)"))),
+                other => {
+                    return Err(invalid(format!(
+                        "unknown MaxNorm `every` `{other}` (expected step or epoch)"
+                    )));
+                }
             };
             Some((radius, every_step))
         }
@@ -345,7 +405,10 @@ mod tests {
     fn cosine_schedule_matches_cosine_annealing_lr() {
         // CosineAnnealingLR(T_max=4): 1, 0.8536, 0.5, 0.1464.
         let lrs: Vec<f64> = (0..4).map(|e| lr_at(Schedule::Cosine, 1.0, e, 4)).collect();
-        for (got, want) in lrs.iter().zip([1.0, 0.853_553_390_593_273_8, 0.5, 0.146_446_609_406_726_24]) {
+        for (got, want) in
+            lrs.iter()
+                .zip([1.0, 0.853_553_390_593_273_8, 0.5, 0.146_446_609_406_726_24])
+        {
             assert!((got - want).abs() < 1e-12);
         }
         assert_eq!(lr_at(Schedule::Step, 1.0, 6, 20), 1.0);

@@ -52,8 +52,17 @@ pub struct EpochSampler {
 #[derive(Debug, Clone)]
 enum Kind {
     Instance,
-    ClassAware { classes: CycleIter, per_class_iters: Vec<CycleIter>, per_class: usize, epoch_len: usize },
-    Sqrt { cumulative: Vec<f64>, per_class_iters: Vec<CycleIter>, classes: Vec<u32> },
+    ClassAware {
+        classes: CycleIter,
+        per_class_iters: Vec<CycleIter>,
+        per_class: usize,
+        epoch_len: usize,
+    },
+    Sqrt {
+        cumulative: Vec<f64>,
+        per_class_iters: Vec<CycleIter>,
+        classes: Vec<u32>,
+    },
 }
 
 impl EpochSampler {
@@ -63,7 +72,9 @@ impl EpochSampler {
         for (i, &label) in labels.iter().enumerate() {
             by_class[label as usize].push(i as u32);
         }
-        let present: Vec<u32> = (0..num_classes as u32).filter(|&c| !by_class[c as usize].is_empty()).collect();
+        let present: Vec<u32> = (0..num_classes as u32)
+            .filter(|&c| !by_class[c as usize].is_empty())
+            .collect();
         let kind = match kind {
             Sampler::Instance => Kind::Instance,
             Sampler::ClassBalanced { per_class } => {
@@ -91,7 +102,11 @@ impl EpochSampler {
                 }
             }
         };
-        Self { kind, rng, num_samples: labels.len() }
+        Self {
+            kind,
+            rng,
+            num_samples: labels.len(),
+        }
     }
 
     /// Number of draws per epoch.
@@ -111,7 +126,12 @@ impl EpochSampler {
                 rng.shuffle(&mut order);
                 order
             }
-            Kind::ClassAware { classes, per_class_iters, per_class, epoch_len } => {
+            Kind::ClassAware {
+                classes,
+                per_class_iters,
+                per_class,
+                epoch_len,
+            } => {
                 let mut order = Vec::with_capacity(*epoch_len);
                 while order.len() < *epoch_len {
                     let class = classes.draw(rng) as usize;
@@ -121,12 +141,18 @@ impl EpochSampler {
                 }
                 order
             }
-            Kind::Sqrt { cumulative, per_class_iters, classes } => {
+            Kind::Sqrt {
+                cumulative,
+                per_class_iters,
+                classes,
+            } => {
                 let total = cumulative.last().copied().unwrap_or(0.0);
                 (0..self.num_samples)
                     .map(|_| {
                         let u = rng.next_f64() * total;
-                        let slot = cumulative.partition_point(|&c| c <= u).min(classes.len() - 1);
+                        let slot = cumulative
+                            .partition_point(|&c| c <= u)
+                            .min(classes.len() - 1);
                         per_class_iters[classes[slot] as usize].draw(rng)
                     })
                     .collect()
@@ -140,7 +166,11 @@ mod tests {
     use super::*;
 
     fn labels(counts: &[usize]) -> Vec<u32> {
-        counts.iter().enumerate().flat_map(|(c, &n)| std::iter::repeat_n(c as u32, n)).collect()
+        counts
+            .iter()
+            .enumerate()
+            .flat_map(|(c, &n)| std::iter::repeat_n(c as u32, n))
+            .collect()
     }
 
     #[test]
@@ -158,7 +188,12 @@ mod tests {
     #[test]
     fn class_aware_sampler_balances_classes_in_runs_of_per_class() {
         let y = labels(&[100, 10, 2]);
-        let mut s = EpochSampler::new(&Sampler::ClassBalanced { per_class: 4 }, &y, 3, Rng::seed_from_u64(1));
+        let mut s = EpochSampler::new(
+            &Sampler::ClassBalanced { per_class: 4 },
+            &y,
+            3,
+            Rng::seed_from_u64(1),
+        );
         assert_eq!(s.epoch_len(), 300);
         let order = s.next_epoch();
         assert_eq!(order.len(), 300);
@@ -167,11 +202,21 @@ mod tests {
             assert!(run.iter().all(|&i| y[i as usize] == y[run[0] as usize]));
         }
         let mut per_class = [0usize; 3];
-        order.iter().for_each(|&i| per_class[y[i as usize] as usize] += 1);
+        order
+            .iter()
+            .for_each(|&i| per_class[y[i as usize] as usize] += 1);
         // A reshuffled round robin: every class gets the same share, up to one visit.
-        assert!(per_class.iter().all(|&n| (96..=104).contains(&n)), "{per_class:?}");
+        assert!(
+            per_class.iter().all(|&n| (96..=104).contains(&n)),
+            "{per_class:?}"
+        );
         // A class's iterator emits each of its samples once per cycle.
-        let tail: Vec<u32> = order.iter().copied().filter(|&i| y[i as usize] == 2).take(2).collect();
+        let tail: Vec<u32> = order
+            .iter()
+            .copied()
+            .filter(|&i| y[i as usize] == 2)
+            .take(2)
+            .collect();
         assert_ne!(tail[0], tail[1]);
     }
 
@@ -181,7 +226,11 @@ mod tests {
         let mut s = EpochSampler::new(&Sampler::Sqrt, &y, 2, Rng::seed_from_u64(2));
         let mut head = 0;
         for _ in 0..20 {
-            head += s.next_epoch().iter().filter(|&&i| y[i as usize] == 0).count();
+            head += s
+                .next_epoch()
+                .iter()
+                .filter(|&&i| y[i as usize] == 0)
+                .count();
         }
         // √400 : √100 = 2 : 1.
         let share = head as f64 / (20.0 * 500.0);

@@ -37,7 +37,16 @@ fn softmax(row: &[f32]) -> Vec<f64> {
 }
 
 fn params(form: LossForm) -> LossParams<Ad> {
-    LossParams { form, num_classes: 3, scale: None, scaled_margin: None, prior: None, delta: None, gamma: None, normalize_by_weight: None }
+    LossParams {
+        form,
+        num_classes: 3,
+        scale: None,
+        scaled_margin: None,
+        prior: None,
+        delta: None,
+        gamma: None,
+        normalize_by_weight: None,
+    }
 }
 
 fn head_scalar(v: f32) -> Tensor<Ad, 3> {
@@ -49,24 +58,36 @@ fn head_row(v: &[f32]) -> Tensor<Ad, 3> {
 }
 
 fn batch(weights: Option<[f32; 2]>) -> LossBatch<Ad> {
-    let labels = Tensor::<Ad, 3, Int>::from_data(TensorData::new(Y.map(i64::from).to_vec(), [2, 1, 1]), &dev());
+    let labels = Tensor::<Ad, 3, Int>::from_data(
+        TensorData::new(Y.map(i64::from).to_vec(), [2, 1, 1]),
+        &dev(),
+    );
     let mut one_hot = vec![0.0f32; 6];
     one_hot[0] = 1.0;
     one_hot[5] = 1.0;
     LossBatch {
         labels,
-        one_hot: Some(Tensor::from_data(TensorData::new(one_hot, [2, 1, 3]), &dev())),
+        one_hot: Some(Tensor::from_data(
+            TensorData::new(one_hot, [2, 1, 3]),
+            &dev(),
+        )),
         weights: weights.map(|w| Tensor::from_data(TensorData::new(w.to_vec(), [2, 1, 1]), &dev())),
     }
 }
 
 /// Loss value and gradient w.r.t. the logits.
 fn run(params: &LossParams<Ad>, z: &[f32; 6], weights: Option<[f32; 2]>) -> (f64, Vec<f64>) {
-    let logits = Tensor::<Ad, 3>::from_data(TensorData::new(z.to_vec(), [2, 1, 3]), &dev()).require_grad();
+    let logits =
+        Tensor::<Ad, 3>::from_data(TensorData::new(z.to_vec(), [2, 1, 3]), &dev()).require_grad();
     let loss = params.losses(logits.clone(), &batch(weights)).sum();
     let grads = loss.backward();
     let value = loss.into_data().to_vec::<f32>().unwrap()[0] as f64;
-    let grad = logits.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap();
+    let grad = logits
+        .grad(&grads)
+        .unwrap()
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap();
     (value, grad.into_iter().map(f64::from).collect())
 }
 
@@ -75,10 +96,14 @@ fn smoothed_ce(z: &[f32; 6], delta: f64) -> (f64, Vec<f64>) {
     let (mut loss, mut grad) = (0.0, Vec::new());
     for b in 0..2 {
         let s = softmax(&z[b * 3..b * 3 + 3]);
-        for k in 0..3 {
-            let t = if k as u32 == Y[b] { 1.0 - delta + delta / 3.0 } else { delta / 3.0 };
-            loss -= t * s[k].ln() / 2.0;
-            grad.push((s[k] - t) / 2.0);
+        for (k, sk) in s.iter().enumerate() {
+            let t = if k as u32 == Y[b] {
+                1.0 - delta + delta / 3.0
+            } else {
+                delta / 3.0
+            };
+            loss -= t * sk.ln() / 2.0;
+            grad.push((sk - t) / 2.0);
         }
     }
     (loss, grad)
@@ -94,13 +119,19 @@ fn assert_close(got: &(f64, Vec<f64>), want: &(f64, Vec<f64>), tol: f64) {
 #[test]
 fn smoothed_ce_value_and_gradient_match_the_hand_computation() {
     for delta in [0.2f32, 0.98] {
-        let p = LossParams { delta: Some(head_scalar(delta)), ..params(LossForm::Softmax) };
+        let p = LossParams {
+            delta: Some(head_scalar(delta)),
+            ..params(LossForm::Softmax)
+        };
         assert_close(&run(&p, &Z, None), &smoothed_ce(&Z, delta as f64), 1e-5);
     }
     // δ = 0 (and no δ tensor at all) is plain cross-entropy.
     let ce = smoothed_ce(&Z, 0.0);
     assert_close(&run(&params(LossForm::Softmax), &Z, None), &ce, 1e-5);
-    let p = LossParams { delta: Some(head_scalar(0.0)), ..params(LossForm::Softmax) };
+    let p = LossParams {
+        delta: Some(head_scalar(0.0)),
+        ..params(LossForm::Softmax)
+    };
     assert_close(&run(&p, &Z, None), &ce, 1e-6);
 }
 
@@ -108,7 +139,10 @@ fn smoothed_ce_value_and_gradient_match_the_hand_computation() {
 fn lort_targets_sum_to_one_with_the_label_on_top() {
     // The gradient of the smoothed loss is s − ỹ, so ỹ = s − B·grad; check ỹ directly.
     let delta = 0.98;
-    let p = LossParams { delta: Some(head_scalar(delta as f32)), ..params(LossForm::Softmax) };
+    let p = LossParams {
+        delta: Some(head_scalar(delta as f32)),
+        ..params(LossForm::Softmax)
+    };
     let (_, grad) = run(&p, &Z, None);
     for b in 0..2 {
         let s = softmax(&Z[b * 3..b * 3 + 3]);
@@ -122,7 +156,10 @@ fn lort_targets_sum_to_one_with_the_label_on_top() {
 fn balanced_softmax_is_ce_on_logits_plus_log_counts() {
     let counts = [100.0f32, 10.0, 1.0];
     let log_n: Vec<f32> = counts.iter().map(|n| n.ln()).collect();
-    let p = LossParams { prior: Some(head_row(&log_n)), ..params(LossForm::Softmax) };
+    let p = LossParams {
+        prior: Some(head_row(&log_n)),
+        ..params(LossForm::Softmax)
+    };
     let shifted: [f32; 6] = std::array::from_fn(|i| Z[i] + log_n[i % 3]);
     assert_close(&run(&p, &Z, None), &smoothed_ce(&shifted, 0.0), 1e-5);
 }
@@ -147,9 +184,15 @@ fn ldam_subtracts_the_scaled_margin_from_the_true_logit_only() {
 
 #[test]
 fn focal_with_gamma_zero_is_ce_and_gamma_two_matches_by_hand() {
-    let p = LossParams { gamma: Some(head_scalar(0.0)), ..params(LossForm::Softmax) };
+    let p = LossParams {
+        gamma: Some(head_scalar(0.0)),
+        ..params(LossForm::Softmax)
+    };
     assert_close(&run(&p, &Z, None), &smoothed_ce(&Z, 0.0), 1e-6);
-    let p = LossParams { gamma: Some(head_scalar(2.0)), ..params(LossForm::Softmax) };
+    let p = LossParams {
+        gamma: Some(head_scalar(2.0)),
+        ..params(LossForm::Softmax)
+    };
     let want: f64 = (0..2)
         .map(|b| {
             let sy = softmax(&Z[b * 3..b * 3 + 3])[Y[b] as usize];
@@ -162,7 +205,9 @@ fn focal_with_gamma_zero_is_ce_and_gamma_two_matches_by_hand() {
 #[test]
 fn weighted_ce_divides_by_the_sum_of_weights_and_bce_by_b_times_k() {
     let w = [3.0f32, 0.5];
-    let nll: Vec<f64> = (0..2).map(|b| -softmax(&Z[b * 3..b * 3 + 3])[Y[b] as usize].ln()).collect();
+    let nll: Vec<f64> = (0..2)
+        .map(|b| -softmax(&Z[b * 3..b * 3 + 3])[Y[b] as usize].ln())
+        .collect();
     let want = (3.0 * nll[0] + 0.5 * nll[1]) / 3.5;
     assert!((run(&params(LossForm::Softmax), &Z, Some(w)).0 - want).abs() < 1e-5);
     // BCE on the softmax, weight w_y broadcast over the row, mean over B×K.
@@ -208,12 +253,28 @@ impl Data {
 /// drawn from the same clusters (the generator interleaves classes, so the first `per_class·K`
 /// samples hold `per_class` of each class and the rest is the test split).
 fn long_tailed(k: usize, d: usize, per_class: usize, ir: f64, noise: f64) -> Data {
-    let config = GaussianClustersConfig { num_classes: k, dim: d, per_class: per_class + 100, separation: 3.0, noise, seed: 3 };
+    let config = GaussianClustersConfig {
+        num_classes: k,
+        dim: d,
+        per_class: per_class + 100,
+        separation: 3.0,
+        noise,
+        seed: 3,
+    };
     let all = config.generate().unwrap();
     let split = per_class * k;
     let labels = &all.labels()[..split];
-    let index = LongTailConfig { imbalance_ratio: ir, ..Default::default() }.build(labels, k).unwrap();
-    let features: Vec<f32> = index.sample_ids.iter().flat_map(|&i| all.row(i as usize).unwrap().to_vec()).collect();
+    let index = LongTailConfig {
+        imbalance_ratio: ir,
+        ..Default::default()
+    }
+    .build(labels, k)
+    .unwrap();
+    let features: Vec<f32> = index
+        .sample_ids
+        .iter()
+        .flat_map(|&i| all.row(i as usize).unwrap().to_vec())
+        .collect();
     Data {
         train: features,
         labels: index.labels.clone(),
@@ -225,8 +286,19 @@ fn long_tailed(k: usize, d: usize, per_class: usize, ir: f64, noise: f64) -> Dat
     }
 }
 
-fn train(data: &Data, init: Option<&Classifier>, jobs: &[HeadJob]) -> Result<Vec<HeadResult>, HeadError> {
-    train_heads::<Ad>(&dev(), &data.view(), init, jobs, &AtomicBool::new(false), &mut |_| {})
+fn train(
+    data: &Data,
+    init: Option<&Classifier>,
+    jobs: &[HeadJob],
+) -> Result<Vec<HeadResult>, HeadError> {
+    train_heads::<Ad>(
+        &dev(),
+        &data.view(),
+        init,
+        jobs,
+        &AtomicBool::new(false),
+        &mut |_| {},
+    )
 }
 
 fn job(name: &str, edit: impl FnOnce(&mut lortflow_lang::ir::HeadSpec)) -> HeadJob {
@@ -235,7 +307,11 @@ fn job(name: &str, edit: impl FnOnce(&mut lortflow_lang::ir::HeadSpec)) -> HeadJ
     spec.train.batch_size = 32;
     spec.train.lr = 0.05;
     edit(&mut spec);
-    HeadJob { name: name.into(), spec, seed: 7 }
+    HeadJob {
+        name: name.into(),
+        spec,
+        seed: 7,
+    }
 }
 
 #[test]
@@ -250,14 +326,24 @@ fn a_batched_sweep_equals_separate_runs() {
         }),
         job("d", |s| {
             s.weighting = sp(Weighting::Focal { gamma: 2.0 });
-            s.constraint = sp(Constraint::Maxnorm { thresh: 0.5, radius: None, every: "step".into() });
+            s.constraint = sp(Constraint::Maxnorm {
+                thresh: 0.5,
+                radius: None,
+                every: "step".into(),
+            });
         }),
     ];
     let together = train(&data, None, &jobs).unwrap();
     for (i, job) in jobs.iter().enumerate() {
         let alone = train(&data, None, std::slice::from_ref(job)).unwrap();
         let (a, b) = (&together[i].trials[0], &alone[0].trials[0]);
-        for (x, y) in a.classifier.weight.iter().zip(&b.classifier.weight).chain(a.classifier.bias.iter().zip(&b.classifier.bias)) {
+        for (x, y) in a
+            .classifier
+            .weight
+            .iter()
+            .zip(&b.classifier.weight)
+            .chain(a.classifier.bias.iter().zip(&b.classifier.bias))
+        {
             assert!((x - y).abs() < 1e-5, "job {}: {x} vs {y}", job.name);
         }
         assert_eq!(a.history.len(), 4);
@@ -265,10 +351,24 @@ fn a_batched_sweep_equals_separate_runs() {
     // Different seeds (trials) also train together, each on its own batch stream.
     let trials = job("t", |s| s.trials = 3);
     let out = train(&data, None, std::slice::from_ref(&trials)).unwrap();
-    let seed8 = train(&data, None, &[HeadJob { seed: 8, ..job("t", |_| {}) }]).unwrap();
-    let (a, b) = (&out[0].trials[1].classifier.weight, &seed8[0].trials[0].classifier.weight);
+    let seed8 = train(
+        &data,
+        None,
+        &[HeadJob {
+            seed: 8,
+            ..job("t", |_| {})
+        }],
+    )
+    .unwrap();
+    let (a, b) = (
+        &out[0].trials[1].classifier.weight,
+        &seed8[0].trials[0].classifier.weight,
+    );
     assert!(a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5));
-    assert_eq!(out[0].trials.iter().map(|t| t.seed).collect::<Vec<_>>(), [7, 8, 9]);
+    assert_eq!(
+        out[0].trials.iter().map(|t| t.seed).collect::<Vec<_>>(),
+        [7, 8, 9]
+    );
 }
 
 #[test]
@@ -278,34 +378,69 @@ fn zero_epochs_apply_only_the_inference_map_and_tau_zero_is_the_identity() {
         weight: (0..24).map(|i| (i as f32 * 0.37).sin()).collect(),
         bias: vec![0.1, -0.2, 0.3, 0.0],
     };
-    let raw = train(&data, Some(&init), &[job("raw", |s| {
-        s.train.epochs = 0;
-        s.init = sp(Init::Backbone);
-    })])
+    let raw = train(
+        &data,
+        Some(&init),
+        &[job("raw", |s| {
+            s.train.epochs = 0;
+            s.init = sp(Init::Backbone);
+        })],
+    )
     .unwrap();
     let head = &raw[0].trials[0];
     assert_eq!(head.classifier.weight, init.weight);
     assert!(head.history.is_empty());
     let host = head.classifier.predict(&Inference::None, &data.test);
-    assert!(head.test_logits.iter().zip(&host).all(|(a, b)| (a - b).abs() < 1e-4));
-    for inference in [Inference::TauNorm { tau: 0.0, bias: true }, Inference::LogitAdjust { tau: 0.0 }] {
-        let out = train(&data, Some(&init), &[job("map", |s| {
-            s.train.epochs = 0;
-            s.init = sp(Init::Backbone);
-            s.inference = sp(inference.clone());
-        })])
+    assert!(
+        head.test_logits
+            .iter()
+            .zip(&host)
+            .all(|(a, b)| (a - b).abs() < 1e-4)
+    );
+    for inference in [
+        Inference::TauNorm {
+            tau: 0.0,
+            bias: true,
+        },
+        Inference::LogitAdjust { tau: 0.0 },
+    ] {
+        let out = train(
+            &data,
+            Some(&init),
+            &[job("map", |s| {
+                s.train.epochs = 0;
+                s.init = sp(Init::Backbone);
+                s.inference = sp(inference.clone());
+            })],
+        )
         .unwrap();
-        assert!(out[0].trials[0].test_logits.iter().zip(&head.test_logits).all(|(a, b)| (a - b).abs() < 1e-5));
+        assert!(
+            out[0].trials[0]
+                .test_logits
+                .iter()
+                .zip(&head.test_logits)
+                .all(|(a, b)| (a - b).abs() < 1e-5)
+        );
     }
     // Post-hoc logit adjustment subtracts τ log π.
-    let la = train(&data, Some(&init), &[job("la", |s| {
-        s.train.epochs = 0;
-        s.init = sp(Init::Backbone);
-        s.inference = sp(Inference::LogitAdjust { tau: 1.0 });
-    })])
+    let la = train(
+        &data,
+        Some(&init),
+        &[job("la", |s| {
+            s.train.epochs = 0;
+            s.init = sp(Init::Backbone);
+            s.inference = sp(Inference::LogitAdjust { tau: 1.0 });
+        })],
+    )
     .unwrap();
     let n: usize = data.counts.iter().sum();
-    for (j, (a, b)) in la[0].trials[0].test_logits.iter().zip(&head.test_logits).take(4).enumerate() {
+    for (j, (a, b)) in la[0].trials[0]
+        .test_logits
+        .iter()
+        .zip(&head.test_logits)
+        .take(4)
+        .enumerate()
+    {
         let log_pi = (data.counts[j] as f64 / n as f64 + 1e-12).ln() as f32;
         assert!((a - (b - log_pi)).abs() < 1e-4);
     }
@@ -315,19 +450,43 @@ fn zero_epochs_apply_only_the_inference_map_and_tau_zero_is_the_identity() {
 fn errors_name_the_problem() {
     let data = long_tailed(3, 4, 20, 10.0, 1.0);
     let err = train(&data, None, &[job("ft", |s| s.init = sp(Init::Backbone))]).unwrap_err();
-    assert_eq!(err.to_string(), "head `ft` starts from the backbone's classifier, but no initial classifier was given");
-    let bad = Classifier { weight: vec![0.0; 5], bias: vec![0.0; 3] };
+    assert_eq!(
+        err.to_string(),
+        "head `ft` starts from the backbone's classifier, but no initial classifier was given"
+    );
+    let bad = Classifier {
+        weight: vec![0.0; 5],
+        bias: vec![0.0; 3],
+    };
     let err = train(&data, Some(&bad), &[job("x", |_| {})]).unwrap_err();
-    assert!(err.to_string().contains("initial classifier weight (K×D = 3×4) has 5 values, expected 12"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("initial classifier weight (K×D = 3×4) has 5 values, expected 12"),
+        "{err}"
+    );
     // A huge learning rate diverges; the error names epoch, step and the last finite loss.
-    let err = train(&data, None, &[job("big", |s| {
-        s.train.lr = 1e30;
-        s.train.schedule = "constant".into();
-    })])
+    let err = train(
+        &data,
+        None,
+        &[job("big", |s| {
+            s.train.lr = 1e30;
+            s.train.schedule = "constant".into();
+        })],
+    )
     .unwrap_err();
-    assert!(matches!(err, HeadError::NonFiniteLoss { ref job, .. } if job == "big"), "{err}");
+    assert!(
+        matches!(err, HeadError::NonFiniteLoss { ref job, .. } if job == "big"),
+        "{err}"
+    );
     assert!(err.to_string().contains("at epoch"), "{err}");
-    let cancelled = train_heads::<Ad>(&dev(), &data.view(), None, &[job("c", |_| {})], &AtomicBool::new(true), &mut |_| {});
+    let cancelled = train_heads::<Ad>(
+        &dev(),
+        &data.view(),
+        None,
+        &[job("c", |_| {})],
+        &AtomicBool::new(true),
+        &mut |_| {},
+    );
     assert_eq!(cancelled.unwrap_err(), HeadError::Cancelled);
 }
 
@@ -335,12 +494,20 @@ fn errors_name_the_problem() {
 fn rebalancing_methods_beat_ce_on_few_classes() {
     let data = long_tailed(10, 16, 200, 50.0, 1.6);
     let groups = GroupConfig {
-        thresholds: crate::dataset::Thresholds::Relative { many: 0.2, few: 0.04 * 2.0 },
+        thresholds: crate::dataset::Thresholds::Relative {
+            many: 0.2,
+            few: 0.04 * 2.0,
+        },
         ..Default::default()
     };
     let few = |head: &TrainedHead| {
         let logits = MetricLogits::new(&head.test_logits, &data.test_labels, data.k).unwrap();
-        logits.evaluate(&data.counts, &groups).unwrap().groups.few.expect("the few group should not be empty")
+        logits
+            .evaluate(&data.counts, &groups)
+            .unwrap()
+            .groups
+            .few
+            .expect("the few group should not be empty")
     };
     let base = |s: &mut lortflow_lang::ir::HeadSpec| {
         s.train.epochs = 10;
@@ -365,6 +532,10 @@ fn rebalancing_methods_beat_ce_on_few_classes() {
     let ce = few(&out[0].trials[0]);
     for result in &out[1..] {
         let value = few(&result.trials[0]);
-        assert!(value > ce + 0.05, "{}: few {value:.3} vs CE {ce:.3}", result.name);
+        assert!(
+            value > ce + 0.05,
+            "{}: few {value:.3} vs CE {ce:.3}",
+            result.name
+        );
     }
 }

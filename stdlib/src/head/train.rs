@@ -23,7 +23,8 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 
 use super::base::{
-    Classifier, EpochStats, FeatureView, HeadJob, HeadProgress, HeadResult, TrainedClassifier, TrainedHead,
+    Classifier, EpochStats, FeatureView, HeadJob, HeadProgress, HeadResult, TrainedClassifier,
+    TrainedHead,
 };
 use super::components::log_prior;
 use super::error::HeadError;
@@ -56,7 +57,10 @@ pub fn train_heads<B: AutodiffBackend>(
     let members = plan::resolve(features, init, jobs)?;
     let groups = plan::group(&members);
     let data = DeviceData::<B::InnerBackend>::upload(device, features);
-    let log_prior: Vec<f32> = log_prior(features.class_counts).into_iter().map(|p| p as f32).collect();
+    let log_prior: Vec<f32> = log_prior(features.class_counts)
+        .into_iter()
+        .map(|p| p as f32)
+        .collect();
 
     let mut trained: Vec<Option<TrainedHead>> = vec![None; members.len()];
     for (index, group) in groups.iter().enumerate() {
@@ -78,10 +82,17 @@ pub fn train_heads<B: AutodiffBackend>(
         }
     }
 
-    let mut results: Vec<HeadResult> =
-        jobs.iter().map(|job| HeadResult { name: job.name.clone(), trials: Vec::new() }).collect();
+    let mut results: Vec<HeadResult> = jobs
+        .iter()
+        .map(|job| HeadResult {
+            name: job.name.clone(),
+            trials: Vec::new(),
+        })
+        .collect();
     for (member, head) in members.iter().zip(trained) {
-        results[member.job].trials.push(head.expect("every member should belong to a group"));
+        results[member.job]
+            .trials
+            .push(head.expect("every member should belong to a group"));
     }
     Ok(results)
 }
@@ -98,14 +109,27 @@ struct DeviceData<B: Backend> {
 impl<B: Backend> DeviceData<B> {
     fn upload(device: &B::Device, features: &FeatureView<'_>) -> Self {
         let d = features.dim;
-        let train = Tensor::from_data(TensorData::new(features.train.to_vec(), [features.num_train(), d]), device);
-        let test = Tensor::from_data(TensorData::new(features.test.to_vec(), [features.num_test(), d]), device);
-        Self { train, test, train_normalized: Default::default(), test_normalized: Default::default() }
+        let train = Tensor::from_data(
+            TensorData::new(features.train.to_vec(), [features.num_train(), d]),
+            device,
+        );
+        let test = Tensor::from_data(
+            TensorData::new(features.test.to_vec(), [features.num_test(), d]),
+            device,
+        );
+        Self {
+            train,
+            test,
+            train_normalized: Default::default(),
+            test_normalized: Default::default(),
+        }
     }
 
     fn train(&self, normalized: bool) -> Tensor<B, 2> {
         if normalized {
-            self.train_normalized.get_or_init(|| normalize_rows(self.train.clone())).clone()
+            self.train_normalized
+                .get_or_init(|| normalize_rows(self.train.clone()))
+                .clone()
         } else {
             self.train.clone()
         }
@@ -113,7 +137,9 @@ impl<B: Backend> DeviceData<B> {
 
     fn test(&self, normalized: bool) -> Tensor<B, 2> {
         if normalized {
-            self.test_normalized.get_or_init(|| normalize_rows(self.test.clone())).clone()
+            self.test_normalized
+                .get_or_init(|| normalize_rows(self.test.clone()))
+                .clone()
         } else {
             self.test.clone()
         }
@@ -152,7 +178,10 @@ fn per_head<B: Backend>(values: impl IntoIterator<Item = f32>, device: &B::Devic
 /// row broadcast over leading dimensions; anything else falls back to a scalar strided loop that
 /// was half of all training time.
 fn per_head_rows<B: Backend>(values: &[f32], k: usize, device: &B::Device) -> Tensor<B, 3> {
-    let rows: Vec<f32> = values.iter().flat_map(|&v| std::iter::repeat_n(v, k)).collect();
+    let rows: Vec<f32> = values
+        .iter()
+        .flat_map(|&v| std::iter::repeat_n(v, k))
+        .collect();
     Tensor::from_data(TensorData::new(rows, [1, values.len(), k]), device)
 }
 
@@ -220,7 +249,12 @@ struct SgdState<B: Backend> {
 
 impl<B: Backend> SgdState<B> {
     /// One SGD step on `param`, updating its momentum buffer.
-    fn step(&self, param: Tensor<B, 3>, grad: Tensor<B, 3>, velocity: &mut Option<Tensor<B, 3>>) -> Tensor<B, 3> {
+    fn step(
+        &self,
+        param: Tensor<B, 3>,
+        grad: Tensor<B, 3>,
+        velocity: &mut Option<Tensor<B, 3>>,
+    ) -> Tensor<B, 3> {
         let mut g = grad;
         if let Some(wd) = &self.weight_decay {
             g = g + wd.mul(param.clone());
@@ -259,9 +293,15 @@ fn train_group<B: AutodiffBackend>(
 
     // Initial parameters.
     let weights: Vec<&[f32]> = members.iter().map(|m| m.init_weight.as_slice()).collect();
-    let bias_init: Vec<f32> = members.iter().flat_map(|m| m.init_bias.iter().copied()).collect();
+    let bias_init: Vec<f32> = members
+        .iter()
+        .flat_map(|m| m.init_bias.iter().copied())
+        .collect();
     let mut params = Params::<Inner<B>> {
-        weight: Tensor::from_data(TensorData::new(stack_transposed(&weights, k, d), [d, h, k]), device),
+        weight: Tensor::from_data(
+            TensorData::new(stack_transposed(&weights, k, d), [d, h, k]),
+            device,
+        ),
         bias: Tensor::from_data(TensorData::new(bias_init, [1, h, k]), device),
         scale: (kind == LogitKind::Lws).then(|| Tensor::ones([1, h, k], device)),
     };
@@ -273,18 +313,41 @@ fn train_group<B: AutodiffBackend>(
         let loss = LossParams::<B> {
             form: first.loss_form,
             num_classes: k,
-            scale: cosine.then(|| per_head_rows(&members.iter().map(|m| m.scale).collect::<Vec<_>>(), k, device)),
+            scale: cosine.then(|| {
+                per_head_rows(
+                    &members.iter().map(|m| m.scale).collect::<Vec<_>>(),
+                    k,
+                    device,
+                )
+            }),
             scaled_margin: any(&|m| m.margin.iter().any(|&v| v != 0.0)).then(|| {
-                let rows: Vec<Vec<f32>> =
-                    members.iter().map(|m| m.margin.iter().map(|v| v * m.scale).collect()).collect();
+                let rows: Vec<Vec<f32>> = members
+                    .iter()
+                    .map(|m| m.margin.iter().map(|v| v * m.scale).collect())
+                    .collect();
                 per_head_class(&rows.iter().map(Vec::as_slice).collect::<Vec<_>>(), device)
             }),
-            prior: any(&|m| m.prior.iter().any(|&v| v != 0.0))
-                .then(|| per_head_class(&members.iter().map(|m| m.prior.as_slice()).collect::<Vec<_>>(), device)),
-            delta: any(&|m| m.delta != 0.0).then(|| per_head(members.iter().map(|m| m.delta), device)),
-            gamma: any(&|m| m.gamma != 0.0).then(|| per_head(members.iter().map(|m| m.gamma), device)),
-            normalize_by_weight: any(&|m| !m.normalize_by_weight)
-                .then(|| per_head(members.iter().map(|m| f32::from(u8::from(m.normalize_by_weight))), device)),
+            prior: any(&|m| m.prior.iter().any(|&v| v != 0.0)).then(|| {
+                per_head_class(
+                    &members
+                        .iter()
+                        .map(|m| m.prior.as_slice())
+                        .collect::<Vec<_>>(),
+                    device,
+                )
+            }),
+            delta: any(&|m| m.delta != 0.0)
+                .then(|| per_head(members.iter().map(|m| m.delta), device)),
+            gamma: any(&|m| m.gamma != 0.0)
+                .then(|| per_head(members.iter().map(|m| m.gamma), device)),
+            normalize_by_weight: any(&|m| !m.normalize_by_weight).then(|| {
+                per_head(
+                    members
+                        .iter()
+                        .map(|m| f32::from(u8::from(m.normalize_by_weight))),
+                    device,
+                )
+            }),
         };
         let weighted = any(&|m| m.class_weight.iter().any(|&w| w != 1.0));
         let eye: Option<Tensor<Inner<B>, 2>> = loss.needs_one_hot().then(|| eye(k, device));
@@ -309,28 +372,54 @@ fn train_group<B: AutodiffBackend>(
 
         // One batch stream when all heads share a seed, else one per head.
         let shared = members.iter().all(|m| m.seed == first.seed);
-        let streams: Vec<u64> = if shared { vec![first.seed] } else { members.iter().map(|m| m.seed).collect() };
+        let streams: Vec<u64> = if shared {
+            vec![first.seed]
+        } else {
+            members.iter().map(|m| m.seed).collect()
+        };
         let mut samplers: Vec<EpochSampler> = streams
             .iter()
-            .map(|&seed| EpochSampler::new(&first.sampler, labels, k, Rng::stream(seed, SAMPLER_STREAM)))
+            .map(|&seed| {
+                EpochSampler::new(&first.sampler, labels, k, Rng::stream(seed, SAMPLER_STREAM))
+            })
             .collect();
         let x_all = ctx.data.train(cosine);
-        let mut velocity = Velocity::<Inner<B>> { weight: None, bias: None, scale: None };
+        let mut velocity = Velocity::<Inner<B>> {
+            weight: None,
+            bias: None,
+            scale: None,
+        };
         let mut last_finite: Vec<Option<f64>> = vec![None; h];
 
         for epoch in 0..epochs {
-            let lrs: Vec<f64> = members.iter().map(|m| plan::lr_at(m.schedule, m.lr, epoch, epochs)).collect();
+            let lrs: Vec<f64> = members
+                .iter()
+                .map(|m| plan::lr_at(m.schedule, m.lr, epoch, epochs))
+                .collect();
             let sgd = SgdState::<Inner<B>> {
-                lr: Factor::new(&lrs.iter().map(|&l| l as f32).collect::<Vec<_>>(), k, device),
+                lr: Factor::new(
+                    &lrs.iter().map(|&l| l as f32).collect::<Vec<_>>(),
+                    k,
+                    device,
+                ),
                 momentum: momentum.clone(),
                 weight_decay: weight_decay.clone(),
             };
             // Class weights per head for this epoch (DRW: ones before `weight_from`).
             let class_weights: Vec<&[f32]> = members
                 .iter()
-                .map(|m| if epoch >= m.weight_from { m.class_weight.as_slice() } else { &[] })
+                .map(|m| {
+                    if epoch >= m.weight_from {
+                        m.class_weight.as_slice()
+                    } else {
+                        &[]
+                    }
+                })
                 .collect();
-            let epoch_weighted = weighted && class_weights.iter().any(|w| !w.is_empty() && w.iter().any(|&v| v != 1.0));
+            let epoch_weighted = weighted
+                && class_weights
+                    .iter()
+                    .any(|w| !w.is_empty() && w.iter().any(|&v| v != 1.0));
             let orders: Vec<Vec<u32>> = samplers.iter_mut().map(EpochSampler::next_epoch).collect();
             let len = orders[0].len();
             let steps = len.div_ceil(batch_size);
@@ -347,33 +436,59 @@ fn train_group<B: AutodiffBackend>(
                 let stream_of = |head: usize| if shared { 0 } else { head };
 
                 // Batch features, one gather for all streams: `[b, D]` shared, `[H, b, D]` per head.
-                let ids: Vec<i64> = orders.iter().flat_map(|o| o[start..end].iter().map(|&i| i64::from(i))).collect();
-                let ids = Tensor::<Inner<B>, 1, Int>::from_data(TensorData::new(ids, [streams * b]), device);
-                let x = Tensor::<B, 3>::from_inner(x_all.clone().select(0, ids).reshape([streams, b, d]));
+                let ids: Vec<i64> = orders
+                    .iter()
+                    .flat_map(|o| o[start..end].iter().map(|&i| i64::from(i)))
+                    .collect();
+                let ids = Tensor::<Inner<B>, 1, Int>::from_data(
+                    TensorData::new(ids, [streams * b]),
+                    device,
+                );
+                let x = Tensor::<B, 3>::from_inner(
+                    x_all.clone().select(0, ids).reshape([streams, b, d]),
+                );
 
                 // Labels (and class weights) of sample `i` for head `j` at `[i, j]`.
-                let label = |i: usize, head: usize| labels[orders[stream_of(head)][start + i] as usize];
-                let y_host: Vec<i64> = (0..b).flat_map(|i| (0..h).map(move |j| i64::from(label(i, j)))).collect();
+                let label =
+                    |i: usize, head: usize| labels[orders[stream_of(head)][start + i] as usize];
+                let y_host: Vec<i64> = (0..b)
+                    .flat_map(|i| (0..h).map(move |j| i64::from(label(i, j))))
+                    .collect();
                 let weights = epoch_weighted.then(|| {
                     let class_weights = &class_weights;
                     let w: Vec<f32> = (0..b)
                         .flat_map(|i| {
                             (0..h).map(move |j| {
                                 let cw = class_weights[j];
-                                if cw.is_empty() { 1.0 } else { cw[label(i, j) as usize] }
+                                if cw.is_empty() {
+                                    1.0
+                                } else {
+                                    cw[label(i, j) as usize]
+                                }
                             })
                         })
                         .collect();
                     Tensor::<B, 3>::from_data(TensorData::new(w, [b, h, 1]), device)
                 });
                 let one_hot = eye.as_ref().map(|eye| {
-                    let stream_labels: Vec<i64> =
-                        (0..b).flat_map(|i| (0..streams).map(move |s| i64::from(label(i, s)))).collect();
-                    let idx = Tensor::<Inner<B>, 1, Int>::from_data(TensorData::new(stream_labels, [b * streams]), device);
+                    let stream_labels: Vec<i64> = (0..b)
+                        .flat_map(|i| (0..streams).map(move |s| i64::from(label(i, s))))
+                        .collect();
+                    let idx = Tensor::<Inner<B>, 1, Int>::from_data(
+                        TensorData::new(stream_labels, [b * streams]),
+                        device,
+                    );
                     Tensor::<B, 3>::from_inner(eye.clone().select(0, idx).reshape([b, streams, k]))
                 });
-                let y_inner = Tensor::<Inner<B>, 3, Int>::from_data(TensorData::new(y_host, [b, h, 1]), device);
-                let batch = LossBatch::<B> { labels: Tensor::from_inner(y_inner.clone()), one_hot, weights };
+                let y_inner = Tensor::<Inner<B>, 3, Int>::from_data(
+                    TensorData::new(y_host, [b, h, 1]),
+                    device,
+                );
+                let batch = LossBatch::<B> {
+                    labels: Tensor::from_inner(y_inner.clone()),
+                    one_hot,
+                    weights,
+                };
 
                 // Forward: the model's logits `[b, H, K]`, then the per-head losses.
                 let weight = Tensor::<B, 3>::from_inner(params.weight.clone());
@@ -382,7 +497,10 @@ fn train_group<B: AutodiffBackend>(
                     LogitKind::Linear => (weight.require_grad(), bias.require_grad(), None),
                     LogitKind::Cosine => (weight.require_grad(), bias, None),
                     LogitKind::Lws => {
-                        let scale = params.scale.clone().map(|s| Tensor::<B, 3>::from_inner(s).require_grad());
+                        let scale = params
+                            .scale
+                            .clone()
+                            .map(|s| Tensor::<B, 3>::from_inner(s).require_grad());
                         (weight, bias, scale)
                     }
                 };
@@ -391,7 +509,14 @@ fn train_group<B: AutodiffBackend>(
                 let grads = losses.clone().sum().backward();
 
                 // Read back this step's losses and correct counts in one transfer.
-                let hits = logits.inner().argmax(2).equal(y_inner).int().sum_dim(0).float().reshape([h]);
+                let hits = logits
+                    .inner()
+                    .argmax(2)
+                    .equal(y_inner)
+                    .int()
+                    .sum_dim(0)
+                    .float()
+                    .reshape([h]);
                 let stats: Vec<f32> = Tensor::cat(vec![losses.inner(), hits], 0)
                     .into_data()
                     .to_vec()
@@ -461,7 +586,16 @@ fn train_group<B: AutodiffBackend>(
     if ctx.cancel.load(Ordering::Relaxed) {
         return Err(HeadError::Cancelled);
     }
-    finish_group::<Inner<B>>(ctx.device, ctx.data, ctx.features, ctx.jobs, ctx.log_prior, members, params, history)
+    finish_group::<Inner<B>>(
+        ctx.device,
+        ctx.data,
+        ctx.features,
+        ctx.jobs,
+        ctx.log_prior,
+        members,
+        params,
+        history,
+    )
 }
 
 /// The model's logits `[B, H, K]` for weights `[D, H, K]` and features `[1, B, D]` (shared by all
@@ -475,7 +609,11 @@ fn forward<B: Backend>(
 ) -> Tensor<B, 3> {
     // Features arrive normalised for cosine heads (once per call); the weight columns are
     // normalised here, inside the graph, so the gradient sees the normalisation.
-    let weight = if kind == LogitKind::Cosine { normalize_columns(weight) } else { weight };
+    let weight = if kind == LogitKind::Cosine {
+        normalize_columns(weight)
+    } else {
+        weight
+    };
     let z = project(x, weight);
     match kind {
         LogitKind::Linear => z + bias,
@@ -489,7 +627,9 @@ fn project<B: Backend>(x: Tensor<B, 3>, weight: Tensor<B, 3>) -> Tensor<B, 3> {
     let [streams, b, d] = x.dims();
     let [_, h, k] = weight.dims();
     if streams == 1 {
-        x.reshape([b, d]).matmul(weight.reshape([d, h * k])).reshape([b, h, k])
+        x.reshape([b, d])
+            .matmul(weight.reshape([d, h * k]))
+            .reshape([b, h, k])
     } else {
         x.matmul(weight.swap_dims(0, 1)).swap_dims(0, 1)
     }
@@ -547,7 +687,11 @@ fn finish_group<B: Backend>(
     history: Vec<Vec<EpochStats>>,
 ) -> Result<Vec<TrainedHead>, HeadError> {
     let (h, k, d) = (members.len(), features.num_classes, features.dim);
-    let read = |t: Tensor<B, 3>| -> Vec<f32> { t.into_data().to_vec().expect("a float tensor should read back as f32") };
+    let read = |t: Tensor<B, 3>| -> Vec<f32> {
+        t.into_data()
+            .to_vec()
+            .expect("a float tensor should read back as f32")
+    };
     let stacked = read(params.weight);
     let bias = read(params.bias);
     let scale = params.scale.map(read);
@@ -581,7 +725,10 @@ fn finish_group<B: Backend>(
         Vec::new()
     } else {
         let w_inf: Vec<&[f32]> = w_inf.iter().map(Vec::as_slice).collect();
-        let mut w = Tensor::<B, 3>::from_data(TensorData::new(stack_transposed(&w_inf, k, d), [d, h, k]), device);
+        let mut w = Tensor::<B, 3>::from_data(
+            TensorData::new(stack_transposed(&w_inf, k, d), [d, h, k]),
+            device,
+        );
         if cosine {
             w = normalize_columns(w);
         }
@@ -607,7 +754,10 @@ fn finish_group<B: Backend>(
             inference: member.inference.clone(),
             history: history.next().unwrap_or_default(),
             // `[N_test, H, K]` → this head's `N_test×K`.
-            test_logits: test_logits.chunks(h * k).flat_map(|row| row[i * k..(i + 1) * k].iter().copied()).collect(),
+            test_logits: test_logits
+                .chunks(h * k)
+                .flat_map(|row| row[i * k..(i + 1) * k].iter().copied())
+                .collect(),
         })
         .collect())
 }

@@ -59,7 +59,11 @@ pub struct Logits<'a> {
 
 impl<'a> Logits<'a> {
     /// `values` is `N×K` row-major, `labels` has `N` entries below `K`.
-    pub fn new(values: &'a [f32], labels: &'a [u32], num_classes: usize) -> Result<Self, MetricError> {
+    pub fn new(
+        values: &'a [f32],
+        labels: &'a [u32],
+        num_classes: usize,
+    ) -> Result<Self, MetricError> {
         let expected = labels.len() * num_classes;
         if values.len() != expected || num_classes == 0 {
             return Err(MetricError::ShapeMismatch {
@@ -68,10 +72,22 @@ impl<'a> Logits<'a> {
                 expected,
             });
         }
-        if let Some((index, &label)) = labels.iter().enumerate().find(|(_, l)| **l as usize >= num_classes) {
-            return Err(MetricError::LabelOutOfRange { index, label, num_classes });
+        if let Some((index, &label)) = labels
+            .iter()
+            .enumerate()
+            .find(|(_, l)| **l as usize >= num_classes)
+        {
+            return Err(MetricError::LabelOutOfRange {
+                index,
+                label,
+                num_classes,
+            });
         }
-        Ok(Self { values, labels, num_classes })
+        Ok(Self {
+            values,
+            labels,
+            num_classes,
+        })
     }
 
     /// N.
@@ -100,7 +116,12 @@ impl<'a> Logits<'a> {
 
     /// Top-1 accuracy over all samples (NaN without samples).
     pub fn top1(&self) -> f64 {
-        let correct = self.predictions().iter().zip(self.labels).filter(|(p, y)| p == y).count();
+        let correct = self
+            .predictions()
+            .iter()
+            .zip(self.labels)
+            .filter(|(p, y)| p == y)
+            .count();
         correct as f64 / self.len() as f64
     }
 
@@ -112,7 +133,10 @@ impl<'a> Logits<'a> {
             totals[y as usize] += 1;
             hits[y as usize] += usize::from(*p == y);
         }
-        hits.iter().zip(&totals).map(|(&h, &t)| (t > 0).then(|| h as f64 / t as f64)).collect()
+        hits.iter()
+            .zip(&totals)
+            .map(|(&h, &t)| (t > 0).then(|| h as f64 / t as f64))
+            .collect()
     }
 
     /// `confusion[true][predicted]` counts, `K×K` row-major.
@@ -128,7 +152,10 @@ impl<'a> Logits<'a> {
     /// Logits Magnitude `L_i` of every class; NaN where class `i` has no positive or no negative
     /// sample.
     pub fn logits_magnitude(&self) -> Vec<f64> {
-        self.moments().into_iter().map(|m| m.positive_mean - m.negative_mean).collect()
+        self.moments()
+            .into_iter()
+            .map(|m| m.positive_mean - m.negative_mean)
+            .collect()
     }
 
     /// Regularized Standard Deviation `r_i = σ_i / L_i`, σ over the samples chosen by `over`; NaN
@@ -143,7 +170,11 @@ impl<'a> Logits<'a> {
                     RsdOver::Negative => m.negative_std,
                     RsdOver::All => m.all_std,
                 };
-                if magnitude > 0.0 { sigma / magnitude } else { f64::NAN }
+                if magnitude > 0.0 {
+                    sigma / magnitude
+                } else {
+                    f64::NAN
+                }
             })
             .collect()
     }
@@ -200,7 +231,11 @@ impl<'a> Logits<'a> {
     }
 
     /// Everything at once, with groups from the training counts.
-    pub fn evaluate(&self, train_counts: &[usize], groups: &GroupConfig) -> Result<Evaluation, MetricError> {
+    pub fn evaluate(
+        &self,
+        train_counts: &[usize],
+        groups: &GroupConfig,
+    ) -> Result<Evaluation, MetricError> {
         if train_counts.len() != self.num_classes {
             return Err(MetricError::ShapeMismatch {
                 what: format!("train class counts (K = {})", self.num_classes),
@@ -270,7 +305,11 @@ pub fn group_accuracy(groups: &ClassGroups, per_class: &[Option<f64>]) -> GroupM
             .collect();
         (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
     };
-    GroupMeans { many: mean(Group::Many), medium: mean(Group::Medium), few: mean(Group::Few) }
+    GroupMeans {
+        many: mean(Group::Many),
+        medium: mean(Group::Medium),
+        few: mean(Group::Few),
+    }
 }
 
 /// The index of the largest value; the lowest index among equals. NaN never wins over a number.
@@ -339,7 +378,13 @@ impl TrialSummary {
                 best_trial = i;
             }
         }
-        Some(Self { trials: values.len(), best: values[best_trial], best_trial, mean, std })
+        Some(Self {
+            trials: values.len(),
+            best: values[best_trial],
+            best_trial,
+            mean,
+            std,
+        })
     }
 }
 
@@ -366,10 +411,15 @@ mod tests {
         let logits = Logits::new(&z, &y, 3).unwrap();
         assert_eq!(logits.predictions(), [0, 2, 0, 0, 2, 0]);
         assert!(close(logits.top1(), 2.0 / 6.0));
-        assert_eq!(logits.per_class_accuracy(), [Some(0.5), Some(0.0), Some(0.5)]);
+        assert_eq!(
+            logits.per_class_accuracy(),
+            [Some(0.5), Some(0.0), Some(0.5)]
+        );
         assert_eq!(logits.confusion(), [1, 0, 1, 2, 0, 0, 1, 0, 1]);
         // Train counts 500 / 50 / 60: many {0}, medium {1, 2}, few empty → None, not 0.
-        let eval = logits.evaluate(&[500, 50, 60], &GroupConfig::default()).unwrap();
+        let eval = logits
+            .evaluate(&[500, 50, 60], &GroupConfig::default())
+            .unwrap();
         assert_eq!(eval.groups.many, Some(0.5));
         assert!(close(eval.groups.medium.unwrap(), 0.25));
         assert_eq!(eval.groups.few, None);
@@ -398,12 +448,18 @@ mod tests {
 
     #[test]
     fn magnitude_and_rsd_invariances() {
-        let z: Vec<f32> = (0..40).map(|i| ((i * 37 % 11) as f32) * 0.3 + if i % 4 == i / 10 { 2.0 } else { 0.0 }).collect();
+        let z: Vec<f32> = (0..40)
+            .map(|i| ((i * 37 % 11) as f32) * 0.3 + if i % 4 == i / 10 { 2.0 } else { 0.0 })
+            .collect();
         let y = [0, 1, 2, 3, 0, 1, 2, 3, 0, 1];
         let base = Logits::new(&z, &y, 4).unwrap();
         let (l0, r0) = (base.logits_magnitude(), base.rsd(RsdOver::Positive));
         // Adding a constant to column 2 (a bias shift) leaves L and r unchanged.
-        let shifted: Vec<f32> = z.iter().enumerate().map(|(i, v)| if i % 4 == 2 { v + 7.5 } else { *v }).collect();
+        let shifted: Vec<f32> = z
+            .iter()
+            .enumerate()
+            .map(|(i, v)| if i % 4 == 2 { v + 7.5 } else { *v })
+            .collect();
         let s = Logits::new(&shifted, &y, 4).unwrap();
         for (a, b) in l0.iter().zip(s.logits_magnitude()) {
             assert!((a - b).abs() < 1e-5);
@@ -412,14 +468,20 @@ mod tests {
         let scaled: Vec<f32> = z.iter().map(|v| v * 3.0).collect();
         let s = Logits::new(&scaled, &y, 4).unwrap();
         for (a, b) in r0.iter().zip(s.rsd(RsdOver::Positive)) {
-            assert!((a - b).abs() < 1e-6 || (a.is_nan() && b.is_nan()), "{a} vs {b}");
+            assert!(
+                (a - b).abs() < 1e-6 || (a.is_nan() && b.is_nan()),
+                "{a} vs {b}"
+            );
         }
     }
 
     #[test]
     fn shapes_labels_norms_and_trials() {
         assert!(Logits::new(&[0.0; 5], &[0, 1], 3).is_err());
-        assert!(matches!(Logits::new(&[0.0; 4], &[0, 2], 2), Err(MetricError::LabelOutOfRange { index: 1, .. })));
+        assert!(matches!(
+            Logits::new(&[0.0; 4], &[0, 2], 2),
+            Err(MetricError::LabelOutOfRange { index: 1, .. })
+        ));
         assert_eq!(weight_norms(&[3.0, 4.0, 0.0, 0.0], 2), [5.0, 0.0]);
         assert_eq!(argmax(&[f32::NAN, 1.0, 1.0]), 1);
         let t = TrialSummary::new(&[0.5, 0.7, 0.6, 0.7], StdKind::Population).unwrap();
@@ -428,7 +490,12 @@ mod tests {
         assert!(close(t.std, (0.0275f64 / 4.0).sqrt()));
         let s = TrialSummary::new(&[0.5, 0.7, 0.6, 0.7], StdKind::Sample).unwrap();
         assert!(close(s.std, (0.0275f64 / 3.0).sqrt()));
-        assert!(TrialSummary::new(&[0.4], StdKind::Sample).unwrap().std.is_nan());
+        assert!(
+            TrialSummary::new(&[0.4], StdKind::Sample)
+                .unwrap()
+                .std
+                .is_nan()
+        );
         assert!(TrialSummary::new(&[], StdKind::Population).is_none());
     }
 }

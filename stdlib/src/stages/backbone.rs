@@ -6,10 +6,13 @@ use lortflow_lang::ir::{StageSpec, Weights};
 use lortflow_runtime::{StageContext, StageError, StageExecutor};
 use serde_json::{Value as Json, json};
 
-use super::common::{DatasetIndex, INDEX_FILE, backend_choice, dataset_spec, fail, load_split_images, read_json, write_json};
+use super::common::{
+    DatasetIndex, INDEX_FILE, backend_choice, dataset_spec, fail, load_split_images, read_json,
+    write_json,
+};
 use crate::backbone::{
-    BackboneConfig, CheckpointFormat, TrainConfig, TrainData, evaluate_accuracy, import_backbone, save_backbone,
-    train_backbone,
+    BackboneConfig, CheckpointFormat, TrainConfig, TrainData, evaluate_accuracy, import_backbone,
+    save_backbone, train_backbone,
 };
 use crate::data::{ImagePipeline, Normalization, Transform};
 use crate::dataset::Split;
@@ -45,8 +48,11 @@ impl StageExecutor for BackboneStage {
             in_channels: channels,
             input_size: height,
         };
-        let normalization = Normalization::preset(&spec.normalize, &train, &index.train_ids).map_err(fail)?;
-        let test_pipeline = ImagePipeline::new(vec![], normalization.clone(), train.images().shape()).map_err(fail)?;
+        let normalization =
+            Normalization::preset(&spec.normalize, &train, &index.train_ids).map_err(fail)?;
+        let test_pipeline =
+            ImagePipeline::new(vec![], normalization.clone(), train.images().shape())
+                .map_err(fail)?;
         let test_ids: Vec<u32> = (0..test.len() as u32).collect();
         let out_dir = cx.out_dir;
         let started = std::time::Instant::now();
@@ -100,7 +106,10 @@ impl StageExecutor for BackboneStage {
         })
         .map_err(fail)?;
         let mut summary = result?;
-        write_json(&out_dir.join(NORMALIZATION_FILE), &json!({ "mean": normalization.mean, "std": normalization.std }))?;
+        write_json(
+            &out_dir.join(NORMALIZATION_FILE),
+            &json!({ "mean": normalization.mean, "std": normalization.std }),
+        )?;
         if matches!(spec.weights, Weights::Train(_)) {
             summary["final_loss"] = json!(last.0);
             summary["final_train_acc"] = json!(last.1);
@@ -112,10 +121,23 @@ impl StageExecutor for BackboneStage {
 }
 
 /// The normalisation a backbone was trained with.
-pub(crate) fn read_normalization(artifact: &lortflow_runtime::Artifact) -> Result<Normalization, StageError> {
+pub(crate) fn read_normalization(
+    artifact: &lortflow_runtime::Artifact,
+) -> Result<Normalization, StageError> {
     let v: Json = read_json(&artifact.file(NORMALIZATION_FILE))?;
     let floats = |key: &str| -> Vec<f32> {
-        v[key].as_array().map(|a| a.iter().filter_map(|x| x.as_f64()).map(|x| x as f32).collect()).unwrap_or_default()
+        v[key]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_f64())
+                    .map(|x| x as f32)
+                    .collect()
+            })
+            .unwrap_or_default()
     };
-    Ok(Normalization { mean: floats("mean"), std: floats("std") })
+    Ok(Normalization {
+        mean: floats("mean"),
+        std: floats("std"),
+    })
 }

@@ -47,13 +47,16 @@ pub(crate) struct DatasetIndex {
 }
 
 pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, StageError> {
-    let bytes = std::fs::read(path).map_err(|e| StageError::failed(format!("cannot read `{}`: {e}", path.display())))?;
-    serde_json::from_slice(&bytes).map_err(|e| StageError::failed(format!("`{}` is not valid: {e}", path.display())))
+    let bytes = std::fs::read(path)
+        .map_err(|e| StageError::failed(format!("cannot read `{}`: {e}", path.display())))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| StageError::failed(format!("`{}` is not valid: {e}", path.display())))
 }
 
 pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StageError> {
     let text = serde_json::to_vec_pretty(value).map_err(|e| StageError::failed(e.to_string()))?;
-    std::fs::write(path, text).map_err(|e| StageError::failed(format!("cannot write `{}`: {e}", path.display())))
+    std::fs::write(path, text)
+        .map_err(|e| StageError::failed(format!("cannot write `{}`: {e}", path.display())))
 }
 
 pub(crate) fn fail(err: impl std::error::Error) -> StageError {
@@ -64,7 +67,10 @@ pub(crate) fn fail(err: impl std::error::Error) -> StageError {
 pub(crate) fn dataset_spec<'a>(input: &'a StageInput<'_>) -> Result<&'a DatasetSpec, StageError> {
     match &input.stage.stage.spec {
         StageSpec::Dataset(d) => Ok(d),
-        _ => Err(StageError::failed(format!("`{}` is not a dataset", input.stage.name))),
+        _ => Err(StageError::failed(format!(
+            "`{}` is not a dataset",
+            input.stage.name
+        ))),
     }
 }
 
@@ -84,9 +90,17 @@ pub fn load_split_images(spec: &DatasetSpec, split: Split) -> Result<LabeledImag
         Source::Mnist { root, .. } => load(ImageDataset::Mnist, &root.resolved),
         Source::Cifar10 { root, .. } => load(ImageDataset::Cifar10, &root.resolved),
         Source::Cifar100 { root, .. } => load(ImageDataset::Cifar100, &root.resolved),
-        Source::Synthetic { kind, classes, per_class, test_per_class, size, channels, noise, seed, .. }
-            if kind == "images" =>
-        {
+        Source::Synthetic {
+            kind,
+            classes,
+            per_class,
+            test_per_class,
+            size,
+            channels,
+            noise,
+            seed,
+            ..
+        } if kind == "images" => {
             // One draw for both splits, so that train and test share the class patterns.
             let all = PatternImagesConfig {
                 num_classes: *classes as usize,
@@ -107,9 +121,9 @@ pub fn load_split_images(spec: &DatasetSpec, split: Split) -> Result<LabeledImag
             "this version of lortflow cannot read `image-list` and `inat2018` sources yet (JPEG decoding is \
              not implemented); extract features elsewhere and use `source \"features\"`",
         )),
-        Source::Features { .. } | Source::Synthetic { .. } => {
-            Err(StageError::failed("this dataset holds feature vectors, not images"))
-        }
+        Source::Features { .. } | Source::Synthetic { .. } => Err(StageError::failed(
+            "this dataset holds feature vectors, not images",
+        )),
     }
 }
 
@@ -129,34 +143,57 @@ impl StageExecutor for NoWork {
 }
 
 /// A linear classifier on disk (`classifier.safetensors`: `weight` [K, D], `bias` [K]).
-pub(crate) fn save_classifier(path: &Path, weight: &[f32], bias: &[f32], num_classes: usize) -> Result<(), StageError> {
+pub(crate) fn save_classifier(
+    path: &Path,
+    weight: &[f32],
+    bias: &[f32],
+    num_classes: usize,
+) -> Result<(), StageError> {
     use safetensors::tensor::{Dtype, TensorView};
     let dim = weight.len() / num_classes.max(1);
     let w: &[u8] = bytemuck::cast_slice(weight);
     let b: &[u8] = bytemuck::cast_slice(bias);
     let views = [
-        ("weight", TensorView::new(Dtype::F32, vec![num_classes, dim], w).map_err(fail)?),
-        ("bias", TensorView::new(Dtype::F32, vec![num_classes], b).map_err(fail)?),
+        (
+            "weight",
+            TensorView::new(Dtype::F32, vec![num_classes, dim], w).map_err(fail)?,
+        ),
+        (
+            "bias",
+            TensorView::new(Dtype::F32, vec![num_classes], b).map_err(fail)?,
+        ),
     ];
     safetensors::serialize_to_file(views, None, path).map_err(fail)
 }
 
 /// Reads a classifier written by [`save_classifier`].
 pub(crate) fn load_classifier(path: &Path) -> Result<crate::head::Classifier, StageError> {
-    let bytes = std::fs::read(path).map_err(|e| StageError::failed(format!("cannot read `{}`: {e}", path.display())))?;
+    let bytes = std::fs::read(path)
+        .map_err(|e| StageError::failed(format!("cannot read `{}`: {e}", path.display())))?;
     let tensors = safetensors::SafeTensors::deserialize(&bytes).map_err(fail)?;
     let floats = |name: &str| -> Result<Vec<f32>, StageError> {
-        let t = tensors
-            .tensor(name)
-            .map_err(|_| StageError::failed(format!("`{}` has no tensor `{name}`", path.display())))?;
-        Ok(t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+        let t = tensors.tensor(name).map_err(|_| {
+            StageError::failed(format!("`{}` has no tensor `{name}`", path.display()))
+        })?;
+        Ok(t.data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
     };
-    Ok(crate::head::Classifier { weight: floats("weight")?, bias: floats("bias")? })
+    Ok(crate::head::Classifier {
+        weight: floats("weight")?,
+        bias: floats("bias")?,
+    })
 }
 
 /// The ids of one split of generated data: per class, the first `train_per_class` samples (in
 /// generation order) are train and the rest test.
-pub(crate) fn split_ids(labels: &[u32], num_classes: usize, train_per_class: usize, split: Split) -> Vec<u32> {
+pub(crate) fn split_ids(
+    labels: &[u32],
+    num_classes: usize,
+    train_per_class: usize,
+    split: Split,
+) -> Vec<u32> {
     let mut seen = vec![0usize; num_classes];
     let mut ids = Vec::new();
     for (i, &y) in labels.iter().enumerate() {

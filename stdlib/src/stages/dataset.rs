@@ -7,12 +7,12 @@ use lortflow_runtime::{ConcreteStage, StageContext, StageError, StageExecutor};
 use serde_json::{Value as Json, json};
 
 use super::common::{
-    DatasetIndex, INDEX_FILE, META_FILE, Meta, TEST_FEATURES, TRAIN_FEATURES, fail, load_split_images, read_json,
-    split_ids, write_json,
+    DatasetIndex, INDEX_FILE, META_FILE, Meta, TEST_FEATURES, TRAIN_FEATURES, fail,
+    load_split_images, read_json, split_ids, write_json,
 };
 use crate::dataset::{
-    Boundary, ClassOrder, Group, GroupConfig, GaussianClustersConfig, ImbalanceProfile, LongTailConfig, SampleSelection,
-    Split, Thresholds,
+    Boundary, ClassOrder, GaussianClustersConfig, Group, GroupConfig, ImbalanceProfile,
+    LongTailConfig, SampleSelection, Split, Thresholds,
 };
 use crate::features::{NpyFile, write_features};
 
@@ -45,10 +45,11 @@ impl StageExecutor for DatasetStage {
         };
         cx.check_cancelled()?;
         cx.progress(1, 2, "step", "building the long-tailed index");
-        let index = long_tail(spec, &train_labels, num_classes).map_err(|e| {
-            StageError::failed(format!("dataset `{}`: {e}", cx.stage.name))
-        })?;
-        let groups = group_config(spec).assign(&index.class_counts).map_err(fail)?;
+        let index = long_tail(spec, &train_labels, num_classes)
+            .map_err(|e| StageError::failed(format!("dataset `{}`: {e}", cx.stage.name)))?;
+        let groups = group_config(spec)
+            .assign(&index.class_counts)
+            .map_err(fail)?;
         let meta = Meta {
             num_classes,
             class_counts: index.class_counts.clone(),
@@ -57,7 +58,11 @@ impl StageExecutor for DatasetStage {
             few_threshold: groups.few_threshold,
             boundary: spec.groups.rule.clone(),
         };
-        let kind = if vectors.is_some() { "vectors" } else { "images" };
+        let kind = if vectors.is_some() {
+            "vectors"
+        } else {
+            "images"
+        };
         if let Some(v) = &vectors {
             let dim = v.dim;
             let mut rows = Vec::with_capacity(index.sample_ids.len() * dim);
@@ -65,8 +70,15 @@ impl StageExecutor for DatasetStage {
                 let i = id as usize;
                 rows.extend_from_slice(&v.train[i * dim..(i + 1) * dim]);
             }
-            write_features(&cx.out_dir.join(TRAIN_FEATURES), &rows, dim, &index.labels).map_err(fail)?;
-            write_features(&cx.out_dir.join(TEST_FEATURES), &v.test, dim, &v.test_labels).map_err(fail)?;
+            write_features(&cx.out_dir.join(TRAIN_FEATURES), &rows, dim, &index.labels)
+                .map_err(fail)?;
+            write_features(
+                &cx.out_dir.join(TEST_FEATURES),
+                &v.test,
+                dim,
+                &v.test_labels,
+            )
+            .map_err(fail)?;
             write_json(&cx.out_dir.join(META_FILE), &meta)?;
         }
         let sizes = groups.sizes();
@@ -80,7 +92,12 @@ impl StageExecutor for DatasetStage {
             "groups": { "many": sizes[0], "medium": sizes[1], "few": sizes[2],
                         "many_threshold": groups.many_threshold, "few_threshold": groups.few_threshold },
         });
-        let record = DatasetIndex { meta, train_ids: index.sample_ids, test_count, kind: kind.into() };
+        let record = DatasetIndex {
+            meta,
+            train_ids: index.sample_ids,
+            test_count,
+            kind: kind.into(),
+        };
         write_json(&cx.out_dir.join(INDEX_FILE), &record)?;
         cx.progress(2, 2, "step", "done");
         Ok(summary)
@@ -110,7 +127,11 @@ pub(crate) fn group_name(g: Group) -> &'static str {
     }
 }
 
-fn long_tail(spec: &DatasetSpec, labels: &[u32], num_classes: usize) -> Result<crate::dataset::LongTailIndex, String> {
+fn long_tail(
+    spec: &DatasetSpec,
+    labels: &[u32],
+    num_classes: usize,
+) -> Result<crate::dataset::LongTailIndex, String> {
     let lt = &spec.long_tail;
     let profile = match lt.profile.as_str() {
         "exp" => ImbalanceProfile::Exp,
@@ -123,7 +144,11 @@ fn long_tail(spec: &DatasetSpec, labels: &[u32], num_classes: usize) -> Result<c
     };
     let config = LongTailConfig {
         profile,
-        imbalance_ratio: if profile == ImbalanceProfile::None { 1.0 } else { lt.imbalance_ratio },
+        imbalance_ratio: if profile == ImbalanceProfile::None {
+            1.0
+        } else {
+            lt.imbalance_ratio
+        },
         n_max: lt.max_per_class.map(|m| m as usize),
         max_per_class: None,
         class_order: ClassOrder::Labels,
@@ -135,12 +160,25 @@ fn long_tail(spec: &DatasetSpec, labels: &[u32], num_classes: usize) -> Result<c
 fn group_config(spec: &DatasetSpec) -> GroupConfig {
     let g = &spec.groups;
     let thresholds = if g.relative {
-        Thresholds::Relative { many: g.many, few: g.few }
+        Thresholds::Relative {
+            many: g.many,
+            few: g.few,
+        }
     } else {
-        Thresholds::Absolute { many: g.many.round() as usize, few: g.few.round() as usize }
+        Thresholds::Absolute {
+            many: g.many.round() as usize,
+            few: g.few.round() as usize,
+        }
     };
-    let boundary = if g.rule == "inclusive" { Boundary::Oltr } else { Boundary::Strict };
-    GroupConfig { thresholds, boundary }
+    let boundary = if g.rule == "inclusive" {
+        Boundary::Oltr
+    } else {
+        Boundary::Strict
+    };
+    GroupConfig {
+        thresholds,
+        boundary,
+    }
 }
 
 /// Feature vectors of a `features` or `synthetic kind="vectors"` source.
@@ -155,7 +193,16 @@ struct Vectors {
 
 fn vector_source(spec: &DatasetSpec) -> Result<Option<Vectors>, StageError> {
     match &spec.source.value {
-        Source::Synthetic { kind, classes, per_class, test_per_class, dim, noise, seed, .. } if kind == "vectors" => {
+        Source::Synthetic {
+            kind,
+            classes,
+            per_class,
+            test_per_class,
+            dim,
+            noise,
+            seed,
+            ..
+        } if kind == "vectors" => {
             // One draw for both splits, so that train and test share the class centres.
             let all = GaussianClustersConfig {
                 num_classes: *classes as usize,
@@ -180,19 +227,48 @@ fn vector_source(spec: &DatasetSpec) -> Result<Option<Vectors>, StageError> {
             };
             let (train, train_labels) = take(Split::Train);
             let (test, test_labels) = take(Split::Test);
-            Ok(Some(Vectors { dim: d, num_classes: *classes as usize, train, train_labels, test, test_labels }))
+            Ok(Some(Vectors {
+                dim: d,
+                num_classes: *classes as usize,
+                train,
+                train_labels,
+                test,
+                test_labels,
+            }))
         }
-        Source::Features { train, test, train_labels, test_labels } => {
-            let (train_x, train_dim, train_y) = read_matrix(&train.resolved, train_labels.as_ref().map(|p| p.resolved.as_path()))?;
-            let (test_x, test_dim, test_y) = read_matrix(&test.resolved, test_labels.as_ref().map(|p| p.resolved.as_path()))?;
+        Source::Features {
+            train,
+            test,
+            train_labels,
+            test_labels,
+        } => {
+            let (train_x, train_dim, train_y) = read_matrix(
+                &train.resolved,
+                train_labels.as_ref().map(|p| p.resolved.as_path()),
+            )?;
+            let (test_x, test_dim, test_y) = read_matrix(
+                &test.resolved,
+                test_labels.as_ref().map(|p| p.resolved.as_path()),
+            )?;
             if train_dim != test_dim {
                 return Err(StageError::failed(format!(
                     "`{}` has {train_dim} features per row but `{}` has {test_dim}",
                     train.written, test.written
                 )));
             }
-            let num_classes = train_y.iter().chain(&test_y).max().map_or(0, |m| *m as usize + 1);
-            Ok(Some(Vectors { dim: train_dim, num_classes, train: train_x, train_labels: train_y, test: test_x, test_labels: test_y }))
+            let num_classes = train_y
+                .iter()
+                .chain(&test_y)
+                .max()
+                .map_or(0, |m| *m as usize + 1);
+            Ok(Some(Vectors {
+                dim: train_dim,
+                num_classes,
+                train: train_x,
+                train_labels: train_y,
+                test: test_x,
+                test_labels: test_y,
+            }))
         }
         _ => Ok(None),
     }
@@ -200,13 +276,19 @@ fn vector_source(spec: &DatasetSpec) -> Result<Option<Vectors>, StageError> {
 
 /// Reads a feature matrix from `.safetensors` (with its `labels`) or `.npy` (labels from a
 /// second `.npy` file).
-fn read_matrix(path: &std::path::Path, labels: Option<&std::path::Path>) -> Result<(Vec<f32>, usize, Vec<u32>), StageError> {
+fn read_matrix(
+    path: &std::path::Path,
+    labels: Option<&std::path::Path>,
+) -> Result<(Vec<f32>, usize, Vec<u32>), StageError> {
     let is_npy = path.extension().is_some_and(|e| e == "npy");
     if !is_npy {
         let file = crate::features::FeatureFile::open(path).map_err(fail)?;
         return Ok((file.features().to_vec(), file.dim(), file.labels().to_vec()));
     }
-    let matrix = NpyFile::open(path).map_err(fail)?.into_f32().map_err(fail)?;
+    let matrix = NpyFile::open(path)
+        .map_err(fail)?
+        .into_f32()
+        .map_err(fail)?;
     let shape = matrix.shape().to_vec();
     if shape.len() != 2 {
         return Err(StageError::failed(format!(
@@ -220,7 +302,10 @@ fn read_matrix(path: &std::path::Path, labels: Option<&std::path::Path>) -> Resu
             path.display()
         )));
     };
-    let y = NpyFile::open(labels_path).map_err(fail)?.to_labels().map_err(fail)?;
+    let y = NpyFile::open(labels_path)
+        .map_err(fail)?
+        .to_labels()
+        .map_err(fail)?;
     if y.len() != shape[0] {
         return Err(StageError::failed(format!(
             "`{}` has {} rows but `{}` has {} labels",

@@ -52,13 +52,19 @@ impl StageExecutor for EvaluateStage {
                 groups: meta.groups.clone(),
                 many_threshold: meta.many_threshold,
                 few_threshold: meta.few_threshold,
-                boundary: if meta.boundary == "inclusive" { Boundary::Oltr } else { Boundary::Strict },
+                boundary: if meta.boundary == "inclusive" {
+                    Boundary::Oltr
+                } else {
+                    Boundary::Strict
+                },
             };
             let mut per_trial: Vec<(f64, GroupMeans)> = Vec::new();
             let mut first = None;
             for t in 0..trials {
-                let file = FeatureFile::open(&input.artifact.file(&logits_file(t))).map_err(fail)?;
-                let logits = Logits::new(file.features(), file.labels(), meta.num_classes).map_err(fail)?;
+                let file =
+                    FeatureFile::open(&input.artifact.file(&logits_file(t))).map_err(fail)?;
+                let logits =
+                    Logits::new(file.features(), file.labels(), meta.num_classes).map_err(fail)?;
                 let per_class = logits.per_class_accuracy();
                 per_trial.push((logits.top1(), group_accuracy(&class_groups, &per_class)));
                 if t == 0 {
@@ -72,9 +78,11 @@ impl StageExecutor for EvaluateStage {
             }
             let summary = |f: &dyn Fn(&(f64, GroupMeans)) -> Option<f64>| {
                 let values: Vec<f64> = per_trial.iter().filter_map(f).collect();
-                TrialSummary::new(&values, StdKind::Population).map(|s| json!({
-                    "best": s.best, "mean": s.mean, "std": s.std, "values": values,
-                }))
+                TrialSummary::new(&values, StdKind::Population).map(|s| {
+                    json!({
+                        "best": s.best, "mean": s.mean, "std": s.std, "values": values,
+                    })
+                })
             };
             let entry = json!({
                 "name": input.stage.name,
@@ -113,14 +121,18 @@ impl StageExecutor for EvaluateStage {
              accuracies over the classes of each group (groups from training counts); `n/a` marks an empty \
              group. With several trials a cell reads `best (mean ± std)`.\n"
         );
-        std::fs::write(cx.out_dir.join("report.md"), report).map_err(|e| StageError::failed(e.to_string()))?;
+        std::fs::write(cx.out_dir.join("report.md"), report)
+            .map_err(|e| StageError::failed(e.to_string()))?;
         cx.progress(total, total, "head", "done");
         Ok(json!({ "heads": rows.len(), "table": table }))
     }
 }
 
 fn finite(values: Vec<f64>) -> Vec<Option<f64>> {
-    values.into_iter().map(|v| v.is_finite().then_some(v)).collect()
+    values
+        .into_iter()
+        .map(|v| v.is_finite().then_some(v))
+        .collect()
 }
 
 struct Row {
@@ -130,7 +142,9 @@ struct Row {
 }
 
 fn cell(summary: &Json) -> String {
-    let Some(best) = summary["best"].as_f64() else { return "n/a".into() };
+    let Some(best) = summary["best"].as_f64() else {
+        return "n/a".into();
+    };
     let values = summary["values"].as_array().map_or(0, Vec::len);
     if values > 1 {
         format!(
@@ -146,9 +160,24 @@ fn cell(summary: &Json) -> String {
 
 fn render_table(rows: &[Row]) -> String {
     let headers = ["All", "Many", "Medium", "Few"];
-    let name_w = rows.iter().map(|r| r.name.chars().count()).max().unwrap_or(4).max(4);
-    let method_w = rows.iter().map(|r| r.method.chars().count()).max().unwrap_or(6).max(6);
-    let cell_w = rows.iter().flat_map(|r| r.cells.iter().map(|c| c.chars().count())).max().unwrap_or(6).max(6);
+    let name_w = rows
+        .iter()
+        .map(|r| r.name.chars().count())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let method_w = rows
+        .iter()
+        .map(|r| r.method.chars().count())
+        .max()
+        .unwrap_or(6)
+        .max(6);
+    let cell_w = rows
+        .iter()
+        .flat_map(|r| r.cells.iter().map(|c| c.chars().count()))
+        .max()
+        .unwrap_or(6)
+        .max(6);
     let mut out = format!("{:<name_w$}  {:<method_w$}", "head", "method");
     for h in headers {
         let _ = write!(out, "  {h:>cell_w$}");
@@ -165,9 +194,15 @@ fn render_table(rows: &[Row]) -> String {
 }
 
 fn markdown_table(rows: &[Row]) -> String {
-    let mut out = String::from("| head | method | All | Many | Medium | Few |\n| --- | --- | ---: | ---: | ---: | ---: |\n");
+    let mut out = String::from(
+        "| head | method | All | Many | Medium | Few |\n| --- | --- | ---: | ---: | ---: | ---: |\n",
+    );
     for r in rows {
-        let _ = writeln!(out, "| `{}` | {} | {} | {} | {} | {} |", r.name, r.method, r.cells[0], r.cells[1], r.cells[2], r.cells[3]);
+        let _ = writeln!(
+            out,
+            "| `{}` | {} | {} | {} | {} | {} |",
+            r.name, r.method, r.cells[0], r.cells[1], r.cells[2], r.cells[3]
+        );
     }
     out
 }

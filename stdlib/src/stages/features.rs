@@ -10,8 +10,8 @@ use serde_json::{Value as Json, json};
 
 use super::backbone::read_normalization;
 use super::common::{
-    CLASSIFIER_FILE, DatasetIndex, INDEX_FILE, META_FILE, TEST_FEATURES, TRAIN_FEATURES, backend_choice, dataset_spec,
-    fail, load_split_images, read_json, save_classifier, write_json,
+    CLASSIFIER_FILE, DatasetIndex, INDEX_FILE, META_FILE, TEST_FEATURES, TRAIN_FEATURES,
+    backend_choice, dataset_spec, fail, load_split_images, read_json, save_classifier, write_json,
 };
 use crate::backbone::load_backbone;
 use crate::data::ImagePipeline;
@@ -30,9 +30,12 @@ impl StageExecutor for FeaturesStage {
             return Err(StageError::failed("not a features stage"));
         };
         let backbone = cx.input("backbone")?;
-        let data = backbone
-            .find("data")
-            .ok_or_else(|| StageError::failed(format!("backbone `{}` has no dataset input", backbone.stage.name)))?;
+        let data = backbone.find("data").ok_or_else(|| {
+            StageError::failed(format!(
+                "backbone `{}` has no dataset input",
+                backbone.stage.name
+            ))
+        })?;
         let dataset = dataset_spec(data)?;
         let index: DatasetIndex = read_json(&data.artifact.file(INDEX_FILE))?;
         let tta = Tta::from_name(&spec.tta).unwrap_or(Tta::None);
@@ -43,23 +46,58 @@ impl StageExecutor for FeaturesStage {
         let out = cx.out_dir;
         let (dim, classifier) = crate::with_backend!(backend_choice(cx.backend), |B, device| {
             type Inner = <B as burn::tensor::backend::AutodiffBackend>::InnerBackend;
-            let (model, _config) = load_backbone::<Inner>(backbone.artifact.dir(), &device).map_err(fail)?;
-            for (split, ids_of, file, step) in [(Split::Train, true, TRAIN_FEATURES, 0u64), (Split::Test, false, TEST_FEATURES, 1)] {
+            let (model, _config) =
+                load_backbone::<Inner>(backbone.artifact.dir(), &device).map_err(fail)?;
+            for (split, ids_of, file, step) in [
+                (Split::Train, true, TRAIN_FEATURES, 0u64),
+                (Split::Test, false, TEST_FEATURES, 1),
+            ] {
                 cx.check_cancelled()?;
-                cx.progress(step, 2, "split", format!("extracting {} features", if ids_of { "train" } else { "test" }));
+                cx.progress(
+                    step,
+                    2,
+                    "split",
+                    format!(
+                        "extracting {} features",
+                        if ids_of { "train" } else { "test" }
+                    ),
+                );
                 let images = load_split_images(dataset, split)?;
-                let ids: Vec<u32> = if ids_of { index.train_ids.clone() } else { (0..images.len() as u32).collect() };
-                let pipeline = ImagePipeline::new(vec![], normalization.clone(), images.images().shape()).map_err(fail)?;
-                extract_features(&model, &images, &ids, &pipeline, tta, batch, &out.join(file), &metadata, cx.cancel.flag(), &device)
-                    .map_err(|e| match e {
-                        crate::features::FeaturesError::Cancelled { .. } => StageError::Cancelled,
-                        other => fail(other),
-                    })?;
+                let ids: Vec<u32> = if ids_of {
+                    index.train_ids.clone()
+                } else {
+                    (0..images.len() as u32).collect()
+                };
+                let pipeline =
+                    ImagePipeline::new(vec![], normalization.clone(), images.images().shape())
+                        .map_err(fail)?;
+                extract_features(
+                    &model,
+                    &images,
+                    &ids,
+                    &pipeline,
+                    tta,
+                    batch,
+                    &out.join(file),
+                    &metadata,
+                    cx.cancel.flag(),
+                    &device,
+                )
+                .map_err(|e| match e {
+                    crate::features::FeaturesError::Cancelled { .. } => StageError::Cancelled,
+                    other => fail(other),
+                })?;
             }
             // Burn's Linear stores its weight as [D, K]; heads use the [K, D] of PyTorch.
             let fc = model.fc();
             let [dim, k] = fc.weight.dims();
-            let w: Vec<f32> = fc.weight.val().into_data().convert::<f32>().to_vec().map_err(|e| StageError::failed(format!("{e:?}")))?;
+            let w: Vec<f32> = fc
+                .weight
+                .val()
+                .into_data()
+                .convert::<f32>()
+                .to_vec()
+                .map_err(|e| StageError::failed(format!("{e:?}")))?;
             let mut weight = vec![0.0f32; dim * k];
             for i in 0..dim {
                 for j in 0..k {
@@ -67,16 +105,30 @@ impl StageExecutor for FeaturesStage {
                 }
             }
             let bias: Vec<f32> = match &fc.bias {
-                Some(b) => b.val().into_data().convert::<f32>().to_vec().map_err(|e| StageError::failed(format!("{e:?}")))?,
+                Some(b) => b
+                    .val()
+                    .into_data()
+                    .convert::<f32>()
+                    .to_vec()
+                    .map_err(|e| StageError::failed(format!("{e:?}")))?,
                 None => vec![0.0; k],
             };
             Ok::<_, StageError>((dim, (weight, bias, k)))
         })
         .map_err(fail)??;
-        save_classifier(&out.join(CLASSIFIER_FILE), &classifier.0, &classifier.1, classifier.2)?;
+        save_classifier(
+            &out.join(CLASSIFIER_FILE),
+            &classifier.0,
+            &classifier.1,
+            classifier.2,
+        )?;
         write_json(&out.join(META_FILE), &index.meta)?;
-        let train_rows = FeatureFile::open(&out.join(TRAIN_FEATURES)).map_err(fail)?.rows();
-        let test_rows = FeatureFile::open(&out.join(TEST_FEATURES)).map_err(fail)?.rows();
+        let train_rows = FeatureFile::open(&out.join(TRAIN_FEATURES))
+            .map_err(fail)?
+            .rows();
+        let test_rows = FeatureFile::open(&out.join(TEST_FEATURES))
+            .map_err(fail)?
+            .rows();
         cx.progress(2, 2, "split", "done");
         Ok(json!({
             "dim": dim,

@@ -6,7 +6,10 @@ use lortflow_lang::ir::{HeadSpec, Init, StageSpec};
 use lortflow_runtime::{ConcreteStage, StageContext, StageError, StageExecutor};
 use serde_json::{Value as Json, json};
 
-use super::common::{CLASSIFIER_FILE, META_FILE, Meta, TEST_FEATURES, TRAIN_FEATURES, fail, load_classifier, read_json, save_classifier, write_json};
+use super::common::{
+    CLASSIFIER_FILE, META_FILE, Meta, TEST_FEATURES, TRAIN_FEATURES, fail, load_classifier,
+    read_json, save_classifier, write_json,
+};
 use crate::features::{FeatureFile, write_features};
 use crate::head::{Classifier, FeatureView, HeadError, HeadJob, HeadResult, train_heads};
 
@@ -22,7 +25,10 @@ pub(crate) struct HeadStage;
 fn head_spec(stage: &ConcreteStage) -> Result<&HeadSpec, StageError> {
     match &stage.stage.spec {
         StageSpec::Head(h) => Ok(h),
-        _ => Err(StageError::failed(format!("`{}` is not a head", stage.name))),
+        _ => Err(StageError::failed(format!(
+            "`{}` is not a head",
+            stage.name
+        ))),
     }
 }
 
@@ -42,7 +48,9 @@ impl StageExecutor for HeadStage {
     }
 
     fn run(&self, cx: &StageContext<'_>) -> Result<Json, StageError> {
-        self.run_batch(std::slice::from_ref(cx)).pop().unwrap_or_else(|| Err(StageError::failed("no result")))
+        self.run_batch(std::slice::from_ref(cx))
+            .pop()
+            .unwrap_or_else(|| Err(StageError::failed("no result")))
     }
 
     fn run_batch(&self, contexts: &[StageContext<'_>]) -> Vec<Result<Json, StageError>> {
@@ -62,7 +70,9 @@ fn clone_error(e: &StageError) -> StageError {
 
 /// Trains every head of one batch group (same features, same initial classifier).
 fn train_group(contexts: &[StageContext<'_>]) -> Result<Vec<Result<Json, StageError>>, StageError> {
-    let first = contexts.first().ok_or_else(|| StageError::failed("an empty batch"))?;
+    let first = contexts
+        .first()
+        .ok_or_else(|| StageError::failed("an empty batch"))?;
     let features = first.input("features")?;
     let meta: Meta = read_json(&features.artifact.file(META_FILE))?;
     let train = FeatureFile::open(&features.artifact.file(TRAIN_FEATURES)).map_err(fail)?;
@@ -76,7 +86,10 @@ fn train_group(contexts: &[StageContext<'_>]) -> Result<Vec<Result<Json, StageEr
         num_classes: meta.num_classes,
         class_counts: &meta.class_counts,
     };
-    let specs: Vec<&HeadSpec> = contexts.iter().map(|cx| head_spec(cx.stage)).collect::<Result<_, _>>()?;
+    let specs: Vec<&HeadSpec> = contexts
+        .iter()
+        .map(|cx| head_spec(cx.stage))
+        .collect::<Result<_, _>>()?;
     let init: Option<Classifier> = match &specs[0].init.value {
         Init::Random => None,
         Init::Backbone => {
@@ -89,12 +102,18 @@ fn train_group(contexts: &[StageContext<'_>]) -> Result<Vec<Result<Json, StageEr
             }
             Some(load_classifier(&path)?)
         }
-        Init::Head(_) => Some(load_classifier(&first.input("init")?.artifact.file(CLASSIFIER_FILE))?),
+        Init::Head(_) => Some(load_classifier(
+            &first.input("init")?.artifact.file(CLASSIFIER_FILE),
+        )?),
     };
     let jobs: Vec<HeadJob> = contexts
         .iter()
         .zip(&specs)
-        .map(|(cx, spec)| HeadJob { name: cx.stage.name.clone(), spec: (*spec).clone(), seed: spec.train.seed })
+        .map(|(cx, spec)| HeadJob {
+            name: cx.stage.name.clone(),
+            spec: (*spec).clone(),
+            seed: spec.train.seed,
+        })
         .collect();
     let backend = first.backend;
     let cancel = first.cancel;
@@ -104,18 +123,32 @@ fn train_group(contexts: &[StageContext<'_>]) -> Result<Vec<Result<Json, StageEr
                 u64::from(p.epoch),
                 u64::from(p.epochs),
                 "epoch",
-                format!("loss {:.4} ({} heads together, group {}/{})", p.loss, p.heads, p.group + 1, p.groups),
+                format!(
+                    "loss {:.4} ({} heads together, group {}/{})",
+                    p.loss,
+                    p.heads,
+                    p.group + 1,
+                    p.groups
+                ),
             );
         }
     };
-    let results: Vec<HeadResult> = crate::with_backend!(super::common::backend_choice(backend), |B, device| {
-        train_heads::<B>(&device, &view, init.as_ref(), &jobs, cancel.flag(), &mut report)
-    })
-    .map_err(fail)?
-    .map_err(|e| match e {
-        HeadError::Cancelled => StageError::Cancelled,
-        other => fail(other),
-    })?;
+    let results: Vec<HeadResult> =
+        crate::with_backend!(super::common::backend_choice(backend), |B, device| {
+            train_heads::<B>(
+                &device,
+                &view,
+                init.as_ref(),
+                &jobs,
+                cancel.flag(),
+                &mut report,
+            )
+        })
+        .map_err(fail)?
+        .map_err(|e| match e {
+            HeadError::Cancelled => StageError::Cancelled,
+            other => fail(other),
+        })?;
     Ok(contexts
         .iter()
         .zip(results)
@@ -125,12 +158,24 @@ fn train_group(contexts: &[StageContext<'_>]) -> Result<Vec<Result<Json, StageEr
 }
 
 /// Writes one head's artifact and returns its summary.
-fn write_head(cx: &StageContext<'_>, spec: &HeadSpec, result: &HeadResult, meta: &Meta, test_labels: &[u32]) -> Result<Json, StageError> {
+fn write_head(
+    cx: &StageContext<'_>,
+    spec: &HeadSpec,
+    result: &HeadResult,
+    meta: &Meta,
+    test_labels: &[u32],
+) -> Result<Json, StageError> {
     let k = meta.num_classes;
     let mut trials = Vec::new();
     let mut top1s = Vec::new();
     for (t, trial) in result.trials.iter().enumerate() {
-        write_features(&cx.out_dir.join(logits_file(t)), &trial.test_logits, k, test_labels).map_err(fail)?;
+        write_features(
+            &cx.out_dir.join(logits_file(t)),
+            &trial.test_logits,
+            k,
+            test_labels,
+        )
+        .map_err(fail)?;
         let correct = trial
             .test_logits
             .chunks(k)
@@ -151,11 +196,22 @@ fn write_head(cx: &StageContext<'_>, spec: &HeadSpec, result: &HeadResult, meta:
     }
     // The first trial's classifier is the one later heads start from (`init "head"`): picking
     // the best trial would select on the test split.
-    let first = result.trials.first().ok_or_else(|| StageError::failed("no trial was trained"))?;
+    let first = result
+        .trials
+        .first()
+        .ok_or_else(|| StageError::failed("no trial was trained"))?;
     let effective = first.classifier.effective();
-    save_classifier(&cx.out_dir.join(CLASSIFIER_FILE), &effective.weight, &effective.bias, k)?;
+    save_classifier(
+        &cx.out_dir.join(CLASSIFIER_FILE),
+        &effective.weight,
+        &effective.bias,
+        k,
+    )?;
     write_json(&cx.out_dir.join(META_FILE), meta)?;
-    write_json(&cx.out_dir.join(HEAD_FILE), &json!({ "method": spec.method.value, "trials": trials }))?;
+    write_json(
+        &cx.out_dir.join(HEAD_FILE),
+        &json!({ "method": spec.method.value, "trials": trials }),
+    )?;
     let n = top1s.len() as f64;
     let mean = top1s.iter().sum::<f64>() / n;
     let std = (top1s.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n).sqrt();

@@ -45,6 +45,8 @@ pub fn registry() -> Registry {
 pub fn check_backend(backend: lortflow_lang::ir::Backend) -> Result<(), String> {
     match backend {
         lortflow_lang::ir::Backend::Cpu => Ok(()),
-        lortflow_lang::ir::Backend::Cuda => crate::backend::probe_cuda(0).map_err(|e| e.to_string()),
+        lortflow_lang::ir::Backend::Cuda => {
+            crate::backend::probe_cuda(0).map_err(|e| e.to_string())
+        }
     }
 }
