@@ -44,6 +44,8 @@ pub(crate) enum Command {
     /// Inspect and prune the artifact store.
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// Write a features (or head) artifact out as `.npy` files for notebooks.
+    Export(ExportArgs),
     /// Check pipeline files and report every problem.
     Lint(LintArgs),
     /// Show the stage graph.
@@ -195,4 +197,15 @@ pub(crate) enum CacheCommand {
         #[arg(long)]
         dry_run: bool,
     },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ExportArgs {
+    #[command(flatten)]
+    pub(crate) pipeline: PipelineArgs,
+    /// The stage to export (a features stage, a dataset of feature vectors, or a head).
+    pub(crate) stage: String,
+    /// Output directory (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) to: PathBuf,
 }

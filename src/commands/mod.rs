@@ -2,6 +2,7 @@
 
 mod cache;
 mod docs;
+mod export;
 mod graph;
 mod inspect;
 mod lint;
@@ -23,6 +24,7 @@ pub(crate) fn run(args: Arguments) -> anyhow::Result<ExitCode> {
         Command::Status(a) => status::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Cache(c) => cache::run(c),
+        Command::Export(a) => export::run(a),
         Command::Lint(a) => lint::run(a),
         Command::Graph(a) => graph::run(a),
         Command::Docs => docs::run(),

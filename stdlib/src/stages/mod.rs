@@ -50,3 +50,50 @@ pub fn check_backend(backend: lortflow_lang::ir::Backend) -> Result<(), String> 
         }
     }
 }
+
+/// Writes the matrices of a features, feature-dataset or head artifact into `dir` as `.npy`
+/// (features `{split}_features.npy` float32 N×D, `{split}_labels.npy` int64; head test logits
+/// `test_logits_t{i}.npy`), plus `meta.json`. Returns the files written (none for other kinds).
+pub fn export(
+    artifact: &lortflow_runtime::Artifact,
+    dir: &std::path::Path,
+) -> Result<Vec<std::path::PathBuf>, lortflow_runtime::StageError> {
+    use crate::features::{FeatureFile, LabelDtype, write_npy_f32, write_npy_labels};
+    use common::fail;
+    let mut written = Vec::new();
+    let mut export_file =
+        |name: &str, stem: &str, labels_too: bool| -> Result<(), lortflow_runtime::StageError> {
+            let path = artifact.file(name);
+            if !path.exists() {
+                return Ok(());
+            }
+            let file = FeatureFile::open(&path).map_err(fail)?;
+            let x = dir.join(format!("{stem}.npy"));
+            write_npy_f32(&x, file.features(), file.rows(), file.dim()).map_err(fail)?;
+            written.push(x);
+            if labels_too {
+                let y = dir.join(format!("{}_labels.npy", stem.trim_end_matches("_features")));
+                write_npy_labels(&y, file.labels(), LabelDtype::I64).map_err(fail)?;
+                written.push(y);
+            }
+            Ok(())
+        };
+    export_file(common::TRAIN_FEATURES, "train_features", true)?;
+    export_file(common::TEST_FEATURES, "test_features", true)?;
+    for t in 0.. {
+        let name = head::logits_file(t);
+        if !artifact.file(&name).exists() {
+            break;
+        }
+        export_file(&name, &format!("test_logits_t{t}"), false)?;
+    }
+    if !written.is_empty() {
+        let meta = artifact.file(common::META_FILE);
+        if meta.exists() {
+            let target = dir.join("meta.json");
+            std::fs::copy(&meta, &target).map_err(fail)?;
+            written.push(target);
+        }
+    }
+    Ok(written)
+}
