@@ -17,13 +17,49 @@
 //! (training) or `x * scale + shift` with `scale = gamma / std`, `shift = beta - mean * scale`
 //! (inference).
 
+use burn::module::Param;
 use burn::nn::BatchNorm;
+use burn::nn::conv::Conv2d;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
+/// `batch_norm(bn, conv.forward(x))`. In inference mode (no autodiff) the BatchNorm is an affine
+/// map per output channel and is folded into the convolution: weights scaled by `scale`, bias
+/// `shift` (+ `scale * bias` if the convolution has one), which saves two passes over the map.
+pub(crate) fn conv_bn<B: Backend>(
+    conv: &Conv2d<B>,
+    bn: &BatchNorm<B>,
+    x: Tensor<B, 4>,
+) -> Tensor<B, 4> {
+    if B::ad_enabled(&x.device()) {
+        return batch_norm(bn, conv.forward(x));
+    }
+    let device = x.device();
+    let (scale, shift) = inference_affine(bn, &device);
+    let weight = conv.weight.val();
+    let dims = weight.dims();
+    let folded = (weight.reshape([dims[0], dims[1] * dims[2] * dims[3]])
+        * scale.clone().reshape([dims[0], 1]))
+    .reshape(dims);
+    let bias = match &conv.bias {
+        Some(bias) => shift + bias.val() * scale,
+        None => shift,
+    };
+    let folded = Conv2d {
+        weight: Param::from_tensor(folded),
+        bias: Some(Param::from_tensor(bias)),
+        stride: conv.stride,
+        kernel_size: conv.kernel_size,
+        dilation: conv.dilation,
+        groups: conv.groups,
+        padding: conv.padding.clone(),
+    };
+    folded.forward(x)
+}
+
 /// `bn.forward(x)` for `x: [N, C, H, W]`: batch statistics (and a running-statistics update)
 /// when autodiff is enabled, running statistics otherwise — the same rule as Burn's BatchNorm.
-pub fn batch_norm<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+pub(crate) fn batch_norm<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     if B::ad_enabled(&x.device()) {
         forward_train(bn, x)
     } else {
@@ -80,7 +116,7 @@ fn forward_inference<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>) -> Tensor<B
 }
 
 /// The inference-mode BatchNorm as an affine map per channel: `y = x * scale + shift`, both `[C]`.
-pub fn inference_affine<B: Backend>(
+pub(crate) fn inference_affine<B: Backend>(
     bn: &BatchNorm<B>,
     device: &B::Device,
 ) -> (Tensor<B, 1>, Tensor<B, 1>) {
@@ -89,4 +125,97 @@ pub fn inference_affine<B: Backend>(
     let scale = bn.gamma.val().to_device(device) / var.add_scalar(bn.epsilon).sqrt();
     let shift = bn.beta.val().to_device(device) - mean * scale.clone();
     (scale, shift)
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::module::AutodiffModule;
+    use burn::nn::BatchNormConfig;
+    use burn::nn::PaddingConfig2d;
+    use burn::nn::conv::Conv2dConfig;
+    use burn::tensor::{Distribution, Tensor};
+
+    use super::*;
+    use crate::backend::{CpuAutodiff, CpuDevice};
+
+    fn close<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>, what: &str) {
+        let (a, b): (Vec<f32>, Vec<f32>) = (
+            a.into_data().to_vec().unwrap(),
+            b.into_data().to_vec().unwrap(),
+        );
+        assert_eq!(a.len(), b.len());
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            assert!(
+                (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
+                "{what}[{i}]: {x} vs {y}"
+            );
+        }
+    }
+
+    /// Same outputs, running statistics and gradients as `burn::nn::BatchNorm::forward`.
+    #[test]
+    fn batch_norm_matches_burn_in_training_and_inference() {
+        let device = CpuDevice::default();
+        let make = || {
+            let mut bn = BatchNormConfig::new(3).init::<CpuAutodiff>(&device);
+            bn.gamma = Param::from_tensor(
+                Tensor::random([3], Distribution::Normal(1.0, 0.5), &device).require_grad(),
+            );
+            bn.beta = Param::from_tensor(
+                Tensor::random([3], Distribution::Normal(0.0, 0.5), &device).require_grad(),
+            );
+            bn
+        };
+        let ours = make();
+        let mut theirs = make();
+        theirs.gamma = Param::from_tensor(ours.gamma.val().detach().require_grad());
+        theirs.beta = Param::from_tensor(ours.beta.val().detach().require_grad());
+        let x =
+            Tensor::<CpuAutodiff, 4>::random([4, 3, 5, 6], Distribution::Normal(2.0, 3.0), &device);
+        let w =
+            Tensor::<CpuAutodiff, 4>::random([4, 3, 5, 6], Distribution::Normal(0.0, 1.0), &device);
+        for _ in 0..2 {
+            let fresh = || Tensor::<CpuAutodiff, 4>::from_inner(x.clone().inner()).require_grad();
+            let (xa, xb) = (fresh(), fresh());
+            let ya = batch_norm(&ours, xa.clone());
+            let yb = theirs.forward(xb.clone());
+            close(ya.clone(), yb.clone(), "y");
+            let ga = (ya * w.clone()).sum().backward();
+            let gb = (yb * w.clone()).sum().backward();
+            close(xa.grad(&ga).unwrap(), xb.grad(&gb).unwrap(), "dx");
+            close(
+                ours.gamma.val().grad(&ga).unwrap(),
+                theirs.gamma.val().grad(&gb).unwrap(),
+                "dgamma",
+            );
+            close(
+                ours.beta.val().grad(&ga).unwrap(),
+                theirs.beta.val().grad(&gb).unwrap(),
+                "dbeta",
+            );
+            close(
+                ours.running_mean.value(),
+                theirs.running_mean.value(),
+                "running_mean",
+            );
+            close(
+                ours.running_var.value(),
+                theirs.running_var.value(),
+                "running_var",
+            );
+        }
+
+        // Inference: BatchNorm folded into the preceding convolution.
+        let conv = Conv2dConfig::new([3, 5], [3, 3])
+            .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+            .with_stride([2, 2])
+            .init::<CpuAutodiff>(&device);
+        let bn5 = BatchNormConfig::new(5).init::<CpuAutodiff>(&device);
+        let _ = bn5.forward(conv.forward(x.clone()));
+        let (conv, bn5) = (conv.valid(), bn5.valid());
+        let xi = x.inner();
+        let a = conv_bn(&conv, &bn5, xi.clone());
+        let b = bn5.forward(conv.forward(xi));
+        close(a, b, "inference");
+    }
 }

@@ -14,9 +14,9 @@ use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Initializer, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
-
-use super::fast_bn::batch_norm;
 use burn::tensor::{Tensor, module::max_pool2d};
+
+use super::fast_bn::conv_bn;
 
 /// Which ResNet: decides the stem, the block type, the widths and the number of blocks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,14 +94,14 @@ impl<B: Backend> Block<B> {
     /// # Shapes
     /// - input `[N, C_in, H, W]` → output `[N, C_out, H/stride, W/stride]`
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let out = relu(batch_norm(&self.bn1, self.conv1.forward(x.clone())));
-        let out = batch_norm(&self.bn2, self.conv2.forward(out));
+        let out = relu(conv_bn(&self.conv1, &self.bn1, x.clone()));
+        let out = conv_bn(&self.conv2, &self.bn2, out);
         let out = match (&self.conv3, &self.bn3) {
-            (Some(conv3), Some(bn3)) => batch_norm(bn3, conv3.forward(relu(out))),
+            (Some(conv3), Some(bn3)) => conv_bn(conv3, bn3, relu(out)),
             _ => out,
         };
         let identity = match (&self.shortcut, &self.downsample) {
-            (Shortcut::Projection, Some(ds)) => batch_norm(&ds.bn, ds.conv.forward(x)),
+            (Shortcut::Projection, Some(ds)) => conv_bn(&ds.conv, &ds.bn, x),
             (Shortcut::ZeroPad { stride, pad }, _) => zero_pad_shortcut(x, *stride, *pad),
             _ => x,
         };
@@ -302,7 +302,7 @@ impl<B: Backend> ResNet<B> {
     /// # Shapes
     /// - input `[N, C, H, W]` → output `[N, D]`
     pub fn forward_features(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
-        let mut x = relu(batch_norm(&self.bn1, self.conv1.forward(x)));
+        let mut x = relu(conv_bn(&self.conv1, &self.bn1, x));
         if let Some(pool) = &self.maxpool {
             x = pool.forward(x);
         }

@@ -12,7 +12,7 @@ use burn::tensor::Tensor;
 use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
 
-use super::fast_bn::batch_norm;
+use super::fast_bn::conv_bn;
 
 /// Feature dimension of [`SmallCnn`].
 pub const SMALL_CNN_FEATURE_DIM: usize = 128;
@@ -81,13 +81,9 @@ impl<B: Backend> SmallCnn<B> {
     /// # Shapes
     /// - input `[N, C, 28, 28]` (any size ≥ 4) → output `[N, 128]`
     pub fn forward_features(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
-        let x = self
-            .pool
-            .forward(relu(batch_norm(&self.bn1, self.conv1.forward(x)))); // [N, 32, 14, 14]
-        let x = self
-            .pool
-            .forward(relu(batch_norm(&self.bn2, self.conv2.forward(x)))); // [N, 64, 7, 7]
-        let x = relu(batch_norm(&self.bn3, self.conv3.forward(x))); // [N, 128, 7, 7]
+        let x = self.pool.forward(relu(conv_bn(&self.conv1, &self.bn1, x))); // [N, 32, 14, 14]
+        let x = self.pool.forward(relu(conv_bn(&self.conv2, &self.bn2, x))); // [N, 64, 7, 7]
+        let x = relu(conv_bn(&self.conv3, &self.bn3, x)); // [N, 128, 7, 7]
         let [n, c, _, _] = x.dims();
         x.mean_dims(&[2, 3]).reshape([n, c])
     }
