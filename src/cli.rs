@@ -37,6 +37,8 @@ pub(crate) enum LogFormat {
 pub(crate) enum Command {
     /// Run the stale stages of a pipeline and print its results.
     Run(RunArgs),
+    /// Run, then re-run what each save of the pipeline (or a file it reads) invalidates.
+    Watch(WatchArgs),
     /// Show which stages are cached or stale, and why.
     Status(StatusArgs),
     /// Show what a stage's cached artifact holds.
@@ -50,6 +52,9 @@ pub(crate) enum Command {
     Lint(LintArgs),
     /// Show the stage graph.
     Graph(GraphArgs),
+    /// Show the results of the last run: accuracy by group, the paper's metrics, plots; or what
+    /// changed since an earlier run.
+    Report(ReportArgs),
     /// Print the language reference (generated from the schema).
     Docs,
 }
@@ -150,6 +155,15 @@ pub(crate) struct RunArgs {
 }
 
 #[derive(Debug, Args)]
+pub(crate) struct WatchArgs {
+    #[command(flatten)]
+    pub(crate) pipeline: PipelineArgs,
+    /// Stages run in parallel (default: the number of CPUs).
+    #[arg(short = 'j', long = "jobs", value_name = "N")]
+    pub(crate) jobs: Option<usize>,
+}
+
+#[derive(Debug, Args)]
 pub(crate) struct StatusArgs {
     #[command(flatten)]
     pub(crate) pipeline: PipelineArgs,
@@ -208,4 +222,23 @@ pub(crate) struct ExportArgs {
     /// Output directory (created if missing).
     #[arg(long, value_name = "DIR")]
     pub(crate) to: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ReportFormat {
+    Human,
+    Markdown,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ReportArgs {
+    #[command(flatten)]
+    pub(crate) pipeline: PipelineArgs,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = ReportFormat::Human)]
+    pub(crate) format: ReportFormat,
+    /// Show what changed since an earlier run: a run id (as in `.lortflow/runs/`) or `previous`.
+    #[arg(long, value_name = "RUN")]
+    pub(crate) compare: Option<String>,
 }

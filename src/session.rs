@@ -35,30 +35,11 @@ impl Session {
         let Some(checked) = crate::commands::load_valid(&args.file)? else {
             return Ok(Start::Invalid);
         };
-        let overrides = args
-            .set
-            .iter()
-            .map(|s| Override::parse(s).map_err(anyhow::Error::msg))
-            .collect::<anyhow::Result<Vec<_>>>()
-            .context("invalid --set")?;
-        let plan = match expand(&checked.pipeline, &overrides) {
-            Ok(plan) => plan,
-            Err(diags) => {
-                eprint!(
-                    "{}",
-                    render::human(&diags, &checked.pipeline.sources, render::stderr_color())
-                );
-                if diags.is_empty() {
-                    eprintln!("error: the pipeline has no valid stage order");
-                }
-                return Ok(Start::Invalid);
-            }
+        let overrides = overrides(args)?;
+        let Some(plan) = plan(&checked, &overrides) else {
+            return Ok(Start::Invalid);
         };
-        let backend = match args.backend {
-            Some(BackendArg::Cpu) => Backend::Cpu,
-            Some(BackendArg::Cuda) => Backend::Cuda,
-            None => checked.pipeline.defaults.backend.value,
-        };
+        let backend = backend(args, &checked);
         let store_dir = store_dir(&args.file, args.store.as_deref());
         let store = Store::open(&store_dir)
             .with_context(|| format!("cannot open the artifact store `{}`", store_dir.display()))?;
@@ -130,6 +111,42 @@ impl Session {
             self.file.display(),
             close.join(" or ")
         )
+    }
+}
+
+/// The `--set` overrides.
+pub(crate) fn overrides(args: &PipelineArgs) -> anyhow::Result<Vec<Override>> {
+    args.set
+        .iter()
+        .map(|s| Override::parse(s).map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<Vec<_>>>()
+        .context("invalid --set")
+}
+
+/// Plans a checked pipeline without errors; prints the diagnostics to stderr and returns `None`
+/// when it has no valid plan.
+pub(crate) fn plan(checked: &Checked, overrides: &[Override]) -> Option<Vec<ConcreteStage>> {
+    match expand(&checked.pipeline, overrides) {
+        Ok(plan) => Some(plan),
+        Err(diags) => {
+            eprint!(
+                "{}",
+                render::human(&diags, &checked.pipeline.sources, render::stderr_color())
+            );
+            if diags.is_empty() {
+                eprintln!("error: the pipeline has no valid stage order");
+            }
+            None
+        }
+    }
+}
+
+/// `--backend`, or the pipeline's `defaults backend`.
+pub(crate) fn backend(args: &PipelineArgs, checked: &Checked) -> Backend {
+    match args.backend {
+        Some(BackendArg::Cpu) => Backend::Cpu,
+        Some(BackendArg::Cuda) => Backend::Cuda,
+        None => checked.pipeline.defaults.backend.value,
     }
 }
 

@@ -4,4 +4,6 @@
 mod cli;
 mod graph;
 mod lint;
+mod report;
 mod run;
+mod watch;

@@ -47,6 +47,9 @@ pub struct StageStatus {
     /// Blocked only because an input cannot run (the stage itself is fine).
     #[serde(skip)]
     blocked_by_input: bool,
+    /// Re-run on request (`--force`): the existing artifact of the same key is replaced.
+    #[serde(skip)]
+    forced: bool,
     #[serde(skip)]
     params: Json,
     #[serde(skip)]
@@ -133,6 +136,7 @@ pub fn status(
                 key: None,
                 reasons,
                 blocked_by_input: !own_problem,
+                forced: false,
                 params,
                 external,
             });
@@ -178,6 +182,7 @@ pub fn status(
             key: Some(key),
             reasons,
             blocked_by_input: false,
+            forced,
             params,
             external,
         });
@@ -629,6 +634,14 @@ fn run_batch(
     let mut prepared = Vec::new();
     for job in jobs {
         let key = job.status.key.clone().expect("only unblocked stages run");
+        if job.status.forced {
+            // The store keeps an existing artifact of the same key on commit; a forced re-run
+            // must replace it, so the old one goes first.
+            if let Err(e) = store.evict(&key) {
+                results.push((job.index, Err(io(e))));
+                continue;
+            }
+        }
         let work_dir = store.root().join("work").join(key.as_str());
         let staging = match store.begin(&key) {
             Ok(s) => s,

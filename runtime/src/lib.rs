@@ -19,6 +19,7 @@ pub mod staging;
 pub mod store;
 pub mod store_error;
 pub mod time;
+pub mod watch;
 
 pub use artifact::Artifact;
 pub use engine::{Force, RunOptions, RunReport, StageStatus, State};

@@ -17,8 +17,16 @@ pub(crate) fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
     };
     let indices = session.find(&args.stage)?;
     if indices.len() != 1 {
-        let names: Vec<&str> = indices.iter().map(|&i| session.plan[i].name.as_str()).collect();
-        bail!("`{}` names {} stages ({}); export one of them", args.stage, names.len(), names.join(", "));
+        let names: Vec<&str> = indices
+            .iter()
+            .map(|&i| session.plan[i].name.as_str())
+            .collect();
+        bail!(
+            "`{}` names {} stages ({}); export one of them",
+            args.stage,
+            names.len(),
+            names.join(", ")
+        );
     }
     let i = indices[0];
     let stage = &session.plan[i];
@@ -35,10 +43,16 @@ pub(crate) fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
             stage.name
         );
     };
-    std::fs::create_dir_all(&args.to).with_context(|| format!("cannot create `{}`", args.to.display()))?;
-    let written = lortflow_stdlib::stages::export(&artifact, &args.to).map_err(|e| anyhow::anyhow!("{e}"))?;
+    std::fs::create_dir_all(&args.to)
+        .with_context(|| format!("cannot create `{}`", args.to.display()))?;
+    let written =
+        lortflow_stdlib::stages::export(&artifact, &args.to).map_err(|e| anyhow::anyhow!("{e}"))?;
     if written.is_empty() {
-        bail!("`{}` is a {} stage; only features, feature datasets and heads hold matrices to export", stage.name, stage.kind());
+        bail!(
+            "`{}` is a {} stage; only features, feature datasets and heads hold matrices to export",
+            stage.name,
+            stage.kind()
+        );
     }
     let mut out = std::io::stdout().lock();
     for path in written {

@@ -6,8 +6,10 @@ mod export;
 mod graph;
 mod inspect;
 mod lint;
+mod report;
 mod run;
 mod status;
+mod watch;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -21,12 +23,14 @@ pub(crate) fn run(args: Arguments) -> anyhow::Result<ExitCode> {
     let quiet = args.global.quiet;
     match args.command {
         Command::Run(a) => run::run(a, quiet),
+        Command::Watch(a) => watch::run(a, quiet),
         Command::Status(a) => status::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Cache(c) => cache::run(c),
         Command::Export(a) => export::run(a),
         Command::Lint(a) => lint::run(a),
         Command::Graph(a) => graph::run(a),
+        Command::Report(a) => report::run(a),
         Command::Docs => docs::run(),
     }
 }

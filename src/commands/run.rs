@@ -2,10 +2,11 @@
 
 use std::collections::HashSet;
 use std::io::Write;
+use std::path::Path;
 use std::process::ExitCode;
 
 use lortflow_runtime::engine::{self, Force, RunOptions, State};
-use lortflow_runtime::{CancelToken, StageOutcome};
+use lortflow_runtime::{CancelToken, ConcreteStage, RunReport, StageOutcome};
 
 use crate::cli::RunArgs;
 use crate::reporter::CliReporter;
@@ -57,39 +58,13 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         &cancel,
         &reporter,
     )?;
-    // Results: every evaluation that finished prints its table.
-    let mut stdout = std::io::stdout().lock();
-    for (i, artifact) in &report.artifacts {
-        if session.plan[*i].kind() != lortflow_lang::StageKind::Evaluate {
-            continue;
-        }
-        if let Some(table) = artifact
-            .manifest()
-            .summary
-            .get("table")
-            .and_then(|t| t.as_str())
-        {
-            writeln!(
-                stdout,
-                "\n{}: results of `{}`\n\n{table}",
-                session.file.display(),
-                session.plan[*i].name
-            )?;
-        }
-    }
-    let count = |o: StageOutcome| {
-        report
-            .record
-            .stages
-            .iter()
-            .filter(|s| s.outcome == o)
-            .count()
-    };
+    print_tables(&session.file, &session.plan, &report)?;
+    let n = |o: StageOutcome| count(&report, o);
     let summary = format!(
         "{} ran, {} cached, {} failed, {} skipped in {:.1}s",
-        count(StageOutcome::Ran),
-        count(StageOutcome::Cached),
-        count(StageOutcome::Failed) + count(StageOutcome::Cancelled),
+        n(StageOutcome::Ran),
+        n(StageOutcome::Cached),
+        n(StageOutcome::Failed) + n(StageOutcome::Cancelled),
         report
             .record
             .stages
@@ -115,6 +90,44 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     }
     let _ = statuses.iter().filter(|s| s.state == State::Stale).count();
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints the table of every evaluation that finished (ran or cached) to stdout.
+pub(crate) fn print_tables(
+    file: &Path,
+    plan: &[ConcreteStage],
+    report: &RunReport,
+) -> std::io::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    for (i, artifact) in &report.artifacts {
+        if plan[*i].kind() != lortflow_lang::StageKind::Evaluate {
+            continue;
+        }
+        if let Some(table) = artifact
+            .manifest()
+            .summary
+            .get("table")
+            .and_then(|t| t.as_str())
+        {
+            writeln!(
+                stdout,
+                "\n{}: results of `{}`\n\n{table}",
+                file.display(),
+                plan[*i].name
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// How many stages of a run had an outcome.
+pub(crate) fn count(report: &RunReport, outcome: StageOutcome) -> usize {
+    report
+        .record
+        .stages
+        .iter()
+        .filter(|s| s.outcome == outcome)
+        .count()
 }
 
 fn print_plan(

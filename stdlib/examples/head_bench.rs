@@ -6,7 +6,7 @@
 //! `bench/head_torch.py` runs the single head in PyTorch for comparison.
 //!
 //! ```text
-//! cargo run --release --example head_bench -p lortflow-stdlib [-- --skip-singles]
+//! cargo run --release --example head_bench -p lortflow-stdlib [-- --skip-singles] [--skip-sweep]
 //! ```
 
 use std::sync::atomic::AtomicBool;
@@ -23,6 +23,7 @@ const K: usize = 100;
 
 fn main() {
     let skip_singles = std::env::args().any(|a| a == "--skip-singles");
+    let skip_sweep = std::env::args().any(|a| a == "--skip-sweep");
     let mut rng = Rng::seed_from_u64(0);
     let train: Vec<f32> = (0..N * D).map(|_| rng.normal() as f32).collect();
     let labels: Vec<u32> = (0..N).map(|_| rng.below(K as u64) as u32).collect();
@@ -65,6 +66,9 @@ fn main() {
         one = one.min(run(std::slice::from_ref(&single)).0);
     }
     println!("one head 512→100, {N} samples, 20 epochs, batch 128: {one:.3} s (best of 3)");
+    if skip_sweep {
+        return;
+    }
 
     let sweep: Vec<HeadJob> = [0.003, 0.01, 0.03, 0.1, 0.3]
         .iter()

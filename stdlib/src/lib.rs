@@ -7,4 +7,5 @@ pub mod dataset;
 pub mod features;
 pub mod head;
 pub mod metric;
+pub mod report;
 pub mod stages;

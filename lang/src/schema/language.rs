@@ -143,7 +143,7 @@ const SOURCE: NodeSpec = NodeSpec::new(
                 .default(Int(224))
                 .range(Range::AT_LEAST_ONE)
                 .unit("pixels"),
-            P::new("resize", T::Int, "Shorter side before the centre crop at test time.")
+            P::new("resize", T::Int, "Shorter side before the centre crop (images are stored at the crop size for both splits).")
                 .default(Int(256))
                 .range(Range::AT_LEAST_ONE)
                 .unit("pixels"),

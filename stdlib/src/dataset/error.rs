@@ -262,6 +262,130 @@ pub enum DatasetError {
         /// What is wrong, and what is expected.
         message: String,
     },
+
+    /// A line of an image list file that is not `relative/path label`.
+    #[error("`{path}` line {line}: {problem}")]
+    ListLine {
+        /// The list file.
+        path: PathBuf,
+        /// Line number, from 1 (as editors count).
+        line: usize,
+        /// What is wrong, e.g. "no label after the path `a.jpg`".
+        problem: String,
+    },
+
+    /// An entry of an annotation JSON file (iNaturalist) that is missing, malformed or inconsistent.
+    #[error("`{path}`: {problem}")]
+    Annotation {
+        /// The JSON file.
+        path: PathBuf,
+        /// The entry and field at fault, e.g. "annotations[3] (id 7): `category_id` 9000 is not
+        /// among the `categories`".
+        problem: String,
+    },
+
+    /// Labels that skip a class: K is taken as the largest label + 1, so a class without any
+    /// image in either split means the labels are not `0..K-1` (often: they start at 1).
+    #[error(
+        "class {class} has no image in {}, although labels go up to {max_label}: labels must be 0..K-1 with every class present (are they 1-based?)",
+        display_paths(.files)
+    )]
+    ClassGap {
+        /// The label sources of both splits.
+        files: Vec<PathBuf>,
+        /// The first class without an image.
+        class: u32,
+        /// The largest label found.
+        max_label: u32,
+    },
+
+    /// An image file named by a list or annotation file that cannot be read or decoded.
+    #[error("`{image}` ({origin}): {problem}")]
+    Image {
+        /// The image file.
+        image: PathBuf,
+        /// Where it was named, e.g. "line 3 of `train.txt`".
+        origin: String,
+        /// What went wrong.
+        problem: String,
+    },
+
+    /// Resize and crop sizes that cannot work together.
+    #[error(
+        "cannot centre-crop {image_size}x{image_size} pixels out of images whose shorter side is resized to {resize}: `resize` must be at least `image-size`"
+    )]
+    CropLargerThanResize {
+        /// The crop side.
+        image_size: u32,
+        /// The shorter side after resizing.
+        resize: u32,
+    },
+
+    /// An official dataset file could not be downloaded (offline, server error, connection cut).
+    #[error(
+        "cannot download {what}: {}\n{}",
+        .attempts.join("; "),
+        manual_steps(.files)
+    )]
+    Download {
+        /// The dataset, e.g. "CIFAR-10".
+        what: String,
+        /// One line per URL tried, with the reason it failed.
+        attempts: Vec<String>,
+        /// Every file still missing, so that the user can fetch them by hand.
+        files: Vec<ManualDownload>,
+    },
+
+    /// A downloaded file whose MD5 differs from the published one; the download was deleted.
+    #[error(
+        "the file downloaded from {url} has MD5 {actual}, but the published checksum is {expected}; the download was deleted, run again to fetch it from scratch, or download it by hand and save it as `{dest}`"
+    )]
+    Checksum {
+        /// Where it came from.
+        url: String,
+        /// Its final name (it was never put there).
+        dest: PathBuf,
+        /// The published MD5.
+        expected: String,
+        /// The MD5 of the bytes received.
+        actual: String,
+    },
+
+    /// A download that was stopped by the caller; the partial file is kept for resuming.
+    #[error(
+        "download of `{dest}` stopped; the {bytes} bytes received are kept in `{partial}` and resumed next time"
+    )]
+    DownloadStopped {
+        /// Its final name.
+        dest: PathBuf,
+        /// The partial file.
+        partial: PathBuf,
+        /// Bytes received so far.
+        bytes: u64,
+    },
+
+    /// A downloaded archive that could not be unpacked.
+    #[error("cannot unpack `{archive}` into `{dest}`")]
+    Unpack {
+        /// The archive.
+        archive: PathBuf,
+        /// The folder it was unpacked into.
+        dest: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A file to fetch by hand when lortflow cannot download it: what the error message lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManualDownload {
+    /// The official URL.
+    pub url: String,
+    /// Where to save it.
+    pub dest: PathBuf,
+    /// Its published MD5.
+    pub md5: String,
 }
 
 /// An error in long-tail or many/medium/few settings, or in the labels they are applied to.
@@ -382,4 +506,19 @@ fn display_paths(paths: &[PathBuf]) -> String {
         .map(|p| format!("`{}`", p.display()))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+fn manual_steps(files: &[ManualDownload]) -> String {
+    let mut text = String::from(
+        "To download by hand, fetch each file below and save it under the given name (lortflow checks the MD5 and unpacks archives on the next run):",
+    );
+    for f in files {
+        text.push_str(&format!(
+            "\n  {} -> `{}` (MD5 {})",
+            f.url,
+            f.dest.display(),
+            f.md5
+        ));
+    }
+    text
 }

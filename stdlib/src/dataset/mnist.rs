@@ -35,29 +35,14 @@ pub const FASHION_MNIST_CLASSES: [&str; 10] = [
 /// `train-images-idx3-ubyte`, `train-images.idx3-ubyte`, each optionally with `.gz`, and the
 /// same with `labels`/`idx1`. The result is `N×1×H×W` with labels in `0..10`.
 pub fn load_mnist_like(root: &Path, split: Split) -> Result<LabeledImages, DatasetError> {
-    let prefixes: &[&str] = match split {
-        Split::Train => &["train"],
-        Split::Test => &["t10k", "test"],
-    };
-    let names = |kind: &str, idx: &str| -> Vec<String> {
-        let mut names = Vec::new();
-        for prefix in prefixes {
-            for sep in ["-", "."] {
-                let base = format!("{prefix}-{kind}{sep}{idx}-ubyte");
-                names.push(format!("{base}.gz"));
-                names.push(base);
-            }
-        }
-        names
-    };
     let images_path = find_file(
         root,
-        &names("images", "idx3"),
+        &accepted_names(split, "images"),
         &format!("MNIST-style {split} images"),
     )?;
     let labels_path = find_file(
         root,
-        &names("labels", "idx1"),
+        &accepted_names(split, "labels"),
         &format!("MNIST-style {split} labels"),
     )?;
     let images: ImageTensorU8 = read_idx_images(&images_path)?;
@@ -85,6 +70,25 @@ pub fn load_mnist_like(root: &Path, split: Split) -> Result<LabeledImages, Datas
     }
     let labels = raw_labels.into_iter().map(u32::from).collect();
     LabeledImages::new(images, labels, MNIST_NUM_CLASSES)
+}
+
+/// Every accepted name of the `kind` ("images" or "labels") file of `split`; the downloader uses
+/// it too, to tell whether a file is already there under another spelling.
+pub(super) fn accepted_names(split: Split, kind: &str) -> Vec<String> {
+    let prefixes: &[&str] = match split {
+        Split::Train => &["train"],
+        Split::Test => &["t10k", "test"],
+    };
+    let idx = if kind == "images" { "idx3" } else { "idx1" };
+    let mut names = Vec::new();
+    for prefix in prefixes {
+        for sep in ["-", "."] {
+            let base = format!("{prefix}-{kind}{sep}{idx}-ubyte");
+            names.push(format!("{base}.gz"));
+            names.push(base);
+        }
+    }
+    names
 }
 
 #[cfg(test)]

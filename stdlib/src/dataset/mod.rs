@@ -1,5 +1,7 @@
-//! The data layer: readers for IDX (MNIST, Fashion-MNIST) and CIFAR binary files, seeded
-//! synthetic data, long-tailed subsets and many/medium/few groups.
+//! The data layer: readers for IDX (MNIST, Fashion-MNIST) and CIFAR binary files, image lists
+//! (ImageNet-LT format) and iNaturalist annotation files with JPEG/PNG decoding, downloads of the
+//! datasets with official URLs, seeded synthetic data, long-tailed subsets and many/medium/few
+//! groups.
 //!
 //! Everything here is plain Rust on `u8`/`f32` buffers, with no tensor library, so that it can be
 //! tested in milliseconds and reused by any backend. Sources produce [`LabeledImages`] or
@@ -22,9 +24,12 @@
 
 mod base;
 mod cifar;
+mod download;
 mod error;
 mod groups;
 mod idx;
+mod image_list;
+mod inat;
 mod long_tail;
 mod mnist;
 pub mod rng;
@@ -33,9 +38,15 @@ mod synthetic;
 
 pub use base::{ImageTensorU8, LabeledFeatures, LabeledImages, Split};
 pub use cifar::{CIFAR_IMAGE_BYTES, CifarVariant, load_cifar, read_cifar_files};
-pub use error::{DatasetError, LongTailError};
+pub use download::{
+    DownloadProgress, DownloadSpec, ProgressFn, RemoteFile, dataset_present, download_file,
+    ensure_downloaded, md5_of,
+};
+pub use error::{DatasetError, LongTailError, ManualDownload};
 pub use groups::{Boundary, ClassGroups, Group, GroupConfig, GroupMeans, Thresholds};
 pub use idx::{IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, read_idx_images, read_idx_labels};
+pub use image_list::{ImageListSource, ListEntry, ResizeCrop, read_image_list};
+pub use inat::{Inat2018Source, InatImage, read_inat_json};
 pub use long_tail::{
     ClassOrder, ImbalanceProfile, LongTailConfig, LongTailIndex, SampleSelection, profile_counts,
 };

@@ -265,7 +265,8 @@ impl TrainedClassifier {
     }
 }
 
-/// Mean loss and training accuracy of one epoch.
+/// Mean loss and training accuracy of one epoch, and the selection metric when the head selects
+/// its epoch.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EpochStats {
     /// 0-based epoch.
@@ -277,6 +278,12 @@ pub struct EpochStats {
     /// Accuracy of the training batches as drawn (argmax of the raw logits, before margins and
     /// priors), as the reference scripts log it.
     pub train_accuracy: f64,
+    /// Balanced (mean per-class) accuracy on the held-out validation split after the epoch, with
+    /// the inference map applied; `select "best-val"` only.
+    pub val_accuracy: Option<f64>,
+    /// Balanced accuracy on the test split after the epoch, with the inference map applied;
+    /// `select "best-test"` only.
+    pub test_accuracy: Option<f64>,
 }
 
 /// One trained trial of one job.
@@ -294,6 +301,9 @@ pub struct TrainedHead {
     pub inference: Inference,
     /// Per-epoch statistics (empty with `epochs = 0`).
     pub history: Vec<EpochStats>,
+    /// The 0-based epoch whose weights the classifier holds: the last one for `select "last"`,
+    /// the earliest best one for `best-val` / `best-test`; `None` with `epochs = 0`.
+    pub selected_epoch: Option<u32>,
     /// Test logits after the inference map, `N_test×K` row-major: the logits used for prediction.
     pub test_logits: Vec<f32>,
 }

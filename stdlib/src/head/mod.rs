@@ -27,6 +27,7 @@
 //! # Ok::<(), lortflow_stdlib::head::HeadError>(())
 //! ```
 
+mod analytic;
 mod base;
 pub mod components;
 mod error;
@@ -34,6 +35,7 @@ pub mod inference;
 pub mod loss;
 pub mod plan;
 pub mod sampler;
+mod select;
 mod train;
 
 #[cfg(test)]

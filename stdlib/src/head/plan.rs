@@ -28,6 +28,63 @@ use crate::dataset::Rng;
 pub(crate) const INIT_STREAM: u64 = 0x1417;
 /// Sub-stream of a member's seed that orders the training samples.
 pub(crate) const SAMPLER_STREAM: u64 = 0x5A3F;
+/// Sub-stream of `validation.seed` that picks the held-out samples of each class.
+pub(crate) const VALIDATION_STREAM: u64 = 0x7A1D;
+/// Held-out fraction of `select "best-val"` without a `validation` node (the schema's default).
+pub(crate) const DEFAULT_VALIDATION_FRACTION: f64 = 0.1;
+
+/// Which epoch's weights a trial keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Select {
+    /// The last epoch's (no evaluation during training).
+    Last,
+    /// The epoch with the best balanced accuracy on a held-out part of the train split.
+    BestVal,
+    /// The epoch with the best balanced accuracy on the test split (the reference code's
+    /// protocol; it selects on the data it reports).
+    BestTest,
+}
+
+/// The held-out part of the train split for `select "best-val"`: a class-stratified `fraction`,
+/// drawn with `seed` (see [`super::select::stratified_split`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Holdout {
+    pub fraction: f64,
+    pub seed: u64,
+}
+
+/// The selection rule of a job and, for `best-val`, its held-out split.
+pub(crate) fn selection(job: &HeadJob) -> Result<(Select, Option<Holdout>), HeadError> {
+    let spec = &job.spec;
+    let invalid = |message: String| HeadError::InvalidSpec {
+        job: job.name.clone(),
+        message,
+    };
+    let select = match spec.select.value.as_str() {
+        "last" => Select::Last,
+        "best-val" => Select::BestVal,
+        "best-test" => Select::BestTest,
+        other => {
+            return Err(invalid(format!(
+                "unknown epoch selection `{other}` (expected last, best-val or best-test)"
+            )));
+        }
+    };
+    if select != Select::BestVal {
+        // A `validation` node without `best-val` is linted; the head then trains on all samples.
+        return Ok((select, None));
+    }
+    let (fraction, seed) = spec
+        .validation
+        .as_ref()
+        .map_or((DEFAULT_VALIDATION_FRACTION, 0), |v| (v.fraction, v.seed));
+    if !(fraction.is_finite() && fraction > 0.0 && fraction < 1.0) {
+        return Err(invalid(format!(
+            "validation `fraction` must be in (0, 1), got {fraction}"
+        )));
+    }
+    Ok((select, Some(Holdout { fraction, seed })))
+}
 
 /// The parameterisation of the logits, which decides the trainable tensors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,6 +181,9 @@ pub(crate) struct Member {
     pub init_weight: Vec<f32>,
     pub init_bias: Vec<f32>,
     pub inference: Inference,
+    pub select: Select,
+    /// The held-out split (`best-val` only); members train on the rest.
+    pub holdout: Option<Holdout>,
 }
 
 impl Member {
@@ -134,20 +194,40 @@ impl Member {
             && self.sampler == other.sampler
             && self.kind == other.kind
             && self.loss_form == other.loss_form
+            && self.holdout == other.holdout
+            && self.analytic() == other.analytic()
+    }
+
+    /// Whether the gradient w.r.t. the logits has the closed form `w·(softmax(z') − ỹ)/N` and
+    /// the trainer can skip autodiff: linear logits (the parameters enter through one matmul) and
+    /// the softmax-family loss without focal modulation. Margins and priors are additive
+    /// constants of `z'` and class weights per-sample factors, so they keep the closed form;
+    /// cosine and LWS logits, focal and BCE losses take the autodiff path.
+    pub(crate) fn analytic(&self) -> bool {
+        self.kind == LogitKind::Linear && self.loss_form == LossForm::Softmax && self.gamma == 0.0
     }
 }
 
-/// Resolves every trial of every job.
+/// Resolves every trial of every job. `counts[j]` are the class counts job `j` trains on: those
+/// of the whole train split, or of what its held-out split leaves.
 pub(crate) fn resolve(
     features: &FeatureView<'_>,
     init: Option<&Classifier>,
     jobs: &[HeadJob],
+    counts: &[&[usize]],
 ) -> Result<Vec<Member>, HeadError> {
     let mut members = Vec::new();
     for (index, job) in jobs.iter().enumerate() {
         let trials = job.spec.trials.max(1);
         for trial in 0..trials {
-            members.push(resolve_one(features, init, index, job, trial)?);
+            members.push(resolve_one(
+                features,
+                init,
+                index,
+                job,
+                trial,
+                counts[index],
+            )?);
         }
     }
     Ok(members)
@@ -171,13 +251,13 @@ fn resolve_one(
     job_index: usize,
     job: &HeadJob,
     trial: u32,
+    counts: &[usize],
 ) -> Result<Member, HeadError> {
     let spec: &HeadSpec = &job.spec;
     let invalid = |message: String| HeadError::InvalidSpec {
         job: job.name.clone(),
         message,
     };
-    let counts = features.class_counts;
     let (k, d) = (features.num_classes, features.dim);
     let need_counts = |what: &str| -> Result<(), HeadError> {
         match counts.iter().position(|&n| n == 0) {
@@ -200,12 +280,7 @@ fn resolve_one(
             }
         };
 
-    if spec.select.value != "last" {
-        return Err(invalid(format!(
-            "epoch selection `{}` is not supported by the head trainer; only `last` is",
-            spec.select.value
-        )));
-    }
+    let (select, holdout) = selection(job)?;
     let train = &spec.train;
     if train.batch_size == 0 {
         return Err(invalid("`batch-size` must be at least 1".into()));
@@ -390,6 +465,8 @@ fn resolve_one(
         init_weight,
         init_bias,
         inference: spec.inference.value.clone(),
+        select,
+        holdout,
     })
 }
 

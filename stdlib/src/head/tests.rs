@@ -11,6 +11,7 @@ use lortflow_lang::source::{Span, Spanned};
 
 use super::loss::{LossBatch, LossParams};
 use super::plan::LossForm;
+use super::train::train_heads_with;
 use super::*;
 use crate::dataset::{GaussianClustersConfig, GroupConfig, LongTailConfig};
 use crate::metric::Logits as MetricLogits;
@@ -538,4 +539,278 @@ fn rebalancing_methods_beat_ce_on_few_classes() {
             result.name
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// closed-form gradient and epoch selection
+
+fn weights_close(a: &TrainedHead, b: &TrainedHead, tol: f32) -> bool {
+    let (x, y) = (&a.classifier, &b.classifier);
+    x.weight
+        .iter()
+        .zip(&y.weight)
+        .chain(x.bias.iter().zip(&y.bias))
+        .all(|(p, q)| (p - q).abs() < tol)
+}
+
+#[test]
+fn the_closed_form_gradient_matches_autodiff() {
+    let data = long_tailed(5, 8, 60, 10.0, 1.0);
+    let jobs = vec![
+        job("ce", |_| {}),
+        job("lort", |s| s.targets = sp(Targets::Smoothed { delta: 0.9 })),
+        job("bs", |s| {
+            s.margin = sp(Margin::BalancedSoftmax);
+            s.train.lr = 0.02;
+        }),
+        job("ldam-linear", |s| {
+            s.margin = sp(Margin::Ldam { max_m: 0.5 })
+        }),
+        job("drw", |s| {
+            s.weighting = sp(Weighting::ClassBalanced {
+                beta: 0.999,
+                loss: "softmax".into(),
+                gamma: 0.0,
+                from_epoch: 2,
+            });
+            s.train.weight_decay = 0.01;
+            s.train.schedule = "step".into();
+        }),
+        job("maxnorm", |s| {
+            s.constraint = sp(Constraint::Maxnorm {
+                thresh: 0.5,
+                radius: None,
+                every: "step".into(),
+            });
+            s.train.momentum = 0.0;
+        }),
+        // Two trials: one batch stream per head (the `[H, B, ·]` layout).
+        job("trials", |s| {
+            s.trials = 2;
+            s.margin = sp(Margin::LogitAdjust { tau: 1.0 });
+        }),
+    ];
+    let run = |force_autodiff| {
+        train_heads_with::<Ad>(
+            &dev(),
+            &data.view(),
+            None,
+            &jobs,
+            &AtomicBool::new(false),
+            &mut |_| {},
+            force_autodiff,
+        )
+        .unwrap()
+    };
+    let (analytic, autodiff) = (run(false), run(true));
+    for (a, b) in analytic.iter().zip(&autodiff) {
+        for (x, y) in a.trials.iter().zip(&b.trials) {
+            assert!(weights_close(x, y, 1e-5), "{}", a.name);
+            for (p, q) in x.history.iter().zip(&y.history) {
+                assert!((p.loss - q.loss).abs() < 1e-5, "{}: {p:?} vs {q:?}", a.name);
+                assert_eq!(p.train_accuracy, q.train_accuracy, "{}", a.name);
+            }
+        }
+    }
+}
+
+/// A noisy head: a large constant learning rate makes the test accuracy jump between epochs.
+fn noisy(name: &str, lr: f64, select: &str) -> HeadJob {
+    job(name, |s| {
+        s.train.epochs = 8;
+        s.train.lr = lr;
+        s.train.schedule = "constant".into();
+        s.select = sp(select.to_string());
+    })
+}
+
+/// The index of the first maximum.
+fn first_best(values: &[f64]) -> usize {
+    let mut best = 0;
+    for (i, &v) in values.iter().enumerate() {
+        if v > values[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+fn balanced_test_accuracy(data: &Data, head: &TrainedHead) -> f64 {
+    let predictions: Vec<u32> = head
+        .test_logits
+        .chunks(data.k)
+        .map(|row| (0..data.k).fold(0, |best, c| if row[c] > row[best] { c } else { best }) as u32)
+        .collect();
+    super::select::balanced_accuracy(&predictions, &data.test_labels, data.k)
+}
+
+#[test]
+fn best_test_keeps_the_epoch_with_the_best_test_accuracy() {
+    let data = long_tailed(5, 8, 60, 10.0, 2.0);
+    let jobs = [noisy("a", 3.0, "best-test"), noisy("b", 1.0, "best-test")];
+    let together = train(&data, None, &jobs).unwrap();
+    for (job, result) in jobs.iter().zip(&together) {
+        let head = &result.trials[0];
+        let accuracy: Vec<f64> = head
+            .history
+            .iter()
+            .map(|h| {
+                h.test_accuracy
+                    .expect("best-test records the test accuracy")
+            })
+            .collect();
+        assert!(head.history.iter().all(|h| h.val_accuracy.is_none()));
+        let selected = head.selected_epoch.expect("trained heads select an epoch") as usize;
+        assert_eq!(
+            selected,
+            first_best(&accuracy),
+            "{}: {accuracy:?}",
+            job.name
+        );
+        // The returned classifier is that epoch's: its test logits score the recorded accuracy,
+        // and it equals a run stopped after that epoch (a constant schedule has the same prefix).
+        assert!((balanced_test_accuracy(&data, head) - accuracy[selected]).abs() < 1e-12);
+        let mut stopped = job.clone();
+        stopped.spec.train.epochs = selected as u32 + 1;
+        stopped.spec.select = sp("last".into());
+        let stopped = train(&data, None, &[stopped]).unwrap();
+        assert!(
+            weights_close(head, &stopped[0].trials[0], 1e-5),
+            "{}",
+            job.name
+        );
+        // Batched: every head picks its own epoch, as when trained alone.
+        let alone = train(&data, None, std::slice::from_ref(job)).unwrap();
+        assert_eq!(alone[0].trials[0].selected_epoch, head.selected_epoch);
+    }
+    // The setting is one where selection matters: the last epoch of the noisy head is worse.
+    let head = &together[0].trials[0];
+    assert!(
+        head.history.last().unwrap().test_accuracy
+            < head.history[head.selected_epoch.unwrap() as usize].test_accuracy,
+        "{:?}",
+        head.history
+    );
+    // `last` keeps the last epoch and evaluates nothing.
+    let last = train(&data, None, &[noisy("a", 3.0, "last")]).unwrap();
+    let last = &last[0].trials[0];
+    assert_eq!(last.selected_epoch, Some(7));
+    assert!(last.history.iter().all(|h| h.test_accuracy.is_none()));
+}
+
+#[test]
+fn best_val_never_looks_at_the_test_set_and_trains_without_the_held_out_samples() {
+    use lortflow_lang::ir::Validation;
+    let data = long_tailed(5, 8, 60, 10.0, 2.0);
+    let validation = Validation {
+        fraction: 0.2,
+        seed: 5,
+    };
+    let best_val = |name: &str| {
+        let mut job = noisy(name, 3.0, "best-val");
+        job.spec.validation = Some(validation.clone());
+        job.spec.margin = sp(Margin::BalancedSoftmax);
+        job
+    };
+    let out = train(&data, None, &[best_val("v")]).unwrap();
+    let head = &out[0].trials[0];
+    let accuracy: Vec<f64> = head
+        .history
+        .iter()
+        .map(|h| {
+            h.val_accuracy
+                .expect("best-val records the validation accuracy")
+        })
+        .collect();
+    assert!(head.history.iter().all(|h| h.test_accuracy.is_none()));
+    assert_eq!(
+        head.selected_epoch,
+        Some(first_best(&accuracy) as u32),
+        "{accuracy:?}"
+    );
+
+    // Permuted test labels and scrambled test features change nothing but the test logits.
+    let mut shuffled = long_tailed(5, 8, 60, 10.0, 2.0);
+    shuffled.test_labels.rotate_left(37);
+    shuffled.test.iter_mut().for_each(|v| *v = -*v * 3.0);
+    let again = train(&shuffled, None, &[best_val("v")]).unwrap();
+    let other = &again[0].trials[0];
+    assert_eq!(other.selected_epoch, head.selected_epoch);
+    assert_eq!(other.history, head.history);
+    assert_eq!(other.classifier, head.classifier);
+
+    // Held-out samples are never trained on: poisoning them leaves training untouched (a NaN
+    // in a training batch would diverge).
+    let split = super::select::stratified_split(&data.labels, data.k, 0.2, 5);
+    let mut poisoned = long_tailed(5, 8, 60, 10.0, 2.0);
+    for &i in &split.val_ids {
+        let row = i as usize * data.d;
+        poisoned.train[row..row + data.d].fill(f32::NAN);
+    }
+    let out = train(&poisoned, None, &[best_val("v")]).unwrap();
+    let losses = |h: &TrainedHead| h.history.iter().map(|e| e.loss).collect::<Vec<_>>();
+    assert_eq!(losses(&out[0].trials[0]), losses(head));
+
+    // It trains on exactly the rest: the same as `last` on the remaining samples.
+    let rest = Data {
+        train: split
+            .train_ids
+            .iter()
+            .flat_map(|&i| data.train[i as usize * data.d..(i as usize + 1) * data.d].to_vec())
+            .collect(),
+        labels: split.train_labels.clone(),
+        test: data.test.clone(),
+        test_labels: data.test_labels.clone(),
+        counts: split.counts.clone(),
+        k: data.k,
+        d: data.d,
+    };
+    let mut last = best_val("v");
+    last.spec.select = sp("last".into());
+    last.spec.validation = None;
+    let last = train(&rest, None, &[last]).unwrap();
+    assert_eq!(losses(&last[0].trials[0]), losses(head));
+
+    // Trials share the split and train together; each keeps its own best epoch.
+    let mut trials = best_val("t");
+    trials.spec.trials = 3;
+    let out = train(&data, None, &[trials]).unwrap();
+    for trial in &out[0].trials {
+        let alone = train(
+            &data,
+            None,
+            &[HeadJob {
+                seed: trial.seed,
+                ..best_val("t")
+            }],
+        )
+        .unwrap();
+        assert_eq!(trial.selected_epoch, alone[0].trials[0].selected_epoch);
+        assert!(weights_close(trial, &alone[0].trials[0], 1e-5));
+    }
+}
+
+#[test]
+fn best_val_without_a_validation_node_holds_out_a_tenth_and_autodiff_heads_select_too() {
+    let data = long_tailed(4, 6, 60, 4.0, 1.5);
+    // A cosine head (autodiff path) with the default split.
+    let out = train(
+        &data,
+        None,
+        &[job("cos", |s| {
+            s.logits = sp(lortflow_lang::ir::Logits::Cosine { scale: 16.0 });
+            s.select = sp("best-val".into());
+        })],
+    )
+    .unwrap();
+    let head = &out[0].trials[0];
+    assert!(head.history.iter().all(|h| h.val_accuracy.is_some()));
+    assert!(head.selected_epoch.is_some());
+    // An unknown rule is an error naming the job.
+    let err = train(&data, None, &[job("x", |s| s.select = sp("best".into()))]).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("head `x`: unknown epoch selection `best`"),
+        "{err}"
+    );
 }

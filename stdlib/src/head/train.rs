@@ -1,38 +1,54 @@
-//! The training loop: SGD with momentum on cached features, many heads at once.
+//! The training loop: SGD with momentum on cached features, many heads at once, and epoch
+//! selection.
 //!
 //! The train matrix is uploaded to the device once per [`train_heads`] call (and the test matrix
 //! once, for the test logits); batches are gathered from it on the device, so per step only the
-//! batch's sample ids, labels and class weights (a few KB) cross to the device, and one `[2H]`
-//! vector (losses and correct counts) comes back for the divergence check and the history.
+//! batch's sample ids, labels and per-sample constants (a few KB) cross to the device, and one
+//! `[2H]` vector (losses and correct counts) comes back for the divergence check and the history.
 //!
-//! Heads of one group (see [`plan`](super::plan) for the rule) are stacked: weights `[D, H, K]`
-//! (each head's `Wᵀ`, side by side), bias and LWS scales `[1, H, K]`. When the heads share a batch
-//! stream a step is one `[B, D] × [D, H·K]` matmul — large enough for gemm to use every core —
-//! and logits are `[B, H, K]`; with one stream per head it is a batched `[H, B, D] × [H, D, K]`. The sum of the
-//! per-head losses is differentiated once; heads do not interact, so each head's gradient is the
-//! gradient of its own loss.
+//! Heads of one group (see [`plan`](super::plan) for the rule) are stacked. When the heads share a
+//! batch stream a step is one `[B, D] × [D, H·K]` matmul — large enough for gemm to use every
+//! core — and logits are `[B, H, K]`; with one stream per head it is a batched
+//! `[H, B, D] × [H, D, K]`. Heads do not interact, so each head's gradient is the gradient of its
+//! own loss. Two step implementations share the loop:
+//!
+//! - linear softmax-family heads without focal modulation (most of the paper's methods, and
+//!   every δ / lr / weight-decay sweep of them) take the closed-form gradient of
+//!   [`analytic`](super::analytic): no autodiff graph, the bias folded into the matmul;
+//! - cosine and LWS logits, focal and BCE losses differentiate [`loss`](super::loss) with
+//!   autodiff: weights `[D, H, K]` (each head's `Wᵀ`, side by side), bias and LWS scales
+//!   `[1, H, K]`; the sum of the per-head losses is differentiated once.
 //!
 //! The optimiser is written out rather than taken from `burn::optim` because its settings differ
 //! per head (lr, momentum, weight decay) and must act as per-head factors. It is PyTorch's SGD:
 //! `g ← ∇ + wd·θ` (L2 added to the gradient, on weight and bias alike), `v ← μ·v + g` (the first
 //! step gives `v = g`, as PyTorch's buffer initialisation does), `θ ← θ − lr·v`.
+//!
+//! **Epoch selection.** Heads with `select "best-val"` or `"best-test"` are evaluated after every
+//! epoch — balanced accuracy of the logits after the inference map, on the held-out split or on
+//! the test split — and keep the weights of their best epoch (the earliest on ties). `best-val`
+//! heads train without their held-out samples (see [`select`](super::select)); `last` heads are
+//! never evaluated during training.
 
+use std::cell::OnceCell;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 
+use super::analytic::{AnalyticHeads, Layout};
 use super::base::{
-    Classifier, EpochStats, FeatureView, HeadJob, HeadProgress, HeadResult, TrainedClassifier,
-    TrainedHead,
+    EpochStats, FeatureView, HeadJob, HeadProgress, HeadResult, TrainedClassifier, TrainedHead,
 };
 use super::components::log_prior;
 use super::error::HeadError;
 use super::inference::NORM_EPS;
 use super::loss::{LossBatch, LossParams, mul_rows};
-use super::plan::{self, LogitKind, Member, SAMPLER_STREAM};
+use super::plan::{self, Holdout, LogitKind, Member, SAMPLER_STREAM, Select};
 use super::sampler::EpochSampler;
+use super::select::{Split, balanced_accuracy, stratified_split};
 use crate::dataset::Rng;
+use crate::head::Classifier;
 
 /// Trains every trial of every job and returns them per job, in job order.
 ///
@@ -50,13 +66,64 @@ pub fn train_heads<B: AutodiffBackend>(
     cancel: &AtomicBool,
     progress: &mut dyn FnMut(HeadProgress),
 ) -> Result<Vec<HeadResult>, HeadError> {
+    train_heads_with::<B>(device, features, init, jobs, cancel, progress, false)
+}
+
+/// [`train_heads`], optionally forcing every group onto the autodiff path (tests compare the two).
+pub(crate) fn train_heads_with<B: AutodiffBackend>(
+    device: &B::Device,
+    features: &FeatureView<'_>,
+    init: Option<&Classifier>,
+    jobs: &[HeadJob],
+    cancel: &AtomicBool,
+    progress: &mut dyn FnMut(HeadProgress),
+    force_autodiff: bool,
+) -> Result<Vec<HeadResult>, HeadError> {
     features.validate()?;
     if let Some(init) = init {
         init.check(features.num_classes, features.dim)?;
     }
-    let members = plan::resolve(features, init, jobs)?;
+    // Held-out splits first: `best-val` jobs resolve priors, margins and weights from the class
+    // counts of what they train on. One split per distinct `validation` setting.
+    let mut splits: Vec<(Holdout, Split)> = Vec::new();
+    let mut job_split: Vec<Option<usize>> = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let (_, holdout) = plan::selection(job)?;
+        job_split.push(holdout.map(|holdout| {
+            splits
+                .iter()
+                .position(|(h, _)| *h == holdout)
+                .unwrap_or_else(|| {
+                    let split = stratified_split(
+                        features.train_labels,
+                        features.num_classes,
+                        holdout.fraction,
+                        holdout.seed,
+                    );
+                    splits.push((holdout, split));
+                    splits.len() - 1
+                })
+        }));
+    }
+    for (job, split) in jobs.iter().zip(&job_split) {
+        if let Some(split) = split
+            && splits[*split].1.val_ids.is_empty()
+        {
+            return Err(HeadError::InvalidSpec {
+                job: job.name.clone(),
+                message: "the validation split is empty (every class has fewer than 2 samples, \
+                          or the fraction rounds to 0); raise `validation fraction`"
+                    .into(),
+            });
+        }
+    }
+    let counts: Vec<&[usize]> = job_split
+        .iter()
+        .map(|s| s.map_or(features.class_counts, |s| splits[s].1.counts.as_slice()))
+        .collect();
+    let members = plan::resolve(features, init, jobs, &counts)?;
     let groups = plan::group(&members);
-    let data = DeviceData::<B::InnerBackend>::upload(device, features);
+    let data = DeviceData::<B::InnerBackend>::new(device, features);
     let log_prior: Vec<f32> = log_prior(features.class_counts)
         .into_iter()
         .map(|p| p as f32)
@@ -65,16 +132,19 @@ pub fn train_heads<B: AutodiffBackend>(
     let mut trained: Vec<Option<TrainedHead>> = vec![None; members.len()];
     for (index, group) in groups.iter().enumerate() {
         let group_members: Vec<&Member> = group.iter().map(|&i| &members[i]).collect();
+        let split = job_split[group_members[0].job].map(|s| &splits[s].1);
         let mut context = GroupContext {
             device,
             features,
             data: &data,
             jobs,
             log_prior: &log_prior,
+            split,
             cancel,
             progress: &mut *progress,
             index,
             groups: groups.len(),
+            force_autodiff,
         };
         let heads = train_group::<B>(&mut context, &group_members)?;
         for (&member, head) in group.iter().zip(heads) {
@@ -97,51 +167,103 @@ pub fn train_heads<B: AutodiffBackend>(
     Ok(results)
 }
 
-/// The feature matrices on the device, uploaded once per call; the row-normalised copies that
-/// cosine heads read are made on first use.
-struct DeviceData<B: Backend> {
-    train: Tensor<B, 2>,
-    test: Tensor<B, 2>,
-    train_normalized: std::cell::OnceCell<Tensor<B, 2>>,
-    test_normalized: std::cell::OnceCell<Tensor<B, 2>>,
+/// The feature matrices on the device, each uploaded on first use and then shared by all groups
+/// of the call: the train matrix as is (autodiff path), with a constant-1 column (analytic path,
+/// which folds the bias into the matmul), row-normalised (cosine heads), and the test matrix.
+struct DeviceData<'f, B: Backend> {
+    device: B::Device,
+    features: FeatureView<'f>,
+    train: OnceCell<Tensor<B, 2>>,
+    train_augmented: OnceCell<Tensor<B, 2>>,
+    train_normalized: OnceCell<Tensor<B, 2>>,
+    test: OnceCell<Tensor<B, 2>>,
+    test_normalized: OnceCell<Tensor<B, 2>>,
 }
 
-impl<B: Backend> DeviceData<B> {
-    fn upload(device: &B::Device, features: &FeatureView<'_>) -> Self {
-        let d = features.dim;
-        let train = Tensor::from_data(
-            TensorData::new(features.train.to_vec(), [features.num_train(), d]),
-            device,
-        );
-        let test = Tensor::from_data(
-            TensorData::new(features.test.to_vec(), [features.num_test(), d]),
-            device,
-        );
+impl<'f, B: Backend> DeviceData<'f, B> {
+    fn new(device: &B::Device, features: &FeatureView<'f>) -> Self {
         Self {
-            train,
-            test,
-            train_normalized: Default::default(),
-            test_normalized: Default::default(),
+            device: device.clone(),
+            features: *features,
+            train: OnceCell::new(),
+            train_augmented: OnceCell::new(),
+            train_normalized: OnceCell::new(),
+            test: OnceCell::new(),
+            test_normalized: OnceCell::new(),
         }
+    }
+
+    fn upload(&self, values: &[f32], rows: usize, cols: usize) -> Tensor<B, 2> {
+        Tensor::from_data(TensorData::new(values.to_vec(), [rows, cols]), &self.device)
     }
 
     fn train(&self, normalized: bool) -> Tensor<B, 2> {
+        let f = &self.features;
+        let plain = || {
+            self.train
+                .get_or_init(|| self.upload(f.train, f.num_train(), f.dim))
+                .clone()
+        };
         if normalized {
             self.train_normalized
-                .get_or_init(|| normalize_rows(self.train.clone()))
+                .get_or_init(|| normalize_rows(plain()))
                 .clone()
         } else {
-            self.train.clone()
+            plain()
         }
     }
 
+    /// `[N, D+1]`: every row followed by a 1.
+    fn train_augmented(&self) -> Tensor<B, 2> {
+        self.train_augmented
+            .get_or_init(|| {
+                let f = &self.features;
+                let values: Vec<f32> = f
+                    .train
+                    .chunks(f.dim)
+                    .flat_map(|row| row.iter().copied().chain([1.0]))
+                    .collect();
+                Tensor::from_data(
+                    TensorData::new(values, [f.num_train(), f.dim + 1]),
+                    &self.device,
+                )
+            })
+            .clone()
+    }
+
     fn test(&self, normalized: bool) -> Tensor<B, 2> {
+        let f = &self.features;
+        let plain = || {
+            self.test
+                .get_or_init(|| self.upload(f.test, f.num_test(), f.dim))
+                .clone()
+        };
         if normalized {
             self.test_normalized
-                .get_or_init(|| normalize_rows(self.test.clone()))
+                .get_or_init(|| normalize_rows(plain()))
                 .clone()
         } else {
-            self.test.clone()
+            plain()
+        }
+    }
+
+    /// Rows `ids` of the train features, `[ids.len(), D]` (normalised for cosine heads).
+    fn train_rows(&self, ids: &[u32], normalized: bool) -> Tensor<B, 2> {
+        let f = &self.features;
+        let d = f.dim;
+        let values: Vec<f32> = ids
+            .iter()
+            .flat_map(|&i| {
+                f.train[i as usize * d..(i as usize + 1) * d]
+                    .iter()
+                    .copied()
+            })
+            .collect();
+        let rows = self.upload(&values, ids.len(), d);
+        if normalized {
+            normalize_rows(rows)
+        } else {
+            rows
         }
     }
 }
@@ -155,13 +277,16 @@ fn normalize_rows<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
 struct GroupContext<'a, 'f, B: AutodiffBackend> {
     device: &'a B::Device,
     features: &'a FeatureView<'f>,
-    data: &'a DeviceData<B::InnerBackend>,
+    data: &'a DeviceData<'f, B::InnerBackend>,
     jobs: &'a [HeadJob],
     log_prior: &'a [f32],
+    /// The held-out split of the group's `best-val` heads.
+    split: Option<&'a Split>,
     cancel: &'a AtomicBool,
     progress: &'a mut dyn FnMut(HeadProgress),
     index: usize,
     groups: usize,
+    force_autodiff: bool,
 }
 
 /// A `[1, H, 1]` tensor of one value per head.
@@ -185,31 +310,52 @@ fn per_head_rows<B: Backend>(values: &[f32], k: usize, device: &B::Device) -> Te
     Tensor::from_data(TensorData::new(rows, [1, values.len(), k]), device)
 }
 
+/// Where the head axis of the tensors a [`Factor`] multiplies is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FactorLayout {
+    /// `[A, H, K]`: the factor is a `[1, H, K]` row shared by the leading index.
+    Rows,
+    /// `[H, A, K]`: the factor is one scalar per head over `[H, A·K]`.
+    Heads,
+}
+
 /// A per-head multiplier: a plain scalar when every head has the same value (the cheapest op),
-/// else `[1, H, K]` rows.
+/// else a tensor laid out for one of flex's fast broadcasts.
 #[derive(Clone)]
-enum Factor<B: Backend> {
+pub(crate) enum Factor<B: Backend> {
     Scalar(f32),
+    /// `[1, H, K]` rows.
     Rows(Tensor<B, 3>),
+    /// `[H, 1]`.
+    Heads(Tensor<B, 2>),
 }
 
 impl<B: Backend> Factor<B> {
-    fn new(values: &[f32], k: usize, device: &B::Device) -> Self {
+    pub(crate) fn new(values: &[f32], k: usize, layout: FactorLayout, device: &B::Device) -> Self {
         if values.iter().all(|&v| v == values[0]) {
-            Factor::Scalar(values[0])
-        } else {
-            Factor::Rows(per_head_rows(values, k, device))
+            return Factor::Scalar(values[0]);
+        }
+        match layout {
+            FactorLayout::Rows => Factor::Rows(per_head_rows(values, k, device)),
+            FactorLayout::Heads => Factor::Heads(Tensor::from_data(
+                TensorData::new(values.to_vec(), [values.len(), 1]),
+                device,
+            )),
         }
     }
 
-    fn is_zero(&self) -> bool {
+    pub(crate) fn is_zero(&self) -> bool {
         matches!(self, Factor::Scalar(v) if *v == 0.0)
     }
 
-    fn mul(&self, t: Tensor<B, 3>) -> Tensor<B, 3> {
+    pub(crate) fn mul(&self, t: Tensor<B, 3>) -> Tensor<B, 3> {
         match self {
             Factor::Scalar(v) => t.mul_scalar(*v),
             Factor::Rows(rows) => mul_rows(t, rows.clone()),
+            Factor::Heads(heads) => {
+                let [h, a, k] = t.dims();
+                (t.reshape([h, a * k]) * heads.clone()).reshape([h, a, k])
+            }
         }
     }
 }
@@ -221,27 +367,19 @@ fn per_head_class<B: Backend>(rows: &[&[f32]], device: &B::Device) -> Tensor<B, 
     Tensor::from_data(TensorData::new(values, [1, rows.len(), k]), device)
 }
 
-/// The trainable state of a group, on the inner (non-autodiff) backend between steps.
-struct Params<B: Backend> {
-    /// `[D, H, K]`: each head's `Wᵀ`, the layout the matmul reads. Storing `W` as `[H, K, D]` and
-    /// transposing in the graph would make every gradient a strided view, and flex's elementwise
-    /// ops on strided views are several times slower than on contiguous ones.
-    weight: Tensor<B, 3>,
-    /// `[1, H, K]`.
-    bias: Tensor<B, 3>,
-    /// LWS scales, `[1, H, K]`.
-    scale: Option<Tensor<B, 3>>,
-}
-
-/// Momentum buffers of the trained tensors.
-struct Velocity<B: Backend> {
-    weight: Option<Tensor<B, 3>>,
-    bias: Option<Tensor<B, 3>>,
-    scale: Option<Tensor<B, 3>>,
+/// One head's parameters on the host.
+#[derive(Debug, Clone)]
+pub(crate) struct HeadParams {
+    /// `K×D` row-major.
+    pub weight: Vec<f32>,
+    /// `K`.
+    pub bias: Vec<f32>,
+    /// LWS scales, `K`.
+    pub scale: Option<Vec<f32>>,
 }
 
 /// Per-head optimiser settings for one epoch.
-struct SgdState<B: Backend> {
+pub(crate) struct SgdState<B: Backend> {
     lr: Factor<B>,
     momentum: Option<Factor<B>>,
     weight_decay: Option<Factor<B>>,
@@ -249,7 +387,7 @@ struct SgdState<B: Backend> {
 
 impl<B: Backend> SgdState<B> {
     /// One SGD step on `param`, updating its momentum buffer.
-    fn step(
+    pub(crate) fn step(
         &self,
         param: Tensor<B, 3>,
         grad: Tensor<B, 3>,
@@ -270,6 +408,34 @@ impl<B: Backend> SgdState<B> {
     }
 }
 
+/// The host side of one step: the batch's sample ids and, per (sample, head), labels and class
+/// weights.
+pub(crate) struct StepInput {
+    /// Samples in the batch.
+    pub b: usize,
+    /// Heads.
+    pub h: usize,
+    /// Sample ids, `streams × b` (one stream when the heads share batches, else one per head).
+    pub ids: Vec<i64>,
+    /// Label of sample `i` for head `j` at `i·H + j`.
+    pub labels: Vec<u32>,
+    /// Class weight of sample `i` for head `j` at `i·H + j`; `None` when all are 1.
+    pub weights: Option<Vec<f32>>,
+}
+
+impl StepInput {
+    pub(crate) fn label(&self, i: usize, j: usize) -> u32 {
+        self.labels[i * self.h + j]
+    }
+}
+
+/// Momentum buffers of the trained tensors.
+struct Velocity<B: Backend> {
+    weight: Option<Tensor<B, 3>>,
+    bias: Option<Tensor<B, 3>>,
+    scale: Option<Tensor<B, 3>>,
+}
+
 /// Rescales class vectors `W_i` of `weight` (`[D, H, K]`) whose norm exceeds the per-head radius
 /// (`[1, H, 1]`, `+∞` for unconstrained heads) to that radius.
 fn project_maxnorm<B: Backend>(weight: Tensor<B, 3>, radius: &Tensor<B, 3>) -> Tensor<B, 3> {
@@ -279,41 +445,46 @@ fn project_maxnorm<B: Backend>(weight: Tensor<B, 3>, radius: &Tensor<B, 3>) -> T
     weight * factor
 }
 
-fn train_group<B: AutodiffBackend>(
-    ctx: &mut GroupContext<'_, '_, B>,
-    members: &[&Member],
-) -> Result<Vec<TrainedHead>, HeadError> {
-    type Inner<B> = <B as AutodiffBackend>::InnerBackend;
-    let device = ctx.device;
-    let first = members[0];
-    let (h, k, d) = (members.len(), ctx.features.num_classes, ctx.features.dim);
-    let (kind, epochs, batch_size) = (first.kind, first.epochs, first.batch_size);
-    let labels = ctx.features.train_labels;
-    let cosine = kind == LogitKind::Cosine;
+/// A group trained through autodiff: cosine and LWS logits, focal and BCE losses. The trainable
+/// tensors live on the inner backend between steps.
+struct AutodiffHeads<B: AutodiffBackend> {
+    kind: LogitKind,
+    h: usize,
+    k: usize,
+    d: usize,
+    device: B::Device,
+    /// `[D, H, K]`: each head's `Wᵀ`, the layout the matmul reads. Storing `W` as `[H, K, D]` and
+    /// transposing in the graph would make every gradient a strided view, and flex's elementwise
+    /// ops on strided views are several times slower than on contiguous ones.
+    weight: Tensor<B::InnerBackend, 3>,
+    /// `[1, H, K]`.
+    bias: Tensor<B::InnerBackend, 3>,
+    /// LWS scales, `[1, H, K]`.
+    scale: Option<Tensor<B::InnerBackend, 3>>,
+    velocity: Velocity<B::InnerBackend>,
+    loss: LossParams<B>,
+    /// `K×K` identity whose rows are gathered into one-hot labels, when the loss needs them.
+    eye: Option<Tensor<B::InnerBackend, 2>>,
+    step_radius: Option<Tensor<B::InnerBackend, 3>>,
+    epoch_radius: Option<Tensor<B::InnerBackend, 3>>,
+}
 
-    // Initial parameters.
-    let weights: Vec<&[f32]> = members.iter().map(|m| m.init_weight.as_slice()).collect();
-    let bias_init: Vec<f32> = members
-        .iter()
-        .flat_map(|m| m.init_bias.iter().copied())
-        .collect();
-    let mut params = Params::<Inner<B>> {
-        weight: Tensor::from_data(
-            TensorData::new(stack_transposed(&weights, k, d), [d, h, k]),
-            device,
-        ),
-        bias: Tensor::from_data(TensorData::new(bias_init, [1, h, k]), device),
-        scale: (kind == LogitKind::Lws).then(|| Tensor::ones([1, h, k], device)),
-    };
-    let mut history: Vec<Vec<EpochStats>> = vec![Vec::with_capacity(epochs as usize); h];
-
-    if epochs > 0 {
+impl<B: AutodiffBackend> AutodiffHeads<B> {
+    fn new(members: &[&Member], k: usize, d: usize, device: &B::Device) -> Self {
+        let first = members[0];
+        let h = members.len();
+        let kind = first.kind;
+        let weights: Vec<&[f32]> = members.iter().map(|m| m.init_weight.as_slice()).collect();
+        let bias_init: Vec<f32> = members
+            .iter()
+            .flat_map(|m| m.init_bias.iter().copied())
+            .collect();
         // Per-head loss constants, skipped entirely when no head of the group uses them.
         let any = |f: &dyn Fn(&Member) -> bool| members.iter().any(|m| f(m));
         let loss = LossParams::<B> {
             form: first.loss_form,
             num_classes: k,
-            scale: cosine.then(|| {
+            scale: (kind == LogitKind::Cosine).then(|| {
                 per_head_rows(
                     &members.iter().map(|m| m.scale).collect::<Vec<_>>(),
                     k,
@@ -349,11 +520,10 @@ fn train_group<B: AutodiffBackend>(
                 )
             }),
         };
-        let weighted = any(&|m| m.class_weight.iter().any(|&w| w != 1.0));
-        let eye: Option<Tensor<Inner<B>, 2>> = loss.needs_one_hot().then(|| eye(k, device));
+        let eye = loss.needs_one_hot().then(|| eye(k, device));
         let radius = |every_step: bool| {
             any(&|m| matches!(m.maxnorm, Some((_, s)) if s == every_step)).then(|| {
-                per_head::<Inner<B>>(
+                per_head::<B::InnerBackend>(
                     members.iter().map(|m| match m.maxnorm {
                         Some((r, s)) if s == every_step => r,
                         _ => f32::INFINITY,
@@ -362,16 +532,249 @@ fn train_group<B: AutodiffBackend>(
                 )
             })
         };
-        let (step_radius, epoch_radius) = (radius(true), radius(false));
+        Self {
+            kind,
+            h,
+            k,
+            d,
+            device: device.clone(),
+            weight: Tensor::from_data(
+                TensorData::new(stack_transposed(&weights, k, d), [d, h, k]),
+                device,
+            ),
+            bias: Tensor::from_data(TensorData::new(bias_init, [1, h, k]), device),
+            scale: (kind == LogitKind::Lws).then(|| Tensor::ones([1, h, k], device)),
+            velocity: Velocity {
+                weight: None,
+                bias: None,
+                scale: None,
+            },
+            loss,
+            eye,
+            step_radius: radius(true),
+            epoch_radius: radius(false),
+        }
+    }
+
+    /// One SGD step; returns `[2H]` losses and correct counts. `x_all` is the train matrix
+    /// (row-normalised for cosine heads).
+    fn step(
+        &mut self,
+        x_all: &Tensor<B::InnerBackend, 2>,
+        input: &StepInput,
+        sgd: &SgdState<B::InnerBackend>,
+    ) -> Tensor<B::InnerBackend, 1> {
+        let (h, k, d, b) = (self.h, self.k, self.d, input.b);
+        let device = &self.device;
+        let streams = input.ids.len() / b;
+        // Batch features, one gather for all streams: `[1, b, D]` shared, `[H, b, D]` per head.
+        let ids = Tensor::<B::InnerBackend, 1, Int>::from_data(
+            TensorData::new(input.ids.clone(), [streams * b]),
+            device,
+        );
+        let x = Tensor::<B, 3>::from_inner(x_all.clone().select(0, ids).reshape([streams, b, d]));
+        let y_host: Vec<i64> = input.labels.iter().map(|&y| i64::from(y)).collect();
+        let weights = input
+            .weights
+            .as_ref()
+            .map(|w| Tensor::<B, 3>::from_data(TensorData::new(w.clone(), [b, h, 1]), device));
+        let one_hot = self.eye.as_ref().map(|eye| {
+            let stream_labels: Vec<i64> = (0..b)
+                .flat_map(|i| (0..streams).map(move |s| i64::from(input.label(i, s))))
+                .collect();
+            let idx = Tensor::<B::InnerBackend, 1, Int>::from_data(
+                TensorData::new(stream_labels, [b * streams]),
+                device,
+            );
+            Tensor::<B, 3>::from_inner(eye.clone().select(0, idx).reshape([b, streams, k]))
+        });
+        let y_inner = Tensor::<B::InnerBackend, 3, Int>::from_data(
+            TensorData::new(y_host, [b, h, 1]),
+            device,
+        );
+        let batch = LossBatch::<B> {
+            labels: Tensor::from_inner(y_inner.clone()),
+            one_hot,
+            weights,
+        };
+
+        // Forward: the model's logits `[b, H, K]`, then the per-head losses.
+        let weight = Tensor::<B, 3>::from_inner(self.weight.clone());
+        let bias = Tensor::<B, 3>::from_inner(self.bias.clone());
+        let (weight, bias, scale) = match self.kind {
+            LogitKind::Linear => (weight.require_grad(), bias.require_grad(), None),
+            LogitKind::Cosine => (weight.require_grad(), bias, None),
+            LogitKind::Lws => {
+                let scale = self
+                    .scale
+                    .clone()
+                    .map(|s| Tensor::<B, 3>::from_inner(s).require_grad());
+                (weight, bias, scale)
+            }
+        };
+        let logits = forward(self.kind, x, weight.clone(), bias.clone(), scale.clone());
+        let losses = self.loss.losses(logits.clone(), &batch);
+        let grads = losses.clone().sum().backward();
+        let hits = logits
+            .inner()
+            .argmax(2)
+            .equal(y_inner)
+            .int()
+            .sum_dim(0)
+            .float()
+            .reshape([h]);
+
+        // SGD on the trained tensors.
+        match self.kind {
+            LogitKind::Linear | LogitKind::Cosine => {
+                let g = weight.grad(&grads).expect("the weight should be tracked");
+                self.weight = sgd.step(self.weight.clone(), g, &mut self.velocity.weight);
+                if self.kind == LogitKind::Linear {
+                    let g = bias.grad(&grads).expect("the bias should be tracked");
+                    self.bias = sgd.step(self.bias.clone(), g, &mut self.velocity.bias);
+                }
+            }
+            LogitKind::Lws => {
+                let scale = scale.expect("LWS heads should have scales");
+                let g = scale.grad(&grads).expect("the scales should be tracked");
+                let current = self.scale.take().expect("LWS heads should have scales");
+                self.scale = Some(sgd.step(current, g, &mut self.velocity.scale));
+            }
+        }
+        if let Some(radius) = &self.step_radius {
+            self.weight = project_maxnorm(self.weight.clone(), radius);
+        }
+        Tensor::cat(vec![losses.inner(), hits], 0)
+    }
+
+    fn end_epoch(&mut self) {
+        if let Some(radius) = &self.epoch_radius {
+            self.weight = project_maxnorm(self.weight.clone(), radius);
+        }
+    }
+
+    fn download(&self) -> Vec<HeadParams> {
+        let (h, k, d) = (self.h, self.k, self.d);
+        let stacked = read(self.weight.clone());
+        let bias = read(self.bias.clone());
+        let scale = self.scale.clone().map(read);
+        (0..h)
+            .map(|j| HeadParams {
+                weight: unstack_transposed(&stacked, j, h, k, d),
+                bias: bias[j * k..(j + 1) * k].to_vec(),
+                scale: scale.as_ref().map(|s| s[j * k..(j + 1) * k].to_vec()),
+            })
+            .collect()
+    }
+}
+
+/// A float tensor's values on the host.
+fn read<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data()
+        .to_vec()
+        .expect("a float tensor should read back as f32")
+}
+
+/// The two step implementations (see the module docs).
+enum Heads<B: AutodiffBackend> {
+    Autodiff(Box<AutodiffHeads<B>>),
+    Analytic(Box<AnalyticHeads<B::InnerBackend>>),
+}
+
+impl<B: AutodiffBackend> Heads<B> {
+    fn step(
+        &mut self,
+        x_all: &Tensor<B::InnerBackend, 2>,
+        input: &StepInput,
+        sgd: &SgdState<B::InnerBackend>,
+    ) -> Tensor<B::InnerBackend, 1> {
+        match self {
+            Heads::Autodiff(heads) => heads.step(x_all, input, sgd),
+            Heads::Analytic(heads) => heads.step(x_all, input),
+        }
+    }
+
+    fn end_epoch(&mut self) {
+        match self {
+            Heads::Autodiff(heads) => heads.end_epoch(),
+            Heads::Analytic(heads) => heads.end_epoch(),
+        }
+    }
+
+    fn download(&self) -> Vec<HeadParams> {
+        match self {
+            Heads::Autodiff(heads) => heads.download(),
+            Heads::Analytic(heads) => heads.download(),
+        }
+    }
+}
+
+/// What selecting heads are evaluated on after every epoch.
+struct EvalSet<B: Backend> {
+    /// `[N, D]` (row-normalised for cosine heads).
+    features: Tensor<B, 2>,
+    labels: Vec<u32>,
+}
+
+fn train_group<B: AutodiffBackend>(
+    ctx: &mut GroupContext<'_, '_, B>,
+    members: &[&Member],
+) -> Result<Vec<TrainedHead>, HeadError> {
+    type Inner<B> = <B as AutodiffBackend>::InnerBackend;
+    let device = ctx.device;
+    let first = members[0];
+    let (h, k, d) = (members.len(), ctx.features.num_classes, ctx.features.dim);
+    let (epochs, batch_size) = (first.epochs, first.batch_size);
+    let cosine = first.kind == LogitKind::Cosine;
+    // One batch stream when all heads share a seed, else one per head.
+    let shared = members.iter().all(|m| m.seed == first.seed);
+    let analytic = first.analytic() && !ctx.force_autodiff;
+    let mut heads: Heads<B> = if analytic {
+        let layout = if shared {
+            Layout::Shared
+        } else {
+            Layout::PerHead
+        };
+        Heads::Analytic(Box::new(AnalyticHeads::new(members, layout, k, d, device)))
+    } else {
+        Heads::Autodiff(Box::new(AutodiffHeads::new(members, k, d, device)))
+    };
+    let mut history: Vec<Vec<EpochStats>> = vec![Vec::with_capacity(epochs as usize); h];
+    // Per selecting head: best balanced accuracy, its epoch and the weights then.
+    let mut best: Vec<Option<(f64, u32, HeadParams)>> = vec![None; h];
+
+    if epochs > 0 {
+        let eval = members
+            .iter()
+            .any(|m| m.select != Select::Last)
+            .then(|| match ctx.split {
+                Some(split) => EvalSet::<Inner<B>> {
+                    features: ctx.data.train_rows(&split.val_ids, cosine),
+                    labels: split.val_labels.clone(),
+                },
+                None => EvalSet {
+                    features: ctx.data.test(cosine),
+                    labels: ctx.features.test_labels.to_vec(),
+                },
+            });
+        // The samples the heads train on: all of the train split, or what the hold-out leaves.
+        let (train_ids, train_labels) = match ctx.split {
+            Some(split) => (Some(&split.train_ids), split.train_labels.as_slice()),
+            None => (None, ctx.features.train_labels),
+        };
+        let labels = ctx.features.train_labels;
+        let weighted = members
+            .iter()
+            .any(|m| m.class_weight.iter().any(|&w| w != 1.0));
+        // (The analytic heads build their own factors, in their layout.)
+        let factor_layout = FactorLayout::Rows;
         let factor = |f: &dyn Fn(&Member) -> f64| {
             let values: Vec<f32> = members.iter().map(|m| f(m) as f32).collect();
-            Some(Factor::<Inner<B>>::new(&values, k, device)).filter(|f| !f.is_zero())
+            Some(Factor::<Inner<B>>::new(&values, k, factor_layout, device))
+                .filter(|f| !f.is_zero())
         };
         let momentum = factor(&|m| m.momentum);
         let weight_decay = factor(&|m| m.weight_decay);
-
-        // One batch stream when all heads share a seed, else one per head.
-        let shared = members.iter().all(|m| m.seed == first.seed);
         let streams: Vec<u64> = if shared {
             vec![first.seed]
         } else {
@@ -380,14 +783,17 @@ fn train_group<B: AutodiffBackend>(
         let mut samplers: Vec<EpochSampler> = streams
             .iter()
             .map(|&seed| {
-                EpochSampler::new(&first.sampler, labels, k, Rng::stream(seed, SAMPLER_STREAM))
+                EpochSampler::new(
+                    &first.sampler,
+                    train_labels,
+                    k,
+                    Rng::stream(seed, SAMPLER_STREAM),
+                )
             })
             .collect();
-        let x_all = ctx.data.train(cosine);
-        let mut velocity = Velocity::<Inner<B>> {
-            weight: None,
-            bias: None,
-            scale: None,
+        let x_all = match &heads {
+            Heads::Analytic(_) => ctx.data.train_augmented(),
+            Heads::Autodiff(_) => ctx.data.train(cosine),
         };
         let mut last_finite: Vec<Option<f64>> = vec![None; h];
 
@@ -396,10 +802,14 @@ fn train_group<B: AutodiffBackend>(
                 .iter()
                 .map(|m| plan::lr_at(m.schedule, m.lr, epoch, epochs))
                 .collect();
+            if let Heads::Analytic(heads) = &mut heads {
+                heads.begin_epoch(&lrs);
+            }
             let sgd = SgdState::<Inner<B>> {
                 lr: Factor::new(
                     &lrs.iter().map(|&l| l as f32).collect::<Vec<_>>(),
                     k,
+                    factor_layout,
                     device,
                 ),
                 momentum: momentum.clone(),
@@ -420,7 +830,17 @@ fn train_group<B: AutodiffBackend>(
                 && class_weights
                     .iter()
                     .any(|w| !w.is_empty() && w.iter().any(|&v| v != 1.0));
-            let orders: Vec<Vec<u32>> = samplers.iter_mut().map(EpochSampler::next_epoch).collect();
+            // Sampler positions index the training samples; map them to rows of the features.
+            let orders: Vec<Vec<u32>> = samplers
+                .iter_mut()
+                .map(|sampler| {
+                    let order = sampler.next_epoch();
+                    match train_ids {
+                        Some(ids) => order.into_iter().map(|p| ids[p as usize]).collect(),
+                        None => order,
+                    }
+                })
+                .collect();
             let len = orders[0].len();
             let steps = len.div_ceil(batch_size);
             let mut loss_sums = vec![0.0f64; h];
@@ -432,95 +852,36 @@ fn train_group<B: AutodiffBackend>(
                 }
                 let (start, end) = (step * batch_size, ((step + 1) * batch_size).min(len));
                 let b = end - start;
-                let streams = orders.len();
                 let stream_of = |head: usize| if shared { 0 } else { head };
-
-                // Batch features, one gather for all streams: `[b, D]` shared, `[H, b, D]` per head.
-                let ids: Vec<i64> = orders
-                    .iter()
-                    .flat_map(|o| o[start..end].iter().map(|&i| i64::from(i)))
-                    .collect();
-                let ids = Tensor::<Inner<B>, 1, Int>::from_data(
-                    TensorData::new(ids, [streams * b]),
-                    device,
-                );
-                let x = Tensor::<B, 3>::from_inner(
-                    x_all.clone().select(0, ids).reshape([streams, b, d]),
-                );
-
-                // Labels (and class weights) of sample `i` for head `j` at `[i, j]`.
                 let label =
                     |i: usize, head: usize| labels[orders[stream_of(head)][start + i] as usize];
-                let y_host: Vec<i64> = (0..b)
-                    .flat_map(|i| (0..h).map(move |j| i64::from(label(i, j))))
-                    .collect();
-                let weights = epoch_weighted.then(|| {
-                    let class_weights = &class_weights;
-                    let w: Vec<f32> = (0..b)
-                        .flat_map(|i| {
-                            (0..h).map(move |j| {
-                                let cw = class_weights[j];
-                                if cw.is_empty() {
-                                    1.0
-                                } else {
-                                    cw[label(i, j) as usize]
-                                }
+                let input = StepInput {
+                    b,
+                    h,
+                    ids: orders
+                        .iter()
+                        .flat_map(|o| o[start..end].iter().map(|&i| i64::from(i)))
+                        .collect(),
+                    labels: (0..b)
+                        .flat_map(|i| (0..h).map(move |j| label(i, j)))
+                        .collect(),
+                    weights: epoch_weighted.then(|| {
+                        (0..b)
+                            .flat_map(|i| {
+                                let class_weights = &class_weights;
+                                (0..h).map(move |j| {
+                                    let cw = class_weights[j];
+                                    if cw.is_empty() {
+                                        1.0
+                                    } else {
+                                        cw[label(i, j) as usize]
+                                    }
+                                })
                             })
-                        })
-                        .collect();
-                    Tensor::<B, 3>::from_data(TensorData::new(w, [b, h, 1]), device)
-                });
-                let one_hot = eye.as_ref().map(|eye| {
-                    let stream_labels: Vec<i64> = (0..b)
-                        .flat_map(|i| (0..streams).map(move |s| i64::from(label(i, s))))
-                        .collect();
-                    let idx = Tensor::<Inner<B>, 1, Int>::from_data(
-                        TensorData::new(stream_labels, [b * streams]),
-                        device,
-                    );
-                    Tensor::<B, 3>::from_inner(eye.clone().select(0, idx).reshape([b, streams, k]))
-                });
-                let y_inner = Tensor::<Inner<B>, 3, Int>::from_data(
-                    TensorData::new(y_host, [b, h, 1]),
-                    device,
-                );
-                let batch = LossBatch::<B> {
-                    labels: Tensor::from_inner(y_inner.clone()),
-                    one_hot,
-                    weights,
+                            .collect()
+                    }),
                 };
-
-                // Forward: the model's logits `[b, H, K]`, then the per-head losses.
-                let weight = Tensor::<B, 3>::from_inner(params.weight.clone());
-                let bias = Tensor::<B, 3>::from_inner(params.bias.clone());
-                let (weight, bias, scale) = match kind {
-                    LogitKind::Linear => (weight.require_grad(), bias.require_grad(), None),
-                    LogitKind::Cosine => (weight.require_grad(), bias, None),
-                    LogitKind::Lws => {
-                        let scale = params
-                            .scale
-                            .clone()
-                            .map(|s| Tensor::<B, 3>::from_inner(s).require_grad());
-                        (weight, bias, scale)
-                    }
-                };
-                let logits = forward(kind, x, weight.clone(), bias.clone(), scale.clone());
-                let losses = loss.losses(logits.clone(), &batch);
-                let grads = losses.clone().sum().backward();
-
-                // Read back this step's losses and correct counts in one transfer.
-                let hits = logits
-                    .inner()
-                    .argmax(2)
-                    .equal(y_inner)
-                    .int()
-                    .sum_dim(0)
-                    .float()
-                    .reshape([h]);
-                let stats: Vec<f32> = Tensor::cat(vec![losses.inner(), hits], 0)
-                    .into_data()
-                    .to_vec()
-                    .expect("a float tensor should read back as f32");
+                let stats = read(heads.step(&x_all, &input, &sgd));
                 for head in 0..h {
                     let value = f64::from(stats[head]);
                     if !value.is_finite() {
@@ -536,41 +897,52 @@ fn train_group<B: AutodiffBackend>(
                     loss_sums[head] += value;
                     correct[head] += f64::from(stats[h + head]);
                 }
+            }
+            heads.end_epoch();
 
-                // SGD on the trained tensors.
-                match kind {
-                    LogitKind::Linear | LogitKind::Cosine => {
-                        let g = weight.grad(&grads).expect("the weight should be tracked");
-                        params.weight = sgd.step(params.weight.clone(), g, &mut velocity.weight);
-                        if kind == LogitKind::Linear {
-                            let g = bias.grad(&grads).expect("the bias should be tracked");
-                            params.bias = sgd.step(params.bias.clone(), g, &mut velocity.bias);
+            // Selection: evaluate every head (one batched matmul), keep the improving ones.
+            let accuracy: Vec<Option<f64>> = match &eval {
+                Some(eval) => {
+                    let params = heads.download();
+                    let classifiers = classifiers(members, &params, k, d, ctx.log_prior);
+                    let predictions = predict::<Inner<B>>(
+                        device,
+                        members,
+                        &classifiers,
+                        eval.features.clone(),
+                        cosine,
+                    );
+                    let n = eval.labels.len();
+                    let mut out = vec![None; h];
+                    for (j, params) in params.into_iter().enumerate() {
+                        if members[j].select == Select::Last {
+                            continue;
+                        }
+                        let mine: Vec<u32> = (0..n).map(|i| predictions[i * h + j]).collect();
+                        let value = balanced_accuracy(&mine, &eval.labels, k);
+                        out[j] = Some(value);
+                        // Strictly better: ties keep the earliest epoch.
+                        if best[j].as_ref().is_none_or(|(b, _, _)| value > *b) {
+                            best[j] = Some((value, epoch, params));
                         }
                     }
-                    LogitKind::Lws => {
-                        let scale = scale.expect("LWS heads should have scales");
-                        let g = scale.grad(&grads).expect("the scales should be tracked");
-                        let current = params.scale.take().expect("LWS heads should have scales");
-                        params.scale = Some(sgd.step(current, g, &mut velocity.scale));
-                    }
+                    out
                 }
-                if let Some(radius) = &step_radius {
-                    params.weight = project_maxnorm(params.weight.clone(), radius);
-                }
-            }
-            if let Some(radius) = &epoch_radius {
-                params.weight = project_maxnorm(params.weight.clone(), radius);
-            }
+                None => vec![None; h],
+            };
 
             let mut mean_loss = 0.0;
             for head in 0..h {
                 let loss = loss_sums[head] / steps as f64;
                 mean_loss += loss / h as f64;
+                let select = members[head].select;
                 history[head].push(EpochStats {
                     epoch,
                     lr: lrs[head],
                     loss,
                     train_accuracy: correct[head] / len as f64,
+                    val_accuracy: accuracy[head].filter(|_| select == Select::BestVal),
+                    test_accuracy: accuracy[head].filter(|_| select == Select::BestTest),
                 });
             }
             (ctx.progress)(HeadProgress {
@@ -586,6 +958,14 @@ fn train_group<B: AutodiffBackend>(
     if ctx.cancel.load(Ordering::Relaxed) {
         return Err(HeadError::Cancelled);
     }
+    let mut params = heads.download();
+    let mut selected = vec![epochs.checked_sub(1); h];
+    for (j, best) in best.into_iter().enumerate() {
+        if let Some((_, epoch, kept)) = best {
+            params[j] = kept;
+            selected[j] = Some(epoch);
+        }
+    }
     finish_group::<Inner<B>>(
         ctx.device,
         ctx.data,
@@ -595,6 +975,7 @@ fn train_group<B: AutodiffBackend>(
         members,
         params,
         history,
+        selected,
     )
 }
 
@@ -673,86 +1054,129 @@ fn eye<B: Backend>(k: usize, device: &B::Device) -> Tensor<B, 2> {
     Tensor::from_data(TensorData::new(values, [k, k]), device)
 }
 
-/// Downloads the trained parameters, applies each head's inference map and computes the test
-/// logits of all heads in one batched matmul.
-#[allow(clippy::too_many_arguments)]
-fn finish_group<B: Backend>(
-    device: &B::Device,
-    data: &DeviceData<B>,
-    features: &FeatureView<'_>,
-    jobs: &[HeadJob],
-    log_prior: &[f32],
+/// The classifiers of a group's heads from their host parameters.
+fn classifiers(
     members: &[&Member],
-    params: Params<B>,
-    history: Vec<Vec<EpochStats>>,
-) -> Result<Vec<TrainedHead>, HeadError> {
-    let (h, k, d) = (members.len(), features.num_classes, features.dim);
-    let read = |t: Tensor<B, 3>| -> Vec<f32> {
-        t.into_data()
-            .to_vec()
-            .expect("a float tensor should read back as f32")
-    };
-    let stacked = read(params.weight);
-    let bias = read(params.bias);
-    let scale = params.scale.map(read);
-    let classifiers: Vec<TrainedClassifier> = (0..h)
-        .map(|i| TrainedClassifier {
+    params: &[HeadParams],
+    k: usize,
+    d: usize,
+    log_prior: &[f32],
+) -> Vec<TrainedClassifier> {
+    members
+        .iter()
+        .zip(params)
+        .map(|(member, p)| TrainedClassifier {
             num_classes: k,
             dim: d,
-            logits: members[i].logits.clone(),
-            weight: unstack_transposed(&stacked, i, h, k, d),
-            bias: bias[i * k..(i + 1) * k].to_vec(),
-            lws_scale: scale.as_ref().map(|s| s[i * k..(i + 1) * k].to_vec()),
+            logits: member.logits.clone(),
+            weight: p.weight.clone(),
+            bias: p.bias.clone(),
+            lws_scale: p.scale.clone(),
             log_prior: log_prior.to_vec(),
         })
-        .collect();
+        .collect()
+}
 
-    // Test logits after the inference map: weights (τ-norm, LWS folding) on the host, then one
-    // batched matmul; cosine heads read the normalised test features and normalised rows.
-    let cosine = members[0].kind == LogitKind::Cosine;
+/// Logits after each head's inference map for features `x` (`[N, D]`, row-normalised for cosine
+/// heads), `[N, H, K]`: weights mapped on the host (τ-norm, LWS folding), then one batched matmul.
+fn inference_logits<B: Backend>(
+    device: &B::Device,
+    members: &[&Member],
+    classifiers: &[TrainedClassifier],
+    x: Tensor<B, 2>,
+    cosine: bool,
+) -> Tensor<B, 3> {
+    let h = members.len();
+    let [n, d] = x.dims();
+    let k = classifiers[0].num_classes;
     let mut w_inf = Vec::with_capacity(h);
     let mut b_inf = Vec::with_capacity(h * k);
     let mut scales = Vec::with_capacity(h);
-    for (member, classifier) in members.iter().zip(&classifiers) {
+    for (member, classifier) in members.iter().zip(classifiers) {
         let mapped = classifier.for_inference(&member.inference);
         w_inf.push(mapped.weight);
         let offset = classifier.inference_offset(&member.inference);
         b_inf.extend(mapped.bias.iter().zip(&offset).map(|(b, o)| b + o));
         scales.push(member.scale);
     }
-    let nt = features.num_test();
-    let test_logits: Vec<f32> = if nt == 0 {
+    let w_inf: Vec<&[f32]> = w_inf.iter().map(Vec::as_slice).collect();
+    let mut w = Tensor::<B, 3>::from_data(
+        TensorData::new(stack_transposed(&w_inf, k, d), [d, h, k]),
+        device,
+    );
+    if cosine {
+        w = normalize_columns(w);
+    }
+    let b = Tensor::<B, 3>::from_data(TensorData::new(b_inf, [1, h, k]), device);
+    let mut z = project(x.reshape([1, n, d]), w);
+    if cosine {
+        z = mul_rows(z, per_head_rows::<B>(&scales, k, device));
+    }
+    z + b
+}
+
+/// Argmax predictions of every head after its inference map, `[N, H]` row-major.
+fn predict<B: Backend>(
+    device: &B::Device,
+    members: &[&Member],
+    classifiers: &[TrainedClassifier],
+    x: Tensor<B, 2>,
+    cosine: bool,
+) -> Vec<u32> {
+    if x.dims()[0] == 0 {
+        return Vec::new();
+    }
+    inference_logits(device, members, classifiers, x, cosine)
+        .argmax(2)
+        .into_data()
+        .iter::<i64>()
+        .map(|c| c as u32)
+        .collect()
+}
+
+/// Applies each head's inference map to its selected parameters and computes the test logits of
+/// all heads in one batched matmul.
+#[allow(clippy::too_many_arguments)]
+fn finish_group<B: Backend>(
+    device: &B::Device,
+    data: &DeviceData<'_, B>,
+    features: &FeatureView<'_>,
+    jobs: &[HeadJob],
+    log_prior: &[f32],
+    members: &[&Member],
+    params: Vec<HeadParams>,
+    history: Vec<Vec<EpochStats>>,
+    selected: Vec<Option<u32>>,
+) -> Result<Vec<TrainedHead>, HeadError> {
+    let (h, k, d) = (members.len(), features.num_classes, features.dim);
+    let classifiers = classifiers(members, &params, k, d, log_prior);
+    let cosine = members[0].kind == LogitKind::Cosine;
+    let test_logits: Vec<f32> = if features.num_test() == 0 {
         Vec::new()
     } else {
-        let w_inf: Vec<&[f32]> = w_inf.iter().map(Vec::as_slice).collect();
-        let mut w = Tensor::<B, 3>::from_data(
-            TensorData::new(stack_transposed(&w_inf, k, d), [d, h, k]),
+        read(inference_logits(
             device,
-        );
-        if cosine {
-            w = normalize_columns(w);
-        }
-        let b = Tensor::<B, 3>::from_data(TensorData::new(b_inf, [1, h, k]), device);
-        let x = data.test(cosine).reshape([1, nt, d]);
-        let mut z = project(x, w);
-        if cosine {
-            z = mul_rows(z, per_head_rows::<B>(&scales, k, device));
-        }
-        read(z + b)
+            members,
+            &classifiers,
+            data.test(cosine),
+            cosine,
+        ))
     };
 
     let mut history = history.into_iter();
     Ok(members
         .iter()
         .zip(classifiers)
+        .zip(selected)
         .enumerate()
-        .map(|(i, (member, classifier))| TrainedHead {
+        .map(|(i, ((member, classifier), selected_epoch))| TrainedHead {
             name: jobs[member.job].name.clone(),
             trial: member.trial,
             seed: member.seed,
             classifier,
             inference: member.inference.clone(),
             history: history.next().unwrap_or_default(),
+            selected_epoch,
             // `[N_test, H, K]` → this head's `N_test×K`.
             test_logits: test_logits
                 .chunks(h * k)

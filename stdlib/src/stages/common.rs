@@ -9,7 +9,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
 use crate::backend::BackendChoice;
-use crate::dataset::{Group, ImageDataset, LabeledImages, PatternImagesConfig, Split};
+use crate::dataset::{
+    DownloadProgress, DownloadSpec, Group, ImageDataset, ImageListSource, Inat2018Source,
+    LabeledImages, PatternImagesConfig, ResizeCrop, Split, ensure_downloaded,
+};
 
 /// Class metadata that travels with features to heads and evaluations (`meta.json`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -117,14 +120,70 @@ pub fn load_split_images(spec: &DatasetSpec, split: Split) -> Result<LabeledImag
             let ids = split_ids(all.labels(), *classes as usize, *per_class as usize, split);
             all.select(&ids).map_err(fail)
         }
-        Source::ImageList { .. } | Source::Inat2018 { .. } => Err(StageError::failed(
-            "this version of lortflow cannot read `image-list` and `inat2018` sources yet (JPEG decoding is \
-             not implemented); extract features elsewhere and use `source \"features\"`",
-        )),
+        Source::ImageList {
+            root,
+            train,
+            test,
+            image_size,
+            resize,
+        } => ImageListSource {
+            root: root.resolved.clone(),
+            train: train.resolved.clone(),
+            test: test.resolved.clone(),
+            transform: ResizeCrop::new(*resize, *image_size).map_err(fail)?,
+        }
+        .load(split)
+        .map_err(fail),
+        // `inat2018` has no `resize`: the ImageNet test transform's 256/224 ratio, as Decoupling
+        // uses for iNaturalist too.
+        Source::Inat2018 {
+            root,
+            train,
+            test,
+            image_size,
+        } => Inat2018Source {
+            root: root.resolved.clone(),
+            train: train.resolved.clone(),
+            test: test.resolved.clone(),
+            transform: ResizeCrop::imagenet_ratio(*image_size).map_err(fail)?,
+        }
+        .load(split)
+        .map_err(fail),
         Source::Features { .. } | Source::Synthetic { .. } => Err(StageError::failed(
             "this dataset holds feature vectors, not images",
         )),
     }
+}
+
+/// Downloads the official files of a source with `download=#true` into its root when the loader
+/// would not find them; does nothing for other sources or when the files are there.
+/// `progress` returns `false` to stop (the partial download is kept for the next run).
+pub(crate) fn download_if_requested(
+    spec: &DatasetSpec,
+    progress: &mut dyn FnMut(&DownloadProgress<'_>) -> bool,
+) -> Result<(), StageError> {
+    let (dataset, root) = match &spec.source.value {
+        Source::FashionMnist {
+            root,
+            download: true,
+        } => (ImageDataset::FashionMnist, root),
+        Source::Mnist {
+            root,
+            download: true,
+        } => (ImageDataset::Mnist, root),
+        Source::Cifar10 {
+            root,
+            download: true,
+        } => (ImageDataset::Cifar10, root),
+        Source::Cifar100 {
+            root,
+            download: true,
+        } => (ImageDataset::Cifar100, root),
+        _ => return Ok(()),
+    };
+    ensure_downloaded(&DownloadSpec::official(dataset), &root.resolved, progress)
+        .map(|_| ())
+        .map_err(fail)
 }
 
 /// Sweeps never run (the planner expands them); registered so every kind has an executor.
@@ -205,4 +264,99 @@ pub(crate) fn split_ids(
         }
     }
     ids
+}
+
+#[cfg(test)]
+mod tests {
+    use image::{ImageFormat, Rgb, RgbImage};
+
+    use super::*;
+
+    fn dataset(source: &str) -> DatasetSpec {
+        let text =
+            format!("lortflow 1\ndataset \"d\" {{\n    {source}\n    long-tail \"none\"\n}}\n");
+        let checked = lortflow_lang::check_text(
+            Path::new("/pipelines/p.kdl"),
+            text,
+            &lortflow_lang::MemoryLoader::default(),
+        );
+        assert!(!checked.has_errors(), "{:?}", checked.diagnostics);
+        match &checked.pipeline.stages[0].spec {
+            StageSpec::Dataset(d) => d.clone(),
+            _ => unreachable!("the only stage is a dataset"),
+        }
+    }
+
+    fn png(dir: &Path, name: &str, w: u32, h: u32) {
+        let mut bytes = std::io::Cursor::new(Vec::new());
+        RgbImage::from_pixel(w, h, Rgb([1, 2, 3]))
+            .write_to(&mut bytes, ImageFormat::Png)
+            .unwrap();
+        std::fs::write(dir.join(name), bytes.into_inner()).unwrap();
+    }
+
+    #[test]
+    fn image_list_and_inat_sources_load_through_the_stage_helper() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        png(d, "a.png", 40, 30);
+        png(d, "b.png", 30, 50);
+        std::fs::write(d.join("train.txt"), "a.png 0\nb.png 1\n").unwrap();
+        std::fs::write(d.join("test.txt"), "b.png 1\n").unwrap();
+        let spec = dataset(&format!(
+            "source \"image-list\" root=\"{0}\" train=\"{0}/train.txt\" test=\"{0}/test.txt\" image-size=16 resize=20",
+            d.display()
+        ));
+        let train = load_split_images(&spec, Split::Train).unwrap();
+        assert_eq!(train.images().shape(), [2, 3, 16, 16]);
+        assert_eq!(train.labels(), [0, 1]);
+        assert_eq!(&train.images().image(1).unwrap()[..2], [1, 1]);
+
+        let json = r#"{"images": [{"id": 3, "file_name": "a.png"}],
+                       "annotations": [{"id": 1, "image_id": 3, "category_id": 0}],
+                       "categories": [{"id": 0}]}"#;
+        std::fs::write(d.join("inat.json"), json).unwrap();
+        let spec = dataset(&format!(
+            "source \"inat2018\" root=\"{0}\" train=\"{0}/inat.json\" test=\"{0}/inat.json\" image-size=8",
+            d.display()
+        ));
+        let test = load_split_images(&spec, Split::Test).unwrap();
+        assert_eq!(test.images().shape(), [1, 3, 8, 8]);
+
+        let spec = dataset(&format!(
+            "source \"image-list\" root=\"{0}\" train=\"{0}/train.txt\" test=\"{0}/test.txt\" image-size=16 resize=8",
+            d.display()
+        ));
+        let err = load_split_images(&spec, Split::Train).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("`resize` must be at least `image-size`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn download_is_skipped_unless_requested_or_when_files_are_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut called = false;
+        let mut progress = |_: &DownloadProgress<'_>| {
+            called = true;
+            true
+        };
+        // `download` off: nothing happens, even though the root is empty.
+        let spec = dataset(&format!(
+            "source \"cifar10\" root=\"{}\"",
+            dir.path().display()
+        ));
+        download_if_requested(&spec, &mut progress).unwrap();
+        // `download` on, files present: no network either.
+        let vendored = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/fashion-mnist");
+        let spec = dataset(&format!(
+            "source \"fashion-mnist\" root=\"{}\" download=#true",
+            vendored.display()
+        ));
+        download_if_requested(&spec, &mut progress).unwrap();
+        assert!(!called);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
 }

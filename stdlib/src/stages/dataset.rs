@@ -7,8 +7,8 @@ use lortflow_runtime::{ConcreteStage, StageContext, StageError, StageExecutor};
 use serde_json::{Value as Json, json};
 
 use super::common::{
-    DatasetIndex, INDEX_FILE, META_FILE, Meta, TEST_FEATURES, TRAIN_FEATURES, fail,
-    load_split_images, read_json, split_ids, write_json,
+    DatasetIndex, INDEX_FILE, META_FILE, Meta, TEST_FEATURES, TRAIN_FEATURES,
+    download_if_requested, fail, load_split_images, read_json, split_ids, write_json,
 };
 use crate::dataset::{
     Boundary, ClassOrder, GaussianClustersConfig, Group, GroupConfig, ImbalanceProfile,
@@ -31,6 +31,20 @@ impl StageExecutor for DatasetStage {
         let StageSpec::Dataset(spec) = &cx.stage.stage.spec else {
             return Err(StageError::failed("not a dataset stage"));
         };
+        let downloaded = download_if_requested(spec, &mut |p| {
+            cx.progress(
+                p.done,
+                p.total.unwrap_or(0),
+                "bytes",
+                format!("downloading {}", p.file),
+            );
+            cx.check_cancelled().is_ok()
+        });
+        if let Err(e) = downloaded {
+            // A stopped download is a cancellation, not a failure.
+            cx.check_cancelled()?;
+            return Err(e);
+        }
         cx.progress(0, 2, "step", "reading the source");
         let vectors = vector_source(spec)?;
         let (train_labels, num_classes, test_count) = match &vectors {
@@ -133,6 +147,26 @@ fn long_tail(
     num_classes: usize,
 ) -> Result<crate::dataset::LongTailIndex, String> {
     let lt = &spec.long_tail;
+    if lt.profile == "none" {
+        // Keep every sample: the data is long-tailed already (ImageNet-LT lists, iNaturalist,
+        // imported features). The `none` profile of the reference code would cap every class at
+        // n_max instead, which is not what "none" says.
+        let mut class_counts = vec![0usize; num_classes];
+        for &y in labels {
+            if let Some(c) = class_counts.get_mut(y as usize) {
+                *c += 1;
+            }
+        }
+        if let Some(empty) = class_counts.iter().position(|&c| c == 0) {
+            return Err(format!("class {empty} has no training samples"));
+        }
+        return Ok(crate::dataset::LongTailIndex {
+            sample_ids: (0..labels.len() as u32).collect(),
+            labels: labels.to_vec(),
+            class_counts,
+            num_classes,
+        });
+    }
     let profile = match lt.profile.as_str() {
         "exp" => ImbalanceProfile::Exp,
         "step" => ImbalanceProfile::Step,

@@ -34,7 +34,9 @@ fn head_spec(stage: &ConcreteStage) -> Result<&HeadSpec, StageError> {
 
 impl StageExecutor for HeadStage {
     fn version(&self) -> &'static str {
-        "1"
+        // 2: epoch selection (`selected_epoch`, per-epoch selection accuracy in head.json) and
+        // the closed-form gradient of linear heads (same results up to rounding).
+        "2"
     }
 
     fn batch_group(&self, stage: &ConcreteStage) -> Option<String> {
@@ -189,9 +191,20 @@ fn write_head(
             "seed": trial.seed,
             "top1": top1,
             "weight_norms": trial.classifier.weight_norms(),
-            "history": trial.history.iter().map(|h| json!({
-                "epoch": h.epoch, "lr": h.lr, "loss": h.loss, "train_accuracy": h.train_accuracy,
-            })).collect::<Vec<_>>(),
+            "selected_epoch": trial.selected_epoch,
+            "history": trial.history.iter().map(|h| {
+                let mut epoch = json!({
+                    "epoch": h.epoch, "lr": h.lr, "loss": h.loss, "train_accuracy": h.train_accuracy,
+                });
+                // The selection metric (balanced accuracy), only where the head selects on it.
+                if let Some(v) = h.val_accuracy {
+                    epoch["val_accuracy"] = json!(v);
+                }
+                if let Some(v) = h.test_accuracy {
+                    epoch["test_accuracy"] = json!(v);
+                }
+                epoch
+            }).collect::<Vec<_>>(),
         }));
     }
     // The first trial's classifier is the one later heads start from (`init "head"`): picking
@@ -210,7 +223,7 @@ fn write_head(
     write_json(&cx.out_dir.join(META_FILE), meta)?;
     write_json(
         &cx.out_dir.join(HEAD_FILE),
-        &json!({ "method": spec.method.value, "trials": trials }),
+        &json!({ "method": spec.method.value, "select": spec.select.value, "trials": trials }),
     )?;
     let n = top1s.len() as f64;
     let mean = top1s.iter().sum::<f64>() / n;

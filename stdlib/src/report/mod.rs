@@ -1,0 +1,13 @@
+//! Reports of an evaluation: metrics derived by class group, the text and Markdown tables of a
+//! `metrics.json` (schema `lortflow.metrics.v1`, documented in `docs/metrics.md`), the
+//! differences between two runs, and the plots.
+
+mod derived;
+mod diff;
+mod plot;
+mod tables;
+
+pub use derived::{Normalised, defined, group_means, head_to_tail, normalise_mean_abs};
+pub use diff::{Change, diff, is_accuracy, scalars};
+pub use plot::{HeadPlot, PlotError, SweepPoint, write_plots};
+pub use tables::{Style, accuracy_cell, accuracy_table, markdown, number, text};

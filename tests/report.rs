@@ -1,0 +1,342 @@
+//! `lortflow report` end to end: the smoke pipeline's results in each format with valid plot
+//! files, `--compare previous` after a `--set` change, the `metrics` list and `plots false`, and
+//! the errors (no run yet, unknown run id).
+
+use serde_json::Value as Json;
+
+use crate::cli::{Test, repo};
+
+/// Fast: heads on synthetic feature vectors (no backbone), one two-parameter sweep.
+const VECTORS: &str = r#"lortflow 1
+dataset "d" {
+    source "synthetic" kind="vectors" classes=5 per-class=80 test-per-class=20 dim=16 noise=1.0
+    long-tail "exp" imbalance-ratio=10
+    groups many=40 few=15
+}
+head "ce" { features "d"; method "ce"; train epochs=5 }
+head "lort" { features "d"; method "lort" delta=0.9; init "head" head="ce"; train epochs=5 }
+sweep "grid" {
+    base "ce"
+    vary "lr" 0.01 0.1
+    vary "weight-decay" 0 5e-4
+}
+evaluate "table" { heads "*"; metrics "top1" "logits-magnitude" "rsd" "weight-norm" "per-class" "confusion" }
+"#;
+
+fn json(text: &str) -> Json {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}):\n{text}"))
+}
+
+/// Every plot file of a `report --format json` evaluation exists and is a valid PNG or SVG.
+fn check_plots(evaluation: &Json) -> Vec<String> {
+    let dir = std::path::Path::new(evaluation["dir"].as_str().unwrap());
+    let plots: Vec<String> = evaluation["metrics"]["plots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect();
+    for p in &plots {
+        let bytes = std::fs::read(dir.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+        if p.ends_with(".png") {
+            assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "{p} is not a PNG");
+            assert!(bytes.len() > 5_000, "{p} is suspiciously small");
+        } else {
+            let text = String::from_utf8(bytes).unwrap();
+            assert!(text.starts_with("<svg"), "{p} is not an SVG");
+            assert!(text.trim_end().ends_with("</svg>"), "{p} is truncated");
+            assert!(text.contains("<text"), "{p} has no text");
+        }
+    }
+    plots
+}
+
+#[test]
+fn report_shows_the_smoke_results_in_every_format_with_plots() {
+    let smoke = std::fs::read_to_string(repo().join("pipelines/smoke.kdl")).unwrap();
+    let t = Test::new().pipeline(&smoke);
+    let none = t.args_run(["report", "pipeline.kdl"]).code(1);
+    assert!(
+        none.stderr
+            .contains("no results yet; run `lortflow run pipeline.kdl` first"),
+        "{}",
+        none.stderr
+    );
+    let ran = t.args_run(["run", "pipeline.kdl"]).success();
+
+    let human = t.args_run(["report", "pipeline.kdl"]).success();
+    assert!(
+        human.stdout.contains("results of `table` (run "),
+        "{}",
+        human.stdout
+    );
+    // The same accuracy table as `run` printed.
+    let table = ran.stdout.split("\n\n").nth(1).unwrap();
+    assert!(
+        human.stdout.contains(table),
+        "{}\n---\n{table}",
+        human.stdout
+    );
+    for title in [
+        "Logits Magnitude, normalised (L̂_i = L_i / mean_k |L_k|), mean by group",
+        "Regularized Standard Deviation r_i = σ_i / L_i (σ over positive samples)",
+        "Classifier weight norm",
+        "plots:",
+    ] {
+        assert!(
+            human.stdout.contains(title),
+            "no {title}:\n{}",
+            human.stdout
+        );
+    }
+    assert!(human.stderr.is_empty(), "{}", human.stderr);
+
+    let md = t
+        .args_run(["report", "pipeline.kdl", "--format", "markdown"])
+        .success();
+    assert!(md.stdout.contains("# Results of `table`"), "{}", md.stdout);
+    assert!(
+        md.stdout
+            .contains("| head | method | All | Many | Medium | Few |"),
+        "{}",
+        md.stdout
+    );
+    assert!(
+        md.stdout.contains("| `lort-delta[delta=0.98]` | lort |"),
+        "{}",
+        md.stdout
+    );
+    assert!(
+        md.stdout.contains("/plots/per-class-accuracy.svg)"),
+        "{}",
+        md.stdout
+    );
+
+    let out = json(
+        &t.args_run(["report", "pipeline.kdl", "--format", "json"])
+            .success()
+            .stdout,
+    );
+    let evaluation = &out["evaluations"][0];
+    assert_eq!(evaluation["name"], "table");
+    let m = &evaluation["metrics"];
+    assert_eq!(m["schema"], "lortflow.metrics.v1");
+    assert_eq!(m["rsd_over"], "positive");
+    assert_eq!(m["std"], "population");
+    assert_eq!(m["per_class_trial"], 0);
+    let heads = m["heads"].as_array().unwrap();
+    assert_eq!(heads.len(), 15);
+    let ce = &heads[0];
+    assert_eq!(ce["name"], "ce");
+    assert!(ce["sweep"].is_null());
+    let k = ce["class_counts"].as_array().unwrap().len();
+    assert_eq!(k, 6);
+    for field in ["per_class", "normalised"] {
+        assert_eq!(ce["logits_magnitude"][field].as_array().unwrap().len(), k);
+    }
+    assert!(ce["logits_magnitude"]["normaliser"].as_f64().unwrap() > 0.0);
+    assert!(ce["rsd"]["by_group"]["few"].is_number() || ce["rsd"]["by_group"]["few"].is_null());
+    assert_eq!(ce["weight_norms"]["per_class"].as_array().unwrap().len(), k);
+    // Not requested by smoke.kdl: absent.
+    assert!(ce.get("confusion").is_none() && ce.get("per_class_accuracy").is_none());
+    let member = heads
+        .iter()
+        .find(|h| h["name"] == "lort-delta[delta=0.9]")
+        .unwrap();
+    assert_eq!(member["sweep"]["name"], "lort-delta");
+    assert_eq!(member["sweep"]["params"][0]["param"], "delta");
+    assert_eq!(member["sweep"]["params"][0]["value"], 0.9);
+
+    let plots = check_plots(evaluation);
+    for stem in [
+        "class-counts",
+        "per-class-accuracy",
+        "logits-magnitude-rsd",
+        "sweep-lort-delta",
+    ] {
+        for ext in ["svg", "png"] {
+            let want = format!("plots/{stem}.{ext}");
+            assert!(plots.contains(&want), "no {want} in {plots:?}");
+        }
+    }
+    // The stage's own report links the plots relatively.
+    let dir = std::path::Path::new(evaluation["dir"].as_str().unwrap());
+    let report_md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(
+        report_md.contains("](plots/sweep-lort-delta.svg)"),
+        "{report_md}"
+    );
+}
+
+#[test]
+fn compare_previous_shows_what_a_set_change_moved() {
+    let t = Test::new().pipeline(VECTORS);
+    t.args_run(["run", "pipeline.kdl"]).success();
+    let only = t
+        .args_run(["report", "pipeline.kdl", "--compare", "previous"])
+        .code(2);
+    assert!(
+        only.stderr.contains("only one run with results"),
+        "{}",
+        only.stderr
+    );
+    t.args_run(["run", "pipeline.kdl", "--set", "lort.delta=0.5"])
+        .success();
+
+    // The pipeline file still says 0.9: the report says the run is not what the file describes.
+    let human = t
+        .args_run(["report", "pipeline.kdl", "--compare", "previous"])
+        .success();
+    assert!(
+        human.stdout.starts_with("changes from run "),
+        "{}",
+        human.stdout
+    );
+    assert!(human.stdout.contains("head  metric"), "{}", human.stdout);
+    assert!(
+        human
+            .stderr
+            .contains("note: `table` as the pipeline now stands differs"),
+        "{}",
+        human.stderr
+    );
+    let rows: Vec<&str> = human.stdout.lines().skip(3).collect();
+    assert!(!rows.is_empty(), "{}", human.stdout);
+    assert!(
+        rows.iter().all(|r| r.starts_with("lort ")),
+        "only `lort` changed:\n{}",
+        human.stdout
+    );
+
+    let md = t
+        .args_run([
+            "report",
+            "pipeline.kdl",
+            "--compare",
+            "previous",
+            "--format",
+            "markdown",
+            "--set",
+            "lort.delta=0.5",
+        ])
+        .success();
+    assert!(
+        md.stdout.contains("| head | metric | old | new | change |"),
+        "{}",
+        md.stdout
+    );
+    assert!(
+        md.stderr.is_empty(),
+        "with the same --set the run is current: {}",
+        md.stderr
+    );
+
+    let out = json(
+        &t.args_run([
+            "report",
+            "pipeline.kdl",
+            "--compare",
+            "previous",
+            "--format",
+            "json",
+        ])
+        .success()
+        .stdout,
+    );
+    let changes = out["changes"].as_array().unwrap();
+    assert!(!changes.is_empty());
+    for c in changes {
+        assert_eq!(c["evaluate"], "table");
+        assert_eq!(c["head"], "lort");
+        if let (Some(old), Some(new)) = (c["old"].as_f64(), c["new"].as_f64()) {
+            assert!((c["change"].as_f64().unwrap() - (new - old)).abs() < 1e-12);
+        }
+    }
+    assert_ne!(out["run"]["id"], out["compare"]["id"]);
+
+    // By id: comparing the latest run with itself changes nothing.
+    let id = out["run"]["id"].as_str().unwrap().to_string();
+    let same = t
+        .args_run(["report", "pipeline.kdl", "--compare", &id])
+        .success();
+    assert!(same.stdout.contains("no metric changed"), "{}", same.stdout);
+
+    let unknown = t
+        .args_run([
+            "report",
+            "pipeline.kdl",
+            "--compare",
+            "20200101T000000.000Z-1",
+        ])
+        .code(2);
+    assert!(
+        unknown.stderr.contains("no run `20200101T000000.000Z-1`"),
+        "{}",
+        unknown.stderr
+    );
+    assert!(
+        unknown.stderr.contains(&id),
+        "lists the runs: {}",
+        unknown.stderr
+    );
+
+    // The two-parameter sweep has its heatmap; every selected metric is there.
+    let report = json(
+        &t.args_run(["report", "pipeline.kdl", "--format", "json"])
+            .success()
+            .stdout,
+    );
+    let evaluation = &report["evaluations"][0];
+    let plots = check_plots(evaluation);
+    assert!(
+        plots.contains(&"plots/sweep-grid-heatmap.png".to_string()),
+        "{plots:?}"
+    );
+    let head = &evaluation["metrics"]["heads"][0];
+    let k = head["class_counts"].as_array().unwrap().len();
+    assert_eq!(head["per_class_accuracy"].as_array().unwrap().len(), k);
+    let confusion = head["confusion"].as_array().unwrap();
+    assert_eq!(confusion.len(), k);
+    // Rows by true class sum to its 20 test samples.
+    for row in confusion {
+        let total: u64 = row
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .sum();
+        assert_eq!(total, 20);
+    }
+}
+
+#[test]
+fn the_metrics_list_and_plots_flag_are_respected() {
+    let text = VECTORS.replace(
+        r#"metrics "top1" "logits-magnitude" "rsd" "weight-norm" "per-class" "confusion" }"#,
+        "metrics \"top1\"; plots #false }",
+    );
+    let t = Test::new().pipeline(&text);
+    t.args_run(["run", "pipeline.kdl"]).success();
+    let out = json(
+        &t.args_run(["report", "pipeline.kdl", "--format", "json"])
+            .success()
+            .stdout,
+    );
+    let m = &out["evaluations"][0]["metrics"];
+    assert_eq!(m["metrics"], serde_json::json!(["top1"]));
+    assert_eq!(m["plots"], serde_json::json!([]));
+    let dir = std::path::Path::new(out["evaluations"][0]["dir"].as_str().unwrap());
+    assert!(!dir.join("plots").exists());
+    for h in m["heads"].as_array().unwrap() {
+        for absent in [
+            "logits_magnitude",
+            "rsd",
+            "weight_norms",
+            "confusion",
+            "per_class_accuracy",
+        ] {
+            assert!(h.get(absent).is_none(), "{absent} in {h}");
+        }
+        assert!(h["top1"]["best"].is_number());
+    }
+}
