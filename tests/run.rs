@@ -301,3 +301,38 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn export_writes_npy_files_python_can_read() {
+    let t = Test::new().pipeline(VECTORS);
+    let missing = t
+        .args_run(["export", "pipeline.kdl", "d", "--to", "out"])
+        .code(2);
+    assert!(
+        missing
+            .stderr
+            .contains("run `lortflow run pipeline.kdl --only d` first"),
+        "{}",
+        missing.stderr
+    );
+    t.args_run(["run", "pipeline.kdl"]).success();
+    let ran = t
+        .args_run(["export", "pipeline.kdl", "d", "--to", "out"])
+        .success();
+    for file in [
+        "train_features.npy",
+        "train_labels.npy",
+        "test_features.npy",
+        "test_labels.npy",
+        "meta.json",
+    ] {
+        assert!(ran.stdout.contains(file), "{}", ran.stdout);
+    }
+    let header = std::fs::read(t.path("out/test_features.npy")).unwrap();
+    assert_eq!(&header[..6], b"\x93NUMPY");
+    let text = String::from_utf8_lossy(&header[..128]);
+    assert!(
+        text.contains("'descr': '<f4'") && text.contains("(100, 16)"),
+        "{text}"
+    );
+}

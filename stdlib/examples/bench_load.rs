@@ -8,6 +8,11 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
 
+use std::ops::ControlFlow;
+
+use lortflow_stdlib::data::{
+    BatchConfig, DataError, ImagePipeline, Normalization, Transform, for_each_batch,
+};
 use lortflow_stdlib::dataset::{LongTailConfig, Split, load_mnist_like};
 
 fn main() -> ExitCode {
@@ -41,6 +46,42 @@ fn main() -> ExitCode {
         index.len(),
         (total - loaded).as_secs_f64() * 1e3,
         total.as_secs_f64() * 1e3,
+    );
+
+    // The training-time augmentation pipeline of the default pipeline (random crop with padding,
+    // horizontal flip, normalisation), batches of 128 prepared on the loader's worker thread.
+    let normalization = Normalization::from_data(&train, &index.sample_ids).expect("statistics");
+    let pipeline = ImagePipeline::new(
+        vec![
+            Transform::RandomCrop { padding: 2 },
+            Transform::Hflip { p: 0.5 },
+        ],
+        normalization,
+        train.images().shape(),
+    )
+    .expect("a valid pipeline");
+    let config = BatchConfig {
+        batch_size: 128,
+        prefetch: 4,
+        seed: 0,
+        train: true,
+    };
+    let start = Instant::now();
+    let mut images = 0usize;
+    let result =
+        for_each_batch::<DataError>(&train, &index.sample_ids, &pipeline, &config, 0, |batch| {
+            images += batch.shape[0];
+            Ok(ControlFlow::Continue(()))
+        });
+    if let Err(err) = result {
+        eprintln!("error: {err}");
+        return ExitCode::FAILURE;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "augmentation pipeline: {images} images in {:.1} ms = {:.0} images/s",
+        secs * 1e3,
+        images as f64 / secs
     );
     ExitCode::SUCCESS
 }

@@ -5,9 +5,12 @@
 //!
 //! **Grouping rule.** Members train together, as one batched computation, when they share what
 //! shapes the computation: epochs, batch size, sampler (kind and `per-class`), logit function kind
-//! (linear / cosine / LWS) and loss form (softmax family / BCE). Everything else — δ, lr, momentum,
-//! weight decay, schedule, margins, priors, weights, γ, scale, constraint, init, inference map and
-//! seed — enters as per-head tensors. If all members of a group have the same seed they draw the
+//! (linear / cosine / LWS), loss form (softmax family / BCE), the held-out validation split of
+//! `select "best-val"` (the samples trained on) and whether the closed-form gradient applies (see
+//! [`Member::analytic`]; a focal head in a linear sweep trains apart rather than pulling the whole
+//! sweep onto the autodiff path). Everything else — δ, lr, momentum, weight decay, schedule,
+//! margins, priors, weights, γ, scale, constraint, init, inference map, epoch selection rule and
+//! seed — enters as per-head tensors or per-head bookkeeping. If all members of a group have the same seed they draw the
 //! same batches, and each batch of features is gathered once for all heads; otherwise every member
 //! draws its own batches (its own seed's stream), gathered together into one `[H, B, D]` tensor.
 //! Either way a member's result is the same as when it trains alone.
