@@ -3,24 +3,11 @@
 
 use std::time::{Duration, Instant};
 
-use crate::cli::{Test, repo};
+use crate::cli::{Test, VECTORS, repo};
 
 fn smoke() -> String {
     std::fs::read_to_string(repo().join("pipelines/smoke.kdl")).unwrap()
 }
-
-/// A small pipeline whose heads train on synthetic feature vectors (no backbone: fast).
-const VECTORS: &str = r#"lortflow 1
-dataset "d" {
-    source "synthetic" kind="vectors" classes=5 per-class=80 test-per-class=20 dim=16 noise=1.0
-    long-tail "exp" imbalance-ratio=10
-    groups many=40 few=15
-}
-head "ce" { features "d"; method "ce"; train epochs=5 }
-head "lort" { features "d"; method "lort" delta=0.9; init "head" head="ce"; train epochs=5 }
-head "bs" { features "d"; method "balanced-softmax"; train epochs=5 }
-evaluate "table" { heads "*" }
-"#;
 
 #[test]
 fn smoke_pipeline_runs_end_to_end_then_is_fully_cached() {

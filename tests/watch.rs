@@ -9,20 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::cli::Test;
-
-/// Heads that train on synthetic feature vectors in milliseconds.
-const VECTORS: &str = r#"lortflow 1
-dataset "d" {
-    source "synthetic" kind="vectors" classes=5 per-class=80 test-per-class=20 dim=16 noise=1.0
-    long-tail "exp" imbalance-ratio=10
-    groups many=40 few=15
-}
-head "ce" { features "d"; method "ce"; train epochs=5 }
-head "lort" { features "d"; method "lort" delta=0.9; init "head" head="ce"; train epochs=5 }
-head "bs" { features "d"; method "balanced-softmax"; train epochs=5 }
-evaluate "table" { heads "*" }
-"#;
+use crate::cli::{Test, VECTORS};
 
 /// Generous: the tests share the machine with the rest of the suite. A passing test takes a
 /// fraction of this.
