@@ -16,7 +16,6 @@ use crate::render;
 /// A loaded, planned pipeline.
 pub(crate) struct Session {
     pub(crate) file: PathBuf,
-    pub(crate) checked: Checked,
     pub(crate) plan: Vec<ConcreteStage>,
     pub(crate) store: Store,
     pub(crate) registry: Registry,
@@ -46,7 +45,6 @@ impl Session {
         let registry = lortflow_stdlib::stages::registry();
         Ok(Start::Ready(Box::new(Session {
             file: args.file.clone(),
-            checked,
             plan,
             store,
             registry,

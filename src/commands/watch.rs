@@ -419,7 +419,6 @@ impl Watch {
         }
         let session = Session {
             file,
-            checked,
             plan,
             store: self.store.clone(),
             registry: self.registry.clone(),
