@@ -292,7 +292,7 @@ const BACKBONE_TRAIN: NodeSpec = NodeSpec::new(
     )
     .default(Float(5e-4))
     .range(Range::NON_NEGATIVE),
-    P::new("schedule", T::Enum(SCHEDULES), "Learning-rate schedule.").default(Str("cosine")),
+    P::new("schedule", T::Enum(SCHEDULES), "Learning-rate schedule: `cosine` to zero, `step` (x0.01 at 80% and x0.0001 at 90% of the epochs, the LDAM-DRW schedule) or `constant`.").default(Str("cosine")),
     P::new("warmup-epochs", T::Int, "Linear warm-up epochs.")
         .default(Int(0))
         .range(Range::NON_NEGATIVE)
@@ -482,7 +482,7 @@ const HEAD_TRAIN: NodeSpec = NodeSpec::new(
         "L2 weight decay (default: the preset's).",
     )
     .range(Range::NON_NEGATIVE),
-    P::new("schedule", T::Enum(SCHEDULES), "Learning-rate schedule.").default(Str("cosine")),
+    P::new("schedule", T::Enum(SCHEDULES), "Learning-rate schedule, stepped per epoch: `cosine` to zero (PyTorch `CosineAnnealingLR`), `step` (x0.1 every ceil(epochs/3) epochs) or `constant`.").default(Str("cosine")),
     P::new(
         "seed",
         T::Int,
