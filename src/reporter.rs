@@ -67,8 +67,7 @@ impl Reporter for CliReporter {
     }
 
     fn progress(&self, stage: &str, p: &Progress) {
-        if let Some(bars) = &self.bars {
-            let _ = bars;
+        if self.bars.is_some() {
             if let Some((bar, _)) = self.state.lock().expect("reporter lock").get(stage) {
                 bar.set_length(p.total);
                 bar.set_position(p.done);

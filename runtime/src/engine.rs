@@ -116,15 +116,10 @@ pub fn status(
                 // Official downloads are identified by their published checksums, which the
                 // dataset stage verifies; their parameters alone make the key.
                 Err(_) if downloadable => {}
-                Err(e) => {
+                Err(_) => {
                     blocked = true;
                     own_problem = true;
-                    reasons.push(missing_file_reason(
-                        stage,
-                        &written,
-                        &resolved,
-                        &e.to_string(),
-                    ));
+                    reasons.push(missing_file_reason(stage, &written, &resolved));
                 }
             }
         }
@@ -190,12 +185,7 @@ pub fn status(
     out
 }
 
-fn missing_file_reason(
-    stage: &ConcreteStage,
-    written: &str,
-    resolved: &Path,
-    error: &str,
-) -> String {
+fn missing_file_reason(stage: &ConcreteStage, written: &str, resolved: &Path) -> String {
     let hint = match &stage.stage.spec {
         StageSpec::Dataset(d) => match &d.source.value {
             Source::Cifar10 { .. }
@@ -215,7 +205,6 @@ fn missing_file_reason(
         StageSpec::Backbone(_) => "; point `checkpoint` at an existing weights file".into(),
         _ => String::new(),
     };
-    let _ = error;
     format!(
         "reads `{written}` ({}), which does not exist{hint}",
         resolved.display()

@@ -88,7 +88,6 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     if !quiet {
         eprintln!("{summary}");
     }
-    let _ = statuses.iter().filter(|s| s.state == State::Stale).count();
     Ok(ExitCode::SUCCESS)
 }
 

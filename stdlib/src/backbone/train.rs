@@ -27,7 +27,7 @@ use super::checkpoint::{CheckpointDir, TrainState};
 use super::error::BackboneError;
 use super::loss::{BoundLoss, Stage1Loss};
 use super::schedule::LrSchedule;
-use crate::data::{BatchConfig, DataError, ImagePipeline, SamplerKind, for_each_batch};
+use crate::data::{Batch, BatchConfig, DataError, ImagePipeline, SamplerKind, for_each_batch};
 use crate::dataset::LabeledImages;
 
 /// Batches prepared ahead of the model by the data worker.
@@ -266,22 +266,15 @@ pub fn train_backbone<B: AutodiffBackend>(
                 let model = slot
                     .take()
                     .expect("the model should be back after each step");
-                let x = Tensor::<B, 4>::from_data(
-                    TensorData::new(batch.images, batch.shape).convert::<B::FloatElem>(),
-                    device,
-                );
-                let labels: Vec<i64> = batch.labels.iter().map(|&l| i64::from(l)).collect();
-                let y = Tensor::<B, 1, Int>::from_data(
-                    TensorData::new(labels, [n]).convert::<B::IntElem>(),
-                    device,
-                );
+                let step = batch.index;
+                let (x, y) = batch_tensors::<B>(batch, device);
                 let features = model.forward_features(x);
                 let (loss, logits) = loss_fn.forward(features, model.fc(), y.clone(), epoch);
                 let value: f32 = loss.clone().into_scalar().elem();
                 if !value.is_finite() {
                     return Err(BackboneError::NonFiniteLoss {
                         epoch,
-                        step: batch.index,
+                        step,
                         loss: value,
                         last_finite,
                     });
@@ -302,7 +295,7 @@ pub fn train_backbone<B: AutodiffBackend>(
                 progress(&TrainProgress {
                     epoch,
                     epochs: config.epochs,
-                    step: batch.index,
+                    step,
                     steps,
                     loss: value,
                     train_acc: correct as f32 / seen as f32,
@@ -353,15 +346,7 @@ pub fn evaluate_accuracy<B: Backend>(
     let mut correct = 0i64;
     for_each_batch::<BackboneError>(images, ids, pipeline, &config, 0, |batch| {
         let n = batch.shape[0];
-        let x = Tensor::<B, 4>::from_data(
-            TensorData::new(batch.images, batch.shape).convert::<B::FloatElem>(),
-            device,
-        );
-        let labels: Vec<i64> = batch.labels.iter().map(|&l| i64::from(l)).collect();
-        let y = Tensor::<B, 1, Int>::from_data(
-            TensorData::new(labels, [n]).convert::<B::IntElem>(),
-            device,
-        );
+        let (x, y) = batch_tensors::<B>(batch, device);
         let hits: i64 = model
             .forward(x)
             .argmax(1)
@@ -380,4 +365,22 @@ pub fn evaluate_accuracy<B: Backend>(
 /// The inference copy of a trained backbone (no autodiff; BatchNorm uses its running statistics).
 pub fn inference_model<B: AutodiffBackend>(model: &Backbone<B>) -> Backbone<B::InnerBackend> {
     model.valid()
+}
+
+/// A prepared batch as device tensors: images `[N, C, H, W]` and labels `[N]`.
+fn batch_tensors<B: Backend>(
+    batch: Batch,
+    device: &B::Device,
+) -> (Tensor<B, 4>, Tensor<B, 1, Int>) {
+    let n = batch.shape[0];
+    let x = Tensor::<B, 4>::from_data(
+        TensorData::new(batch.images, batch.shape).convert::<B::FloatElem>(),
+        device,
+    );
+    let labels: Vec<i64> = batch.labels.iter().map(|&l| i64::from(l)).collect();
+    let y = Tensor::<B, 1, Int>::from_data(
+        TensorData::new(labels, [n]).convert::<B::IntElem>(),
+        device,
+    );
+    (x, y)
 }

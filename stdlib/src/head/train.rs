@@ -199,13 +199,31 @@ impl<'f, B: Backend> DeviceData<'f, B> {
 
     fn train(&self, normalized: bool) -> Tensor<B, 2> {
         let f = &self.features;
+        self.split(
+            &self.train,
+            &self.train_normalized,
+            f.train,
+            f.num_train(),
+            normalized,
+        )
+    }
+
+    /// A split uploaded once (and row-normalised once, for cosine heads), on first use.
+    fn split(
+        &self,
+        plain: &OnceCell<Tensor<B, 2>>,
+        normalized_cell: &OnceCell<Tensor<B, 2>>,
+        values: &[f32],
+        rows: usize,
+        normalized: bool,
+    ) -> Tensor<B, 2> {
         let plain = || {
-            self.train
-                .get_or_init(|| self.upload(f.train, f.num_train(), f.dim))
+            plain
+                .get_or_init(|| self.upload(values, rows, self.features.dim))
                 .clone()
         };
         if normalized {
-            self.train_normalized
+            normalized_cell
                 .get_or_init(|| normalize_rows(plain()))
                 .clone()
         } else {
@@ -233,18 +251,13 @@ impl<'f, B: Backend> DeviceData<'f, B> {
 
     fn test(&self, normalized: bool) -> Tensor<B, 2> {
         let f = &self.features;
-        let plain = || {
-            self.test
-                .get_or_init(|| self.upload(f.test, f.num_test(), f.dim))
-                .clone()
-        };
-        if normalized {
-            self.test_normalized
-                .get_or_init(|| normalize_rows(plain()))
-                .clone()
-        } else {
-            plain()
-        }
+        self.split(
+            &self.test,
+            &self.test_normalized,
+            f.test,
+            f.num_test(),
+            normalized,
+        )
     }
 
     /// Rows `ids` of the train features, `[ids.len(), D]` (normalised for cosine heads).
