@@ -32,6 +32,11 @@ pub struct FeatureView<'a> {
 }
 
 impl FeatureView<'_> {
+    /// Train sample `i`'s features.
+    pub(crate) fn train_row(&self, i: usize) -> &[f32] {
+        &self.train[i * self.dim..(i + 1) * self.dim]
+    }
+
     /// Number of training samples.
     pub fn num_train(&self) -> usize {
         self.train_labels.len()

@@ -31,6 +31,8 @@ mod analytic;
 mod base;
 pub mod components;
 mod error;
+mod gemm;
+mod host;
 pub mod inference;
 pub mod loss;
 pub mod plan;

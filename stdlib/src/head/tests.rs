@@ -11,7 +11,7 @@ use lortflow_lang::source::{Span, Spanned};
 
 use super::loss::{LossBatch, LossParams};
 use super::plan::LossForm;
-use super::train::train_heads_with;
+use super::train::{StepPath, train_heads_with};
 use super::*;
 use crate::dataset::{GaussianClustersConfig, GroupConfig, LongTailConfig};
 use crate::metric::Logits as MetricLogits;
@@ -553,8 +553,10 @@ fn weights_close(a: &TrainedHead, b: &TrainedHead, tol: f32) -> bool {
         .all(|(p, q)| (p - q).abs() < tol)
 }
 
+/// The three step implementations (closed form in host memory, closed form on the device,
+/// autodiff) train the same heads, and host and device inference give the same test logits.
 #[test]
-fn the_closed_form_gradient_matches_autodiff() {
+fn the_closed_form_gradient_matches_autodiff_on_host_and_device() {
     let data = long_tailed(5, 8, 60, 10.0, 1.0);
     let jobs = vec![
         job("ce", |_| {}),
@@ -584,13 +586,38 @@ fn the_closed_form_gradient_matches_autodiff() {
             });
             s.train.momentum = 0.0;
         }),
+        job("maxnorm-epoch", |s| {
+            s.constraint = sp(Constraint::Maxnorm {
+                thresh: 0.3,
+                radius: None,
+                every: "epoch".into(),
+            });
+            s.train.weight_decay = 0.0;
+        }),
         // Two trials: one batch stream per head (the `[H, B, ·]` layout).
         job("trials", |s| {
             s.trials = 2;
             s.margin = sp(Margin::LogitAdjust { tau: 1.0 });
         }),
+        // Selection on a held-out split and on the test split (evaluated every epoch), and
+        // inference maps.
+        job("val", |s| {
+            s.select = sp("best-val".into());
+            s.inference = sp(Inference::TauNorm {
+                tau: 1.0,
+                bias: false,
+            });
+        }),
+        job("test", |s| {
+            s.select = sp("best-test".into());
+            s.inference = sp(Inference::LogitAdjust { tau: 1.0 });
+        }),
+        // Autodiff on every path; its test logits come from host or device inference.
+        job("cosine", |s| {
+            s.logits = sp(lortflow_lang::ir::Logits::Cosine { scale: 16.0 })
+        }),
     ];
-    let run = |force_autodiff| {
+    let run = |path| {
         train_heads_with::<Ad>(
             &dev(),
             &data.view(),
@@ -598,17 +625,33 @@ fn the_closed_form_gradient_matches_autodiff() {
             &jobs,
             &AtomicBool::new(false),
             &mut |_| {},
-            force_autodiff,
+            path,
         )
         .unwrap()
     };
-    let (analytic, autodiff) = (run(false), run(true));
-    for (a, b) in analytic.iter().zip(&autodiff) {
-        for (x, y) in a.trials.iter().zip(&b.trials) {
-            assert!(weights_close(x, y, 1e-5), "{}", a.name);
-            for (p, q) in x.history.iter().zip(&y.history) {
-                assert!((p.loss - q.loss).abs() < 1e-5, "{}: {p:?} vs {q:?}", a.name);
-                assert_eq!(p.train_accuracy, q.train_accuracy, "{}", a.name);
+    let autodiff = run(StepPath::Autodiff);
+    for path in [StepPath::Auto, StepPath::Device] {
+        let closed = run(path);
+        for (a, b) in closed.iter().zip(&autodiff) {
+            assert_eq!(a.trials.len(), b.trials.len());
+            for (x, y) in a.trials.iter().zip(&b.trials) {
+                let name = format!("{} ({path:?})", a.name);
+                assert!(weights_close(x, y, 1e-5), "{name}");
+                for (p, q) in x.history.iter().zip(&y.history) {
+                    assert!((p.loss - q.loss).abs() < 1e-5, "{name}: {p:?} vs {q:?}");
+                    assert_eq!(p.train_accuracy, q.train_accuracy, "{name}");
+                    assert_eq!(p.val_accuracy, q.val_accuracy, "{name}");
+                    assert_eq!(p.test_accuracy, q.test_accuracy, "{name}");
+                }
+                assert_eq!(x.selected_epoch, y.selected_epoch, "{name}");
+                assert_eq!(x.test_logits.len(), y.test_logits.len(), "{name}");
+                let worst = x
+                    .test_logits
+                    .iter()
+                    .zip(&y.test_logits)
+                    .map(|(p, q)| (p - q).abs())
+                    .fold(0.0f32, f32::max);
+                assert!(worst < 1e-4, "{name}: test logits differ by {worst}");
             }
         }
     }

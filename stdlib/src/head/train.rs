@@ -30,6 +30,7 @@
 //! heads train without their held-out samples (see [`select`](super::select)); `last` heads are
 //! never evaluated during training.
 
+use std::borrow::Cow;
 use std::cell::OnceCell;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -42,6 +43,7 @@ use super::base::{
 };
 use super::components::log_prior;
 use super::error::HeadError;
+use super::host::{HostHeads, InferenceWeights};
 use super::inference::NORM_EPS;
 use super::loss::{LossBatch, LossParams, mul_rows};
 use super::plan::{self, Holdout, LogitKind, Member, SAMPLER_STREAM, Select};
@@ -66,10 +68,34 @@ pub fn train_heads<B: AutodiffBackend>(
     cancel: &AtomicBool,
     progress: &mut dyn FnMut(HeadProgress),
 ) -> Result<Vec<HeadResult>, HeadError> {
-    train_heads_with::<B>(device, features, init, jobs, cancel, progress, false)
+    train_heads_with::<B>(
+        device,
+        features,
+        init,
+        jobs,
+        cancel,
+        progress,
+        StepPath::Auto,
+    )
 }
 
-/// [`train_heads`], optionally forcing every group onto the autodiff path (tests compare the two).
+/// Which step implementation trains the analytic heads (tests compare the three).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StepPath {
+    /// Host memory ([`host`](super::host)) on the CPU backend, the device otherwise; autodiff for
+    /// heads without a closed-form gradient.
+    Auto,
+    /// The closed form on the device ([`analytic`](super::analytic)), whatever the backend.
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "only tests run the device path on the CPU backend")
+    )]
+    Device,
+    /// Autodiff for every head.
+    Autodiff,
+}
+
+/// [`train_heads`] through a chosen step implementation.
 pub(crate) fn train_heads_with<B: AutodiffBackend>(
     device: &B::Device,
     features: &FeatureView<'_>,
@@ -77,7 +103,7 @@ pub(crate) fn train_heads_with<B: AutodiffBackend>(
     jobs: &[HeadJob],
     cancel: &AtomicBool,
     progress: &mut dyn FnMut(HeadProgress),
-    force_autodiff: bool,
+    path: StepPath,
 ) -> Result<Vec<HeadResult>, HeadError> {
     features.validate()?;
     if let Some(init) = init {
@@ -144,7 +170,8 @@ pub(crate) fn train_heads_with<B: AutodiffBackend>(
             progress: &mut *progress,
             index,
             groups: groups.len(),
-            force_autodiff,
+            path,
+            host: path == StepPath::Auto && is_cpu::<B::InnerBackend>(),
         };
         let heads = train_group::<B>(&mut context, &group_members)?;
         for (&member, head) in group.iter().zip(heads) {
@@ -299,7 +326,16 @@ struct GroupContext<'a, 'f, B: AutodiffBackend> {
     progress: &'a mut dyn FnMut(HeadProgress),
     index: usize,
     groups: usize,
-    force_autodiff: bool,
+    path: StepPath,
+    /// Whether the backend computes in host memory (the CPU backend): then the closed-form heads
+    /// train on the host, and every group's evaluation and test logits are computed there, from
+    /// the (memory-mapped) features rather than from an uploaded copy.
+    host: bool,
+}
+
+/// Whether `B` is the CPU backend, whose tensors are host memory.
+fn is_cpu<B: Backend>() -> bool {
+    std::any::TypeId::of::<B>() == std::any::TypeId::of::<burn_flex::Flex>()
 }
 
 /// A `[1, H, 1]` tensor of one value per head.
@@ -692,18 +728,32 @@ fn read<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
 enum Heads<B: AutodiffBackend> {
     Autodiff(Box<AutodiffHeads<B>>),
     Analytic(Box<AnalyticHeads<B::InnerBackend>>),
+    Host(Box<HostHeads>),
 }
 
 impl<B: AutodiffBackend> Heads<B> {
+    /// One step; returns the per-head losses, then the per-head correct counts. `x_all` is the
+    /// train matrix on the device (absent for host heads, which read `train`).
     fn step(
         &mut self,
-        x_all: &Tensor<B::InnerBackend, 2>,
+        x_all: Option<&Tensor<B::InnerBackend, 2>>,
+        train: &[f32],
         input: &StepInput,
         sgd: &SgdState<B::InnerBackend>,
-    ) -> Tensor<B::InnerBackend, 1> {
+    ) -> Vec<f32> {
+        let on_device = || x_all.expect("device heads have the train matrix on the device");
         match self {
-            Heads::Autodiff(heads) => heads.step(x_all, input, sgd),
-            Heads::Analytic(heads) => heads.step(x_all, input),
+            Heads::Autodiff(heads) => read(heads.step(on_device(), input, sgd)),
+            Heads::Analytic(heads) => read(heads.step(on_device(), input)),
+            Heads::Host(heads) => heads.step(train, input),
+        }
+    }
+
+    fn begin_epoch(&mut self, lrs: &[f64]) {
+        match self {
+            Heads::Autodiff(_) => {}
+            Heads::Analytic(heads) => heads.begin_epoch(lrs),
+            Heads::Host(heads) => heads.begin_epoch(lrs),
         }
     }
 
@@ -711,6 +761,7 @@ impl<B: AutodiffBackend> Heads<B> {
         match self {
             Heads::Autodiff(heads) => heads.end_epoch(),
             Heads::Analytic(heads) => heads.end_epoch(),
+            Heads::Host(heads) => heads.end_epoch(),
         }
     }
 
@@ -718,15 +769,23 @@ impl<B: AutodiffBackend> Heads<B> {
         match self {
             Heads::Autodiff(heads) => heads.download(),
             Heads::Analytic(heads) => heads.download(),
+            Heads::Host(heads) => heads.download(),
         }
     }
 }
 
 /// What selecting heads are evaluated on after every epoch.
-struct EvalSet<B: Backend> {
-    /// `[N, D]` (row-normalised for cosine heads).
-    features: Tensor<B, 2>,
+struct EvalSet<'f, B: Backend> {
+    features: EvalFeatures<'f, B>,
     labels: Vec<u32>,
+}
+
+/// `[N, D]` evaluation features.
+enum EvalFeatures<'f, B: Backend> {
+    /// On the device, row-normalised for cosine heads.
+    Device(Tensor<B, 2>),
+    /// In host memory, as stored (the test split is borrowed, held-out rows gathered).
+    Host(Cow<'f, [f32]>),
 }
 
 fn train_group<B: AutodiffBackend>(
@@ -741,13 +800,15 @@ fn train_group<B: AutodiffBackend>(
     let cosine = first.kind == LogitKind::Cosine;
     // One batch stream when all heads share a seed, else one per head.
     let shared = members.iter().all(|m| m.seed == first.seed);
-    let analytic = first.analytic() && !ctx.force_autodiff;
-    let mut heads: Heads<B> = if analytic {
-        let layout = if shared {
-            Layout::Shared
-        } else {
-            Layout::PerHead
-        };
+    let analytic = first.analytic() && ctx.path != StepPath::Autodiff;
+    let layout = if shared {
+        Layout::Shared
+    } else {
+        Layout::PerHead
+    };
+    let mut heads: Heads<B> = if analytic && ctx.host {
+        Heads::Host(Box::new(HostHeads::new(members, layout, k, d)))
+    } else if analytic {
         Heads::Analytic(Box::new(AnalyticHeads::new(members, layout, k, d, device)))
     } else {
         Heads::Autodiff(Box::new(AutodiffHeads::new(members, k, d, device)))
@@ -757,19 +818,34 @@ fn train_group<B: AutodiffBackend>(
     let mut best: Vec<Option<(f64, u32, HeadParams)>> = vec![None; h];
 
     if epochs > 0 {
-        let eval = members
-            .iter()
-            .any(|m| m.select != Select::Last)
-            .then(|| match ctx.split {
-                Some(split) => EvalSet::<Inner<B>> {
-                    features: ctx.data.train_rows(&split.val_ids, cosine),
-                    labels: split.val_labels.clone(),
-                },
-                None => EvalSet {
-                    features: ctx.data.test(cosine),
-                    labels: ctx.features.test_labels.to_vec(),
-                },
-            });
+        let eval =
+            members
+                .iter()
+                .any(|m| m.select != Select::Last)
+                .then(|| match (ctx.split, ctx.host) {
+                    (Some(split), false) => EvalSet::<Inner<B>> {
+                        features: EvalFeatures::Device(ctx.data.train_rows(&split.val_ids, cosine)),
+                        labels: split.val_labels.clone(),
+                    },
+                    (Some(split), true) => EvalSet {
+                        features: EvalFeatures::Host(Cow::Owned(
+                            split
+                                .val_ids
+                                .iter()
+                                .flat_map(|&i| ctx.features.train_row(i as usize).iter().copied())
+                                .collect(),
+                        )),
+                        labels: split.val_labels.clone(),
+                    },
+                    (None, false) => EvalSet {
+                        features: EvalFeatures::Device(ctx.data.test(cosine)),
+                        labels: ctx.features.test_labels.to_vec(),
+                    },
+                    (None, true) => EvalSet {
+                        features: EvalFeatures::Host(Cow::Borrowed(ctx.features.test)),
+                        labels: ctx.features.test_labels.to_vec(),
+                    },
+                });
         // The samples the heads train on: all of the train split, or what the hold-out leaves.
         let (train_ids, train_labels) = match ctx.split {
             Some(split) => (Some(&split.train_ids), split.train_labels.as_slice()),
@@ -805,8 +881,9 @@ fn train_group<B: AutodiffBackend>(
             })
             .collect();
         let x_all = match &heads {
-            Heads::Analytic(_) => ctx.data.train_augmented(),
-            Heads::Autodiff(_) => ctx.data.train(cosine),
+            Heads::Analytic(_) => Some(ctx.data.train_augmented()),
+            Heads::Autodiff(_) => Some(ctx.data.train(cosine)),
+            Heads::Host(_) => None,
         };
         let mut last_finite: Vec<Option<f64>> = vec![None; h];
 
@@ -815,9 +892,7 @@ fn train_group<B: AutodiffBackend>(
                 .iter()
                 .map(|m| plan::lr_at(m.schedule, m.lr, epoch, epochs))
                 .collect();
-            if let Heads::Analytic(heads) = &mut heads {
-                heads.begin_epoch(&lrs);
-            }
+            heads.begin_epoch(&lrs);
             let sgd = SgdState::<Inner<B>> {
                 lr: Factor::new(
                     &lrs.iter().map(|&l| l as f32).collect::<Vec<_>>(),
@@ -894,7 +969,7 @@ fn train_group<B: AutodiffBackend>(
                             .collect()
                     }),
                 };
-                let stats = read(heads.step(&x_all, &input, &sgd));
+                let stats = heads.step(x_all.as_ref(), ctx.features.train, &input, &sgd);
                 for head in 0..h {
                     let value = f64::from(stats[head]);
                     if !value.is_finite() {
@@ -918,13 +993,12 @@ fn train_group<B: AutodiffBackend>(
                 Some(eval) => {
                     let params = heads.download();
                     let classifiers = classifiers(members, &params, k, d, ctx.log_prior);
-                    let predictions = predict::<Inner<B>>(
-                        device,
-                        members,
-                        &classifiers,
-                        eval.features.clone(),
-                        cosine,
-                    );
+                    let predictions = match &eval.features {
+                        EvalFeatures::Device(x) => {
+                            predict::<Inner<B>>(device, members, &classifiers, x.clone(), cosine)
+                        }
+                        EvalFeatures::Host(x) => predict_host(members, &classifiers, x, d, cosine),
+                    };
                     let n = eval.labels.len();
                     let mut out = vec![None; h];
                     for (j, params) in params.into_iter().enumerate() {
@@ -981,7 +1055,11 @@ fn train_group<B: AutodiffBackend>(
     }
     finish_group::<Inner<B>>(
         ctx.device,
-        ctx.data,
+        if ctx.host {
+            Logits::Host
+        } else {
+            Logits::Device(ctx.data)
+        },
         ctx.features,
         ctx.jobs,
         ctx.log_prior,
@@ -1128,6 +1206,72 @@ fn inference_logits<B: Backend>(
     z + b
 }
 
+/// The inference maps of a group's heads as host matrices: [`inference_logits`] without a
+/// device.
+fn inference_weights(
+    members: &[&Member],
+    classifiers: &[TrainedClassifier],
+    cosine: bool,
+) -> InferenceWeights {
+    let k = classifiers[0].num_classes;
+    let d = classifiers[0].dim;
+    let h = members.len();
+    let mut w_inf = Vec::with_capacity(h);
+    let mut bias = Vec::with_capacity(h * k);
+    for (member, classifier) in members.iter().zip(classifiers) {
+        let mapped = classifier.for_inference(&member.inference);
+        w_inf.push(mapped.weight);
+        let offset = classifier.inference_offset(&member.inference);
+        bias.extend(mapped.bias.iter().zip(&offset).map(|(b, o)| b + o));
+    }
+    if cosine {
+        for w in &mut w_inf {
+            for row in w.chunks_mut(d) {
+                let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(NORM_EPS);
+                row.iter_mut().for_each(|v| *v /= norm);
+            }
+        }
+    }
+    let w_inf: Vec<&[f32]> = w_inf.iter().map(Vec::as_slice).collect();
+    InferenceWeights {
+        weight: stack_transposed(&w_inf, k, d),
+        bias,
+        scale: members
+            .iter()
+            .map(|m| if cosine { m.scale } else { 1.0 })
+            .collect(),
+        cosine,
+        k,
+    }
+}
+
+/// [`predict`] on host rows `x` (`[N, D]`, as stored).
+fn predict_host(
+    members: &[&Member],
+    classifiers: &[TrainedClassifier],
+    x: &[f32],
+    d: usize,
+    cosine: bool,
+) -> Vec<u32> {
+    let weights = inference_weights(members, classifiers, cosine);
+    let k = weights.k;
+    let mut out = Vec::with_capacity(x.len() / d.max(1) * members.len());
+    weights.logits(x, d, |_, logits| {
+        out.extend(
+            logits
+                .chunks(k)
+                .map(|z| (0..k).fold(0, |best, c| if z[c] > z[best] { c } else { best }) as u32),
+        );
+    });
+    out
+}
+
+/// Where [`finish_group`] computes the test logits.
+enum Logits<'d, 'f, B: Backend> {
+    Device(&'d DeviceData<'f, B>),
+    Host,
+}
+
 /// Argmax predictions of every head after its inference map, `[N, H]` row-major.
 fn predict<B: Backend>(
     device: &B::Device,
@@ -1152,7 +1296,7 @@ fn predict<B: Backend>(
 #[allow(clippy::too_many_arguments)]
 fn finish_group<B: Backend>(
     device: &B::Device,
-    data: &DeviceData<'_, B>,
+    logits_on: Logits<'_, '_, B>,
     features: &FeatureView<'_>,
     jobs: &[HeadJob],
     log_prior: &[f32],
@@ -1164,37 +1308,59 @@ fn finish_group<B: Backend>(
     let (h, k, d) = (members.len(), features.num_classes, features.dim);
     let classifiers = classifiers(members, &params, k, d, log_prior);
     let cosine = members[0].kind == LogitKind::Cosine;
-    let test_logits: Vec<f32> = if features.num_test() == 0 {
-        Vec::new()
-    } else {
-        read(inference_logits(
-            device,
-            members,
-            &classifiers,
-            data.test(cosine),
-            cosine,
-        ))
-    };
+    let n_test = features.num_test();
+    // Per head: `N_test×K`.
+    let mut test_logits: Vec<Vec<f32>> = vec![Vec::with_capacity(n_test * k); h];
+    if n_test > 0 {
+        match logits_on {
+            Logits::Device(data) => {
+                let all = read(inference_logits(
+                    device,
+                    members,
+                    &classifiers,
+                    data.test(cosine),
+                    cosine,
+                ));
+                // `[N_test, H, K]` → per head.
+                for row in all.chunks(h * k) {
+                    for (out, z) in test_logits.iter_mut().zip(row.chunks(k)) {
+                        out.extend_from_slice(z);
+                    }
+                }
+            }
+            Logits::Host => {
+                inference_weights(members, &classifiers, cosine).logits(
+                    features.test,
+                    d,
+                    |_, chunk| {
+                        for row in chunk.chunks(h * k) {
+                            for (out, z) in test_logits.iter_mut().zip(row.chunks(k)) {
+                                out.extend_from_slice(z);
+                            }
+                        }
+                    },
+                );
+            }
+        }
+    }
 
     let mut history = history.into_iter();
     Ok(members
         .iter()
         .zip(classifiers)
         .zip(selected)
-        .enumerate()
-        .map(|(i, ((member, classifier), selected_epoch))| TrainedHead {
-            name: jobs[member.job].name.clone(),
-            trial: member.trial,
-            seed: member.seed,
-            classifier,
-            inference: member.inference.clone(),
-            history: history.next().unwrap_or_default(),
-            selected_epoch,
-            // `[N_test, H, K]` → this head's `N_test×K`.
-            test_logits: test_logits
-                .chunks(h * k)
-                .flat_map(|row| row[i * k..(i + 1) * k].iter().copied())
-                .collect(),
-        })
+        .zip(test_logits)
+        .map(
+            |(((member, classifier), selected_epoch), test_logits)| TrainedHead {
+                name: jobs[member.job].name.clone(),
+                trial: member.trial,
+                seed: member.seed,
+                classifier,
+                inference: member.inference.clone(),
+                history: history.next().unwrap_or_default(),
+                selected_epoch,
+                test_logits,
+            },
+        )
         .collect())
 }

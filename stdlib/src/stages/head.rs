@@ -35,8 +35,9 @@ fn head_spec(stage: &ConcreteStage) -> Result<&HeadSpec, StageError> {
 impl StageExecutor for HeadStage {
     fn version(&self) -> &'static str {
         // 2: epoch selection (`selected_epoch`, per-epoch selection accuracy in head.json) and
-        // the closed-form gradient of linear heads (same results up to rounding).
-        "2"
+        // the closed-form gradient of linear heads (same results up to rounding). 3: on the CPU
+        // backend, closed-form heads train in host memory (same results up to rounding).
+        "3"
     }
 
     fn batch_group(&self, stage: &ConcreteStage) -> Option<String> {
