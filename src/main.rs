@@ -1,34 +1,7 @@
-//! The `lortflow` command-line tool: argument parsing, logging, output and exit codes.
-//! The work itself lives in the library crates.
-
-mod cli;
-mod commands;
-mod render;
-mod reporter;
-mod session;
+//! The `lortflow` binary: the CLI of [`lortflow::run_cli`] with the standard library of stages.
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    let args = cli::Arguments::parse();
-    cli::init_logging(&args.global);
-    match commands::run(args) {
-        Ok(code) => code,
-        Err(err) => {
-            // A closed pipe (`lortflow graph | head`) is not a failure.
-            if err.chain().any(|e| {
-                e.downcast_ref::<std::io::Error>()
-                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-            }) {
-                return ExitCode::SUCCESS;
-            }
-            eprintln!("error: {err}");
-            for cause in err.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
-            }
-            ExitCode::from(2)
-        }
-    }
+    lortflow::run_cli()
 }

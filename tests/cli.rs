@@ -7,6 +7,8 @@ pub(crate) struct Test {
     pub(crate) dir: tempfile::TempDir,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    /// The program to run: the `lortflow` binary unless [`Test::binary`] chose another.
+    binary: PathBuf,
 }
 
 pub(crate) struct Ran {
@@ -21,7 +23,14 @@ impl Test {
             dir: tempfile::tempdir().expect("temp dir"),
             args: vec![],
             env: vec![],
+            binary: PathBuf::from(env!("CARGO_BIN_EXE_lortflow")),
         }
+    }
+
+    /// Runs `binary` (a `lortflow` built with plugins) instead of the stock binary.
+    pub(crate) fn binary(mut self, binary: PathBuf) -> Self {
+        self.binary = binary;
+        self
     }
 
     /// Writes `pipeline.kdl` into the test directory.
@@ -56,7 +65,7 @@ impl Test {
     }
 
     fn exec(&self, args: &[String]) -> Ran {
-        let output: Output = Command::new(env!("CARGO_BIN_EXE_lortflow"))
+        let output: Output = Command::new(&self.binary)
             .args(args)
             .current_dir(self.dir.path())
             .env("NO_COLOR", "1")

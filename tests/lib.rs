@@ -4,6 +4,13 @@
 mod cli;
 mod graph;
 mod lint;
+mod plugin;
 mod report;
 mod run;
 mod watch;
+
+// The plugin example's own unit tests (δ per class, gradient check), compiled here; its binary
+// is run by `plugin`.
+#[allow(dead_code)]
+#[path = "../examples/custom_head_method.rs"]
+mod custom_head_method_example;

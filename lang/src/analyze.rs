@@ -520,6 +520,51 @@ fn head_combinations(
             );
         }
     }
+    if let Some(loss) = &h.loss {
+        let plugin = format!("the plugin loss `{}`", loss.value.name);
+        if h.targets.value != Targets::OneHot {
+            error(
+                loss.span,
+                format!("head `{name}` has both {plugin} and smoothed targets"),
+                "plugin loss",
+                "a plugin loss replaces the cross-entropy of `targets` and `margin`; put the smoothing into the plugin, or drop the `loss` node (or pick `method \"ce\"`)",
+                Some((h.targets.span, "targets set here")),
+            );
+        }
+        if h.margin.value != Margin::None {
+            error(
+                loss.span,
+                format!("head `{name}` has both {plugin} and a training margin"),
+                "plugin loss",
+                "a plugin loss replaces the cross-entropy of `targets` and `margin`; put the margin into the plugin, or drop the `loss` node (or pick `method \"ce\"`)",
+                Some((h.margin.span, "margin set here")),
+            );
+        }
+        if h.logits.value != Logits::Linear {
+            error(
+                loss.span,
+                format!("head `{name}` uses {plugin} with non-linear logits"),
+                "plugin loss",
+                "plugin losses train linear heads (the gradient w.r.t. the weights is xᵀ·∂L/∂z); use `logits \"linear\"`",
+                Some((h.logits.span, "logits chosen here")),
+            );
+        }
+        let reshaping = match &h.weighting.value {
+            Weighting::Focal { .. } => true,
+            // (γ applies to the focal base loss only.)
+            Weighting::ClassBalanced { loss, .. } => loss != "softmax",
+            Weighting::None => false,
+        };
+        if reshaping {
+            error(
+                loss.span,
+                format!("head `{name}` combines {plugin} with a weighting that changes the loss"),
+                "plugin loss",
+                "only per-class weights (`weighting \"class-balanced\" loss=\"softmax\"`) combine with a plugin loss; focal and sigmoid losses are losses of their own",
+                Some((h.weighting.span, "weighting set here")),
+            );
+        }
+    }
     let cosine = matches!(h.logits.value, Logits::Cosine { .. });
     if cosine && matches!(h.inference.value, Inference::TauNorm { .. }) {
         error(

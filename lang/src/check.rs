@@ -77,8 +77,8 @@ impl<'d> Checker<'d> {
 
         // The first argument of a node with variants picks the variant; the properties that are
         // valid depend on it, so it is resolved first.
-        let mut variant_known = spec.variants.is_empty();
-        if !spec.variants.is_empty() {
+        let mut variant_known = !spec.has_variants();
+        if spec.has_variants() {
             if let Some(first) = args.first() {
                 let span = self.span(first.span());
                 match first.value() {
@@ -102,7 +102,13 @@ impl<'d> Checker<'d> {
                         )
                         .with_help(format!(
                             "write one of {}",
-                            or_list(&spec.variants.iter().map(|v| v.name).collect::<Vec<_>>())
+                            or_list(
+                                &spec
+                                    .all_variants()
+                                    .into_iter()
+                                    .map(|v| v.name)
+                                    .collect::<Vec<_>>()
+                            )
                         )),
                     ),
                 }
@@ -116,7 +122,7 @@ impl<'d> Checker<'d> {
     }
 
     fn unknown_variant(&mut self, spec: &NodeSpec, name: &str, span: Span) {
-        let names: Vec<&str> = spec.variants.iter().map(|v| v.name).collect();
+        let names: Vec<&str> = spec.all_variants().into_iter().map(|v| v.name).collect();
         let arg = spec.args.first().map_or("choice", |a| a.name);
         let (code, message, label) = match spec.variant_noun {
             VariantNoun::Method => (
@@ -132,6 +138,11 @@ impl<'d> Checker<'d> {
         };
         let help = match suggest(name, names.iter().copied()) {
             Some(s) => format!("did you mean `{s}`? The choices are {}", or_list(&names)),
+            None if names.is_empty() => format!(
+                "`{}` names a variant that a plugin adds, and this lortflow has none; build the \
+                 binary that registers it (see `examples/custom_head_method.rs`), or remove the node",
+                spec.name
+            ),
             None => format!("the choices are {}", or_list(&names)),
         };
         self.diags
@@ -174,7 +185,7 @@ impl<'d> Checker<'d> {
                     }
                 },
             };
-            if i == 0 && !spec.variants.is_empty() {
+            if i == 0 && spec.has_variants() {
                 // Already checked as the variant name.
                 if let KdlValue::String(s) = entry.value() {
                     node.args.push(Spanned::new(Value::Str(s.clone()), span));
@@ -300,8 +311,8 @@ impl<'d> Checker<'d> {
             .collect();
         // A property of another variant: say where it belongs.
         let owners: Vec<&str> = spec
-            .variants
-            .iter()
+            .all_variants()
+            .into_iter()
             .filter(|v| v.props.iter().any(|p| p.name == name))
             .map(|v| v.name)
             .collect();

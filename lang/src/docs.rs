@@ -78,10 +78,13 @@ fn render_node(out: &mut String, node: &NodeSpec, depth: usize) {
     if !node.args.is_empty() {
         out.push_str("| argument | type | default | description |\n| --- | --- | --- | --- |\n");
         for (i, a) in node.args.iter().enumerate() {
-            let ty = if i == 0 && !node.variants.is_empty() {
+            let variants = node.all_variants();
+            let ty = if i == 0 && node.has_variants() && variants.is_empty() {
+                "the name of a plugin's variant".to_string()
+            } else if i == 0 && node.has_variants() {
                 format!(
                     "one of {}",
-                    node.variants
+                    variants
                         .iter()
                         .map(|v| format!("`{}`", v.name))
                         .collect::<Vec<_>>()
@@ -102,7 +105,7 @@ fn render_node(out: &mut String, node: &NodeSpec, depth: usize) {
     if !node.props.is_empty() {
         props_table(out, node.props);
     }
-    for v in node.variants {
+    for v in node.all_variants() {
         let _ = writeln!(out, "- **`{}`**: {}", v.name, v.doc);
         if !v.props.is_empty() {
             out.push('\n');
@@ -113,7 +116,7 @@ fn render_node(out: &mut String, node: &NodeSpec, depth: usize) {
             }
         }
     }
-    if !node.variants.is_empty() {
+    if node.has_variants() {
         out.push('\n');
     }
     for child in node.children {

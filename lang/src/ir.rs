@@ -476,6 +476,8 @@ pub struct HeadSpec {
     pub targets: Spanned<Targets>,
     /// Margin / prior during training.
     pub margin: Spanned<Margin>,
+    /// A plugin's per-sample loss, in place of the cross-entropy of `targets` and `margin`.
+    pub loss: Option<Spanned<PluginLoss>>,
     /// Per-sample weighting r_w.
     pub weighting: Spanned<Weighting>,
     /// Sampler r_s.
@@ -494,6 +496,20 @@ pub struct HeadSpec {
     pub select: Spanned<String>,
     /// Validation split for `best-val`.
     pub validation: Option<Validation>,
+}
+
+/// A loss that a plugin registered (`loss "name" ...`): see
+/// [`schema::register_variant`](crate::schema::register_variant).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PluginLoss {
+    /// The registered name.
+    pub name: String,
+    /// The plugin's implementation version: part of the cache key.
+    pub version: String,
+    /// Every property of the variant, defaults filled in (serialised beside `name`, so that a
+    /// changed property reads `loss.delta-max` in `status`).
+    #[serde(flatten)]
+    pub params: std::collections::BTreeMap<String, f64>,
 }
 
 /// Logit functions.

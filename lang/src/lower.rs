@@ -456,12 +456,30 @@ impl Lower<'_> {
             fraction: f64_of(v.prop_or_default("fraction")),
             seed: u64_of(v.prop_or_default("seed")),
         });
+        let loss = node.child("loss").and_then(|n| {
+            let name = n.variant_name()?;
+            let plugin = n.spec.plugin(name)?;
+            let params = n
+                .spec
+                .props_for(Some(name))
+                .map(|spec| (spec.name.to_string(), f64_of(n.prop_or_default(spec.name))))
+                .collect();
+            Some(Spanned::new(
+                PluginLoss {
+                    name: name.to_string(),
+                    version: plugin.version.to_string(),
+                    params,
+                },
+                n.span,
+            ))
+        });
         Some(HeadSpec {
             features,
             method,
             logits: Spanned::new(logits, span_of("logits")),
             targets: Spanned::new(targets, span_of("targets")),
             margin: Spanned::new(margin, span_of("margin")),
+            loss,
             weighting: Spanned::new(weighting, span_of("weighting")),
             sampler: Spanned::new(sampler, span_of("sampler")),
             constraint: Spanned::new(constraint, span_of("constraint")),

@@ -55,7 +55,7 @@ pub fn resolve(stage: &Node, path: &str) -> Result<(ParamTarget, &'static ParamS
             ));
         };
         let present = stage.child(child_name);
-        if present.is_none() && !child_spec.variants.is_empty() {
+        if present.is_none() && child_spec.has_variants() {
             return Err(ParamError::sweep(
                 format!("`{stage_name}` has no `{child_name}` node to vary"),
                 "not in the base stage",
@@ -107,7 +107,7 @@ pub fn resolve(stage: &Node, path: &str) -> Result<(ParamTarget, &'static ParamS
     let mut all_names = Vec::new();
     for child_spec in spec.children {
         let present = stage.child(child_spec.name);
-        if present.is_none() && !child_spec.variants.is_empty() {
+        if present.is_none() && child_spec.has_variants() {
             continue;
         }
         let variant = present.and_then(|p| p.variant_name());
@@ -203,10 +203,14 @@ pub fn apply(
     match target.prop {
         Some(prop) => child.set_prop(prop, value),
         None => {
-            if !child_spec.variants.is_empty() {
+            if child_spec.has_variants() {
                 let name = value.value.as_str().unwrap_or_default();
                 let Some(v) = child_spec.variant(name) else {
-                    let names: Vec<&str> = child_spec.variants.iter().map(|v| v.name).collect();
+                    let names: Vec<&str> = child_spec
+                        .all_variants()
+                        .into_iter()
+                        .map(|v| v.name)
+                        .collect();
                     return Err(ParamError::sweep(
                         format!("`{name}` is not a choice of `{}`", target.node),
                         "unknown choice",

@@ -243,6 +243,19 @@ pub(crate) const COMPONENT_TARGETS: NodeSpec =
         ])
         .example("targets \"smoothed\" delta=0.98");
 
+/// `loss`: a per-sample loss on the logits from a plugin, in place of `targets` and `margin`.
+pub(crate) const COMPONENT_LOSS: NodeSpec = NodeSpec::new(
+    "loss",
+    "Component: a per-sample loss on the logits, added by a plugin (a Rust crate that registers \
+     it; see `examples/custom_head_method.rs`). It replaces the softmax cross-entropy built from \
+     `targets` and `margin`; the other components (weighting, sampler, constraint, inference) \
+     apply as usual. Linear logits only. This build's plugins are listed below; the stock \
+     `lortflow` binary has none.",
+)
+.args(&[P::new("kind", T::String, "The plugin loss.").required()])
+.extensible()
+.example("loss \"label-aware-smoothing\" delta-min=0.0 delta-max=0.4");
+
 /// `margin`: a per-class offset of the logits during training.
 pub(crate) const COMPONENT_MARGIN: NodeSpec = NodeSpec::new(
     "margin",

@@ -384,6 +384,8 @@ pub struct NodeSpec {
     pub one_of: &'static [&'static [&'static str]],
     /// The stage kind this node declares, for top-level stage nodes.
     pub stage: Option<StageKind>,
+    /// Whether plugins may add variants at run time (see [`register_variant`]).
+    pub extensible: bool,
     /// An example, shown in docs and help.
     pub example: &'static str,
 }
@@ -404,6 +406,7 @@ impl NodeSpec {
             conflicts: &[],
             one_of: &[],
             stage: None,
+            extensible: false,
             example: "",
         }
     }
@@ -457,6 +460,11 @@ impl NodeSpec {
         self.stage = Some(kind);
         self
     }
+    /// Lets plugins add variants (see [`register_variant`]).
+    pub const fn extensible(mut self) -> Self {
+        self.extensible = true;
+        self
+    }
     /// Sets the example.
     pub const fn example(mut self, example: &'static str) -> Self {
         self.example = example;
@@ -468,9 +476,42 @@ impl NodeSpec {
         self.children.iter().find(|c| c.name == name)
     }
 
-    /// The variant called `name`.
+    /// The variant called `name`: a built-in one, or one a plugin registered.
     pub fn variant(&self, name: &str) -> Option<&'static VariantSpec> {
-        self.variants.iter().find(|v| v.name == name)
+        self.variants
+            .iter()
+            .find(|v| v.name == name)
+            .or_else(|| self.plugin(name).map(|p| p.variant))
+    }
+
+    /// Every variant: the built-in ones, then those registered by plugins.
+    pub fn all_variants(&self) -> Vec<&'static VariantSpec> {
+        let mut all: Vec<&'static VariantSpec> = self.variants.iter().collect();
+        if self.extensible {
+            all.extend(
+                plugins()
+                    .iter()
+                    .filter(|p| p.node == self.name)
+                    .map(|p| p.variant),
+            );
+        }
+        all
+    }
+
+    /// Whether the first argument selects a variant.
+    pub fn has_variants(&self) -> bool {
+        self.extensible || !self.variants.is_empty()
+    }
+
+    /// The plugin that registered variant `name` of this node.
+    pub fn plugin(&self, name: &str) -> Option<PluginVariant> {
+        if !self.extensible {
+            return None;
+        }
+        plugins()
+            .iter()
+            .find(|p| p.node == self.name && p.variant.name == name)
+            .copied()
     }
 
     /// The properties valid for the given variant (shared ones first).
@@ -491,4 +532,115 @@ impl NodeSpec {
 /// The spec of a stage kind's node.
 pub fn stage_spec(kind: StageKind) -> &'static NodeSpec {
     top_level(kind.as_str()).expect("every stage kind should have a top-level spec")
+}
+
+/// A variant that a plugin adds to an extensible node (`loss` of a head): its schema, which the
+/// checker, lowering, `--set` and the docs read like a built-in variant's, and the version of its
+/// implementation, which is part of the cache key of every stage that uses it.
+#[derive(Debug, Clone, Copy)]
+pub struct PluginVariant {
+    /// The extensible node (`"loss"`).
+    pub node: &'static str,
+    /// Name, description and properties; properties are numbers (`Int` or `Float`) and need a
+    /// default.
+    pub variant: &'static VariantSpec,
+    /// Bump it when the implementation's results change, so that cached results are recomputed.
+    pub version: &'static str,
+}
+
+/// Why a plugin variant was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegisterError {
+    /// No node of that name accepts plugin variants.
+    #[error("no node `{node}` accepts plugin variants (extensible nodes: {extensible})")]
+    NotExtensible {
+        /// The node named.
+        node: String,
+        /// The extensible nodes.
+        extensible: String,
+    },
+    /// The name is already taken.
+    #[error("`{node}` already has a variant `{name}`")]
+    Taken {
+        /// The node.
+        node: String,
+        /// The variant name.
+        name: String,
+    },
+    /// A property is not a number with a default, or has a reserved name.
+    #[error(
+        "property `{prop}` of `{node} \"{name}\"` must be an `Int` or `Float` with a default, \
+         not named `name`, `version` or `kind`"
+    )]
+    BadProperty {
+        /// The node.
+        node: String,
+        /// The variant name.
+        name: String,
+        /// The property.
+        prop: String,
+    },
+}
+
+static PLUGINS: std::sync::RwLock<Vec<PluginVariant>> = std::sync::RwLock::new(Vec::new());
+
+fn plugins() -> std::sync::RwLockReadGuard<'static, Vec<PluginVariant>> {
+    PLUGINS.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The names of the nodes that accept plugin variants.
+pub fn extensible_nodes() -> Vec<&'static str> {
+    fn walk(nodes: &'static [NodeSpec], out: &mut Vec<&'static str>) {
+        for node in nodes {
+            if node.extensible && !out.contains(&node.name) {
+                out.push(node.name);
+            }
+            walk(node.children, out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(TOP_LEVEL, &mut out);
+    out
+}
+
+/// Adds a plugin's variant to the language, for the rest of the process. Registering the same
+/// variant (same name and version) again is a no-op.
+pub fn register_variant(plugin: PluginVariant) -> Result<(), RegisterError> {
+    let name = plugin.variant.name;
+    let extensible = extensible_nodes();
+    if !extensible.contains(&plugin.node) {
+        return Err(RegisterError::NotExtensible {
+            node: plugin.node.into(),
+            extensible: extensible.join(", "),
+        });
+    }
+    for prop in plugin.variant.props {
+        let reserved = matches!(prop.name, "name" | "version" | "kind");
+        if reserved
+            || !matches!(prop.ty, ValueType::Int | ValueType::Float)
+            || prop.default.is_none()
+        {
+            return Err(RegisterError::BadProperty {
+                node: plugin.node.into(),
+                name: name.into(),
+                prop: prop.name.into(),
+            });
+        }
+    }
+    let mut all = PLUGINS.write().unwrap_or_else(|e| e.into_inner());
+    if let Some(existing) = all
+        .iter()
+        .find(|p| p.node == plugin.node && p.variant.name == name)
+    {
+        return if existing.version == plugin.version {
+            Ok(())
+        } else {
+            Err(RegisterError::Taken {
+                node: plugin.node.into(),
+                name: name.into(),
+            })
+        };
+    }
+    all.push(plugin);
+    Ok(())
 }

@@ -14,12 +14,15 @@
 //! `[D, B] × [B, H·K]`; with one stream per head, each head multiplies its own rows into its own
 //! column block.
 
+use std::sync::Arc;
+
 use rayon::prelude::*;
 
 use super::analytic::Layout;
 use super::gemm::{Mat, matmul};
 use super::inference::NORM_EPS;
 use super::plan::Member;
+use super::plugin::SampleLoss;
 use super::train::{HeadParams, StepInput};
 
 /// Elements of an elementwise pass below which it stays on the calling thread: handing a pass to
@@ -51,6 +54,8 @@ pub(crate) struct HostHeads {
     /// LDAM margins, `[H·K]`.
     margin: Option<Vec<f32>>,
     normalize_by_weight: Vec<bool>,
+    /// Plugin losses per head (`None`: the softmax cross-entropy).
+    plugin: Vec<Option<Arc<dyn SampleLoss>>>,
     step_radius: Option<Vec<f32>>,
     epoch_radius: Option<Vec<f32>>,
     /// Scratch: the batch's feature rows `[streams·B, D]`, logits then gradients `[B, H·K]`, and
@@ -122,6 +127,10 @@ impl HostHeads {
             prior: per_class(&|m| &m.prior),
             margin: per_class(&|m| &m.margin),
             normalize_by_weight: members.iter().map(|m| m.normalize_by_weight).collect(),
+            plugin: members
+                .iter()
+                .map(|m| m.plugin_loss.as_ref().map(|p| Arc::clone(&p.loss)))
+                .collect(),
             step_radius: radius(true),
             epoch_radius: radius(false),
             rows: Vec::new(),
@@ -230,6 +239,7 @@ impl HostHeads {
             delta: &self.delta,
             lr: &self.lr,
             norms: &norms,
+            plugin: &self.plugin,
             input,
         };
         let mut terms = vec![0.0f32; b * h];
@@ -407,6 +417,7 @@ struct RowLoss<'a> {
     lr: &'a [f32],
     /// The loss normaliser `N` per head.
     norms: &'a [f32],
+    plugin: &'a [Option<Arc<dyn SampleLoss>>],
     input: &'a StepInput,
 }
 
@@ -430,6 +441,15 @@ impl RowLoss<'_> {
             let c = weight / self.norms[j];
             let (delta, lr) = (self.delta[j], self.lr[j]);
             hits[j] = argmax(z) == y;
+            if let Some(loss) = &self.plugin[j] {
+                // `c·ℓ(z)` and `lr·c·∂ℓ/∂z`.
+                terms[j] = c * loss.loss_and_grad(z, y, scratch);
+                let scale = lr * c;
+                z.iter_mut()
+                    .zip(scratch.iter())
+                    .for_each(|(g, &d)| *g = d * scale);
+                continue;
+            }
             // Training logits `z' = z + p − m·e_y`.
             if let Some(prior) = self.prior {
                 z.iter_mut()

@@ -36,6 +36,7 @@ mod host;
 pub mod inference;
 pub mod loss;
 pub mod plan;
+pub mod plugin;
 pub mod sampler;
 mod select;
 mod train;
@@ -48,6 +49,7 @@ pub use base::{
     TrainedHead,
 };
 pub use error::HeadError;
+pub use plugin::{LossPlugin, SampleLoss, check_gradient, register_loss};
 pub use train::train_heads;
 
 /// A plain CE head spec (linear, one-hot, instance sampler, random init, 20 epochs, batch 128,
@@ -65,6 +67,7 @@ pub fn test_spec() -> lortflow_lang::ir::HeadSpec {
         logits: s(Logits::Linear),
         targets: s(Targets::OneHot),
         margin: s(Margin::None),
+        loss: None,
         weighting: s(Weighting::None),
         sampler: s(Sampler::Instance),
         constraint: s(Constraint::None),

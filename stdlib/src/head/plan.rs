@@ -25,6 +25,7 @@ use super::components::{
     relative_radius,
 };
 use super::error::HeadError;
+use super::plugin::ResolvedLoss;
 use crate::dataset::Rng;
 
 /// Sub-stream of a member's seed that initialises a random head.
@@ -163,6 +164,8 @@ pub(crate) struct Member {
     pub delta: f32,
     /// LDAM margins in logit units before scaling (zeros without LDAM).
     pub margin: Vec<f32>,
+    /// A plugin's loss, in place of the softmax cross-entropy (with zero `delta` and margins).
+    pub plugin_loss: Option<ResolvedLoss>,
     /// Offset added to the training logits (log n, τ log π or zeros).
     pub prior: Vec<f32>,
     /// Class weights once active (ones without class-balanced weighting).
@@ -199,6 +202,7 @@ impl Member {
             && self.loss_form == other.loss_form
             && self.holdout == other.holdout
             && self.analytic() == other.analytic()
+            && self.plugin_loss.is_some() == other.plugin_loss.is_some()
     }
 
     /// Whether the gradient w.r.t. the logits has the closed form `w·(softmax(z') − ỹ)/N` and
@@ -373,6 +377,36 @@ fn resolve_one(
                 }
             }
         };
+    let plugin_loss = match &spec.loss {
+        None => None,
+        Some(loss) => {
+            let name = &loss.value.name;
+            let plugin = super::plugin::find(name).ok_or_else(|| {
+                invalid(format!(
+                    "the plugin loss `{name}` is not registered with the head trainer; register it \
+                     with `lortflow_stdlib::head::register_loss`"
+                ))
+            })?;
+            let reshaped = loss_form != LossForm::Softmax || gamma != 0.0;
+            if kind != LogitKind::Linear
+                || delta != 0.0
+                || spec.margin.value != Margin::None
+                || reshaped
+            {
+                return Err(invalid(format!(
+                    "the plugin loss `{name}` replaces targets and margin and needs linear logits \
+                     and a softmax-weighted (or no) weighting"
+                )));
+            }
+            let built = plugin
+                .build(&loss.value.params, counts)
+                .map_err(|message| invalid(format!("loss `{name}`: {message}")))?;
+            Some(ResolvedLoss {
+                name: name.clone(),
+                loss: built,
+            })
+        }
+    };
     if let Sampler::ClassBalanced { per_class: 0 } = spec.sampler.value {
         return Err(invalid("`per-class` must be at least 1".into()));
     }
@@ -452,6 +486,7 @@ fn resolve_one(
         scale,
         delta,
         margin,
+        plugin_loss,
         prior,
         class_weight,
         weight_from,

@@ -857,3 +857,171 @@ fn best_val_without_a_validation_node_holds_out_a_tenth_and_autodiff_heads_selec
         "{err}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// plugin losses
+
+/// Cross-entropy with an optional per-class logit offset, written as a plugin: it must train
+/// exactly like the built-in heads it mirrors.
+struct PluginCrossEntropy;
+
+/// The per-sample loss of [`PluginCrossEntropy`]: `−log softmax(z + offset)_y`.
+struct OffsetCrossEntropy {
+    offset: Vec<f32>,
+}
+
+impl SampleLoss for OffsetCrossEntropy {
+    fn loss_and_grad(&self, logits: &[f32], label: usize, grad: &mut [f32]) -> f32 {
+        let shifted: Vec<f64> = logits
+            .iter()
+            .zip(&self.offset)
+            .map(|(&z, &o)| f64::from(z + o))
+            .collect();
+        let max = shifted.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let sum: f64 = shifted.iter().map(|z| (z - max).exp()).sum();
+        for (i, (g, z)) in grad.iter_mut().zip(&shifted).enumerate() {
+            *g = ((z - max).exp() / sum - if i == label { 1.0 } else { 0.0 }) as f32;
+        }
+        (max + sum.ln() - shifted[label]) as f32
+    }
+}
+
+const PLUGIN_CE: lortflow_lang::schema::VariantSpec = lortflow_lang::schema::VariantSpec {
+    name: "test-cross-entropy",
+    doc: "CE, optionally on z + log n (balanced softmax).",
+    props: &[lortflow_lang::schema::ParamSpec::new(
+        "balanced",
+        lortflow_lang::schema::ValueType::Int,
+        "1: add log n to the logits.",
+    )
+    .default(lortflow_lang::schema::Lit::Int(0))],
+};
+
+impl LossPlugin for PluginCrossEntropy {
+    fn variant(&self) -> &'static lortflow_lang::schema::VariantSpec {
+        &PLUGIN_CE
+    }
+    fn version(&self) -> &'static str {
+        "1"
+    }
+    fn build(
+        &self,
+        params: &std::collections::BTreeMap<String, f64>,
+        counts: &[usize],
+    ) -> Result<std::sync::Arc<dyn SampleLoss>, String> {
+        if counts.iter().any(|&n| n == 0) {
+            return Err("every class needs a training sample".into());
+        }
+        let balanced = params["balanced"] != 0.0;
+        Ok(std::sync::Arc::new(OffsetCrossEntropy {
+            offset: counts
+                .iter()
+                .map(|&n| if balanced { (n as f32).ln() } else { 0.0 })
+                .collect(),
+        }))
+    }
+}
+
+fn plugin_job(
+    name: &str,
+    balanced: bool,
+    edit: impl FnOnce(&mut lortflow_lang::ir::HeadSpec),
+) -> HeadJob {
+    job(name, |s| {
+        s.loss = Some(sp(lortflow_lang::ir::PluginLoss {
+            name: "test-cross-entropy".into(),
+            version: "1".into(),
+            params: [("balanced".to_string(), f64::from(u8::from(balanced)))].into(),
+        }));
+        edit(s);
+    })
+}
+
+#[test]
+fn a_plugin_loss_trains_like_the_built_in_loss_it_mirrors() {
+    register_loss(&PluginCrossEntropy).unwrap();
+    let data = long_tailed(5, 8, 60, 10.0, 1.0);
+    let weights = |s: &mut lortflow_lang::ir::HeadSpec| {
+        s.weighting = sp(Weighting::ClassBalanced {
+            beta: 0.99,
+            loss: "softmax".into(),
+            gamma: 0.0,
+            from_epoch: 1,
+        });
+    };
+    let built_in = train(
+        &data,
+        None,
+        &[
+            job("ce", |_| {}),
+            job("bs", |s| s.margin = sp(Margin::BalancedSoftmax)),
+            job("cb", weights),
+            job("trials", |s| s.trials = 2),
+        ],
+    )
+    .unwrap();
+    let plugin = train(
+        &data,
+        None,
+        &[
+            plugin_job("ce", false, |_| {}),
+            plugin_job("bs", true, |_| {}),
+            plugin_job("cb", false, weights),
+            plugin_job("trials", false, |s| s.trials = 2),
+        ],
+    )
+    .unwrap();
+    for (a, b) in built_in.iter().zip(&plugin) {
+        assert_eq!(a.trials.len(), b.trials.len());
+        for (x, y) in a.trials.iter().zip(&b.trials) {
+            assert!(weights_close(x, y, 1e-4), "{}", a.name);
+            for (p, q) in x.history.iter().zip(&y.history) {
+                assert!((p.loss - q.loss).abs() < 1e-4, "{}: {p:?} vs {q:?}", a.name);
+            }
+        }
+    }
+    // The plugin's own check of the settings reaches the user as an error naming the head.
+    let mut sparse = long_tailed(5, 8, 60, 10.0, 1.0);
+    sparse.counts[4] = 0;
+    sparse.labels.retain(|&y| y != 4);
+    let kept: Vec<usize> = (0..data.labels.len())
+        .filter(|&i| data.labels[i] != 4)
+        .collect();
+    sparse.train = kept
+        .iter()
+        .flat_map(|&i| data.train[i * data.d..(i + 1) * data.d].iter().copied())
+        .collect();
+    let err = train(&sparse, None, &[plugin_job("ce", false, |_| {})]).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("every class needs a training sample"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_plugin_loss_the_trainer_does_not_know_is_an_error() {
+    let data = long_tailed(5, 8, 60, 10.0, 1.0);
+    let mut unknown = plugin_job("mystery", false, |_| {});
+    if let Some(loss) = &mut unknown.spec.loss {
+        loss.value.name = "not-registered".into();
+    }
+    let err = train(&data, None, &[unknown]).unwrap_err();
+    assert!(err.to_string().contains("not registered"), "{err}");
+}
+
+#[test]
+fn check_gradient_catches_a_wrong_gradient() {
+    struct Wrong;
+    impl SampleLoss for Wrong {
+        fn loss_and_grad(&self, logits: &[f32], _: usize, grad: &mut [f32]) -> f32 {
+            grad.fill(1.0);
+            logits.iter().map(|z| z * z).sum()
+        }
+    }
+    let right = OffsetCrossEntropy {
+        offset: vec![0.0; 3],
+    };
+    assert!(check_gradient(&right, &[0.3, -1.0, 2.0], 1, 1e-2) < 1e-3);
+    assert!(check_gradient(&Wrong, &[0.3, -1.0, 2.0], 1, 1e-2) > 0.5);
+}

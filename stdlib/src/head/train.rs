@@ -88,7 +88,10 @@ pub(crate) enum StepPath {
     /// The closed form on the device ([`analytic`](super::analytic)), whatever the backend.
     #[cfg_attr(
         not(test),
-        expect(dead_code, reason = "only tests run the device path on the CPU backend")
+        expect(
+            dead_code,
+            reason = "only tests run the device path on the CPU backend"
+        )
     )]
     Device,
     /// Autodiff for every head.
@@ -806,7 +809,15 @@ fn train_group<B: AutodiffBackend>(
     } else {
         Layout::PerHead
     };
-    let mut heads: Heads<B> = if analytic && ctx.host {
+    // Plugin losses are written for host slices: their groups train on the host on any backend.
+    let plugin = first.plugin_loss.is_some();
+    if plugin && !first.analytic() {
+        return Err(HeadError::InvalidSpec {
+            job: ctx.jobs[first.job].name.clone(),
+            message: "a plugin loss needs linear logits and a softmax-family weighting".into(),
+        });
+    }
+    let mut heads: Heads<B> = if plugin || (analytic && ctx.host) {
         Heads::Host(Box::new(HostHeads::new(members, layout, k, d)))
     } else if analytic {
         Heads::Analytic(Box::new(AnalyticHeads::new(members, layout, k, d, device)))
