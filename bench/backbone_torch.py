@@ -4,7 +4,10 @@ Same architectures (small CNN for 28x28 grey, CIFAR ResNet-32 with option-A shor
 training step = forward + CE + backward + SGD(momentum 0.9, wd 5e-4); features = eval-mode
 forward of the pooled features under no_grad. Prints images/s.
 
-    python bench/backbone_torch.py [train_steps] [infer_steps]
+    python bench/backbone_torch.py [train_steps] [infer_steps] [--device cuda] [--only resnet32]
+
+On CUDA every timed loop ends with a synchronisation; the training step reads the loss back
+(`loss.item()`) as the CPU loop and lortflow do.
 """
 import sys
 import time
@@ -71,11 +74,17 @@ class ResNet32(nn.Module):
         return self.fc(self.features(x))
 
 
-def bench(name, model, shape, train_steps, infer_steps):
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench(name, model, shape, train_steps, infer_steps, device=torch.device("cpu")):
     torch.manual_seed(0)
+    model = model.to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    x = torch.randn(BATCH, *shape)
-    y = torch.randint(0, 10, (BATCH,))
+    x = torch.randn(BATCH, *shape, device=device)
+    y = torch.randint(0, 10, (BATCH,), device=device)
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -90,21 +99,32 @@ def bench(name, model, shape, train_steps, infer_steps):
     t = time.perf_counter()
     for _ in range(train_steps):
         step()
+    sync(device)
     train = train_steps * BATCH / (time.perf_counter() - t)
     model.eval()
     with torch.no_grad():
         model.features(x)
+        sync(device)
         t = time.perf_counter()
         for _ in range(infer_steps):
-            model.features(x)
+            model.features(x).cpu()
         infer = infer_steps * BATCH / (time.perf_counter() - t)
     print(f"{name:<10} train {train:8.1f} img/s   features {infer:8.1f} img/s")
 
 
 if __name__ == "__main__":
-    args = [int(a) for a in sys.argv[1:]]
+    argv = sys.argv[1:]
+    device = torch.device(argv[argv.index("--device") + 1] if "--device" in argv else "cpu")
+    only = argv[argv.index("--only") + 1] if "--only" in argv else None
+    flags = {"--device", "--only"}
+    values = [a for i, a in enumerate(argv) if a not in flags and (i == 0 or argv[i - 1] not in flags)]
+    args = [int(a) for a in values]
     train_steps = args[0] if args else 10
     infer_steps = args[1] if len(args) > 1 else 20
-    print(f"torch {torch.__version__} cpu, {torch.get_num_threads()} threads, batch {BATCH}")
-    bench("small-cnn", SmallCnn(), (1, 28, 28), train_steps, infer_steps)
-    bench("resnet32", ResNet32(), (3, 32, 32), max(2, -(-train_steps // 4)), max(2, -(-infer_steps // 4)))
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__} {where}, batch {BATCH}")
+    if only in (None, "small-cnn"):
+        bench("small-cnn", SmallCnn(), (1, 28, 28), train_steps, infer_steps, device)
+    if only in (None, "resnet32"):
+        scale = 1 if only else 4
+        bench("resnet32", ResNet32(), (3, 32, 32), max(2, -(-train_steps // scale)), max(2, -(-infer_steps // scale)), device)

@@ -477,6 +477,9 @@ pub struct HeadSpec {
     /// Margin / prior during training.
     pub margin: Spanned<Margin>,
     /// A plugin's per-sample loss, in place of the cross-entropy of `targets` and `margin`.
+    /// (Left out of the serialised form when absent, so that heads without one keep the cache
+    /// keys they had before plugins existed.)
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub loss: Option<Spanned<PluginLoss>>,
     /// Per-sample weighting r_w.
     pub weighting: Spanned<Weighting>,

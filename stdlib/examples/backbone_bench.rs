@@ -2,7 +2,8 @@
 //! feature-extraction images/s (inference mode) of the small CNN (28x28 grey) and ResNet-32
 //! (32x32 colour) at batch 128. Compare with `bench/backbone_torch.py` on the same machine.
 //!
-//! `cargo run --release -p lortflow-stdlib --example backbone_bench [train_steps] [infer_steps]`
+//! `cargo run --release -p lortflow-stdlib --example backbone_bench [train_steps] [infer_steps]
+//! [--backend cpu|cuda] [--only small-cnn|resnet32]`
 
 use std::time::Instant;
 
@@ -15,7 +16,7 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Distribution, Int, Tensor};
 use lortflow_lang::ir::Arch;
 use lortflow_stdlib::backbone::{Backbone, BackboneConfig};
-use lortflow_stdlib::backend::{CpuAutodiff, CpuDevice};
+use lortflow_stdlib::backend::BackendChoice;
 
 const BATCH: usize = 128;
 
@@ -86,23 +87,40 @@ fn bench<B: AutodiffBackend>(
 }
 
 fn main() {
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse().ok())
-        .collect();
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let value = |name: &str| {
+        argv.iter()
+            .position(|a| a == name)
+            .and_then(|i| argv.get(i + 1))
+            .cloned()
+    };
+    let backend: BackendChoice = value("--backend")
+        .unwrap_or_else(|| "cpu".into())
+        .parse()
+        .expect("--backend cpu|cuda|cuda:N");
+    let only = value("--only");
+    let args: Vec<usize> = argv.iter().filter_map(|a| a.parse().ok()).collect();
     let train_steps = args.first().copied().unwrap_or(10);
     let infer_steps = args.get(1).copied().unwrap_or(20);
-    let device = CpuDevice::default();
     println!(
-        "burn 0.21 flex, batch {BATCH}, {train_steps} train steps, {infer_steps} inference batches"
+        "burn 0.21 {backend}, batch {BATCH}, {train_steps} train steps, {infer_steps} inference batches"
     );
-    bench::<CpuAutodiff>(Arch::SmallCnn, 1, 28, train_steps, infer_steps, &device);
-    bench::<CpuAutodiff>(
-        Arch::Resnet32,
-        3,
-        32,
-        train_steps.div_ceil(4).max(2),
-        infer_steps.div_ceil(4).max(2),
-        &device,
-    );
+    lortflow_stdlib::with_backend!(backend, |B, device| {
+        if only.as_deref().is_none_or(|o| o == "small-cnn") {
+            bench::<B>(Arch::SmallCnn, 1, 28, train_steps, infer_steps, &device);
+        }
+        // ResNet-32 is ~10x the work per image: a quarter of the steps unless it runs alone.
+        let scale = if only.is_some() { 1 } else { 4 };
+        if only.as_deref().is_none_or(|o| o == "resnet32") {
+            bench::<B>(
+                Arch::Resnet32,
+                3,
+                32,
+                train_steps.div_ceil(scale).max(2),
+                infer_steps.div_ceil(scale).max(2),
+                &device,
+            );
+        }
+    })
+    .expect("the backend should start");
 }

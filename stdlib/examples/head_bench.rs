@@ -3,48 +3,93 @@
 //! cosine schedule; then a 25-head sweep (5 lr × 5 wd, one seed) trained together versus the same
 //! 25 heads trained one call at a time.
 //!
-//! `bench/head_torch.py` runs the single head in PyTorch for comparison.
+//! `bench/head_torch.py` runs the same loops in PyTorch for comparison. Flags change the shape
+//! and the backend (`scripts/gpu-check.sh` runs 2048→1000 on 100k samples on CUDA).
 //!
 //! ```text
 //! cargo run --release --example head_bench -p lortflow-stdlib [-- --skip-singles] [--skip-sweep]
+//!     [--backend cpu|cuda] [--samples N] [--test-samples N] [--dim D] [--classes K]
+//!     [--epochs E] [--batch B]
 //! ```
 
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use burn::backend::{Autodiff, Flex};
+use burn::tensor::backend::AutodiffBackend;
+use lortflow_stdlib::backend::BackendChoice;
 use lortflow_stdlib::dataset::Rng;
 use lortflow_stdlib::head::{FeatureView, HeadJob, HeadResult, test_spec, train_heads};
 
-const N: usize = 10_847;
-const N_TEST: usize = 10_000;
-const D: usize = 512;
-const K: usize = 100;
+/// The shape of the benchmark; flags override the CPU defaults.
+struct Config {
+    samples: usize,
+    test_samples: usize,
+    dim: usize,
+    classes: usize,
+    epochs: u32,
+    batch: usize,
+    skip_singles: bool,
+    skip_sweep: bool,
+}
+
+/// `--name value` from the command line.
+fn flag<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name}: cannot parse `{v}`"))
+        })
+        .unwrap_or(default)
+}
 
 fn main() {
-    let skip_singles = std::env::args().any(|a| a == "--skip-singles");
-    let skip_sweep = std::env::args().any(|a| a == "--skip-sweep");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let backend: BackendChoice = flag(&args, "--backend", "cpu".to_string())
+        .parse()
+        .expect("--backend cpu|cuda|cuda:N");
+    let config = Config {
+        samples: flag(&args, "--samples", 10_847),
+        test_samples: flag(&args, "--test-samples", 10_000),
+        dim: flag(&args, "--dim", 512),
+        classes: flag(&args, "--classes", 100),
+        epochs: flag(&args, "--epochs", 20),
+        batch: flag(&args, "--batch", 128),
+        skip_singles: args.iter().any(|a| a == "--skip-singles"),
+        skip_sweep: args.iter().any(|a| a == "--skip-sweep"),
+    };
+    println!("backend {backend}");
+    lortflow_stdlib::with_backend!(backend, |B, device| bench::<B>(&device, &config))
+        .expect("the backend should start");
+}
+
+fn bench<B: AutodiffBackend>(device: &B::Device, config: &Config) {
+    let (n, d, k) = (config.samples, config.dim, config.classes);
     let mut rng = Rng::seed_from_u64(0);
-    let train: Vec<f32> = (0..N * D).map(|_| rng.normal() as f32).collect();
-    let labels: Vec<u32> = (0..N).map(|_| rng.below(K as u64) as u32).collect();
-    let test: Vec<f32> = (0..N_TEST * D).map(|_| rng.normal() as f32).collect();
-    let test_labels: Vec<u32> = (0..N_TEST).map(|_| rng.below(K as u64) as u32).collect();
-    let mut counts = vec![0usize; K];
+    let train: Vec<f32> = (0..n * d).map(|_| rng.normal() as f32).collect();
+    let labels: Vec<u32> = (0..n).map(|_| rng.below(k as u64) as u32).collect();
+    let test: Vec<f32> = (0..config.test_samples * d)
+        .map(|_| rng.normal() as f32)
+        .collect();
+    let test_labels: Vec<u32> = (0..config.test_samples)
+        .map(|_| rng.below(k as u64) as u32)
+        .collect();
+    let mut counts = vec![0usize; k];
     labels.iter().for_each(|&y| counts[y as usize] += 1);
     let view = FeatureView {
-        dim: D,
+        dim: d,
         train: &train,
         train_labels: &labels,
         test: &test,
         test_labels: &test_labels,
-        num_classes: K,
+        num_classes: k,
         class_counts: &counts,
     };
-    let device = burn_flex::FlexDevice;
     let run = |jobs: &[HeadJob]| -> (f64, Vec<HeadResult>) {
         let start = Instant::now();
-        let out = train_heads::<Autodiff<Flex>>(
-            &device,
+        let out = train_heads::<B>(
+            device,
             &view,
             None,
             jobs,
@@ -54,10 +99,16 @@ fn main() {
         .expect("training should succeed");
         (start.elapsed().as_secs_f64(), out)
     };
+    let spec = || {
+        let mut spec = test_spec();
+        spec.train.epochs = config.epochs;
+        spec.train.batch_size = config.batch as u32;
+        spec
+    };
 
     let single = HeadJob {
         name: "ce".into(),
-        spec: test_spec(),
+        spec: spec(),
         seed: 0,
     };
     run(std::slice::from_ref(&single)); // warm-up: thread pool, allocator
@@ -65,8 +116,11 @@ fn main() {
     for _ in 0..3 {
         one = one.min(run(std::slice::from_ref(&single)).0);
     }
-    println!("one head 512→100, {N} samples, 20 epochs, batch 128: {one:.3} s (best of 3)");
-    if skip_sweep {
+    println!(
+        "one head {d}→{k}, {n} samples, {} epochs, batch {}: {one:.3} s (best of 3)",
+        config.epochs, config.batch
+    );
+    if config.skip_sweep {
         return;
     }
 
@@ -74,7 +128,7 @@ fn main() {
         .iter()
         .flat_map(|&lr| {
             [0.0, 1e-4, 5e-4, 1e-3, 5e-3].map(|wd| {
-                let mut spec = test_spec();
+                let mut spec = spec();
                 spec.train.lr = lr;
                 spec.train.weight_decay = wd;
                 HeadJob {
@@ -90,7 +144,7 @@ fn main() {
         "25-head sweep trained together: {together:.3} s ({:.2}× one head)",
         together / one
     );
-    if !skip_singles {
+    if !config.skip_singles {
         let start = Instant::now();
         for job in &sweep {
             run(std::slice::from_ref(job));
