@@ -1,20 +1,25 @@
 //! The training loop: SGD with momentum on cached features, many heads at once, and epoch
 //! selection.
 //!
-//! The train matrix is uploaded to the device once per [`train_heads`] call (and the test matrix
-//! once, for the test logits); batches are gathered from it on the device, so per step only the
-//! batch's sample ids, labels and per-sample constants (a few KB) cross to the device, and one
-//! `[2H]` vector (losses and correct counts) comes back for the divergence check and the history.
+//! On a GPU the train matrix is uploaded to the device once per [`train_heads`] call (and the
+//! test matrix once, for the test logits); batches are gathered from it on the device, so per step
+//! only the batch's sample ids, labels and per-sample constants (a few KB) cross to the device,
+//! and one `[2H]` vector (losses and correct counts) comes back for the divergence check and the
+//! history. On the CPU backend, whose "device" is host memory, closed-form heads train on the
+//! (memory-mapped) feature slices directly ([`host`](super::host)), and evaluation and test
+//! logits are computed from them in chunks, without a copy of the features (autodiff heads still
+//! read an uploaded train matrix).
 //!
 //! Heads of one group (see [`plan`](super::plan) for the rule) are stacked. When the heads share a
 //! batch stream a step is one `[B, D] × [D, H·K]` matmul — large enough for gemm to use every
 //! core — and logits are `[B, H, K]`; with one stream per head it is a batched
 //! `[H, B, D] × [H, D, K]`. Heads do not interact, so each head's gradient is the gradient of its
-//! own loss. Two step implementations share the loop:
+//! own loss. Three step implementations share the loop:
 //!
 //! - linear softmax-family heads without focal modulation (most of the paper's methods, and
-//!   every δ / lr / weight-decay sweep of them) take the closed-form gradient of
-//!   [`analytic`](super::analytic): no autodiff graph, the bias folded into the matmul;
+//!   every δ / lr / weight-decay sweep of them) take the closed-form gradient: in host memory on
+//!   the CPU backend ([`host`](super::host), which also runs plugin losses, on any backend), on
+//!   the device otherwise ([`analytic`](super::analytic), the bias folded into the matmul);
 //! - cosine and LWS logits, focal and BCE losses differentiate [`loss`](super::loss) with
 //!   autodiff: weights `[D, H, K]` (each head's `Wᵀ`, side by side), bias and LWS scales
 //!   `[1, H, K]`; the sum of the per-head losses is differentiated once.
@@ -338,7 +343,7 @@ struct GroupContext<'a, 'f, B: AutodiffBackend> {
 
 /// Whether `B` is the CPU backend, whose tensors are host memory.
 fn is_cpu<B: Backend>() -> bool {
-    std::any::TypeId::of::<B>() == std::any::TypeId::of::<burn_flex::Flex>()
+    std::any::TypeId::of::<B>() == std::any::TypeId::of::<crate::backend::CpuBackend>()
 }
 
 /// A `[1, H, 1]` tensor of one value per head.

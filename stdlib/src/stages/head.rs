@@ -224,14 +224,14 @@ fn write_head(
     write_json(&cx.out_dir.join(META_FILE), meta)?;
     write_json(
         &cx.out_dir.join(HEAD_FILE),
-        &json!({ "method": spec.method.value, "select": spec.select.value, "trials": trials }),
+        &json!({ "method": method_label(spec), "select": spec.select.value, "trials": trials }),
     )?;
     let n = top1s.len() as f64;
     let mean = top1s.iter().sum::<f64>() / n;
     let std = (top1s.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n).sqrt();
     let best = top1s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     Ok(json!({
-        "method": spec.method.value,
+        "method": method_label(spec),
         "trials": top1s.len(),
         "top1": top1s,
         "top1_mean": mean,
@@ -239,6 +239,14 @@ fn write_head(
         "top1_best": best,
         "final_loss": first.history.last().map(|h| h.loss),
     }))
+}
+
+/// The method a head reports: its plugin loss when it has one (the preset then only supplies
+/// the training defaults), else its preset.
+fn method_label(spec: &lortflow_lang::ir::HeadSpec) -> String {
+    spec.loss
+        .as_ref()
+        .map_or_else(|| spec.method.value.clone(), |loss| loss.value.name.clone())
 }
 
 /// Index of the largest value; the lowest index wins ties.
