@@ -4,11 +4,17 @@
 #
 # Build (on the development machine; no GPU or CUDA toolkit needed):
 #
-#     scripts/gpu-check.sh --build          # -> target-gpu/{lortflow,head_bench,backbone_bench}
+#     scripts/gpu-check.sh --build          # -> target-gpu.tar.gz: the stripped binaries
+#                                           #    (target-gpu/) and the CPU table
+#                                           #    (pipelines/expected/), ~40 MB; git-ignored:
+#                                           #    carry it to the GPU machine
 #
-# Run (on the GPU machine, from the repository root; writes $OUT or ./gpu-results):
+# Run (on the GPU machine, from the repository root; writes $OUT or ./gpu-results). Each part
+# fits one 10-minute device command (every step has a time limit):
 #
-#     scripts/gpu-check.sh
+#     scripts/gpu-check.sh pipelines        # steps 1-2, at most 7.5 min
+#     scripts/gpu-check.sh bench            # steps 3-4, at most 8 min
+#     scripts/gpu-check.sh                  # both
 #
 # Steps, each timed and logged; a failing step is recorded and the next one still runs:
 #  1. `smoke.kdl` on `--backend cuda`;
@@ -31,12 +37,24 @@ if [[ "${1:-}" == "--build" ]]; then
     mkdir -p "$BIN" pipelines/expected
     cp "$CARGO_TARGET_DIR/release/lortflow" "$CARGO_TARGET_DIR/release/examples/head_bench" \
         "$CARGO_TARGET_DIR/release/examples/backbone_bench" "$BIN/"
+    # The device tool carries at most 64 MiB of ignored paths: symbols are not needed there.
+    strip "$BIN"/*
     # The CPU table to compare with (cached after the first run of the default pipeline).
     "$CARGO_TARGET_DIR/release/lortflow" run -q pipelines/fashion-mnist-lt.kdl
     "$CARGO_TARGET_DIR/release/lortflow" report pipelines/fashion-mnist-lt.kdl --format json \
         > pipelines/expected/fashion-mnist-lt.cpu.json
-    ls -l "$BIN" pipelines/expected
+    # One compressed file to carry (the device tool carries at most 64 MiB).
+    tar -czf target-gpu.tar.gz "$BIN" pipelines/expected
+    ls -l "$BIN" pipelines/expected target-gpu.tar.gz
     exit 0
+fi
+
+if [[ ! -d "$BIN" && -f target-gpu.tar.gz ]]; then
+    tar -xzf target-gpu.tar.gz
+fi
+if [[ ! -x "$BIN/lortflow" ]]; then
+    echo "error: no $BIN/lortflow: run \`scripts/gpu-check.sh --build\` on a machine with Rust and carry target-gpu.tar.gz" >&2
+    exit 2
 fi
 
 OUT="${OUT:-gpu-results}"
@@ -55,15 +73,17 @@ chmod +x "$BIN"/* 2>/dev/null
     "$PYTHON" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' 2>&1
     "$BIN/lortflow" --version 2>&1
     echo '```'
-} > "$RESULTS"
+} >> "$RESULTS"
 
-# step NAME COMMAND...: runs it with a timer, logs to $OUT/NAME.log, records the outcome.
+# step NAME SECONDS COMMAND...: runs it with a timer and a time limit (the device session's
+# budget is short: one stuck step must not take the rest), logs to $OUT/NAME.log, records the
+# outcome (exit 124: timed out).
 step() {
-    local name="$1"
-    shift
+    local name="$1" limit="$2"
+    shift 2
     local start ms rc
     start=$(date +%s%N)
-    "$@" > "$OUT/$name.log" 2>&1
+    timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
     rc=$?
     ms=$(( ($(date +%s%N) - start) / 1000000 ))
     printf '\n## %s\n\n`%s` exit %d, %d.%03d s\n\n```\n' "$name" "$*" "$rc" $((ms / 1000)) $((ms % 1000)) >> "$RESULTS"
@@ -73,11 +93,13 @@ step() {
     return 0
 }
 
-step smoke "$BIN/lortflow" run pipelines/smoke.kdl --backend cuda --store "$STORE"
-step default-pipeline "$BIN/lortflow" run pipelines/fashion-mnist-lt.kdl --backend cuda --store "$STORE"
+PART="${1:-all}"
+if [[ "$PART" == pipelines || "$PART" == all ]]; then
+step smoke 120 "$BIN/lortflow" run pipelines/smoke.kdl --backend cuda --store "$STORE"
+step default-pipeline 300 "$BIN/lortflow" run pipelines/fashion-mnist-lt.kdl --backend cuda --store "$STORE"
 "$BIN/lortflow" report pipelines/fashion-mnist-lt.kdl --format json --store "$STORE" \
     > "$OUT/fashion-mnist-lt.cuda.json" 2> "$OUT/report.log"
-step cpu-vs-cuda "$PYTHON" - "pipelines/expected/fashion-mnist-lt.cpu.json" "$OUT/fashion-mnist-lt.cuda.json" <<'EOF'
+step cpu-vs-cuda 30 "$PYTHON" - "pipelines/expected/fashion-mnist-lt.cpu.json" "$OUT/fashion-mnist-lt.cuda.json" <<'EOF'
 # Head-by-head top-1 of the CPU and CUDA runs. Backbone training is not bit-reproducible across
 # devices (different kernels and reduction orders), so "within noise" means: the mean absolute
 # difference over heads is small and no head moves by more than a few points.
@@ -103,9 +125,12 @@ for head in sorted(cpu):
         print(f"{head:<24} {100 * cpu[head]:7.2f} {100 * cuda[head]:7.2f} {d:+6.2f}")
 print(f"mean |diff| {sum(diffs) / len(diffs):.2f} points, max {max(diffs):.2f} over {len(diffs)} heads")
 EOF
-step resnet32-lortflow "$BIN/backbone_bench" 50 50 --backend cuda --only resnet32
-step resnet32-torch "$PYTHON" bench/backbone_torch.py 50 50 --device cuda --only resnet32
+fi
+if [[ "$PART" == bench || "$PART" == all ]]; then
+step resnet32-lortflow 120 "$BIN/backbone_bench" 50 50 --backend cuda --only resnet32
+step resnet32-torch 120 "$PYTHON" bench/backbone_torch.py 50 50 --device cuda --only resnet32
 HEAD_ARGS=(--samples 100000 --test-samples 10000 --dim 2048 --classes 1000 --epochs 10 --batch 512)
-step head-lortflow "$BIN/head_bench" --backend cuda --skip-sweep "${HEAD_ARGS[@]}"
-step head-torch "$PYTHON" bench/head_torch.py --device cuda "${HEAD_ARGS[@]}"
+step head-lortflow 120 "$BIN/head_bench" --backend cuda --skip-sweep "${HEAD_ARGS[@]}"
+step head-torch 120 "$PYTHON" bench/head_torch.py --device cuda "${HEAD_ARGS[@]}"
+fi
 echo "results: $RESULTS"

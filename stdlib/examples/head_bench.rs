@@ -85,6 +85,7 @@ fn bench<B: AutodiffBackend>(device: &B::Device, config: &Config) {
         test_labels: &test_labels,
         num_classes: k,
         class_counts: &counts,
+        release: None,
     };
     let run = |jobs: &[HeadJob]| -> (f64, Vec<HeadResult>) {
         let start = Instant::now();

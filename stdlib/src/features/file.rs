@@ -149,6 +149,29 @@ impl Backing {
         }
     }
 
+    /// Drops the pages holding floats `range` from this process's memory (a mapping; a copy
+    /// keeps its memory). They are re-read from the file if touched again. Errors are ignored:
+    /// this only lowers memory use.
+    pub(crate) fn release(&self, range: std::ops::Range<usize>) {
+        if let Backing::Mapped { map, start, len } = self {
+            let (from, to) = (range.start.min(*len), range.end.min(*len));
+            if from >= to {
+                return;
+            }
+            // SAFETY: the mapping is private and read-only and the file is an immutable artifact
+            // (see `map_file`), so `MADV_DONTNEED` only drops clean pages: any later read of them
+            // faults in the same bytes from the file, and no borrowed slice sees a change.
+            #[allow(unsafe_code)]
+            let _ = unsafe {
+                map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    start + from * 4,
+                    (to - from) * 4,
+                )
+            };
+        }
+    }
+
     /// Views `bytes[start..start + 4·len]` of `map` as `f32`, copying only when unaligned.
     pub(crate) fn new(map: Mmap, start: usize, len: usize) -> Self {
         let bytes = &map[start..start + len * 4];
@@ -238,6 +261,13 @@ impl FeatureFile {
     /// All features, row-major `[N, D]`, borrowed from the mapping (no copy).
     pub fn features(&self) -> &[f32] {
         self.features.floats()
+    }
+
+    /// Gives back the memory of rows `rows` (pages of the mapping; re-read from the file if
+    /// touched again). For consumers that are done with part of a large matrix.
+    pub fn release_rows(&self, rows: std::ops::Range<usize>) {
+        self.features
+            .release(rows.start * self.dim..rows.end * self.dim);
     }
 
     /// Row `i`.

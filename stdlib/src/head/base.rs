@@ -12,7 +12,7 @@ use super::error::HeadError;
 use super::inference::{normalize_rows_in_place, tau_normalized};
 
 /// A cached feature set, borrowed as row-major slices.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct FeatureView<'a> {
     /// Feature dimension `D`.
     pub dim: usize,
@@ -29,9 +29,40 @@ pub struct FeatureView<'a> {
     /// Training images per class, `K` (of the long-tailed train split; drives priors, margins,
     /// weights and samplers).
     pub class_counts: &'a [usize],
+    /// Called with rows of a split the trainer is done with for now, so that memory-mapped
+    /// features can give their pages back (`None`: nothing to release).
+    pub release: Option<&'a (dyn Fn(FeatureSplit, std::ops::Range<usize>) + Sync)>,
+}
+
+impl std::fmt::Debug for FeatureView<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FeatureView")
+            .field("dim", &self.dim)
+            .field("num_train", &self.num_train())
+            .field("num_test", &self.num_test())
+            .field("num_classes", &self.num_classes)
+            .field("release", &self.release.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Which split of a [`FeatureView`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeatureSplit {
+    /// The train split.
+    Train,
+    /// The test split.
+    Test,
 }
 
 impl FeatureView<'_> {
+    /// Releases rows `rows` of `split` through [`Self::release`], if set.
+    pub(crate) fn release(&self, split: FeatureSplit, rows: std::ops::Range<usize>) {
+        if let Some(release) = self.release {
+            release(split, rows);
+        }
+    }
+
     /// Train sample `i`'s features.
     pub(crate) fn train_row(&self, i: usize) -> &[f32] {
         &self.train[i * self.dim..(i + 1) * self.dim]

@@ -17,7 +17,7 @@
 //! let labels = [0, 1, 0, 1];
 //! let view = FeatureView {
 //!     dim: 2, train: &train, train_labels: &labels, test: &train, test_labels: &labels,
-//!     num_classes: 2, class_counts: &[2, 2],
+//!     num_classes: 2, class_counts: &[2, 2], release: None,
 //! };
 //! let job = HeadJob { name: "ce".into(), spec: test_spec(), seed: 0 };
 //! let results = train_heads::<Autodiff<Flex>>(
@@ -45,8 +45,8 @@ mod train;
 mod tests;
 
 pub use base::{
-    Classifier, EpochStats, FeatureView, HeadJob, HeadProgress, HeadResult, TrainedClassifier,
-    TrainedHead,
+    Classifier, EpochStats, FeatureSplit, FeatureView, HeadJob, HeadProgress, HeadResult,
+    TrainedClassifier, TrainedHead,
 };
 pub use error::HeadError;
 pub use plugin::{LossPlugin, SampleLoss, check_gradient, register_loss};

@@ -246,6 +246,7 @@ impl Data {
             test_labels: &self.test_labels,
             num_classes: self.k,
             class_counts: &self.counts,
+            release: None,
         }
     }
 }
@@ -1024,4 +1025,50 @@ fn check_gradient_catches_a_wrong_gradient() {
     };
     assert!(check_gradient(&right, &[0.3, -1.0, 2.0], 1, 1e-2) < 1e-3);
     assert!(check_gradient(&Wrong, &[0.3, -1.0, 2.0], 1, 1e-2) > 0.5);
+}
+
+/// The trainer hands back the rows it is done with: the train split after each host group, the
+/// test split chunk by chunk after the test logits (and after each selection pass on it).
+#[test]
+fn the_trainer_releases_the_feature_rows_it_is_done_with() {
+    use std::sync::Mutex;
+    let data = long_tailed(5, 8, 60, 10.0, 1.0);
+    let calls: Mutex<Vec<(FeatureSplit, std::ops::Range<usize>)>> = Mutex::new(Vec::new());
+    let record = |split: FeatureSplit, rows: std::ops::Range<usize>| {
+        calls.lock().unwrap().push((split, rows));
+    };
+    let mut view = data.view();
+    view.release = Some(&record);
+    let jobs = [job("ce", |_| {}), noisy("sel", 1.0, "best-test")];
+    train_heads::<Ad>(
+        &dev(),
+        &view,
+        None,
+        &jobs,
+        &AtomicBool::new(false),
+        &mut |_| {},
+    )
+    .unwrap();
+    let calls = calls.into_inner().unwrap();
+    let (n, n_test) = (data.labels.len(), data.test_labels.len());
+    // Two host groups (different epochs): each releases all train rows once.
+    let train: Vec<_> = calls
+        .iter()
+        .filter(|(s, _)| *s == FeatureSplit::Train)
+        .collect();
+    assert_eq!(train.len(), 2, "{calls:?}");
+    assert!(train.iter().all(|(_, r)| *r == (0..n)));
+    // The selecting head's 8 epochs release the whole test split; the test logits of both
+    // groups release it chunk by chunk, covering every row.
+    let test: Vec<_> = calls
+        .iter()
+        .filter(|(s, _)| *s == FeatureSplit::Test)
+        .collect();
+    let whole = test.iter().filter(|(_, r)| *r == (0..n_test)).count();
+    assert!(whole >= 8, "{calls:?}");
+    let mut covered = vec![0usize; n_test];
+    for (_, rows) in &test {
+        rows.clone().for_each(|i| covered[i] += 1);
+    }
+    assert!(covered.iter().all(|&c| c >= 2 + 8), "{covered:?}");
 }

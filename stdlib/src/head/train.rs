@@ -44,7 +44,8 @@ use burn::tensor::{Int, Tensor, TensorData};
 
 use super::analytic::{AnalyticHeads, Layout};
 use super::base::{
-    EpochStats, FeatureView, HeadJob, HeadProgress, HeadResult, TrainedClassifier, TrainedHead,
+    EpochStats, FeatureSplit, FeatureView, HeadJob, HeadProgress, HeadResult, TrainedClassifier,
+    TrainedHead,
 };
 use super::components::log_prior;
 use super::error::HeadError;
@@ -1013,7 +1014,15 @@ fn train_group<B: AutodiffBackend>(
                         EvalFeatures::Device(x) => {
                             predict::<Inner<B>>(device, members, &classifiers, x.clone(), cosine)
                         }
-                        EvalFeatures::Host(x) => predict_host(members, &classifiers, x, d, cosine),
+                        EvalFeatures::Host(x) => {
+                            let predictions = predict_host(members, &classifiers, x, d, cosine);
+                            if ctx.split.is_none() {
+                                // The test split, read once per epoch: give its pages back.
+                                ctx.features
+                                    .release(FeatureSplit::Test, 0..ctx.features.num_test());
+                            }
+                            predictions
+                        }
                     };
                     let n = eval.labels.len();
                     let mut out = vec![None; h];
@@ -1060,6 +1069,12 @@ fn train_group<B: AutodiffBackend>(
     }
     if ctx.cancel.load(Ordering::Relaxed) {
         return Err(HeadError::Cancelled);
+    }
+    if matches!(heads, Heads::Host(_)) {
+        // Host heads read the train rows straight from the features; the next group (if any)
+        // faults them back in from the page cache.
+        ctx.features
+            .release(FeatureSplit::Train, 0..ctx.features.num_train());
     }
     let mut params = heads.download();
     let mut selected = vec![epochs.checked_sub(1); h];
@@ -1348,12 +1363,14 @@ fn finish_group<B: Backend>(
                 inference_weights(members, &classifiers, cosine).logits(
                     features.test,
                     d,
-                    |_, chunk| {
+                    |start, chunk| {
                         for row in chunk.chunks(h * k) {
                             for (out, z) in test_logits.iter_mut().zip(row.chunks(k)) {
                                 out.extend_from_slice(z);
                             }
                         }
+                        let rows = chunk.len() / (h * k).max(1);
+                        features.release(FeatureSplit::Test, start..start + rows);
                     },
                 );
             }

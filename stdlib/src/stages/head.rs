@@ -11,7 +11,9 @@ use super::common::{
     read_json, save_classifier, write_json,
 };
 use crate::features::{FeatureFile, write_features};
-use crate::head::{Classifier, FeatureView, HeadError, HeadJob, HeadResult, train_heads};
+use crate::head::{
+    Classifier, FeatureSplit, FeatureView, HeadError, HeadJob, HeadResult, train_heads,
+};
 
 pub(crate) const HEAD_FILE: &str = "head.json";
 
@@ -80,6 +82,12 @@ fn train_group(contexts: &[StageContext<'_>]) -> Result<Vec<Result<Json, StageEr
     let meta: Meta = read_json(&features.artifact.file(META_FILE))?;
     let train = FeatureFile::open(&features.artifact.file(TRAIN_FEATURES)).map_err(fail)?;
     let test = FeatureFile::open(&features.artifact.file(TEST_FEATURES)).map_err(fail)?;
+    // The trainer hands back the mapped rows it is done with, so that a head stage holds about
+    // one split of the features in memory at a time.
+    let release = |split: FeatureSplit, rows: std::ops::Range<usize>| match split {
+        FeatureSplit::Train => train.release_rows(rows),
+        FeatureSplit::Test => test.release_rows(rows),
+    };
     let view = FeatureView {
         dim: train.dim(),
         train: train.features(),
@@ -88,6 +96,7 @@ fn train_group(contexts: &[StageContext<'_>]) -> Result<Vec<Result<Json, StageEr
         test_labels: test.labels(),
         num_classes: meta.num_classes,
         class_counts: &meta.class_counts,
+        release: Some(&release),
     };
     let specs: Vec<&HeadSpec> = contexts
         .iter()
