@@ -69,7 +69,7 @@ chmod +x "$BIN"/* 2>/dev/null
     echo "# lortflow on CUDA: $(date -u +%Y-%m-%dT%H:%MZ)"
     echo
     echo '```'
-    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 || true
     "$PYTHON" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' 2>&1
     "$BIN/lortflow" --version 2>&1
     echo '```'
@@ -106,7 +106,10 @@ step cpu-vs-cuda 30 "$PYTHON" - "pipelines/expected/fashion-mnist-lt.cpu.json" "
 import json, sys
 
 def table(path):
-    data = json.load(open(path))
+    try:
+        data = json.load(open(path))
+    except (OSError, ValueError) as err:
+        sys.exit(f"{path}: no report to compare ({err}); see the pipeline step's log")
     return {
         head["name"]: head["top1"]["mean"]
         for evaluation in data["evaluations"]
