@@ -66,7 +66,14 @@ impl LossPlugin for LabelAwareSmoothing {
         params: &BTreeMap<String, f64>,
         class_counts: &[usize],
     ) -> Result<Arc<dyn SampleLoss>, String> {
-        let (high, low) = (params["delta-max"], params["delta-min"]);
+        // The linter fills in every property; a missing one is a bug worth a clear message.
+        let param = |name: &str| {
+            params
+                .get(name)
+                .copied()
+                .ok_or(format!("no `{name}` given"))
+        };
+        let (high, low) = (param("delta-max")?, param("delta-min")?);
         Ok(Arc::new(Smoothing {
             delta: per_class_delta(class_counts, low, high)?,
         }))

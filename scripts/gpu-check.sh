@@ -94,6 +94,10 @@ step() {
 }
 
 PART="${1:-all}"
+case "$PART" in
+    pipelines | bench | all) ;;
+    *) echo "error: unknown part \`$PART\` (pipelines, bench or all)" >&2; exit 2 ;;
+esac
 if [[ "$PART" == pipelines || "$PART" == all ]]; then
 step smoke 120 "$BIN/lortflow" run pipelines/smoke.kdl --backend cuda --store "$STORE"
 step default-pipeline 300 "$BIN/lortflow" run pipelines/fashion-mnist-lt.kdl --backend cuda --store "$STORE"
@@ -126,6 +130,8 @@ for head in sorted(cpu):
         d = 100 * (cuda[head] - cpu[head])
         diffs.append(abs(d))
         print(f"{head:<24} {100 * cpu[head]:7.2f} {100 * cuda[head]:7.2f} {d:+6.2f}")
+if not diffs:
+    sys.exit("the two tables have no head in common")
 print(f"mean |diff| {sum(diffs) / len(diffs):.2f} points, max {max(diffs):.2f} over {len(diffs)} heads")
 EOF
 fi

@@ -18,8 +18,9 @@ fn plugin_binary() -> PathBuf {
         ));
     assert!(
         path.exists(),
-        "{} is missing: `cargo test` builds the examples; with `--test integration` alone, run \
-         `cargo build --release --example custom_head_method` first",
+        "{} is missing: `cargo test` builds the examples; with `--test integration` alone, first \
+         build it with the tests' profile (`cargo build --release --example custom_head_method` \
+         for `scripts/test`)",
         path.display()
     );
     path

@@ -100,16 +100,15 @@ impl<'d> Checker<'d> {
                             span,
                             "expected a string",
                         )
-                        .with_help(format!(
-                            "write one of {}",
-                            or_list(
-                                &spec
-                                    .all_variants()
-                                    .into_iter()
-                                    .map(|v| v.name)
-                                    .collect::<Vec<_>>()
-                            )
-                        )),
+                        .with_help({
+                            let names: Vec<&str> =
+                                spec.all_variants().into_iter().map(|v| v.name).collect();
+                            if names.is_empty() {
+                                "write the name of a variant that a plugin registers".to_string()
+                            } else {
+                                format!("write one of {}", or_list(&names))
+                            }
+                        }),
                     ),
                 }
             }

@@ -674,11 +674,25 @@ fn run_batch(
             )
         })
         .collect();
-    let outputs = if contexts.len() == 1 {
-        vec![executor.run(&contexts[0])]
-    } else {
-        executor.run_batch(&contexts)
-    };
+    // A panicking executor (a bug, or a plugin's) fails its stages like an error would: the
+    // message is kept, the staging directories are discarded, the rest of the run goes on.
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        if contexts.len() == 1 {
+            vec![executor.run(&contexts[0])]
+        } else {
+            executor.run_batch(&contexts)
+        }
+    }));
+    let outputs = run.unwrap_or_else(|payload| {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        (0..contexts.len())
+            .map(|_| Err(StageError::failed(format!("the stage panicked: {message}"))))
+            .collect()
+    });
     drop(contexts);
     let duration = clock.elapsed().as_secs_f64() / prepared.len().max(1) as f64;
     for ((job, key, staging, work_dir, input_refs), output) in prepared.into_iter().zip(outputs) {

@@ -12,7 +12,7 @@ use lortflow_runtime::*;
 use serde_json::json;
 
 /// Writes one file whose content depends on the stage and its inputs; counts its runs; fails
-/// for stages whose name starts with `fail`.
+/// for stages whose name starts with `fail`, panics for those starting with `panic`.
 struct Fake {
     runs: Arc<AtomicUsize>,
 }
@@ -25,6 +25,9 @@ impl StageExecutor for Fake {
         self.runs.fetch_add(1, Ordering::SeqCst);
         if cx.stage.name.starts_with("fail") {
             return Err(StageError::failed("this stage always fails"));
+        }
+        if cx.stage.name.starts_with("panic") {
+            panic!("a bug in this stage");
         }
         let inputs: Vec<String> = cx
             .inputs
@@ -175,6 +178,24 @@ fn a_failing_stage_stops_its_downstream_and_siblings_finish() {
     assert!(o.contains(&("fail-ce".into(), StageOutcome::Failed)));
     assert!(o.contains(&("lort".into(), StageOutcome::Ran)));
     assert!(o.contains(&("t".into(), StageOutcome::Skipped)));
+}
+
+#[test]
+fn a_panicking_stage_fails_like_an_error_and_siblings_finish() {
+    let h = Harness::new();
+    let text = PIPELINE.replace("head \"ce\"", "head \"panic-ce\"");
+    let (_, report) = h.run(&text);
+    assert!(report.failed());
+    let o = outcomes(&report);
+    assert!(
+        o.contains(&("panic-ce".into(), StageOutcome::Failed)),
+        "{o:?}"
+    );
+    assert!(o.contains(&("lort".into(), StageOutcome::Ran)));
+    assert!(o.contains(&("t".into(), StageOutcome::Skipped)));
+    // Nothing of the panicking stage was committed: a second run tries it again.
+    let (_, again) = h.run(&text);
+    assert!(outcomes(&again).contains(&("panic-ce".into(), StageOutcome::Failed)));
 }
 
 #[test]

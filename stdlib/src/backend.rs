@@ -119,6 +119,11 @@ pub fn probe_cuda(index: usize) -> Result<(), BackendError> {
     }
     #[cfg(feature = "cuda")]
     {
+        // Without a driver, cubecl's device thread dies and the probe only sees a closed
+        // channel; say what is actually missing.
+        if let Err(reason) = find_driver() {
+            return Err(BackendError::CudaUnavailable { index, reason });
+        }
         probe_in_thread(index, CUDA_PROBE_TIMEOUT, move || {
             use burn::tensor::Tensor;
             let device = CudaDevice::new(index);
@@ -132,6 +137,41 @@ pub fn probe_cuda(index: usize) -> Result<(), BackendError> {
     }
 }
 
+/// Loads the CUDA driver library under the names cudarc tries first (`libcuda.so`,
+/// `libcuda.so.1`; `nvcuda.dll` on Windows), and keeps it loaded: cudarc loads it again, and
+/// unloading a GPU driver is best avoided.
+#[cfg(feature = "cuda")]
+fn find_driver() -> Result<(), String> {
+    let names: &[&str] = if cfg!(windows) {
+        &["nvcuda.dll"]
+    } else {
+        &["libcuda.so", "libcuda.so.1"]
+    };
+    let mut last = None;
+    for &name in names {
+        // SAFETY: loading the driver runs its initialisers, which is exactly what cudarc does on
+        // the first CUDA call.
+        #[allow(unsafe_code)]
+        match unsafe { libloading::Library::new(name) } {
+            Ok(library) => {
+                std::mem::forget(library);
+                return Ok(());
+            }
+            Err(err) => last = Some((name, err)),
+        }
+    }
+    let (name, err) = last.expect("at least one name is tried");
+    Err({
+        // libloading's message is "dlopen failed"; the loader's own reason is its source.
+        let reason =
+            std::error::Error::source(&err).map_or_else(|| err.to_string(), |s| s.to_string());
+        format!(
+            "the NVIDIA driver library `{name}` cannot be loaded ({reason}); is an NVIDIA driver \
+             installed on this machine?"
+        )
+    })
+}
+
 /// Runs `probe` on a fresh thread and maps a panic, an error or a timeout to
 /// [`BackendError::CudaUnavailable`]. Separate from [`probe_cuda`] so that the panic path can be
 /// tested without a GPU.
@@ -141,9 +181,10 @@ fn probe_in_thread(
     timeout: Duration,
     probe: impl FnOnce() -> Result<(), String> + Send + 'static,
 ) -> Result<(), BackendError> {
+    quiet_probe_panics();
     let (tx, rx) = std::sync::mpsc::channel();
     let spawned = std::thread::Builder::new()
-        .name(format!("lortflow-cuda-probe-{index}"))
+        .name(format!("{PROBE_THREAD}{index}"))
         .spawn(move || {
             // A panic unwinds this thread only; the sender is dropped and `recv` sees it.
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(probe))
@@ -165,6 +206,26 @@ fn probe_in_thread(
             "the probe thread ended without an answer".into(),
         )),
     }
+}
+
+/// The name prefix of probe threads.
+const PROBE_THREAD: &str = "lortflow-cuda-probe-";
+
+/// Keeps the default panic message (and backtrace) of probe threads off stderr: their panics
+/// are caught and reported as a [`BackendError`]. Other threads' panics print as before.
+fn quiet_probe_panics() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let probe = std::thread::current()
+                .name()
+                .is_some_and(|name| name.starts_with(PROBE_THREAD));
+            if !probe {
+                previous(info);
+            }
+        }));
+    });
 }
 
 /// The text of a panic payload (`&str` or `String`; anything else gets a generic message).

@@ -153,14 +153,16 @@ impl Backing {
     /// keeps its memory). They are re-read from the file if touched again. Errors are ignored:
     /// this only lowers memory use.
     pub(crate) fn release(&self, range: std::ops::Range<usize>) {
+        #[cfg(unix)]
         if let Backing::Mapped { map, start, len } = self {
             let (from, to) = (range.start.min(*len), range.end.min(*len));
             if from >= to {
                 return;
             }
-            // SAFETY: the mapping is private and read-only and the file is an immutable artifact
-            // (see `map_file`), so `MADV_DONTNEED` only drops clean pages: any later read of them
-            // faults in the same bytes from the file, and no borrowed slice sees a change.
+            // SAFETY: the mapping is read-only (never written through) and the file is an
+            // immutable artifact (see `map_file`), so `MADV_DONTNEED` only drops clean pages of
+            // the page cache from this process: any later read faults in the same bytes from the
+            // file, and no borrowed slice sees a change.
             #[allow(unsafe_code)]
             let _ = unsafe {
                 map.unchecked_advise_range(
@@ -170,6 +172,8 @@ impl Backing {
                 )
             };
         }
+        #[cfg(not(unix))]
+        let _ = range;
     }
 
     /// Views `bytes[start..start + 4·len]` of `map` as `f32`, copying only when unaligned.

@@ -51,17 +51,30 @@ impl Mat {
         }
     }
 
-    /// Panics unless every element is inside a slice of `len` elements.
+    /// Panics unless every element is inside a slice of `len` elements (overflow included).
     fn check(&self, len: usize, what: &str) {
         if self.rows == 0 || self.cols == 0 {
             return;
         }
-        let last =
-            self.offset + (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride;
+        let last = (self.rows - 1)
+            .checked_mul(self.row_stride)
+            .and_then(|r| (self.cols - 1).checked_mul(self.col_stride)?.checked_add(r))
+            .and_then(|r| r.checked_add(self.offset));
         assert!(
-            last < len,
+            last.is_some_and(|last| last < len),
             "{what} {self:?} reaches past its {len} elements"
         );
+    }
+
+    /// Panics unless no two elements share a place (a destination written by several threads
+    /// must not alias itself).
+    fn check_distinct(&self) {
+        let (r, c) = (self.rows, self.cols);
+        let ok = r <= 1 && (c <= 1 || self.col_stride > 0)
+            || c <= 1 && self.row_stride > 0
+            || self.col_stride > 0 && self.row_stride >= c.saturating_mul(self.col_stride)
+            || self.row_stride > 0 && self.col_stride >= r.saturating_mul(self.row_stride);
+        assert!(ok, "dst {self:?} has elements that overlap");
     }
 }
 
@@ -85,6 +98,7 @@ pub(crate) fn matmul(
         "matmul shapes: dst {dst_mat:?}, a {a_mat:?}, b {b_mat:?}"
     );
     dst_mat.check(dst.len(), "dst");
+    dst_mat.check_distinct();
     if dst_mat.rows == 0 || dst_mat.cols == 0 {
         return;
     }
@@ -101,8 +115,10 @@ pub(crate) fn matmul(
     a_mat.check(a.len(), "lhs");
     b_mat.check(b.len(), "rhs");
     let stride = |s: usize| isize::try_from(s).expect("strides fit in isize");
-    // SAFETY: every element the call reads or writes is inside its slice (checked above); `dst`
-    // is a unique borrow, so it overlaps neither input; `gemm` reads `dst` only when `read_dst`.
+    // SAFETY: every element the call reads or writes is inside its slice (checked above, without
+    // overflow); `dst`'s elements are distinct (checked), so the threads gemm splits it over
+    // write disjoint places; `dst` is a unique borrow, so it overlaps neither input; `gemm` reads
+    // `dst` only when `read_dst`.
     #[allow(unsafe_code)]
     unsafe {
         gemm::gemm(
@@ -177,6 +193,49 @@ mod tests {
         matmul(&mut dst, Mat::dense(5, 4), true, &a, am, &b, bm);
         let twice: Vec<f32> = before.iter().map(|v| 2.0 * v).collect();
         assert_eq!(dst, twice);
+    }
+
+    #[test]
+    #[should_panic(expected = "overlap")]
+    fn an_aliasing_destination_panics() {
+        let mut dst = vec![0.0f32; 4];
+        let dst_mat = Mat {
+            offset: 0,
+            rows: 2,
+            cols: 2,
+            row_stride: 1,
+            col_stride: 1,
+        };
+        let (a, b) = ([1.0; 4], [1.0; 4]);
+        matmul(
+            &mut dst,
+            dst_mat,
+            false,
+            &a,
+            Mat::dense(2, 2),
+            &b,
+            Mat::dense(2, 2),
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "reaches past")]
+    fn a_stride_that_overflows_panics() {
+        let mut dst = vec![0.0f32; 4];
+        let huge = Mat {
+            row_stride: usize::MAX / 2 + 1,
+            ..Mat::dense(2, 2)
+        };
+        let (a, b) = ([1.0; 4], [1.0; 4]);
+        matmul(
+            &mut dst,
+            Mat::dense(2, 2),
+            false,
+            &a,
+            huge,
+            &b,
+            Mat::dense(2, 2),
+        );
     }
 
     #[test]

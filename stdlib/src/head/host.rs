@@ -3,10 +3,11 @@
 //! On the CPU backend "the device" is host memory, so the device path pays for an upload of the
 //! train matrix (plus a copy with the constant-1 bias column) and for running every elementwise op
 //! as a separate pass through Burn's tensor ops. Here the same step reads the batch's rows straight
-//! from the (memory-mapped) feature matrix into one small buffer, multiplies with `gemm` on all
-//! cores (see [`gemm`](super::gemm)), and does the softmax, loss, gradient and SGD update in fused
-//! loops over contiguous rows. The numbers are the device path's (tests compare them), the
-//! memory is the feature matrix plus `O(B·D + D·H·K)`.
+//! from the (memory-mapped) feature matrix into one small buffer, multiplies with `gemm` (on all
+//! cores when the product is large; see [`gemm`](super::gemm)), and does the softmax, loss,
+//! gradient and SGD update in fused loops over contiguous rows. The numbers are the device
+//! path's (tests compare them); the memory is the feature matrix plus the batch rows (`B·D` per
+//! stream), `B·H·K` logits and three `D·H·K` buffers (weights, momentum, gradient).
 //!
 //! Layouts: the weights of all heads are one `[D, H·K]` matrix (head `j`'s `Wᵀ` in columns
 //! `j·K..(j+1)·K`) and the biases one `[H·K]` row; logits and their gradients are `[B, H·K]`. When

@@ -58,13 +58,22 @@ pub fn register_loss(plugin: &'static dyn LossPlugin) -> Result<(), RegisterErro
         version: plugin.version(),
     })?;
     let mut losses = LOSSES.write().unwrap_or_else(|e| e.into_inner());
-    if !losses
+    match losses
         .iter()
-        .any(|p| p.variant().name == plugin.variant().name)
+        .find(|p| p.variant().name == plugin.variant().name)
     {
-        losses.push(plugin);
+        // The same plugin again: nothing to do.
+        Some(existing) if std::ptr::addr_eq(*existing, plugin) => Ok(()),
+        // Another implementation under a taken name would silently lose to the first.
+        Some(_) => Err(RegisterError::Taken {
+            node: "loss".into(),
+            name: plugin.variant().name.into(),
+        }),
+        None => {
+            losses.push(plugin);
+            Ok(())
+        }
     }
-    Ok(())
 }
 
 /// The registered plugin called `name`.

@@ -1072,3 +1072,69 @@ fn the_trainer_releases_the_feature_rows_it_is_done_with() {
     }
     assert!(covered.iter().all(|&c| c >= 2 + 8), "{covered:?}");
 }
+
+/// Shapes large enough for the host path's parallel passes (per-sample loss over `B·H·K`, the
+/// SGD update over `D·H·K`) and for chunked test logits (more than one chunk), against the
+/// device path; the test split is released chunk by chunk.
+#[test]
+fn a_large_sweep_on_the_host_matches_the_device_and_releases_chunks() {
+    use std::sync::Mutex;
+    let data = long_tailed(40, 80, 60, 10.0, 1.0);
+    let n_test = data.test_labels.len();
+    assert!(n_test > 2048, "two chunks of test logits: {n_test}");
+    let jobs: Vec<HeadJob> = [0.01, 0.03, 0.1, 0.3, 1.0]
+        .iter()
+        .flat_map(|&lr| {
+            [0.0, 1e-4, 5e-4, 1e-3, 5e-3].map(|wd| {
+                job(&format!("lr{lr}-wd{wd}"), |s| {
+                    s.train.epochs = 2;
+                    s.train.batch_size = 128;
+                    s.train.lr = lr;
+                    s.train.weight_decay = wd;
+                    s.targets = sp(Targets::Smoothed { delta: 0.5 });
+                })
+            })
+        })
+        .collect();
+    let calls: Mutex<Vec<(FeatureSplit, std::ops::Range<usize>)>> = Mutex::new(Vec::new());
+    let record = |split: FeatureSplit, rows: std::ops::Range<usize>| {
+        calls.lock().unwrap().push((split, rows));
+    };
+    let run = |path, release: bool| {
+        let mut view = data.view();
+        if release {
+            view.release = Some(&record);
+        }
+        train_heads_with::<Ad>(
+            &dev(),
+            &view,
+            None,
+            &jobs,
+            &AtomicBool::new(false),
+            &mut |_| {},
+            path,
+        )
+        .unwrap()
+    };
+    let (host, device) = (run(StepPath::Auto, true), run(StepPath::Device, false));
+    for (a, b) in host.iter().zip(&device) {
+        let (x, y) = (&a.trials[0], &b.trials[0]);
+        assert!(weights_close(x, y, 1e-4), "{}", a.name);
+        let worst = x
+            .test_logits
+            .iter()
+            .zip(&y.test_logits)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst < 1e-3, "{}: test logits differ by {worst}", a.name);
+        assert_eq!(x.test_logits.len(), n_test * data.k);
+    }
+    let tests: Vec<_> = calls
+        .into_inner()
+        .unwrap()
+        .into_iter()
+        .filter(|(s, _)| *s == FeatureSplit::Test)
+        .map(|(_, r)| r)
+        .collect();
+    assert_eq!(tests, vec![0..2048, 2048..n_test]);
+}
