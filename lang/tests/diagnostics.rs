@@ -6,7 +6,9 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use lortflow_lang::{Checked, Code, FsLoader, load};
-use miette::{GraphicalReportHandler, GraphicalTheme};
+mod common;
+
+use common::render;
 
 fn fixtures(dir: &str) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(Path::new("tests/fixtures").join(dir))
@@ -16,18 +18,6 @@ fn fixtures(dir: &str) -> Vec<PathBuf> {
         .collect();
     files.sort();
     files
-}
-
-fn render(checked: &Checked) -> String {
-    let handler =
-        GraphicalReportHandler::new_themed(GraphicalTheme::unicode_nocolor()).with_width(100);
-    let mut out = String::new();
-    for d in &checked.diagnostics {
-        handler
-            .render_report(&mut out, &d.render(&checked.pipeline.sources))
-            .expect("rendering into a string");
-    }
-    out
 }
 
 fn check(path: &Path) -> Checked {

@@ -6,7 +6,9 @@ use lortflow_lang::schema::{
     self, Lit, ParamSpec, PluginVariant, Range, RegisterError, ValueType, VariantSpec,
 };
 use lortflow_lang::{Checked, MemoryLoader, load};
-use miette::{GraphicalReportHandler, GraphicalTheme};
+mod common;
+
+use common::render;
 
 const SMOOTHING: VariantSpec = VariantSpec {
     name: "label-aware-smoothing",
@@ -45,18 +47,6 @@ evaluate "t" { heads "*" }
 fn lint(heads: &str) -> Checked {
     let loader = MemoryLoader::default().with("p.kdl", format!("{DATA}{heads}\n"));
     load("p.kdl".as_ref(), &loader).expect("in memory")
-}
-
-fn render(checked: &Checked) -> String {
-    let handler =
-        GraphicalReportHandler::new_themed(GraphicalTheme::unicode_nocolor()).with_width(100);
-    let mut out = String::new();
-    for d in &checked.diagnostics {
-        handler
-            .render_report(&mut out, &d.render(&checked.pipeline.sources))
-            .expect("rendering into a string");
-    }
-    out
 }
 
 #[test]

@@ -68,6 +68,45 @@ impl Layout {
     }
 }
 
+/// Every head's per-class values (`f(member)`, `K` each) side by side; `None` when all are
+/// zero, so that the step can skip the term.
+pub(crate) fn per_class_nonzero(
+    members: &[&Member],
+    f: impl Fn(&Member) -> &[f32],
+) -> Option<Vec<f32>> {
+    members
+        .iter()
+        .any(|m| f(m).iter().any(|&v| v != 0.0))
+        .then(|| members.iter().flat_map(|m| f(m).iter().copied()).collect())
+}
+
+/// MaxNorm radii per head for the constraints applied after every step (`every_step`) or every
+/// epoch (`+∞` for heads without one); `None` when no head has such a constraint.
+pub(crate) fn maxnorm_radii(members: &[&Member], every_step: bool) -> Option<Vec<f32>> {
+    members
+        .iter()
+        .any(|m| matches!(m.maxnorm, Some((_, s)) if s == every_step))
+        .then(|| {
+            members
+                .iter()
+                .map(|m| match m.maxnorm {
+                    Some((r, s)) if s == every_step => r,
+                    _ => f32::INFINITY,
+                })
+                .collect()
+        })
+}
+
+/// Per head, the factor `lr/lr_prev` that rescales the momentum buffer `s = lr·v` when the
+/// learning rate changes; 0 for a head whose previous rate was 0 (it never moved).
+pub(crate) fn momentum_rescale(previous: &[f32], next: &[f32]) -> Vec<f32> {
+    previous
+        .iter()
+        .zip(next)
+        .map(|(&prev, &next)| if prev > 0.0 { next / prev } else { 0.0 })
+        .collect()
+}
+
 /// A group of linear softmax-family heads trained with closed-form gradients.
 pub(crate) struct AnalyticHeads<B: Backend> {
     device: B::Device,
@@ -130,21 +169,6 @@ impl<B: Backend> AnalyticHeads<B> {
             Layout::Shared => [d1, h, k],
             Layout::PerHead => [h, d1, k],
         };
-        let any = |f: &dyn Fn(&Member) -> bool| members.iter().any(|m| f(m));
-        let per_class = |f: &dyn Fn(&Member) -> &[f32]| -> Vec<f32> {
-            members.iter().flat_map(|m| f(m).iter().copied()).collect()
-        };
-        let radius = |every_step: bool| {
-            any(&|m| matches!(m.maxnorm, Some((_, s)) if s == every_step)).then(|| {
-                members
-                    .iter()
-                    .map(|m| match m.maxnorm {
-                        Some((r, s)) if s == every_step => r,
-                        _ => f32::INFINITY,
-                    })
-                    .collect()
-            })
-        };
         Self {
             device: device.clone(),
             layout,
@@ -159,13 +183,13 @@ impl<B: Backend> AnalyticHeads<B> {
             decay: None,
             shrink: None,
             delta: members.iter().map(|m| m.delta).collect(),
-            any_delta: any(&|m| m.delta != 0.0),
-            prior: any(&|m| m.prior.iter().any(|&v| v != 0.0)).then(|| per_class(&|m| &m.prior)),
+            any_delta: members.iter().any(|m| m.delta != 0.0),
+            prior: per_class_nonzero(members, |m| &m.prior),
             prior_tensor: None,
-            margin: any(&|m| m.margin.iter().any(|&v| v != 0.0)).then(|| per_class(&|m| &m.margin)),
+            margin: per_class_nonzero(members, |m| &m.margin),
             normalize_by_weight: members.iter().map(|m| m.normalize_by_weight).collect(),
-            step_radius: radius(true),
-            epoch_radius: radius(false),
+            step_radius: maxnorm_radii(members, true),
+            epoch_radius: maxnorm_radii(members, false),
         }
     }
 
@@ -185,15 +209,7 @@ impl<B: Backend> AnalyticHeads<B> {
         };
         let factor = |values: &[f32]| Factor::new(values, self.k, layout, &self.device);
         if let Some(s) = self.velocity.take() {
-            let ratio: Vec<f32> = (0..self.h)
-                .map(|j| {
-                    if self.lr[j] > 0.0 {
-                        lrs[j] / self.lr[j]
-                    } else {
-                        0.0
-                    }
-                })
-                .collect();
+            let ratio = momentum_rescale(&self.lr, &lrs);
             self.velocity = Some(if ratio.iter().all(|&r| r == 1.0) {
                 s
             } else {

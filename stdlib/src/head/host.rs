@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use super::analytic::Layout;
+use super::analytic::{Layout, maxnorm_radii, momentum_rescale, per_class_nonzero};
 use super::gemm::{Mat, matmul};
 use super::inference::NORM_EPS;
 use super::plan::Member;
@@ -81,26 +81,6 @@ impl HostHeads {
                 bias[j * k + class] = member.init_bias[class];
             }
         }
-        let per_class = |f: &dyn Fn(&Member) -> &[f32]| -> Option<Vec<f32>> {
-            members
-                .iter()
-                .any(|m| f(m).iter().any(|&v| v != 0.0))
-                .then(|| members.iter().flat_map(|m| f(m).iter().copied()).collect())
-        };
-        let radius = |every_step: bool| {
-            members
-                .iter()
-                .any(|m| matches!(m.maxnorm, Some((_, s)) if s == every_step))
-                .then(|| {
-                    members
-                        .iter()
-                        .map(|m| match m.maxnorm {
-                            Some((r, s)) if s == every_step => r,
-                            _ => f32::INFINITY,
-                        })
-                        .collect()
-                })
-        };
         let momentum: Vec<f32> = members.iter().map(|m| m.momentum as f32).collect();
         let any_momentum = momentum.iter().any(|&m| m != 0.0);
         Self {
@@ -125,15 +105,15 @@ impl HostHeads {
             weight_decay: members.iter().map(|m| m.weight_decay as f32).collect(),
             shrink: vec![0.0; h],
             delta: members.iter().map(|m| m.delta).collect(),
-            prior: per_class(&|m| &m.prior),
-            margin: per_class(&|m| &m.margin),
+            prior: per_class_nonzero(members, |m| &m.prior),
+            margin: per_class_nonzero(members, |m| &m.margin),
             normalize_by_weight: members.iter().map(|m| m.normalize_by_weight).collect(),
             plugin: members
                 .iter()
                 .map(|m| m.plugin_loss.as_ref().map(|p| Arc::clone(&p.loss)))
                 .collect(),
-            step_radius: radius(true),
-            epoch_radius: radius(false),
+            step_radius: maxnorm_radii(members, true),
+            epoch_radius: maxnorm_radii(members, false),
             rows: Vec::new(),
             logits: Vec::new(),
             grad: vec![0.0; d * hk],
@@ -146,15 +126,7 @@ impl HostHeads {
     pub(crate) fn begin_epoch(&mut self, lrs: &[f64]) {
         let lrs: Vec<f32> = lrs.iter().map(|&l| l as f32).collect();
         if !self.velocity_weight.is_empty() {
-            let ratio: Vec<f32> = (0..self.h)
-                .map(|j| {
-                    if self.lr[j] > 0.0 {
-                        lrs[j] / self.lr[j]
-                    } else {
-                        0.0
-                    }
-                })
-                .collect();
+            let ratio = momentum_rescale(&self.lr, &lrs);
             if ratio.iter().any(|&r| r != 1.0) {
                 let k = self.k;
                 let scale = |row: &mut [f32]| {

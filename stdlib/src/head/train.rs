@@ -817,12 +817,10 @@ fn train_group<B: AutodiffBackend>(
     };
     // Plugin losses are written for host slices: their groups train on the host on any backend.
     let plugin = first.plugin_loss.is_some();
-    if plugin && !first.analytic() {
-        return Err(HeadError::InvalidSpec {
-            job: ctx.jobs[first.job].name.clone(),
-            message: "a plugin loss needs linear logits and a softmax-family weighting".into(),
-        });
-    }
+    debug_assert!(
+        !plugin || first.analytic(),
+        "plan::resolve admits plugin losses on linear softmax-family heads only"
+    );
     let mut heads: Heads<B> = if plugin || (analytic && ctx.host) {
         Heads::Host(Box::new(HostHeads::new(members, layout, k, d)))
     } else if analytic {
