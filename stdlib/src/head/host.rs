@@ -591,7 +591,7 @@ pub(crate) fn exp_in_place(values: &mut [f32]) {
         p = p * r + 8.333_452e-3;
         p = p * r + 4.166_579_6e-2;
         p = p * r + 1.666_666_5e-1;
-        p = p * r + 5.000_000_1e-1;
+        p = p * r + 0.5; // Cephes: 5.0000001e-1, the same f32
         p = p * r * r + r + 1.0;
         // `shifted`'s bits are `ROUND`'s plus `n`; move `n + 127` into the exponent field.
         let n_bits = shifted.to_bits().wrapping_sub(ROUND.to_bits());
