@@ -23,11 +23,27 @@ pub(crate) fn analyze(pipeline: &mut Pipeline, raw: &RawStages, diags: &mut Vec<
         match &stage.spec {
             StageSpec::Head(head) => head_combinations(pipeline, stage, head, diags),
             StageSpec::Backbone(b) => backbone_data(pipeline, b, diags),
+            StageSpec::Dataset(d) => dataset_settings(stage, d, diags),
             _ => {}
         }
     }
     unused(pipeline, raw, diags);
     pipeline.stages.retain(|s| !broken.contains(&s.name.value));
+}
+
+/// The errors in one stage's own settings (combinations that cannot mean what was written),
+/// for the stages that sweeps and `--set` make after the file was checked: a sweep over
+/// `train.epochs` that reaches 0 on a re-initialised head is as wrong as writing it.
+pub fn check_stage_settings(pipeline: &Pipeline, stage: &Stage) -> Vec<Diagnostic> {
+    let mut diags = Vec::new();
+    match &stage.spec {
+        StageSpec::Head(head) => head_combinations(pipeline, stage, head, &mut diags),
+        StageSpec::Backbone(b) => backbone_data(pipeline, b, &mut diags),
+        StageSpec::Dataset(d) => dataset_settings(stage, d, &mut diags),
+        _ => {}
+    }
+    diags.retain(Diagnostic::is_error);
+    diags
 }
 
 fn duplicate_names(pipeline: &mut Pipeline, diags: &mut Vec<Diagnostic>) {
@@ -368,18 +384,38 @@ fn param_diag(e: params::ParamError, span: crate::source::Span) -> Diagnostic {
 }
 
 /// Whether `pattern` (with `*` and `?`) matches `name`.
+///
+/// Iterative, with one backtrack point (the last `*`): linear in practice and never worse than
+/// `pattern × name`, whatever the input (a recursive matcher is exponential in the number of
+/// `*`s and recurses once per character).
 pub fn glob_match(pattern: &str, name: &str) -> bool {
-    fn rec(p: &[char], n: &[char]) -> bool {
-        match p.split_first() {
-            None => n.is_empty(),
-            Some(('*', rest)) => (0..=n.len()).any(|i| rec(rest, &n[i..])),
-            Some(('?', rest)) => !n.is_empty() && rec(rest, &n[1..]),
-            Some((c, rest)) => n.first() == Some(c) && rec(rest, &n[1..]),
-        }
-    }
     let p: Vec<char> = pattern.chars().collect();
     let n: Vec<char> = name.chars().collect();
-    rec(&p, &n)
+    let (mut pi, mut ni) = (0, 0);
+    // After the last `*` seen: the pattern position past it, and where in `name` it resumes.
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        match p.get(pi) {
+            Some('*') => {
+                star = Some((pi + 1, ni));
+                pi += 1;
+            }
+            Some(&c) if c == '?' || c == n[ni] => {
+                pi += 1;
+                ni += 1;
+            }
+            _ => match star {
+                // Let the last `*` swallow one more character and retry.
+                Some((after, resume)) => {
+                    pi = after;
+                    ni = resume + 1;
+                    star = Some((after, resume + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
 }
 
 /// The heads and head sweeps an `evaluate` stage selects, in declaration order.
@@ -690,6 +726,124 @@ fn head_combinations(
                 )
                 .with_help("lower the start epoch (`drw-epoch` / `from-epoch`) below the number of epochs"),
             );
+        }
+    }
+}
+
+/// The most values (pixels or vector entries) a synthetic source may generate: 4 GiB of `f32`.
+const MAX_SYNTHETIC_VALUES: u128 = 1 << 30;
+
+/// Dataset settings that are each valid but cannot mean what was written together.
+fn dataset_settings(stage: &Stage, d: &DatasetSpec, diags: &mut Vec<Diagnostic>) {
+    let name = &stage.name.value;
+    if let Source::Synthetic {
+        kind,
+        classes,
+        per_class,
+        test_per_class,
+        size,
+        channels,
+        dim,
+        ..
+    } = &d.source.value
+    {
+        let per_sample = if kind == "images" {
+            u128::from(*size) * u128::from(*size) * u128::from(*channels)
+        } else {
+            u128::from(*dim)
+        };
+        let values = u128::from(*classes)
+            * (u128::from(*per_class) + u128::from(*test_per_class))
+            * per_sample;
+        if values > MAX_SYNTHETIC_VALUES {
+            diags.push(
+                Diagnostic::new(
+                    Code::OutOfRange,
+                    format!(
+                        "dataset `{name}` would generate {values} values ({} GiB)",
+                        (values * 4) >> 30
+                    ),
+                    d.source.span,
+                    "too much synthetic data",
+                )
+                .with_help(format!(
+                    "synthetic data is for trying stages in seconds; keep classes × (per-class + test-per-class) × {} under {MAX_SYNTHETIC_VALUES}",
+                    if kind == "images" { "size² × channels" } else { "dim" }
+                )),
+            );
+        }
+    }
+    if let Some(groups) = stage.node.child("groups") {
+        let g = &d.groups;
+        if g.relative && (g.many > 1.0 || g.few > 1.0) {
+            let (prop, value) = if g.many > 1.0 {
+                ("many", g.many)
+            } else {
+                ("few", g.few)
+            };
+            diags.push(
+                Diagnostic::new(
+                    Code::OutOfRange,
+                    format!("dataset `{name}` has relative group thresholds, but `{prop}` is {value}"),
+                    groups.prop_span(prop),
+                    "more than the largest class",
+                )
+                .with_label(groups.prop_span("relative"), "fractions of n_max")
+                .with_help("with `relative=#true`, `many` and `few` are fractions of the largest class (`many=0.2 few=0.04`); or drop `relative` to count images"),
+            );
+        }
+        let overlap = if g.rule == "inclusive" {
+            g.few >= g.many
+        } else {
+            g.few > g.many
+        };
+        if overlap {
+            diags.push(
+                Diagnostic::new(
+                    Code::ConflictingOptions,
+                    format!(
+                        "dataset `{name}` puts the few-group bound {} {} the many-group bound {}",
+                        g.few,
+                        if g.few > g.many { "above" } else { "at" },
+                        g.many
+                    ),
+                    groups.prop_span("few"),
+                    "few bound",
+                )
+                .with_label(groups.prop_span("many"), "many bound")
+                .with_help("a class between the two bounds would be both many and few; `many` is the lower bound of the many group and `few` the upper bound of the few group (as in `groups many=100 few=20`)"),
+            );
+        }
+    }
+    if let Some(lt) = stage.node.child("long-tail") {
+        if d.long_tail.profile == "none" {
+            for prop in ["imbalance-ratio", "max-per-class"] {
+                if let Some(p) = lt.prop(prop) {
+                    diags.push(
+                        Diagnostic::new(
+                            Code::UnusedSetting,
+                            format!("dataset `{name}` keeps every training sample, so `{prop}` has no effect"),
+                            p.name.span,
+                            "ignored",
+                        )
+                        .with_label(lt.name_span, "profile `none`")
+                        .with_help("the `none` profile takes the split as it is (already long-tailed data); use `exp` or `step` to subsample it"),
+                    );
+                }
+            }
+        }
+        if d.long_tail.select != "shuffle" {
+            if let Some(p) = lt.prop("seed") {
+                diags.push(
+                    Diagnostic::new(
+                        Code::UnusedSetting,
+                        format!("dataset `{name}` sets a shuffle seed but keeps the first samples of each class"),
+                        p.name.span,
+                        "unused seed",
+                    )
+                    .with_help("add `select=\"shuffle\"` to draw each class's samples with this seed, or remove `seed`"),
+                );
+            }
         }
     }
 }

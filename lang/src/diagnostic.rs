@@ -35,6 +35,9 @@ macro_rules! codes {
 
 codes! {
     Syntax = "syntax", Error, "The file is not valid KDL.";
+    TooManyProblems = "too-many-problems", Error, "More than 100 problems: the rest are not shown (a warning when all the rest are warnings).";
+    TooLarge = "too-large", Error, "A pipeline file larger than 1 MiB, or with more than 32,768 `{`.";
+    TooDeep = "too-deep", Error, "`{ ... }` blocks nested deeper than any pipeline can be (32 levels).";
     Io = "io", Error, "A file could not be read.";
     MissingVersion = "missing-version", Error, "The file does not start with `lortflow 1`.";
     UnknownNode = "unknown-node", Error, "A node name the language does not have at this place.";
@@ -152,11 +155,44 @@ impl Diagnostic {
     }
 
     /// Binds the diagnostic to its source text so it can be rendered by miette.
+    ///
+    /// Lines longer than [`MAX_SHOWN_LINE`] bytes are shown as a window around their labels
+    /// (miette pads a label out to its column, and cannot pad past column 65,535), and long names
+    /// in the message are shortened; [`to_json`](Self::to_json) keeps exact positions.
     pub fn render(&self, sources: &SourceMap) -> RenderedDiagnostic {
-        let file = sources.get(self.primary.span.file).cloned();
+        let mut diagnostic = self.clone();
+        diagnostic.message = shorten_quoted(&diagnostic.message);
+        diagnostic.help = diagnostic.help.as_deref().map(shorten_quoted);
+        let Some(file) = sources.get(self.primary.span.file) else {
+            return RenderedDiagnostic {
+                diagnostic,
+                source: None,
+            };
+        };
+        let points: Vec<usize> = std::iter::once(&self.primary)
+            .chain(&self.secondary)
+            .map(|l| l.span.offset)
+            .collect();
+        let source = match ClippedText::new(&file.text, &points) {
+            None => Shown::Whole(file.clone()),
+            Some(clipped) => {
+                for label in
+                    std::iter::once(&mut diagnostic.primary).chain(&mut diagnostic.secondary)
+                {
+                    let start = clipped.map(label.span.offset);
+                    let end = clipped.map(label.span.offset + label.span.len).max(start);
+                    label.span.offset = start;
+                    label.span.len = end - start;
+                }
+                Shown::Clipped {
+                    path: file.path.display().to_string(),
+                    clipped,
+                }
+            }
+        };
         RenderedDiagnostic {
-            diagnostic: self.clone(),
-            file,
+            diagnostic,
+            source: Some(source),
         }
     }
 
@@ -206,7 +242,191 @@ impl fmt::Display for Diagnostic {
 #[derive(Debug)]
 pub struct RenderedDiagnostic {
     diagnostic: Diagnostic,
-    file: Option<Arc<SourceFile>>,
+    source: Option<Shown>,
+}
+
+/// The source text a rendered diagnostic shows.
+#[derive(Debug)]
+enum Shown {
+    Whole(Arc<SourceFile>),
+    /// The file with its over-long lines cut down; the diagnostic's spans point into this text.
+    Clipped {
+        path: String,
+        clipped: ClippedText,
+    },
+}
+
+/// Source lines longer than this many bytes are shown as a window around their labels.
+pub const MAX_SHOWN_LINE: usize = 160;
+/// How much of a clipped line is kept before the first label on it.
+const SHOWN_BEFORE_LABEL: usize = 40;
+/// Names in backticks longer than this many characters are shortened in rendered messages.
+const MAX_SHOWN_NAME: usize = 60;
+const ELLIPSIS: &str = "…";
+
+/// A text whose long lines are cut to a window, and how offsets move.
+#[derive(Debug)]
+struct ClippedText {
+    text: String,
+    /// One per line of the original text, in order.
+    lines: Vec<ClippedLine>,
+}
+
+#[derive(Debug)]
+struct ClippedLine {
+    /// Where the line starts in the original text and in the clipped one.
+    original_start: usize,
+    start: usize,
+    /// The kept window `[from, to)` of the original line, when it was clipped, and the length of
+    /// the marker written before it.
+    window: Option<(usize, usize, usize)>,
+    /// Bytes dropped before the window minus the marker's bytes (for columns).
+    column_shift: usize,
+}
+
+impl ClippedText {
+    /// `None` when no line is too long. `points` are the labels' offsets, the primary first: a
+    /// clipped line keeps the text around the primary label if it is on the line, else around
+    /// the first other label on it.
+    fn new(text: &str, points: &[usize]) -> Option<ClippedText> {
+        if !lines_of(text).any(|(_, body, _)| body.len() > MAX_SHOWN_LINE) {
+            return None;
+        }
+        let mut out = String::new();
+        let mut lines = Vec::new();
+        for (line_start, body, ending) in lines_of(text) {
+            let line_end = line_start + body.len();
+            if body.len() <= MAX_SHOWN_LINE {
+                lines.push(ClippedLine {
+                    original_start: line_start,
+                    start: out.len(),
+                    window: None,
+                    column_shift: 0,
+                });
+                out.push_str(body);
+                out.push_str(ending);
+                continue;
+            }
+            let on_line = |p: &usize| (line_start..=line_end).contains(p);
+            let anchor = points
+                .first()
+                .filter(|p| on_line(p))
+                .or_else(|| points.iter().filter(|p| on_line(p)).min())
+                .copied();
+            let mut from = anchor.map_or(line_start, |p| {
+                floor_boundary(text, p.saturating_sub(SHOWN_BEFORE_LABEL).max(line_start))
+            });
+            // Dropping a few bytes saves nothing and would need a marker longer than them.
+            if from - line_start < 8 {
+                from = line_start;
+            }
+            let to = ceil_boundary(text, (from + MAX_SHOWN_LINE).min(line_end));
+            let marker = if from > line_start { ELLIPSIS } else { "" };
+            // miette counts columns in bytes.
+            let dropped = from - line_start;
+            lines.push(ClippedLine {
+                original_start: line_start,
+                start: out.len(),
+                window: Some((from, to, marker.len())),
+                column_shift: dropped - marker.len(),
+            });
+            out.push_str(marker);
+            out.push_str(&text[from..to]);
+            if to < line_end {
+                out.push(' ');
+                out.push_str(ELLIPSIS);
+            }
+            out.push_str(ending);
+        }
+        Some(ClippedText { text: out, lines })
+    }
+
+    /// Where an original offset is in the clipped text (clamped into the kept window).
+    fn map(&self, offset: usize) -> usize {
+        let i = self
+            .lines
+            .partition_point(|l| l.original_start <= offset)
+            .saturating_sub(1);
+        let Some(line) = self.lines.get(i) else {
+            return 0;
+        };
+        match line.window {
+            None => line.start + (offset - line.original_start),
+            Some((from, to, marker)) => line.start + marker + (offset.clamp(from, to) - from),
+        }
+    }
+
+    /// How many bytes were dropped before `offset` (clipped coordinates) on its line.
+    fn column_shift(&self, offset: usize) -> usize {
+        let i = self
+            .lines
+            .partition_point(|l| l.start <= offset)
+            .saturating_sub(1);
+        self.lines.get(i).map_or(0, |l| match l.window {
+            Some((_, _, marker)) if offset >= l.start + marker => l.column_shift,
+            _ => 0,
+        })
+    }
+}
+
+/// The lines of `text` as miette counts them (ended by `\n`, `\r\n` or a lone `\r`): start
+/// offset, body and line ending.
+fn lines_of(text: &str) -> impl Iterator<Item = (usize, &str, &str)> {
+    let bytes = text.as_bytes();
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        if start >= bytes.len() {
+            return None;
+        }
+        let end = bytes[start..]
+            .iter()
+            .position(|&b| b == b'\n' || b == b'\r')
+            .map_or(bytes.len(), |p| start + p);
+        let ending_len = match &bytes[end..] {
+            [b'\r', b'\n', ..] => 2,
+            [] => 0,
+            _ => 1,
+        };
+        let line = (start, &text[start..end], &text[end..end + ending_len]);
+        start = end + ending_len;
+        Some(line)
+    })
+}
+
+fn floor_boundary(text: &str, mut i: usize) -> usize {
+    while !text.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+fn ceil_boundary(text: &str, mut i: usize) -> usize {
+    while !text.is_char_boundary(i) {
+        i += 1;
+    }
+    i
+}
+
+/// Shortens every backticked name longer than [`MAX_SHOWN_NAME`] characters to its start and end.
+fn shorten_quoted(text: &str) -> String {
+    let parts: Vec<&str> = text.split('`').collect();
+    // Odd-indexed parts are inside backticks when the backticks pair up.
+    let paired = parts.len() % 2 == 1;
+    parts
+        .iter()
+        .enumerate()
+        .map(|(i, part)| {
+            let chars = part.chars().count();
+            if paired && i % 2 == 1 && chars > MAX_SHOWN_NAME {
+                let head: String = part.chars().take(MAX_SHOWN_NAME - 20).collect();
+                let tail: String = part.chars().skip(chars - 12).collect();
+                format!("{head}{ELLIPSIS}{tail} ({chars} characters)")
+            } else {
+                (*part).to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("`")
 }
 
 impl fmt::Display for RenderedDiagnostic {
@@ -237,11 +457,11 @@ impl miette::Diagnostic for RenderedDiagnostic {
     }
 
     fn source_code(&self) -> Option<&dyn miette::SourceCode> {
-        self.file.as_ref().map(|f| &**f as &dyn miette::SourceCode)
+        self.source.as_ref().map(|s| s as &dyn miette::SourceCode)
     }
 
     fn labels(&self) -> Option<Box<dyn Iterator<Item = miette::LabeledSpan> + '_>> {
-        self.file.as_ref()?;
+        self.source.as_ref()?;
         let d = &self.diagnostic;
         let primary = std::iter::once(miette::LabeledSpan::new_primary_with_span(
             Some(d.primary.text.clone()),
@@ -261,17 +481,54 @@ impl miette::SourceCode for SourceFile {
         context_lines_before: usize,
         context_lines_after: usize,
     ) -> Result<Box<dyn miette::SpanContents<'a> + 'a>, miette::MietteError> {
-        let inner =
-            self.text
-                .as_ref()
-                .read_span(span, context_lines_before, context_lines_after)?;
-        Ok(Box::new(miette::MietteSpanContents::new_named(
+        named_span(
+            &self.text,
             self.path.display().to_string(),
-            inner.data(),
-            *inner.span(),
-            inner.line(),
-            inner.column(),
-            inner.line_count(),
-        )))
+            span,
+            (context_lines_before, context_lines_after),
+            0,
+        )
     }
+}
+
+impl miette::SourceCode for Shown {
+    fn read_span<'a>(
+        &'a self,
+        span: &miette::SourceSpan,
+        context_lines_before: usize,
+        context_lines_after: usize,
+    ) -> Result<Box<dyn miette::SpanContents<'a> + 'a>, miette::MietteError> {
+        let context = (context_lines_before, context_lines_after);
+        match self {
+            Shown::Whole(file) => file.read_span(span, context_lines_before, context_lines_after),
+            Shown::Clipped { path, clipped } => {
+                // miette reads a label alone (no context lines) for the `[file:line:column]`
+                // header: that column is the original one.
+                let shift = if context == (0, 0) {
+                    clipped.column_shift(span.offset())
+                } else {
+                    0
+                };
+                named_span(&clipped.text, path.clone(), span, context, shift)
+            }
+        }
+    }
+}
+
+fn named_span<'a>(
+    text: &'a str,
+    name: String,
+    span: &miette::SourceSpan,
+    (before, after): (usize, usize),
+    column_shift: usize,
+) -> Result<Box<dyn miette::SpanContents<'a> + 'a>, miette::MietteError> {
+    let inner = miette::SourceCode::read_span(text, span, before, after)?;
+    Ok(Box::new(miette::MietteSpanContents::new_named(
+        name,
+        inner.data(),
+        *inner.span(),
+        inner.line(),
+        inner.column() + column_shift,
+        inner.line_count(),
+    )))
 }

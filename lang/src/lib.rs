@@ -35,7 +35,7 @@ pub mod schema;
 pub mod source;
 mod suggest;
 
-pub use analyze::{evaluated_stages, glob_match};
+pub use analyze::{check_stage_settings, evaluated_stages, glob_match};
 pub use diagnostic::{Code, Diagnostic, Severity};
 pub use load::{Checked, FileLoader, FsLoader, MemoryLoader, check_text, load};
 pub use lower::{lower_defaults, lower_stage};

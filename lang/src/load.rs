@@ -9,7 +9,7 @@ use std::path::{Component, Path, PathBuf};
 use crate::analyze::analyze;
 use crate::ast::Node;
 use crate::check::Checker;
-use crate::diagnostic::{Code, Diagnostic};
+use crate::diagnostic::{Code, Diagnostic, Severity};
 use crate::ir::Pipeline;
 use crate::lower::{lower_defaults, lower_stage};
 use crate::source::{FileId, SourceMap, Span};
@@ -26,8 +26,15 @@ pub trait FileLoader {
 pub struct FsLoader;
 
 impl FileLoader for FsLoader {
+    /// Reads at most one byte past [`MAX_FILE_BYTES`], so that a huge file (or `/dev/zero`) is
+    /// refused without being read whole.
     fn read(&self, path: &Path) -> io::Result<String> {
-        std::fs::read_to_string(path)
+        use std::io::Read;
+        let mut text = String::new();
+        std::fs::File::open(path)?
+            .take(MAX_FILE_BYTES as u64 + 1)
+            .read_to_string(&mut text)?;
+        Ok(text)
     }
 }
 
@@ -122,6 +129,23 @@ pub fn check_text(path: &Path, text: String, loader: &dyn FileLoader) -> Checked
     analyze(&mut pipeline, &raw, &mut diags);
     // Stable order: by file, then position; errors before warnings at the same place.
     diags.sort_by_key(|d| (d.primary.span.file, d.primary.span.offset, d.severity));
+    if diags.len() > MAX_DIAGNOSTICS {
+        let hidden = diags.split_off(MAX_DIAGNOSTICS - 1);
+        let mut summary = Diagnostic::new(
+            Code::TooManyProblems,
+            format!("{} more problems are not shown", hidden.len()),
+            hidden[0].primary.span,
+            "the first of them",
+        )
+        .with_help("fix the problems above and run `lortflow lint` again; a file this broken may not be a pipeline at all");
+        // As serious as the worst one hidden: a hundred warnings are still only warnings.
+        summary.severity = hidden
+            .iter()
+            .map(|d| d.severity)
+            .min()
+            .unwrap_or(Severity::Error);
+        diags.push(summary);
+    }
     Checked {
         pipeline,
         diagnostics: diags,
@@ -183,10 +207,75 @@ impl Loading<'_> {
     fn file(&mut self, path: PathBuf, text: String, included_at: Option<Span>) {
         let id = self.sources.add(path.clone(), text.as_str());
         self.stack.push(normalize(&path));
-        // KDL v2 is the language; v1 files are accepted, but errors are reported as v2 errors
-        // (the crate's own fallback guesses the version and may report v1 errors instead).
-        let parsed = kdl::KdlDocument::parse_v2(&text)
-            .or_else(|v2| kdl::KdlDocument::parse_v1(&text).map_err(|_| v2));
+        if text.len() > MAX_FILE_BYTES {
+            self.diags.push(
+                Diagnostic::new(
+                    Code::TooLarge,
+                    format!(
+                        "the file is larger than {} MiB, the most a pipeline file may be",
+                        MAX_FILE_BYTES >> 20
+                    ),
+                    Span::new(id, 0, 0),
+                    "this file",
+                )
+                .with_help("is this the right file? Generated pipelines that large are better split with `include` or written as sweeps"),
+            );
+            self.stack.pop();
+            return;
+        }
+        let braces = text.bytes().filter(|&b| b == b'{').count();
+        if braces > MAX_BRACES {
+            self.diags.push(
+                Diagnostic::new(
+                    Code::TooLarge,
+                    format!("the file has {braces} `{{`; pipeline files have at most {MAX_BRACES}"),
+                    Span::new(id, 0, 0),
+                    "this file",
+                )
+                .with_help("is this the right file? Generated pipelines that large are better split with `include` or written as sweeps"),
+            );
+            self.stack.pop();
+            return;
+        }
+        let parsed = match parse_kdl(&text, braces) {
+            Ok(parsed) => parsed,
+            Err(problem) => {
+                let whole = Span::new(id, 0, 0);
+                let diag = match problem {
+                    ParseProblem::TooDeep(at) => Diagnostic::new(
+                        Code::TooDeep,
+                        format!("blocks are nested more than {MAX_NESTING} levels deep"),
+                        Span::new(id, at, 1),
+                        "this node is one level too deep",
+                    )
+                    .with_help(
+                        "no pipeline nests this deep: a stage's block holds its settings, and \
+                         only a few settings have a block of their own; look for a `{` without \
+                         its `}`",
+                    ),
+                    ParseProblem::NoThread(e) => Diagnostic::new(
+                        Code::Io,
+                        format!("cannot start the parser: {e}"),
+                        whole,
+                        "this file",
+                    )
+                    .with_help(
+                        "the parser's stack grows with the file; free some memory, or raise the \
+                         process's address-space limit (`ulimit -v`)",
+                    ),
+                    ParseProblem::Panicked => Diagnostic::new(
+                        Code::Syntax,
+                        "the KDL parser failed on this file",
+                        whole,
+                        "this file",
+                    )
+                    .with_help("this is a bug in lortflow or its KDL parser; please report it with the file"),
+                };
+                self.diags.push(diag);
+                self.stack.pop();
+                return;
+            }
+        };
         let doc = match parsed {
             Ok(doc) => doc,
             Err(err) => {
@@ -307,6 +396,87 @@ impl Loading<'_> {
             ),
         }
     }
+}
+
+/// At most this many diagnostics are reported (the last says how many more there were): a binary
+/// file or a generated file gone wrong can have one per byte.
+const MAX_DIAGNOSTICS: usize = 100;
+
+/// Pipeline files larger than this are refused: no pipeline is (a thousand stages take about
+/// 100 KiB), and the parser's stack grows with the file.
+const MAX_FILE_BYTES: usize = 1 << 20;
+
+/// The deepest `{ }` nesting accepted: far above what the language uses (a stage's block, and
+/// a block in a few of its settings), far below what recursive code can take on a small stack.
+const MAX_NESTING: usize = 32;
+
+/// Files with more `{` than this are refused: each may become a level of the parser's recursion
+/// (below), and a thousand-stage pipeline has about a thousand.
+const MAX_BRACES: usize = 32_768;
+
+/// Why a file was not parsed into a document.
+enum ParseProblem {
+    /// Nested deeper than [`MAX_NESTING`]; the byte offset of the first node too deep.
+    TooDeep(usize),
+    /// The parser's thread could not be started.
+    NoThread(io::Error),
+    /// The parser panicked.
+    Panicked,
+}
+
+/// Parses KDL v2, else v1, on a thread whose stack grows with the text, and checks the depth
+/// of the document there.
+///
+/// KDL v2 is the language; v1 files are accepted, but errors are reported as v2 errors (the
+/// crate's own fallback guesses the version and may report v1 errors instead). The parser
+/// recurses once per error it recovers from (a line of 20,000 stray `}` overflows a main
+/// thread's 8 MiB) and once per nesting level, and on a parse error inside a string it may read
+/// the string's `{` as blocks, so no scan of the text can tell how deep it will go; but every
+/// level needs a `{`. The stack, reserved but only touched as deep as the parser goes, is 1 KiB
+/// per byte of text plus 16 KiB per `{` (measured: under 8 KiB per level). A document deeper than
+/// [`MAX_NESTING`] is dropped on that thread too (dropping recurses as well), so the caller
+/// only ever sees shallow documents.
+fn parse_kdl(
+    text: &str,
+    braces: usize,
+) -> Result<Result<kdl::KdlDocument, kdl::KdlError>, ParseProblem> {
+    const BASE_STACK: usize = 16 << 20;
+    const STACK_PER_BYTE: usize = 1 << 10;
+    const STACK_PER_BRACE: usize = 16 << 10;
+    let parse = || {
+        let doc = kdl::KdlDocument::parse_v2(text)
+            .or_else(|v2| kdl::KdlDocument::parse_v1(text).map_err(|_| v2));
+        match doc {
+            Ok(doc) => match too_deep(&doc) {
+                Some(at) => Err(ParseProblem::TooDeep(at)),
+                None => Ok(Ok(doc)),
+            },
+            Err(e) => Ok(Err(e)),
+        }
+    };
+    std::thread::scope(|scope| {
+        let thread = std::thread::Builder::new()
+            .name("kdl-parser".into())
+            .stack_size(BASE_STACK + text.len() * STACK_PER_BYTE + braces * STACK_PER_BRACE)
+            .spawn_scoped(scope, parse)
+            .map_err(ParseProblem::NoThread)?;
+        thread.join().map_err(|_| ParseProblem::Panicked)?
+    })
+}
+
+/// The offset of the first node nested deeper than [`MAX_NESTING`] blocks, found without
+/// recursion.
+fn too_deep(doc: &kdl::KdlDocument) -> Option<usize> {
+    let mut stack: Vec<(&kdl::KdlNode, usize)> = doc.nodes().iter().map(|n| (n, 0)).collect();
+    while let Some((node, depth)) = stack.pop() {
+        if depth > MAX_NESTING {
+            return Some(node.span().offset());
+        }
+        if let Some(children) = node.children() {
+            stack.extend(children.nodes().iter().map(|n| (n, depth + 1)));
+        }
+    }
+    None
 }
 
 /// Lexically normalised path (`a/./b/../c` → `a/c`), for include cycle detection without

@@ -209,7 +209,7 @@ const LONG_TAIL: NodeSpec = NodeSpec::new(
 .args(&[P::new("profile", T::Enum(&["exp", "step", "none"]), "The imbalance profile.").required()])
 .props(&[
     P::new("imbalance-ratio", T::Float, "n_max / n_min.").default(Float(100.0)).range(Range::AT_LEAST_ONE),
-    P::new("max-per-class", T::Int, "n_max; defaults to the largest class of the split.")
+    P::new("max-per-class", T::Int, "n_max, the head class's count. Defaults to the largest n_max every class can fill: the class size of a balanced split (as in the LDAM-DRW code), and on a split whose classes differ in size, the limit of the class that runs short first.")
         .range(Range::AT_LEAST_ONE)
         .unit("samples"),
     P::new(
