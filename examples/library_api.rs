@@ -48,7 +48,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let store = Store::open(&dir.path().join(".lortflow"))?;
     let _lock = store.lock()?;
     let registry = lortflow_stdlib::stages::registry();
-    let mut digests = FileDigestCache::load(store.root().join("file-digests.json"));
+    let mut digests = FileDigestCache::load(store.file_digests_path());
     let statuses = engine::status(
         &plan,
         &store,

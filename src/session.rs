@@ -54,7 +54,7 @@ impl Session {
 
     /// Keys and states of every stage.
     pub(crate) fn status(&self, force: &Force) -> Vec<StageStatus> {
-        let mut digests = FileDigestCache::load(self.store.root().join("file-digests.json"));
+        let mut digests = FileDigestCache::load(self.store.file_digests_path());
         let statuses = engine::status(
             &self.plan,
             &self.store,

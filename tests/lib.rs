@@ -3,6 +3,7 @@
 
 mod cli;
 mod graph;
+mod hostile;
 mod lint;
 mod plugin;
 mod report;

@@ -323,3 +323,85 @@ fn export_writes_npy_files_python_can_read() {
         "{text}"
     );
 }
+
+/// Every artifact's manifest, by key: equal snapshots mean the store holds the same artifacts.
+fn manifests(t: &Test) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut all: Vec<_> = walk(&t.path(".lortflow/objects"))
+        .into_iter()
+        .filter(|p| p.ends_with("manifest.json"))
+        .map(|p| {
+            let bytes = std::fs::read(&p).unwrap();
+            (p, bytes)
+        })
+        .collect();
+    all.sort();
+    all
+}
+
+#[cfg(unix)]
+#[test]
+fn an_interrupted_force_keeps_the_artifact_it_was_replacing() {
+    let text = r#"lortflow 1
+dataset "d" { source "synthetic" kind="images" classes=4 per-class=150 test-per-class=10 size=16 }
+backbone "b" { data "d"; arch "small-cnn"; train epochs=8 batch-size=32 lr=0.05 }
+features "f" { backbone "b" }
+head "ce" { features "f" }
+evaluate "t" { heads "*" }
+"#;
+    let t = Test::new().pipeline(text);
+    t.args_run(["run", "pipeline.kdl"]).success();
+    let before = manifests(&t);
+    assert_eq!(before.len(), 5);
+    for signal in ["INT", "KILL"] {
+        // Each forced run starts from scratch, not from the last one's checkpoint.
+        let _ = std::fs::remove_dir_all(t.path(".lortflow/work"));
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lortflow"))
+            .args(["run", "pipeline.kdl", "--force", "b"])
+            .current_dir(t.dir.path())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Interrupt the forced re-train once it has a first epoch behind it and more to go.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let work = t.path(".lortflow/work");
+        while !walk(&work).iter().any(|p| p.ends_with("state.json")) {
+            assert!(
+                Instant::now() < deadline,
+                "the forced backbone never checkpointed"
+            );
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "the forced run ended before it could be interrupted"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let sent = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if signal == "INT" {
+            assert_eq!(output.status.code(), Some(130), "{stderr}");
+            assert!(stderr.contains("interrupted:"), "{stderr}");
+        }
+        // The artifact being replaced is still there, unchanged and trusted.
+        assert_eq!(manifests(&t), before, "after SIG{signal}");
+        let status = t.args_run(["status", "pipeline.kdl"]).success();
+        assert!(
+            status.stdout.lines().all(|l| !l.starts_with("stale")),
+            "after SIG{signal}:\n{}",
+            status.stdout
+        );
+    }
+    let ran = t.args_run(["run", "pipeline.kdl"]).success();
+    assert!(ran.stderr.contains("0 ran, 5 cached"), "{}", ran.stderr);
+    // A forced run that completes replaces the artifact.
+    t.args_run(["run", "pipeline.kdl", "--force", "ce"])
+        .success();
+    let after = manifests(&t);
+    assert_eq!(after.len(), 5);
+    assert_ne!(after, before);
+    assert!(walk(&t.path(".lortflow/tmp")).is_empty());
+}

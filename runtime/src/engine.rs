@@ -104,9 +104,7 @@ pub fn status(
             }
         }
         let mut external = Vec::new();
-        let downloadable = matches!(&stage.stage.spec, StageSpec::Dataset(d) if matches!(d.source.value,
-            Source::FashionMnist { download: true, .. } | Source::Mnist { download: true, .. }
-            | Source::Cifar10 { download: true, .. } | Source::Cifar100 { download: true, .. }));
+        let downloadable = downloads(stage);
         for (written, resolved) in external_files(stage) {
             match digests.digest(&resolved) {
                 Ok(d) => {
@@ -623,14 +621,6 @@ fn run_batch(
     let mut prepared = Vec::new();
     for job in jobs {
         let key = job.status.key.clone().expect("only unblocked stages run");
-        if job.status.forced {
-            // The store keeps an existing artifact of the same key on commit; a forced re-run
-            // must replace it, so the old one goes first.
-            if let Err(e) = store.evict(&key) {
-                results.push((job.index, Err(io(e))));
-                continue;
-            }
-        }
         let work_dir = store.root().join("work").join(key.as_str());
         let staging = match store.begin(&key) {
             Ok(s) => s,
@@ -700,6 +690,7 @@ fn run_batch(
             if cancel.is_cancelled() {
                 return Err(StageError::Cancelled);
             }
+            inputs_unchanged(job.stage, &job.status.external, store)?;
             let mut manifest = Manifest::new(
                 &job.stage.name,
                 job.stage.kind().as_str(),
@@ -712,7 +703,14 @@ fn run_batch(
             manifest.started_at = started_at;
             manifest.duration_s = duration;
             manifest.summary = summary;
-            let artifact = staging.commit(manifest).map_err(io)?;
+            // A forced re-run replaces the old artifact only once its successor is complete: an
+            // interrupted `--force` costs nothing that was already good.
+            let artifact = if job.status.forced {
+                staging.commit_replacing(manifest)
+            } else {
+                staging.commit(manifest)
+            }
+            .map_err(io)?;
             store.record_stage(&job.stage.name, &key).map_err(io)?;
             let _ = std::fs::remove_dir_all(&work_dir);
             Ok(artifact)
@@ -720,6 +718,43 @@ fn run_batch(
         results.push((job.index, result));
     }
     results
+}
+
+/// Fails when an external file the stage read is not what it was when the key was computed: the
+/// artifact would be stored under a key that does not describe it. (A user saving a file while a
+/// stage reads it, as in watch mode; the next run picks the new content up.)
+fn inputs_unchanged(
+    stage: &ConcreteStage,
+    keyed: &[ExternalFile],
+    store: &Store,
+) -> Result<(), StageError> {
+    // A downloading stage writes its own files (verified against published checksums).
+    if keyed.is_empty() || downloads(stage) {
+        return Ok(());
+    }
+    // Unchanged files cost a `stat` each: their digests are cached by size and mtime.
+    let mut digests = FileDigestCache::load(store.file_digests_path());
+    for (written, resolved) in external_files(stage) {
+        let Some(before) = keyed.iter().find(|f| f.path == written) else {
+            continue;
+        };
+        let now = digests.digest(&resolved).ok().map(|d| d.hex());
+        if now.as_deref() != Some(before.digest.as_str()) {
+            return Err(StageError::failed(format!(
+                "`{written}` changed while the stage was reading it; nothing was stored. Run again \
+                 to use the new content"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Whether the stage downloads its files when they are missing (official datasets with
+/// `download=#true`).
+fn downloads(stage: &ConcreteStage) -> bool {
+    matches!(&stage.stage.spec, StageSpec::Dataset(d) if matches!(d.source.value,
+        Source::FashionMnist { download: true, .. } | Source::Mnist { download: true, .. }
+        | Source::Cifar10 { download: true, .. } | Source::Cifar100 { download: true, .. }))
 }
 
 /// The indices of `targets` and everything they depend on.

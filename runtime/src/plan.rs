@@ -285,6 +285,15 @@ pub fn expand(
             suffix: vec![],
         });
     }
+    // Sweep members and overridden stages get the same settings checks as written ones (a
+    // written stage passed them already and adds nothing here).
+    for stage in &out {
+        for d in lortflow_lang::check_stage_settings(&declared_pipeline, &stage.stage) {
+            if !diags.contains(&d) {
+                diags.push(d);
+            }
+        }
+    }
     if diags.iter().any(Diagnostic::is_error) {
         return Err(diags);
     }

@@ -61,7 +61,23 @@ impl Staging {
     /// directory is discarded: equal keys mean equal inputs, so either copy will do, and keeping
     /// the existing one never pulls an artifact out from under a reader. A corrupt existing
     /// artifact is evicted and replaced.
-    pub fn commit(mut self, mut manifest: Manifest) -> Result<Artifact, StoreError> {
+    pub fn commit(self, manifest: Manifest) -> Result<Artifact, StoreError> {
+        self.commit_with(manifest, false)
+    }
+
+    /// Commits the artifact under its key, replacing an existing artifact of that key (a forced
+    /// re-run). The old artifact stays in place and trusted until this one is complete on disk;
+    /// then it is moved aside and this one renamed in. A crash between those two renames leaves
+    /// the old artifact in `tmp/`, from where [`Store::clean_tmp`] puts it back.
+    pub fn commit_replacing(self, manifest: Manifest) -> Result<Artifact, StoreError> {
+        self.commit_with(manifest, true)
+    }
+
+    fn commit_with(
+        mut self,
+        mut manifest: Manifest,
+        replace: bool,
+    ) -> Result<Artifact, StoreError> {
         manifest.key = self.key.clone();
         manifest.format = MANIFEST_FORMAT;
 
@@ -80,6 +96,23 @@ impl Staging {
         }
 
         let target = self.store.object_dir(&self.key);
+        if replace && target.exists() {
+            let aside = self.store.set_aside(&self.key)?;
+            let published = self.publish(&target);
+            match published {
+                Ok(()) => {
+                    fsutil::remove_all(&aside)
+                        .map_err(io_error("delete the replaced artifact", &aside))?;
+                }
+                Err(err) => {
+                    // Put the old artifact back: a failed replacement must not lose it.
+                    let _ = fs::rename(&aside, &target);
+                    return Err(io_error("commit the artifact", &target)(err));
+                }
+            }
+            tracing::debug!(key = %self.key.short(), stage = %manifest.stage, "replaced artifact");
+            return Ok(Artifact::new(self.key.clone(), target, manifest));
+        }
         match self.publish(&target) {
             Ok(()) => {}
             Err(err) if target.exists() => return self.resolve_collision(&target, manifest, err),

@@ -38,6 +38,8 @@ use crate::time::Timestamp;
 
 const OBJECTS_DIR: &str = "objects";
 const TMP_DIR: &str = "tmp";
+/// Name prefix in `tmp/` of an artifact moved aside while its replacement is renamed in.
+const REPLACED_PREFIX: &str = "replaced-";
 const STAGES_DIR: &str = "stages";
 const RUNS_DIR: &str = "runs";
 
@@ -254,6 +256,25 @@ impl Store {
         Ok(true)
     }
 
+    /// Where the digests of external files are cached (see [`crate::FileDigestCache`]).
+    pub fn file_digests_path(&self) -> PathBuf {
+        self.root.join("file-digests.json")
+    }
+
+    /// Moves the artifact with `key` to `tmp/` under a name that [`clean_tmp`](Self::clean_tmp)
+    /// recognises, so that it is put back if its replacement never arrives. Returns where it is.
+    pub(crate) fn set_aside(&self, key: &CacheKey) -> Result<PathBuf, StoreError> {
+        let dir = self.object_dir(key);
+        let tmp = self.tmp_dir();
+        fs::create_dir_all(&tmp).map_err(io_error("create the directory", &tmp))?;
+        let aside = tmp.join(format!("{REPLACED_PREFIX}{}", key.as_str()));
+        // A leftover of an earlier interrupted replacement of the same key is stale by now.
+        fsutil::remove_all(&aside).map_err(io_error("delete the leftover", &aside))?;
+        fs::rename(&dir, &aside).map_err(io_error("move aside the artifact", &dir))?;
+        fsutil::sync_dir(&tmp).map_err(io_error("sync the directory", &tmp))?;
+        Ok(aside)
+    }
+
     /// Every artifact in the store, oldest first, including corrupt ones (with `stage: None`
     /// when the manifest is unreadable) so they can be seen and collected.
     pub fn list(&self) -> Result<Vec<ArtifactInfo>, StoreError> {
@@ -330,9 +351,21 @@ impl Store {
         self.check_lock(lock)?;
         let mut removed = 0;
         let tmp = self.tmp_dir();
-        for (_, path) in
+        for (name, path) in
             fsutil::read_dir_sorted(&tmp).map_err(io_error("list the directory", &tmp))?
         {
+            // An artifact set aside for a replacement that a crash cut short goes back.
+            if let Some(key) = name.strip_prefix(REPLACED_PREFIX) {
+                let target = self.root.join(OBJECTS_DIR).join(key);
+                if !target.exists() && fs::rename(&path, &target).is_ok() {
+                    tracing::debug!(
+                        key,
+                        "restored an artifact whose replacement was interrupted"
+                    );
+                    removed += 1;
+                    continue;
+                }
+            }
             fsutil::remove_all(&path).map_err(io_error("delete the leftover", &path))?;
             removed += 1;
         }
@@ -710,6 +743,53 @@ mod tests {
         assert_eq!(tmp_entries(&store), 0);
         commit(&store, &key, "lort");
         assert!(store.get(&key).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_replacement_keeps_the_old_artifact_until_the_new_one_is_committed() {
+        let (_dir, store) = store();
+        let key = key(1);
+        commit(&store, &key, "old");
+        let staging = store.begin(&key).unwrap();
+        fs::write(staging.path().join("weights.bin"), b"new weights").unwrap();
+        // While the new artifact is being built, the old one is still there and trusted.
+        assert_eq!(store.get(&key).unwrap().unwrap().manifest().stage, "old");
+        let replaced = staging
+            .commit_replacing(Manifest::new("new", "head", &key, "1"))
+            .unwrap();
+        assert_eq!(replaced.manifest().stage, "new");
+        assert_eq!(store.get(&key).unwrap().unwrap().manifest().stage, "new");
+        assert_eq!(tmp_entries(&store), 0);
+
+        // An abandoned replacement (Ctrl-C, a failed stage) leaves the old artifact alone.
+        let staging = store.begin(&key).unwrap();
+        fs::write(staging.path().join("weights.bin"), b"half").unwrap();
+        drop(staging);
+        assert_eq!(store.get(&key).unwrap().unwrap().manifest().stage, "new");
+    }
+
+    #[test]
+    fn a_replacement_cut_short_between_its_renames_is_undone_by_clean_tmp() {
+        let (_dir, store) = store();
+        let key = key(1);
+        commit(&store, &key, "old");
+        // The process dies right after moving the old artifact aside.
+        let aside = store.set_aside(&key).unwrap();
+        assert!(aside.exists());
+        assert!(store.get(&key).unwrap().is_none());
+        let lock = store.lock().unwrap();
+        store.clean_tmp(&lock).unwrap();
+        assert_eq!(store.get(&key).unwrap().unwrap().manifest().stage, "old");
+        assert_eq!(tmp_entries(&store), 0);
+
+        // Once the replacement is in place, a leftover old copy is just garbage.
+        commit(&store, &key, "old");
+        let aside = store.set_aside(&key).unwrap();
+        commit(&store, &key, "new");
+        assert!(aside.exists());
+        store.clean_tmp(&lock).unwrap();
+        assert_eq!(store.get(&key).unwrap().unwrap().manifest().stage, "new");
+        assert_eq!(tmp_entries(&store), 0);
     }
 
     #[test]

@@ -1,6 +1,5 @@
 //! The engine against test doubles: caching, invalidation, failures, corruption.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -28,6 +27,14 @@ impl StageExecutor for Fake {
         }
         if cx.stage.name.starts_with("panic") {
             panic!("a bug in this stage");
+        }
+        if cx.stage.name.starts_with("rewrite") {
+            // The user saves an input file while the stage reads it.
+            for (_, path) in lortflow_runtime::plan::external_files(cx.stage) {
+                let mut bytes = std::fs::read(&path).unwrap();
+                bytes.extend_from_slice(b" edited");
+                std::fs::write(&path, bytes).unwrap();
+            }
         }
         let inputs: Vec<String> = cx
             .inputs
@@ -65,7 +72,7 @@ impl Harness {
 
     fn run(&self, text: &str) -> (Vec<StageStatus>, RunReport) {
         let checked = check_text(
-            Path::new("p.kdl"),
+            &self.dir.path().join("p.kdl"),
             text.to_string(),
             &MemoryLoader::default(),
         );
@@ -73,7 +80,7 @@ impl Harness {
         let plan = expand(&checked.pipeline, &[]).unwrap();
         let store = Store::open(&self.dir.path().join(".lortflow")).unwrap();
         let _lock = store.lock().unwrap();
-        let mut digests = FileDigestCache::load(store.root().join("file-digests.json"));
+        let mut digests = FileDigestCache::load(store.file_digests_path());
         let statuses = status(
             &plan,
             &store,
@@ -120,6 +127,31 @@ fn outcomes(report: &RunReport) -> Vec<(String, StageOutcome)> {
         .iter()
         .map(|s| (s.name.clone(), s.outcome))
         .collect()
+}
+
+#[test]
+fn an_input_file_rewritten_during_its_stage_is_not_stored_under_the_old_key() {
+    let h = Harness::new();
+    for f in ["train.safetensors", "test.safetensors"] {
+        std::fs::write(h.dir.path().join(f), b"original").unwrap();
+    }
+    let text = r#"lortflow 1
+dataset "rewrite" { source "features" train="train.safetensors" test="test.safetensors" }
+head "ce" { features "rewrite"; init "random" }
+evaluate "t" { heads "*" }
+"#;
+    let (_, report) = h.run(text);
+    let stage = &report.record.stages[0];
+    assert_eq!(stage.outcome, StageOutcome::Failed);
+    let error = stage.error.as_deref().unwrap();
+    assert!(
+        error.contains("`train.safetensors` changed while the stage was reading it"),
+        "{error}"
+    );
+    assert!(report.artifacts.is_empty());
+    // The next run keys the new content, and (the file now left alone) stores it.
+    let (statuses, _) = h.run(&text.replace("\"rewrite\"", "\"d\""));
+    assert_eq!(statuses[0].state, State::Stale);
 }
 
 #[test]

@@ -4,6 +4,10 @@ use std::collections::HashSet;
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
 
 use lortflow_runtime::engine::{self, Force, RunOptions, State};
 use lortflow_runtime::{CancelToken, ConcreteStage, RunReport, StageOutcome};
@@ -48,6 +52,22 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     };
     let reporter = CliReporter::new(quiet);
     let cancel = CancelToken::new();
+    let interrupted = Arc::new(AtomicBool::new(false));
+    {
+        // Ctrl-C stops the running stages at their next check and ends the run cleanly (its
+        // record written, the cache as it was); a second Ctrl-C leaves at once. Either way
+        // nothing committed is lost: stages only ever publish complete artifacts.
+        let cancel = cancel.clone();
+        let interrupted = Arc::clone(&interrupted);
+        ctrlc::set_handler(move || {
+            if interrupted.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+            eprintln!("\nstopping: the running stages end at their next step (Ctrl-C again to quit at once)");
+            cancel.cancel();
+        })
+        .context("cannot install the Ctrl-C handler")?;
+    }
     let report = engine::execute(
         &session.plan,
         &statuses,
@@ -73,6 +93,10 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
             .count(),
         report.record.duration_s
     );
+    if interrupted.load(Ordering::SeqCst) && n(StageOutcome::Cancelled) > 0 {
+        eprintln!("interrupted: {summary}; finished stages were stored, nothing partial was");
+        return Ok(ExitCode::from(130));
+    }
     if report.failed() {
         eprintln!("error: {summary}");
         for s in report

@@ -414,6 +414,13 @@ pub enum LongTailError {
         len: usize,
     },
 
+    /// A class has no sample at all in the source split.
+    #[error("class {class} has no samples in the training split; every class needs at least one")]
+    NoSourceSamples {
+        /// The class.
+        class: u32,
+    },
+
     /// The source split has no samples, so no default `n_max` exists.
     #[error("the source split has no samples")]
     NoSamples,
@@ -457,7 +464,10 @@ pub enum LongTailError {
     },
 
     /// A class has fewer samples than its target count.
-    #[error("class {class} needs {required} samples but only {available} are available")]
+    #[error(
+        "class {class} needs {required} samples at n_max = {n_max} but only {available} are available{}",
+        fits.map_or(String::new(), |f| format!("; every class can fill n_max = {f} (`max-per-class`), the default when it is not set"))
+    )]
     InsufficientSamples {
         /// The class.
         class: u32,
@@ -465,6 +475,25 @@ pub enum LongTailError {
         required: usize,
         /// Samples of the class in the source.
         available: usize,
+        /// The head count that asked for too many.
+        n_max: usize,
+        /// The largest head count every class can fill, if one works.
+        fits: Option<usize>,
+    },
+
+    /// No head count gives every class enough samples at this imbalance ratio.
+    #[error(
+        "no head count works at imbalance ratio {ratio}: class {class} has {available} samples, which allows n_max = {fits} at most, and at that head count the tail class keeps no sample; lower `imbalance-ratio`, or drop the small class"
+    )]
+    NoHeadCount {
+        /// The ratio given.
+        ratio: f64,
+        /// The class that limits the head count.
+        class: u32,
+        /// Its samples.
+        available: usize,
+        /// The largest head count it allows.
+        fits: usize,
     },
 
     /// A class would be empty after subsampling.

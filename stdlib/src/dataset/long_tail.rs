@@ -218,17 +218,101 @@ impl LongTailConfig {
                 name: "max_per_class",
             });
         }
-        let n_max = match self.n_max {
-            Some(n) => n,
-            None => {
-                let largest = available.iter().copied().max().unwrap_or(0);
-                if largest == 0 {
-                    return Err(LongTailError::NoSamples);
-                }
-                largest
-            }
-        };
         let order = self.rank_to_class(num_classes)?;
+        match self.n_max {
+            None => {
+                let n_max = self.largest_feasible_n_max(available, &order)?;
+                self.targets_for(available, &order, n_max)
+            }
+            Some(n_max) => self
+                .targets_for(available, &order, n_max)
+                .map_err(|err| match err {
+                    LongTailError::InsufficientSamples {
+                        class,
+                        required,
+                        available: have,
+                        n_max,
+                        ..
+                    } => LongTailError::InsufficientSamples {
+                        class,
+                        required,
+                        available: have,
+                        n_max,
+                        fits: self.largest_feasible_n_max(available, &order).ok(),
+                    },
+                    other => other,
+                }),
+        }
+    }
+
+    /// The default head count: the largest `n_max` for which every class has enough samples for
+    /// its target. On a balanced source that is the class size (LDAM-DRW's `img_max`); on a source
+    /// whose classes differ in size (real MNIST: 5,421–6,742) it is limited by whichever class
+    /// runs short first, not by the largest class, which the head rank may not have.
+    fn largest_feasible_n_max(
+        &self,
+        available: &[usize],
+        order: &[u32],
+    ) -> Result<usize, LongTailError> {
+        let largest = available.iter().copied().max().unwrap_or(0);
+        if largest == 0 {
+            return Err(LongTailError::NoSamples);
+        }
+        if let Some(class) = available.iter().position(|&n| n == 0) {
+            return Err(LongTailError::NoSourceSamples {
+                class: class as u32,
+            });
+        }
+        let fits = |n: usize| {
+            !matches!(
+                self.targets_for(available, order, n),
+                Err(LongTailError::InsufficientSamples { .. })
+            )
+        };
+        // Targets grow with n_max, so the counts that fit are 1..=answer; n_max = 1 always fits
+        // (every target is at most 1) unless a class is empty, which the profile then reports.
+        let (mut fit, mut too_many) = (1usize, largest + 1);
+        if !fits(largest) {
+            while too_many - fit > 1 {
+                let mid = fit + (too_many - fit) / 2;
+                if fits(mid) {
+                    fit = mid;
+                } else {
+                    too_many = mid;
+                }
+            }
+        } else {
+            fit = largest;
+        }
+        // The counts that fit may all be too small for the profile's tail to keep a sample
+        // (class sizes `[1000, 1, 1000]` at IR 100): then no head count works, and the error
+        // says which class stands in the way rather than blaming the ratio alone.
+        if let Err(LongTailError::ImbalanceTooLarge { ratio, .. }) =
+            self.targets_for(available, order, fit)
+        {
+            if let Err(LongTailError::InsufficientSamples {
+                class, available, ..
+            }) = self.targets_for(available, order, too_many.min(largest))
+            {
+                return Err(LongTailError::NoHeadCount {
+                    ratio,
+                    class,
+                    available,
+                    fits: fit,
+                });
+            }
+        }
+        Ok(fit)
+    }
+
+    /// Target counts per class for head count `n_max`.
+    fn targets_for(
+        &self,
+        available: &[usize],
+        order: &[u32],
+        n_max: usize,
+    ) -> Result<Vec<usize>, LongTailError> {
+        let num_classes = available.len();
         let by_rank = profile_counts(self.profile, n_max, self.imbalance_ratio, num_classes)
             .map_err(|err| match err {
                 // The profile speaks in ranks; the user thinks in classes.
@@ -254,6 +338,8 @@ impl LongTailConfig {
                     class,
                     required: target,
                     available: class_available,
+                    n_max,
+                    fits: None,
                 });
             }
             targets[class as usize] = target;
@@ -586,15 +672,25 @@ mod tests {
             imbalance_ratio: 2.0,
             ..Default::default()
         };
+        // The largest class would ask class 1 for 7; the default head count is the largest
+        // every class can fill.
+        assert_eq!(config.build(&labels, 3).unwrap().class_counts, [4, 2, 2]);
+        let explicit = LongTailConfig {
+            n_max: Some(10),
+            ..config.clone()
+        };
         assert_eq!(
-            config.build(&labels, 3).unwrap_err().to_string(),
-            "class 1 needs 7 samples but only 2 are available"
+            explicit.build(&labels, 3).unwrap_err().to_string(),
+            "class 1 needs 7 samples at n_max = 10 but only 2 are available; every class can \
+             fill n_max = 4 (`max-per-class`), the default when it is not set"
         );
-        let err = LongTailConfig::default().build(&[0, 0, 1], 3).unwrap_err();
+        let err = LongTailConfig::default().build(&[0, 0, 1], 2).unwrap_err();
         assert!(
             matches!(err, LongTailError::ImbalanceTooLarge { class: 1, .. }),
             "{err}"
         );
+        let err = LongTailConfig::default().build(&[0, 0, 1], 3).unwrap_err();
+        assert_eq!(err, LongTailError::NoSourceSamples { class: 2 });
         let err = LongTailConfig::default().build(&[0, 5], 3).unwrap_err();
         assert!(matches!(
             err,
@@ -606,6 +702,74 @@ mod tests {
         ));
         let err = LongTailConfig::default().build(&[], 3).unwrap_err();
         assert_eq!(err, LongTailError::NoSamples);
+    }
+
+    #[test]
+    fn no_head_count_names_the_class_in_the_way() {
+        let labels: Vec<u32> = [1000usize, 1, 1000]
+            .iter()
+            .enumerate()
+            .flat_map(|(c, &n)| std::iter::repeat_n(c as u32, n))
+            .collect();
+        let err = LongTailConfig::default().build(&labels, 3).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LongTailError::NoHeadCount {
+                    class: 1,
+                    available: 1,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn default_head_count_works_on_classes_of_different_sizes() {
+        // Real MNIST's training class sizes: class 0 is not the largest.
+        let sizes = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949];
+        let labels: Vec<u32> = sizes
+            .iter()
+            .enumerate()
+            .flat_map(|(c, &n)| std::iter::repeat_n(c as u32, n))
+            .collect();
+        // The head count each profile can fill: exp asks the most of class 0; step gives the
+        // first five classes the head count (class 4 has the fewest of them); none gives it
+        // to every class (class 5 is the smallest).
+        for (profile, n_max) in [
+            (ImbalanceProfile::Exp, 5923),
+            (ImbalanceProfile::Step, 5842),
+            (ImbalanceProfile::None, 5421),
+        ] {
+            let config = LongTailConfig {
+                profile,
+                imbalance_ratio: 100.0,
+                ..Default::default()
+            };
+            let index = config.build(&labels, 10).unwrap();
+            assert_eq!(index.class_counts[0], n_max, "{profile:?}");
+            assert!(
+                index.class_counts.iter().zip(sizes).all(|(&k, n)| k <= n),
+                "{profile:?}"
+            );
+            // One more would ask some class for more than it has.
+            let over = LongTailConfig {
+                n_max: Some(n_max + 1),
+                ..config.clone()
+            };
+            assert!(over.build(&labels, 10).is_err(), "{profile:?}");
+        }
+        // Where the head class is the largest, the default is the largest class, as before.
+        let mut sorted = sizes;
+        sorted.sort_unstable_by(|a, b| b.cmp(a));
+        let labels: Vec<u32> = sorted
+            .iter()
+            .enumerate()
+            .flat_map(|(c, &n)| std::iter::repeat_n(c as u32, n))
+            .collect();
+        let index = LongTailConfig::default().build(&labels, 10).unwrap();
+        assert_eq!(index.class_counts, exp(6742, 100.0, 10));
     }
 
     #[test]

@@ -36,6 +36,7 @@ pub mod rng;
 mod source;
 mod synthetic;
 
+pub(crate) use base::class_counts;
 pub use base::{ImageTensorU8, LabeledFeatures, LabeledImages, Split};
 pub use cifar::{CIFAR_IMAGE_BYTES, CifarVariant, load_cifar, read_cifar_files};
 pub use download::{

@@ -132,10 +132,56 @@ pub fn write_features(
     writer.finish().map(|_| ())
 }
 
-/// The backing bytes of a feature matrix: a mapping, or an aligned copy when the file's data is
-/// not 4-byte aligned (a hand-made file).
+/// The bytes of a file: a read-only mapping for the store's own artifacts, which are never
+/// modified in place, or a copy in memory for the user's files, which may be rewritten while a
+/// stage reads them (watch mode re-runs on save): a mapping of a file that another process
+/// truncates faults with SIGBUS on the next read, a copy cannot.
+pub(crate) enum FileBytes {
+    Mapped(Mmap),
+    Read(Vec<u8>),
+}
+
+impl std::ops::Deref for FileBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            FileBytes::Mapped(m) => m,
+            FileBytes::Read(v) => v,
+        }
+    }
+}
+
+/// Reads a user's file into memory; anything but a regular file is an error that says so.
+pub(crate) fn read_user_file(path: &Path) -> Result<FileBytes, FeaturesError> {
+    let meta = std::fs::metadata(path).map_err(FeaturesError::io("open", path))?;
+    if !meta.is_file() {
+        let what = if meta.is_dir() {
+            "a directory"
+        } else {
+            "not a regular file"
+        };
+        return Err(FeaturesError::Format {
+            path: path.to_path_buf(),
+            message: format!("it is {what}; give the path of a `.npy` or `.safetensors` file"),
+        });
+    }
+    let bytes = std::fs::read(path).map_err(FeaturesError::io("read", path))?;
+    Ok(FileBytes::Read(bytes))
+}
+
+/// The backing bytes of a feature matrix: the file's bytes viewed in place, or an aligned copy
+/// when the data is not 4-byte aligned (a hand-made file).
 pub(crate) enum Backing {
-    Mapped { map: Mmap, start: usize, len: usize },
+    Mapped {
+        map: Mmap,
+        start: usize,
+        len: usize,
+    },
+    Read {
+        bytes: Vec<u8>,
+        start: usize,
+        len: usize,
+    },
     Owned(Vec<f32>),
 }
 
@@ -144,6 +190,9 @@ impl Backing {
         match self {
             Backing::Mapped { map, start, len } => {
                 bytemuck::cast_slice(&map[*start..*start + *len * 4])
+            }
+            Backing::Read { bytes, start, len } => {
+                bytemuck::cast_slice(&bytes[*start..*start + *len * 4])
             }
             Backing::Owned(v) => v,
         }
@@ -176,11 +225,15 @@ impl Backing {
         let _ = range;
     }
 
-    /// Views `bytes[start..start + 4·len]` of `map` as `f32`, copying only when unaligned.
-    pub(crate) fn new(map: Mmap, start: usize, len: usize) -> Self {
-        let bytes = &map[start..start + len * 4];
+    /// Views `bytes[start..start + 4·len]` of the file as `f32`, copying only when unaligned.
+    /// The caller has checked that the range lies inside the file.
+    pub(crate) fn new(file: FileBytes, start: usize, len: usize) -> Self {
+        let bytes = &file[start..start + len * 4];
         if bytemuck::try_cast_slice::<u8, f32>(bytes).is_ok() && cfg!(target_endian = "little") {
-            Backing::Mapped { map, start, len }
+            match file {
+                FileBytes::Mapped(map) => Backing::Mapped { map, start, len },
+                FileBytes::Read(bytes) => Backing::Read { bytes, start, len },
+            }
         } else {
             let v = bytes
                 .chunks_exact(4)
@@ -213,10 +266,20 @@ pub struct FeatureFile {
 }
 
 impl FeatureFile {
-    /// Opens and validates `path`: a `features` tensor of `F32 [N, D]` and a `labels` tensor of
-    /// `N` non-negative integers (I64, I32, U32, U8, I16, U16).
+    /// Opens and validates `path`, an artifact of the store (memory-mapped): a `features` tensor
+    /// of `F32 [N, D]` and a `labels` tensor of `N` non-negative integers (I64, I32, U32, U8,
+    /// I16, U16).
     pub fn open(path: &Path) -> Result<Self, FeaturesError> {
-        let map = map_file(path)?;
+        Self::parse(path, FileBytes::Mapped(map_file(path)?))
+    }
+
+    /// Reads and validates a user's file like [`open`](Self::open), into memory: the user may
+    /// rewrite it while it is read.
+    pub fn read(path: &Path) -> Result<Self, FeaturesError> {
+        Self::parse(path, read_user_file(path)?)
+    }
+
+    fn parse(path: &Path, map: FileBytes) -> Result<Self, FeaturesError> {
         let bad = |m: String| FeaturesError::Format {
             path: path.to_path_buf(),
             message: m,
@@ -237,6 +300,13 @@ impl FeatureFile {
         }
         let (rows, dim) = (info.shape[0], info.shape[1]);
         let start = data_start + info.data_offsets.0;
+        if rows.checked_mul(dim).and_then(|n| n.checked_mul(4))
+            != Some(info.data_offsets.1 - info.data_offsets.0)
+        {
+            return Err(bad(format!(
+                "`{FEATURES_TENSOR}` does not hold [{rows}, {dim}] floats"
+            )));
+        }
         let view = tensors
             .tensor(LABELS_TENSOR)
             .map_err(|_| bad(format!("no `{LABELS_TENSOR}` tensor")))?;

@@ -1,15 +1,16 @@
 //! `.npy` files (NumPy format 1.0–3.0) for users who bring features from Python or take ours
 //! into a notebook: `f4` matrices and integer label vectors, little-endian, C order.
 //!
-//! The reader memory-maps the file; NumPy pads its header so that the data starts at a multiple of
-//! 64 bytes (format 1.0+), so `f4` data is viewed as `&[f32]` without copying.
+//! The reader reads the file into memory (these are the user's files, which may change while they
+//! are read; see [`FileBytes`]); NumPy pads its header so that the data starts at a multiple of 64
+//! bytes (format 1.0+), so `f4` data is viewed as `&[f32]` without a second copy.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use super::error::FeaturesError;
-use super::file::{Backing, map_file};
+use super::file::{Backing, FileBytes, read_user_file};
 
 const MAGIC: &[u8] = b"\x93NUMPY";
 
@@ -113,10 +114,10 @@ pub fn write_npy_labels(
     }
 }
 
-/// A memory-mapped `.npy` file.
+/// A `.npy` file, read into memory.
 pub struct NpyFile {
     path: PathBuf,
-    map: memmap2::Mmap,
+    map: FileBytes,
     descr: String,
     shape: Vec<usize>,
     data_start: usize,
@@ -125,7 +126,7 @@ pub struct NpyFile {
 impl NpyFile {
     /// Opens `path` and parses its header.
     pub fn open(path: &Path) -> Result<Self, FeaturesError> {
-        let map = map_file(path)?;
+        let map = read_user_file(path)?;
         let bad = |m: &str| FeaturesError::Format {
             path: path.to_path_buf(),
             message: m.to_string(),
@@ -174,8 +175,13 @@ impl NpyFile {
             shape,
             data_start,
         };
-        let expected = npy.len() * npy.item_size().ok_or_else(|| bad("unsupported dtype"))?;
-        if npy.map.len() < data_start + expected {
+        let item = npy.item_size().ok_or_else(|| bad("unsupported dtype"))?;
+        let expected = npy
+            .shape
+            .iter()
+            .try_fold(item, |n, &d| n.checked_mul(d))
+            .ok_or_else(|| bad("the shape in the header is too large"))?;
+        if npy.map.len().saturating_sub(data_start) < expected {
             return Err(bad("the file is shorter than its header says"));
         }
         Ok(npy)
