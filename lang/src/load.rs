@@ -263,6 +263,20 @@ impl Loading<'_> {
                         "the parser's stack grows with the file; free some memory, or raise the \
                          process's address-space limit (`ulimit -v`)",
                     ),
+                    ParseProblem::TimedOut => Diagnostic::new(
+                        Code::Syntax,
+                        format!(
+                            "the KDL parser gave up on this file after {} s",
+                            PARSE_TIMEOUT.as_secs()
+                        ),
+                        whole,
+                        "this file",
+                    )
+                    .with_help(
+                        "pipelines parse in milliseconds; this file is likely not a pipeline, or \
+                         has an unterminated string (`\"`, `#\"`) that makes every position \
+                         an error",
+                    ),
                     ParseProblem::Panicked => Diagnostic::new(
                         Code::Syntax,
                         "the KDL parser failed on this file",
@@ -422,6 +436,8 @@ enum ParseProblem {
     NoThread(io::Error),
     /// The parser panicked.
     Panicked,
+    /// The parser did not finish within [`PARSE_TIMEOUT`].
+    TimedOut,
 }
 
 /// Parses KDL v2, else v1, on a thread whose stack grows with the text, and checks the depth
@@ -443,7 +459,7 @@ fn parse_kdl(
     const BASE_STACK: usize = 16 << 20;
     const STACK_PER_BYTE: usize = 1 << 10;
     const STACK_PER_BRACE: usize = 16 << 10;
-    let parse = || {
+    let parse = |text: &str| {
         let doc = kdl::KdlDocument::parse_v2(text)
             .or_else(|v2| kdl::KdlDocument::parse_v1(text).map_err(|_| v2));
         match doc {
@@ -454,15 +470,28 @@ fn parse_kdl(
             Err(e) => Ok(Err(e)),
         }
     };
-    std::thread::scope(|scope| {
-        let thread = std::thread::Builder::new()
-            .name("kdl-parser".into())
-            .stack_size(BASE_STACK + text.len() * STACK_PER_BYTE + braces * STACK_PER_BRACE)
-            .spawn_scoped(scope, parse)
-            .map_err(ParseProblem::NoThread)?;
-        thread.join().map_err(|_| ParseProblem::Panicked)?
-    })
+    // Not a scoped thread: a parse that does not finish in time is left behind (the parser's
+    // recovery is quadratic on some broken files, such as ` #"` repeated: an unterminated raw
+    // string retried at every position), and the caller gets a diagnostic instead of a hang.
+    let stack = BASE_STACK + text.len() * STACK_PER_BYTE + braces * STACK_PER_BRACE;
+    let (done, result) = std::sync::mpsc::channel();
+    let owned = text.to_string();
+    std::thread::Builder::new()
+        .name("kdl-parser".into())
+        .stack_size(stack)
+        .spawn(move || {
+            let _ = done.send(parse(&owned));
+        })
+        .map_err(ParseProblem::NoThread)?;
+    match result.recv_timeout(PARSE_TIMEOUT) {
+        Ok(parsed) => parsed,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(ParseProblem::TimedOut),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(ParseProblem::Panicked),
+    }
 }
+
+/// How long the KDL parser may take on one file: real pipelines parse in milliseconds.
+const PARSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The offset of the first node nested deeper than [`MAX_NESTING`] blocks, found without
 /// recursion.

@@ -101,8 +101,11 @@ impl Staging {
             let published = self.publish(&target);
             match published {
                 Ok(()) => {
-                    fsutil::remove_all(&aside)
-                        .map_err(io_error("delete the replaced artifact", &aside))?;
+                    // The new artifact is in place; a leftover old copy is only garbage, which
+                    // the next `clean_tmp` deletes (it restores a copy only when none is in place).
+                    if let Err(err) = fsutil::remove_all(&aside) {
+                        tracing::debug!(dir = %aside.display(), error = %err, "cannot delete the replaced artifact");
+                    }
                 }
                 Err(err) => {
                     // Put the old artifact back: a failed replacement must not lose it.
