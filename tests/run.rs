@@ -215,10 +215,8 @@ evaluate "t" { heads "*" }
         .unwrap();
     // Wait until the backbone has written its first epoch checkpoint, then SIGKILL.
     let deadline = Instant::now() + Duration::from_secs(60);
-    let work = t.path(".lortflow/work");
     loop {
-        let checkpointed = walk(&work).iter().any(|p| p.ends_with("state.json"));
-        if checkpointed || Instant::now() > deadline {
+        if checkpointed(&t) || Instant::now() > deadline {
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -272,6 +270,13 @@ fn inspect_shows_class_counts_and_cache_ls_lists_artifacts() {
     t.args_run(["run", "pipeline.kdl"]).success();
     let gc = t.args_run(["cache", "gc", "pipeline.kdl"]).success();
     assert!(gc.stdout.contains("removed 2 artifacts"), "{}", gc.stdout);
+}
+
+/// Whether a backbone has written an epoch checkpoint in the store's work directory.
+fn checkpointed(t: &Test) -> bool {
+    walk(&t.path(".lortflow/work"))
+        .iter()
+        .any(|p| p.ends_with("state.json"))
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
@@ -363,8 +368,7 @@ evaluate "t" { heads "*" }
             .unwrap();
         // Interrupt the forced re-train once it has a first epoch behind it and more to go.
         let deadline = Instant::now() + Duration::from_secs(120);
-        let work = t.path(".lortflow/work");
-        while !walk(&work).iter().any(|p| p.ends_with("state.json")) {
+        while !checkpointed(&t) {
             assert!(
                 Instant::now() < deadline,
                 "the forced backbone never checkpointed"

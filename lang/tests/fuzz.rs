@@ -121,6 +121,25 @@ fn a_file_over_the_size_limit_is_refused_before_it_is_parsed() {
     );
 }
 
+fn undefined_stage(checked: &lortflow_lang::Checked) -> &lortflow_lang::Diagnostic {
+    checked
+        .diagnostics
+        .iter()
+        .find(|d| d.code.as_str() == "lortflow::undefined-stage")
+        .expect("undefined stage")
+}
+
+/// `d` as the CLI prints it without colour, at miette's default width.
+fn render_plain(d: &lortflow_lang::Diagnostic, checked: &lortflow_lang::Checked) -> String {
+    let handler =
+        miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor());
+    let mut out = String::new();
+    handler
+        .render_report(&mut out, &d.render(&checked.pipeline.sources))
+        .unwrap();
+    out
+}
+
 #[test]
 fn long_lines_render_a_window_with_the_right_position() {
     let name = "n".repeat(100_000);
@@ -128,17 +147,8 @@ fn long_lines_render_a_window_with_the_right_position() {
         "lortflow 1\ndataset \"d\" {{ source \"synthetic\" }}\nhead \"{name}\" {{ features \"nope\" }}\n"
     );
     let checked = check_text(Path::new("p.kdl"), text, &MemoryLoader::default());
-    let d = checked
-        .diagnostics
-        .iter()
-        .find(|d| d.code.as_str() == "lortflow::undefined-stage")
-        .expect("undefined stage");
-    let handler =
-        miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor());
-    let mut out = String::new();
-    handler
-        .render_report(&mut out, &d.render(&checked.pipeline.sources))
-        .unwrap();
+    let d = undefined_stage(&checked);
+    let out = render_plain(d, &checked);
     // The column is the real one, the line is cut around the label, and the label still points
     // at `"nope"`.
     let json = d.to_json(&checked.pipeline.sources);
@@ -161,18 +171,9 @@ fn long_names_are_shortened_in_rendered_messages_only() {
         "lortflow 1\ndataset \"d\" {{ source \"synthetic\" }}\nhead \"h\" {{ features \"{name}\" }}\n"
     );
     let checked = check_text(Path::new("p.kdl"), text, &MemoryLoader::default());
-    let d = checked
-        .diagnostics
-        .iter()
-        .find(|d| d.code.as_str() == "lortflow::undefined-stage")
-        .expect("undefined stage");
+    let d = undefined_stage(&checked);
     assert!(d.message.contains(&name));
-    let handler =
-        miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor());
-    let mut out = String::new();
-    handler
-        .render_report(&mut out, &d.render(&checked.pipeline.sources))
-        .unwrap();
+    let out = render_plain(d, &checked);
     assert!(out.contains("(5000 characters)"), "{out}");
     assert!(out.len() < 3_000, "{out}");
 }
