@@ -44,7 +44,7 @@ fn labels_npy(labels: &[i64]) -> Vec<u8> {
     npy("<i8", &[labels.len()], &data)
 }
 
-const IMPORTED: &str = r#"lortflow 1
+pub(crate) const IMPORTED: &str = r#"lortflow 1
 dataset "k" {
     source "features" train="x.npy" test="tx.npy" train-labels="y.npy" test-labels="ty.npy"
     long-tail "exp" imbalance-ratio=2
@@ -54,7 +54,7 @@ evaluate "t" { heads "*" }
 "#;
 
 /// A test dir with imported features: 4 classes, 10 training rows each, 2 test rows each.
-fn imported() -> Test {
+pub(crate) fn imported() -> Test {
     let train_labels: Vec<i64> = (0..40).map(|i| i % 4).collect();
     let test_labels: Vec<i64> = (0..8).map(|i| i % 4).collect();
     let t = Test::new().pipeline(IMPORTED);

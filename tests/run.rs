@@ -409,3 +409,33 @@ evaluate "t" { heads "*" }
     assert_ne!(after, before);
     assert!(walk(&t.path(".lortflow/tmp")).is_empty());
 }
+
+#[test]
+fn renaming_stages_or_moving_the_project_keeps_the_cache() {
+    let t = crate::hostile::imported();
+    let first = t.args_run(["run", "pipeline.kdl"]).success();
+    assert!(first.stderr.contains("3 ran, 0 cached"), "{}", first.stderr);
+    // A renamed dataset is the same input to everything below it.
+    let renamed = crate::hostile::IMPORTED.replace("\"k\"", "\"kfeat\"");
+    let t = t.file("pipeline.kdl", &renamed);
+    let ran = t.args_run(["run", "pipeline.kdl"]).success();
+    assert!(ran.stderr.contains("0 ran, 3 cached"), "{}", ran.stderr);
+    // A renamed head re-runs only the evaluation, whose table is labelled with head names.
+    let renamed = renamed.replace("\"ce\"", "\"plain\"");
+    let t = t.file("pipeline.kdl", &renamed);
+    let status = t.args_run(["status", "pipeline.kdl"]).success();
+    let table = status.stdout.lines().find(|l| l.contains(" t ")).unwrap();
+    assert!(
+        table.starts_with("stale") && table.contains(r#"`heads` changed from ["ce"] to ["plain"]"#),
+        "{}",
+        status.stdout
+    );
+    let ran = t.args_run(["run", "pipeline.kdl"]).success();
+    assert!(ran.stderr.contains("1 ran, 2 cached"), "{}", ran.stderr);
+    // The project moved elsewhere, store and data with it: paths are keyed as written.
+    let moved = Test::new();
+    std::fs::remove_dir(moved.dir.path()).unwrap();
+    std::fs::rename(t.dir.path(), moved.dir.path()).unwrap();
+    let ran = moved.args_run(["run", "pipeline.kdl"]).success();
+    assert!(ran.stderr.contains("0 ran, 3 cached"), "{}", ran.stderr);
+}

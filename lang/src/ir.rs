@@ -94,6 +94,31 @@ impl Stage {
     }
 }
 
+impl StageSpec {
+    /// What to do when a file this stage reads does not exist, if there is something to say.
+    pub fn missing_file_hint(&self) -> Option<&'static str> {
+        match self {
+            StageSpec::Dataset(d) => match &d.source.value {
+                Source::Cifar10 { .. }
+                | Source::Cifar100 { .. }
+                | Source::FashionMnist { .. }
+                | Source::Mnist { .. } => {
+                    Some("put the official files there, or add `download=#true` to `source`")
+                }
+                Source::ImageList { .. } => {
+                    Some("see the list-file format in docs/language.md (`source \"image-list\"`)")
+                }
+                Source::Inat2018 { .. } => {
+                    Some("the iNaturalist 2018 JSON files and images go there")
+                }
+                Source::Features { .. } | Source::Synthetic { .. } => None,
+            },
+            StageSpec::Backbone(_) => Some("point `checkpoint` at an existing weights file"),
+            _ => None,
+        }
+    }
+}
+
 /// A reference from one stage to another.
 #[derive(Debug, Clone, Copy)]
 pub struct StageRef<'a> {
@@ -275,6 +300,19 @@ impl Source {
             .flatten()
             .collect(),
             Source::Synthetic { .. } => vec![],
+        }
+    }
+
+    /// Whether the source fetches its official files when they are missing (`download=#true`).
+    /// Such a source is identified by its parameters, not by the content of its files: they are
+    /// the official ones, checked against their published checksums when downloaded.
+    pub fn downloadable(&self) -> bool {
+        match self {
+            Source::FashionMnist { download, .. }
+            | Source::Mnist { download, .. }
+            | Source::Cifar10 { download, .. }
+            | Source::Cifar100 { download, .. } => *download,
+            _ => false,
         }
     }
 

@@ -8,7 +8,7 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use lortflow_lang::LANGUAGE_VERSION;
-use lortflow_lang::ir::{Backend, Source, StageSpec};
+use lortflow_lang::ir::{Backend, StageSpec};
 use serde::Serialize;
 use serde_json::Value as Json;
 
@@ -84,7 +84,7 @@ pub fn status(
     let mut out: Vec<StageStatus> = Vec::with_capacity(plan.len());
     for stage in plan {
         let mut reasons = Vec::new();
-        let params = key_params(stage, backend_name);
+        let params = key_params(stage, plan, backend_name);
         let version = registry
             .get(stage.kind())
             .map_or("unregistered", |e| e.version());
@@ -94,8 +94,9 @@ pub fn status(
         let mut own_problem = false;
         for &(role, i) in &stage.inputs {
             match &out[i].key {
+                // By role, not by name: a renamed upstream stage is the same input.
                 Some(k) => {
-                    builder.input(&format!("{role}:{}", plan[i].name), k);
+                    builder.input(role, k);
                 }
                 None => {
                     blocked = true;
@@ -104,20 +105,21 @@ pub fn status(
             }
         }
         let mut external = Vec::new();
-        let downloadable = downloads(stage);
-        for (written, resolved) in external_files(stage) {
-            match digests.digest(&resolved) {
-                Ok(d) => {
-                    builder.external_file(&written, &d);
-                    external.push(ExternalFile::new(&written, &d));
-                }
-                // Official downloads are identified by their published checksums, which the
-                // dataset stage verifies; their parameters alone make the key.
-                Err(_) if downloadable => {}
-                Err(_) => {
-                    blocked = true;
-                    own_problem = true;
-                    reasons.push(missing_file_reason(stage, &written, &resolved));
+        // A source with `download=#true` reads the official files, verified against their
+        // published checksums when they are fetched: its parameters alone make its key, so the
+        // key is the same before the download and after it.
+        if !downloads(stage) {
+            for (written, resolved) in external_files(stage) {
+                match digests.digest(&resolved) {
+                    Ok(d) => {
+                        builder.external_file(&written, &d);
+                        external.push(ExternalFile::new(&written, &d));
+                    }
+                    Err(_) => {
+                        blocked = true;
+                        own_problem = true;
+                        reasons.push(missing_file_reason(stage, &written, &resolved));
+                    }
                 }
             }
         }
@@ -184,25 +186,12 @@ pub fn status(
 }
 
 fn missing_file_reason(stage: &ConcreteStage, written: &str, resolved: &Path) -> String {
-    let hint = match &stage.stage.spec {
-        StageSpec::Dataset(d) => match &d.source.value {
-            Source::Cifar10 { .. }
-            | Source::Cifar100 { .. }
-            | Source::FashionMnist { .. }
-            | Source::Mnist { .. } => {
-                "; put the official files there, or add `download=#true` to `source`".to_string()
-            }
-            Source::ImageList { .. } => {
-                "; see the list-file format in docs/language.md (`source \"image-list\"`)".into()
-            }
-            Source::Inat2018 { .. } => {
-                "; the iNaturalist 2018 JSON files and images go there".into()
-            }
-            _ => String::new(),
-        },
-        StageSpec::Backbone(_) => "; point `checkpoint` at an existing weights file".into(),
-        _ => String::new(),
-    };
+    let hint = stage
+        .stage
+        .spec
+        .missing_file_hint()
+        .map(|h| format!("; {h}"))
+        .unwrap_or_default();
     format!(
         "reads `{written}` ({}), which does not exist{hint}",
         resolved.display()
@@ -222,12 +211,23 @@ fn why_changed(
     statuses: &[StageStatus],
 ) -> Vec<String> {
     let Ok(Some(last)) = store.last_manifest_for(&stage.name) else {
-        return vec!["never run".into()];
+        return vec![format!("never run under the name `{}`", stage.name)];
     };
     if &last.key == key {
         return vec!["its artifact is no longer in the store (removed by `cache gc`?)".into()];
     }
     let mut reasons = Vec::new();
+    let same_format = last.key_format == crate::key::KEY_FORMAT;
+    if !same_format {
+        reasons.push(format!(
+            "its last run was keyed by an older lortflow (cache-key format `{}`)",
+            if last.key_format.is_empty() {
+                "lortflow.cache-key.v1"
+            } else {
+                &last.key_format
+            }
+        ));
+    }
     if last.impl_version != version {
         reasons.push(format!(
             "the {} implementation changed ({} → {version})",
@@ -240,9 +240,18 @@ fn why_changed(
     for (path, old, new) in changes {
         reasons.push(format!("`{path}` changed from {old} to {new}"));
     }
-    for &(role, i) in &stage.inputs {
-        let name = format!("{role}:{}", plan[i].name);
-        let old = last.inputs.iter().find(|r| r.name == name).map(|r| &r.key);
+    // Inputs are compared by role and position (the n-th `heads` input with the n-th), as the
+    // key hashes them; an older format's input keys say nothing about this one's.
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+    for &(role, i) in stage.inputs.iter().filter(|_| same_format) {
+        let nth = seen.entry(role).or_default();
+        let old = last
+            .inputs
+            .iter()
+            .filter(|r| r.name == role)
+            .nth(*nth)
+            .map(|r| &r.key);
+        *nth += 1;
         if old != statuses[i].key.as_ref() && statuses[i].state == State::Cached {
             reasons.push(format!("input `{}` changed", plan[i].name));
         }
@@ -444,6 +453,7 @@ pub fn execute(
                         continue;
                     }
                     if !stale[i] && artifacts.contains_key(&i) {
+                        remember_name(store, &plan[i].name, &artifacts[&i]);
                         reporter.finished(&plan[i].name, StageOutcome::Cached, 0.0, None);
                         outcome[i] = Some((StageOutcome::Cached, 0.0, None));
                         progressed = true;
@@ -643,7 +653,8 @@ fn run_batch(
             .inputs
             .iter()
             .map(|i| InputRef {
-                name: format!("{}:{}", i.role, i.stage.name),
+                name: i.role.to_string(),
+                stage: i.stage.name.clone(),
                 key: i.artifact.key().clone(),
             })
             .collect();
@@ -752,9 +763,18 @@ fn inputs_unchanged(
 /// Whether the stage downloads its files when they are missing (official datasets with
 /// `download=#true`).
 fn downloads(stage: &ConcreteStage) -> bool {
-    matches!(&stage.stage.spec, StageSpec::Dataset(d) if matches!(d.source.value,
-        Source::FashionMnist { download: true, .. } | Source::Mnist { download: true, .. }
-        | Source::Cifar10 { download: true, .. } | Source::Cifar100 { download: true, .. }))
+    matches!(&stage.stage.spec, StageSpec::Dataset(d) if d.source.value.downloadable())
+}
+
+/// Records a cached artifact under the stage name it has now, when it was made (or last
+/// recorded) under another one: after a rename, `status` compares the stage with its own last
+/// run instead of calling it new. A failure to record is only a worse hint later.
+fn remember_name(store: &Store, name: &str, artifact: &Artifact) {
+    let key = artifact.key();
+    let known = matches!(store.last_manifest_for(name), Ok(Some(m)) if &m.key == key);
+    if !known && let Err(e) = store.record_stage(name, key) {
+        tracing::debug!(stage = name, error = %e, "cannot record the stage's name");
+    }
 }
 
 /// The indices of `targets` and everything they depend on.

@@ -18,7 +18,10 @@ use crate::file_digest::FileDigest;
 
 /// The domain-separation prefix hashed first into every key. Its suffix is the version of the
 /// encoding below; change it whenever the encoding changes.
-pub const KEY_FORMAT: &str = "lortflow.cache-key.v1";
+///
+/// v2: upstream inputs are hashed by role (`features`), no longer by `role:stage name`, so that
+/// renaming a stage keeps everything below it cached.
+pub const KEY_FORMAT: &str = "lortflow.cache-key.v2";
 
 /// The content address of an artifact: 64 lowercase hex digits of a blake3 digest.
 ///
@@ -108,13 +111,14 @@ impl From<CacheKey> for String {
 /// 4. `str(implementation version tag)`;
 /// 5. `str(canonical parameters)`, see [`canonical_json`];
 /// 6. `u64(number of upstream inputs)`, then for each, in the order given:
-///    `str(input name)`, `str(upstream key as 64 hex digits)`;
+///    `str(input role)`, `str(upstream key as 64 hex digits)`;
 /// 7. `u64(number of external files)`, then for each, in the order given:
 ///    `str(path as written by the user)`, `str(blake3 digest as 64 hex digits)`, `u64(size)`.
 ///
 /// Upstream inputs and external files are hashed in the order they are added: the caller
-/// supplies them in a deterministic order (declaration order). Their names are hashed too, so
-/// swapping two upstream artifacts between inputs changes the key.
+/// supplies them in a deterministic order (declaration order). Their roles are hashed too, so
+/// swapping two upstream artifacts between inputs changes the key; the names of the upstream
+/// stages are not (a rename is not a change).
 #[derive(Clone, Debug)]
 pub struct KeyBuilder {
     language_version: u32,
@@ -145,9 +149,9 @@ impl KeyBuilder {
         self
     }
 
-    /// Adds an upstream artifact consumed as input `name`.
-    pub fn input(&mut self, name: &str, key: &CacheKey) -> &mut Self {
-        self.inputs.push((name.to_owned(), key.clone()));
+    /// Adds an upstream artifact consumed in the role `role` (`features`, `init`).
+    pub fn input(&mut self, role: &str, key: &CacheKey) -> &mut Self {
+        self.inputs.push((role.to_owned(), key.clone()));
         self
     }
 

@@ -36,7 +36,8 @@ pub const MANIFEST_FORMAT: u32 = 1;
 ///   "key": "3f9a…",
 ///   "impl_version": "1",
 ///   "params": {"delta": 0.98, "lr": 0.0005},
-///   "inputs": [{"name": "features", "key": "77c1…"}],
+///   "key_format": "lortflow.cache-key.v2",
+///   "inputs": [{"name": "features", "stage": "cnn-feats", "key": "77c1…"}],
 ///   "external_files": [],
 ///   "files": {"head.mpk": {"size": 41024, "blake3": "d2e0…"}},
 ///   "started_at": 1795722003.25,
@@ -58,6 +59,10 @@ pub struct Manifest {
     pub key: CacheKey,
     /// Version tag of the stage implementation.
     pub impl_version: String,
+    /// The cache-key format the key was made with ([`KEY_FORMAT`](crate::key::KEY_FORMAT));
+    /// empty in manifests written before it was recorded.
+    #[serde(default)]
+    pub key_format: String,
     /// Resolved parameters, as hashed into the key.
     #[serde(default)]
     pub params: Value,
@@ -96,6 +101,7 @@ impl Manifest {
             kind: kind.to_owned(),
             key: key.clone(),
             impl_version: impl_version.to_owned(),
+            key_format: crate::key::KEY_FORMAT.to_owned(),
             params: Value::Null,
             inputs: Vec::new(),
             external_files: Vec::new(),
@@ -116,8 +122,12 @@ impl Manifest {
 /// An upstream artifact consumed by a stage.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InputRef {
-    /// The input's name in the consuming stage.
+    /// The input's role in the consuming stage (`features`, `init`, `heads`), as hashed into
+    /// the key. (Manifests from before key format v2 hold `role:stage` here.)
     pub name: String,
+    /// The upstream stage's name at the time of the run, for people; not part of the key.
+    #[serde(default)]
+    pub stage: String,
     /// The upstream artifact's key.
     pub key: CacheKey,
 }

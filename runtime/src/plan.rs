@@ -461,9 +461,11 @@ fn apply_override(
 }
 
 /// The canonical parameters of a concrete stage for its cache key: the lowered spec without
-/// stage names (inputs enter the key through their own keys, so renaming a stage or sweeping
-/// a copy of it keeps the cache), plus the backend for stages whose numbers depend on it.
-pub fn key_params(stage: &ConcreteStage, backend: &str) -> Json {
+/// stage names (inputs enter the key through their roles and keys, so renaming a stage or
+/// sweeping a copy of it keeps the cache), plus the backend for stages whose numbers depend on
+/// it. An evaluation is the exception: its tables are labelled with the names of the heads it
+/// reads, so those names are its parameters (renaming a head re-runs only the evaluation).
+pub fn key_params(stage: &ConcreteStage, plan: &[ConcreteStage], backend: &str) -> Json {
     let mut params = stage.stage.canonical_params();
     if let Json::Object(map) = &mut params {
         for reference in ["data", "backbone", "features", "base", "heads"] {
@@ -473,6 +475,14 @@ pub fn key_params(stage: &ConcreteStage, backend: &str) -> Json {
             // `{"head": "name"}`: which head is an input, not a parameter.
             init.remove("head");
             map.insert("init".into(), Json::String("head".into()));
+        }
+        if stage.kind() == StageKind::Evaluate {
+            let names = stage
+                .inputs
+                .iter()
+                .map(|&(_, i)| Json::String(plan[i].name.clone()))
+                .collect();
+            map.insert("heads".into(), Json::Array(names));
         }
         if matches!(
             stage.kind(),
@@ -642,7 +652,7 @@ mod tests {
     #[test]
     fn key_params_leave_out_names() {
         let p = plan(BASE, &[]);
-        let params = key_params(&p[3], "cpu");
+        let params = key_params(&p[3], &p, "cpu");
         assert!(params.get("features").is_none());
         assert_eq!(params["backend"], "cpu");
     }

@@ -256,3 +256,118 @@ fn a_corrupt_artifact_is_detected_and_rebuilt() {
     assert!(o.contains(&("lort".into(), StageOutcome::Cached)), "{o:?}");
     assert_ne!(std::fs::read_to_string(&file).unwrap(), "tampered");
 }
+
+/// Every kind of stage that others read, and a sweep.
+const EVERY_KIND: &str = r#"lortflow 1
+dataset "d" { source "synthetic" kind="images" classes=3 per-class=4 test-per-class=2 size=8 }
+backbone "b" { data "d"; arch "small-cnn"; train epochs=1 }
+features "f" { backbone "b" }
+head "ce" { features "f" }
+head "ft" { features "f"; init "head" head="ce" }
+sweep "s" { base "ce"; vary "train.lr" 0.1 0.2 }
+evaluate "t" { heads "*" }
+"#;
+
+#[test]
+fn renaming_any_upstream_stage_keeps_everything_cached() {
+    let h = Harness::new();
+    h.run(EVERY_KIND);
+    assert_eq!(h.runs(), 8);
+    // (old, new, whether head names change: the evaluation's table shows them).
+    let renames = [
+        ("\"d\"", "\"data\"", false),
+        ("\"b\"", "\"net\"", false),
+        ("\"f\"", "\"feats\"", false),
+        ("\"ce\"", "\"plain\"", true),
+        ("\"ft\"", "\"tuned\"", true),
+        ("\"s\"", "\"lrs\"", true),
+    ];
+    let mut text = EVERY_KIND.to_string();
+    for (old, new, names_heads) in renames {
+        text = text.replace(old, new);
+        let (statuses, report) = h.run(&text);
+        for s in &statuses {
+            if s.kind == "evaluate" && names_heads {
+                assert_eq!(s.state, State::Stale, "{text}");
+                assert!(
+                    s.reasons
+                        .iter()
+                        .any(|r| r.starts_with("`heads` changed from")),
+                    "{:?}",
+                    s.reasons
+                );
+            } else {
+                assert_eq!(
+                    s.state,
+                    State::Cached,
+                    "renaming {old} to {new}: `{}` is {:?} because {:?}",
+                    s.name,
+                    s.state,
+                    s.reasons
+                );
+            }
+        }
+        assert_eq!(
+            h.runs(),
+            usize::from(names_heads),
+            "{:?}",
+            outcomes(&report)
+        );
+    }
+    // The renamed stages are recorded under their new names: a change after the rename is
+    // explained against their own last run, not as a stage that never ran.
+    let changed = text.replace("epochs=1", "epochs=2");
+    let (statuses, _) = h.run(&changed);
+    let net = statuses.iter().find(|s| s.name == "net").unwrap();
+    assert_eq!(
+        net.reasons,
+        ["`weights.train.epochs` changed from 1 to 2"],
+        "{statuses:?}"
+    );
+}
+
+#[test]
+fn a_downloadable_dataset_has_the_same_key_before_and_after_its_download() {
+    /// Writes the "official" files into the source's root, as the real download does.
+    struct Downloads;
+    impl StageExecutor for Downloads {
+        fn version(&self) -> &'static str {
+            "test-1"
+        }
+        fn run(&self, cx: &StageContext<'_>) -> Result<serde_json::Value, StageError> {
+            for (_, root) in lortflow_runtime::plan::external_files(cx.stage) {
+                std::fs::create_dir_all(&root).unwrap();
+                std::fs::write(root.join("train-images-idx3-ubyte.gz"), b"images").unwrap();
+            }
+            std::fs::write(cx.out_dir.join("index.json"), b"[]").unwrap();
+            Ok(json!({}))
+        }
+    }
+    let mut h = Harness::new();
+    h.registry.register(StageKind::Dataset, Arc::new(Downloads));
+    let text = r#"lortflow 1
+dataset "d" { source "fashion-mnist" root="data/fm" download=#true }
+backbone "b" { data "d"; arch "small-cnn"; train epochs=1 }
+"#;
+    let (before, _) = h.run(text);
+    assert!(
+        h.dir
+            .path()
+            .join("data/fm/train-images-idx3-ubyte.gz")
+            .exists()
+    );
+    let (after, report) = h.run(text);
+    assert_eq!(before[0].key, after[0].key);
+    assert!(after.iter().all(|s| s.state == State::Cached), "{after:?}");
+    assert_eq!(
+        outcomes(&report),
+        [
+            ("d".into(), StageOutcome::Cached),
+            ("b".into(), StageOutcome::Cached)
+        ]
+    );
+    // Without `download`, the files' content is the key, and the folder must exist.
+    let (own, _) = h.run(&text.replace(" download=#true", ""));
+    assert_ne!(own[0].key, before[0].key);
+    assert_eq!(own[0].state, State::Stale);
+}

@@ -40,13 +40,7 @@ pub(crate) fn run(args: LintArgs) -> anyhow::Result<ExitCode> {
                     "{}",
                     render::human(&checked.diagnostics, &checked.pipeline.sources, color)
                 );
-                let status = if failed {
-                    "error"
-                } else if checked.diagnostics.is_empty() {
-                    "ok"
-                } else {
-                    "ok"
-                };
+                let status = if failed { "error" } else { "ok" };
                 eprintln!(
                     "{status}: `{}`: {}",
                     file.display(),

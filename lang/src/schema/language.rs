@@ -102,7 +102,7 @@ const SOURCE_ROOT_OPT: P = P::new("root", T::Path, "Directory holding the files.
 const DOWNLOAD: P = P::new(
     "download",
     T::Bool,
-    "Fetch the official files into `root` when missing (checksums verified).",
+    "Fetch the official files into `root` when missing (checksums verified). The dataset is then the official one and is cached by its settings alone, the same before and after the download; files you change in `root` are not noticed (leave `download` off to cache by their content).",
 )
 .default(Bool(false));
 

@@ -552,8 +552,9 @@ fn unpack_tar_gz(archive: &Path, root: &Path, folder: &str) -> Result<(), Datase
     Ok(())
 }
 
+/// The loopback HTTP server and archives of the download tests, for tests elsewhere in the crate.
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::HashMap;
     use std::io::{BufRead, BufReader};
     use std::net::{TcpListener, TcpStream};
@@ -566,7 +567,7 @@ mod tests {
 
     /// How the test server answers for one path.
     #[derive(Clone)]
-    struct Resource {
+    pub(crate) struct Resource {
         bytes: Vec<u8>,
         /// Answer `Range` requests with 206; otherwise always send the whole file with 200.
         ranges: bool,
@@ -576,8 +577,8 @@ mod tests {
 
     /// A one-request-per-connection HTTP/1.1 server on 127.0.0.1, enough for `fetch`: GET, `Range:
     /// bytes=N-`, 404 for unknown paths. It stops when dropped.
-    struct Server {
-        base: String,
+    pub(crate) struct Server {
+        pub(crate) base: String,
         requests: Arc<Mutex<Vec<String>>>,
         stop: Arc<AtomicBool>,
         thread: Option<JoinHandle<()>>,
@@ -609,7 +610,7 @@ mod tests {
         }
 
         /// `GET /name` lines with their `Range` header, in arrival order.
-        fn requests(&self) -> Vec<String> {
+        pub(crate) fn requests(&self) -> Vec<String> {
             self.requests.lock().unwrap().clone()
         }
     }
@@ -696,7 +697,7 @@ mod tests {
         out.flush()
     }
 
-    fn resource(bytes: &[u8]) -> Resource {
+    pub(crate) fn resource(bytes: &[u8]) -> Resource {
         Resource {
             bytes: bytes.to_vec(),
             ranges: true,
@@ -704,7 +705,7 @@ mod tests {
         }
     }
 
-    fn server(files: &[(&str, Resource)]) -> Server {
+    pub(crate) fn server(files: &[(&str, Resource)]) -> Server {
         Server::start(
             files
                 .iter()
@@ -720,7 +721,7 @@ mod tests {
             .collect()
     }
 
-    fn md5_hex(bytes: &[u8]) -> String {
+    pub(crate) fn md5_hex(bytes: &[u8]) -> String {
         format!("{:x}", md5::compute(bytes))
     }
 
@@ -968,6 +969,12 @@ mod tests {
 
     /// A CIFAR-10-shaped `.tar.gz`: one record per batch file, label = batch number.
     fn cifar10_archive() -> Vec<u8> {
+        cifar10_archive_of(|file| vec![file as u8])
+    }
+
+    /// A CIFAR-10-shaped `.tar.gz` whose i-th file (five train batches, then the test batch)
+    /// holds one record per label of `labels(i)`, every pixel equal to i.
+    pub(crate) fn cifar10_archive_of(labels: impl Fn(usize) -> Vec<u8>) -> Vec<u8> {
         let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
             Vec::new(),
             flate2::Compression::fast(),
@@ -976,17 +983,20 @@ mod tests {
             .map(|i| format!("data_batch_{i}.bin"))
             .chain(["test_batch.bin".to_owned()]);
         for (i, name) in names.enumerate() {
-            let mut record = vec![i as u8];
-            record.extend(std::iter::repeat_n(i as u8, 3072));
+            let mut records = Vec::new();
+            for label in labels(i) {
+                records.push(label);
+                records.extend(std::iter::repeat_n(i as u8, 3072));
+            }
             let mut header = tar::Header::new_gnu();
-            header.set_size(record.len() as u64);
+            header.set_size(records.len() as u64);
             header.set_mode(0o644);
             header.set_cksum();
             builder
                 .append_data(
                     &mut header,
                     format!("cifar-10-batches-bin/{name}"),
-                    &record[..],
+                    &records[..],
                 )
                 .unwrap();
         }

@@ -24,7 +24,7 @@
 
 mod base;
 mod cifar;
-mod download;
+pub(crate) mod download;
 mod error;
 mod groups;
 mod idx;

@@ -910,7 +910,7 @@ impl LossPlugin for PluginCrossEntropy {
         params: &std::collections::BTreeMap<String, f64>,
         counts: &[usize],
     ) -> Result<std::sync::Arc<dyn SampleLoss>, String> {
-        if counts.iter().any(|&n| n == 0) {
+        if counts.contains(&0) {
             return Err("every class needs a training sample".into());
         }
         let balanced = params["balanced"] != 0.0;

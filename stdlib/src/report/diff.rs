@@ -132,7 +132,8 @@ mod tests {
              "rsd": {"by_group": {"many": 0.5, "medium": null, "few": null}}},
         ]});
         let changes = diff("table", Some(&old), Some(&new));
-        let rows: Vec<(&str, &str, Option<f64>, Option<f64>, Option<f64>)> = changes
+        type Row<'a> = (&'a str, &'a str, Option<f64>, Option<f64>, Option<f64>);
+        let rows: Vec<Row<'_>> = changes
             .iter()
             .map(|c| (c.head.as_str(), c.metric.as_str(), c.old, c.new, c.change))
             .collect();

@@ -155,11 +155,16 @@ pub fn load_split_images(spec: &DatasetSpec, split: Split) -> Result<LabeledImag
     }
 }
 
-/// Downloads the official files of a source with `download=#true` into its root when the loader
-/// would not find them; does nothing for other sources or when the files are there.
+/// Where a dataset's downloads come from: the official files and mirrors, or (in tests) a local
+/// server's.
+pub(crate) type DownloadSpecs = std::sync::Arc<dyn Fn(ImageDataset) -> DownloadSpec + Send + Sync>;
+
+/// Downloads the files of a source with `download=#true` into its root when the loader would not
+/// find them; does nothing for other sources or when the files are there.
 /// `progress` returns `false` to stop (the partial download is kept for the next run).
 pub(crate) fn download_if_requested(
     spec: &DatasetSpec,
+    specs: &DownloadSpecs,
     progress: &mut dyn FnMut(&DownloadProgress<'_>) -> bool,
 ) -> Result<(), StageError> {
     let (dataset, root) = match &spec.source.value {
@@ -181,7 +186,7 @@ pub(crate) fn download_if_requested(
         } => (ImageDataset::Cifar100, root),
         _ => return Ok(()),
     };
-    ensure_downloaded(&DownloadSpec::official(dataset), &root.resolved, progress)
+    ensure_downloaded(&specs(dataset), &root.resolved, progress)
         .map(|_| ())
         .map_err(fail)
 }
@@ -335,6 +340,10 @@ mod tests {
         );
     }
 
+    fn official() -> DownloadSpecs {
+        std::sync::Arc::new(DownloadSpec::official)
+    }
+
     #[test]
     fn download_is_skipped_unless_requested_or_when_files_are_there() {
         let dir = tempfile::tempdir().unwrap();
@@ -348,14 +357,14 @@ mod tests {
             "source \"cifar10\" root=\"{}\"",
             dir.path().display()
         ));
-        download_if_requested(&spec, &mut progress).unwrap();
+        download_if_requested(&spec, &official(), &mut progress).unwrap();
         // `download` on, files present: no network either.
         let vendored = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/fashion-mnist");
         let spec = dataset(&format!(
             "source \"fashion-mnist\" root=\"{}\" download=#true",
             vendored.display()
         ));
-        download_if_requested(&spec, &mut progress).unwrap();
+        download_if_requested(&spec, &official(), &mut progress).unwrap();
         assert!(!called);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }

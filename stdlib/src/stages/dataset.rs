@@ -7,16 +7,30 @@ use lortflow_runtime::{ConcreteStage, StageContext, StageError, StageExecutor};
 use serde_json::{Value as Json, json};
 
 use super::common::{
-    DatasetIndex, INDEX_FILE, META_FILE, Meta, TEST_FEATURES, TRAIN_FEATURES,
+    DatasetIndex, DownloadSpecs, INDEX_FILE, META_FILE, Meta, TEST_FEATURES, TRAIN_FEATURES,
     download_if_requested, fail, load_split_images, read_json, split_ids, write_json,
 };
 use crate::dataset::{
-    Boundary, ClassOrder, GaussianClustersConfig, Group, GroupConfig, ImbalanceProfile,
-    LongTailConfig, SampleSelection, Split, Thresholds,
+    Boundary, ClassOrder, DownloadSpec, GaussianClustersConfig, Group, GroupConfig,
+    ImbalanceProfile, LongTailConfig, SampleSelection, Split, Thresholds,
 };
 use crate::features::{NpyFile, write_features};
 
-pub(crate) struct DatasetStage;
+pub(crate) struct DatasetStage {
+    /// Where `download=#true` fetches from.
+    downloads: DownloadSpecs,
+}
+
+impl DatasetStage {
+    /// Downloads from the official mirrors, checked against the published checksums.
+    pub(crate) fn official() -> Self {
+        Self::with_downloads(std::sync::Arc::new(DownloadSpec::official))
+    }
+
+    pub(crate) fn with_downloads(downloads: DownloadSpecs) -> Self {
+        Self { downloads }
+    }
+}
 
 impl StageExecutor for DatasetStage {
     fn version(&self) -> &'static str {
@@ -31,7 +45,7 @@ impl StageExecutor for DatasetStage {
         let StageSpec::Dataset(spec) = &cx.stage.stage.spec else {
             return Err(StageError::failed("not a dataset stage"));
         };
-        let downloaded = download_if_requested(spec, &mut |p| {
+        let downloaded = download_if_requested(spec, &self.downloads, &mut |p| {
             cx.progress(
                 p.done,
                 p.total.unwrap_or(0),
@@ -453,4 +467,97 @@ fn read_matrix_file(
         )));
     }
     Ok((matrix.data().to_vec(), shape[1], y))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use lortflow_lang::{MemoryLoader, StageKind, check_text};
+    use lortflow_runtime::engine::{Force, RunOptions, State, execute, status};
+    use lortflow_runtime::{
+        CancelToken, FileDigestCache, SilentReporter, StageOutcome, Store, plan::expand,
+    };
+
+    use super::*;
+    use crate::dataset::RemoteFile;
+    use crate::dataset::download::tests::{cifar10_archive_of, md5_hex, resource, server};
+
+    /// The first run downloads (from a loopback server standing in for the official mirror) and
+    /// builds the index; the second finds the same key in the store and downloads nothing.
+    #[test]
+    fn a_downloaded_dataset_is_cached_on_the_second_run() {
+        let archive = cifar10_archive_of(|_| (0..10).collect());
+        let md5 = md5_hex(&archive);
+        let srv = server(&[("cifar-10-binary.tar.gz", resource(&archive))]);
+        let base = srv.base.clone();
+        let mut registry = crate::stages::registry();
+        registry.register(
+            StageKind::Dataset,
+            Arc::new(DatasetStage::with_downloads(Arc::new(move |dataset| {
+                DownloadSpec {
+                    dataset,
+                    mirrors: vec![base.clone()],
+                    files: vec![RemoteFile {
+                        name: "cifar-10-binary.tar.gz".into(),
+                        md5: md5.clone(),
+                    }],
+                }
+            }))),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let text = r#"lortflow 1
+dataset "c10" { source "cifar10" root="data/cifar" download=#true; long-tail "none"; groups many=4 few=2 }
+"#;
+        let checked = check_text(
+            &dir.path().join("p.kdl"),
+            text.into(),
+            &MemoryLoader::default(),
+        );
+        assert!(!checked.has_errors(), "{:?}", checked.diagnostics);
+        let plan = expand(&checked.pipeline, &[]).unwrap();
+        let store = Store::open(&dir.path().join(".lortflow")).unwrap();
+        let _lock = store.lock().unwrap();
+        let options = RunOptions {
+            jobs: 1,
+            backend: Backend::Cpu,
+            pipeline: "p.kdl".into(),
+        };
+        let mut keys = Vec::new();
+        for expected in [StageOutcome::Ran, StageOutcome::Cached] {
+            let mut digests = FileDigestCache::load(store.file_digests_path());
+            let statuses = status(
+                &plan,
+                &store,
+                &registry,
+                &mut digests,
+                Backend::Cpu,
+                &Force::None,
+            );
+            let report = execute(
+                &plan,
+                &statuses,
+                None,
+                &store,
+                &registry,
+                &options,
+                &CancelToken::new(),
+                &SilentReporter,
+            )
+            .unwrap();
+            let stage = &report.record.stages[0];
+            assert_eq!(stage.outcome, expected, "{:?}", stage.error);
+            keys.push(statuses[0].key.clone().unwrap());
+            if expected == StageOutcome::Cached {
+                assert_eq!(statuses[0].state, State::Cached);
+            }
+        }
+        assert_eq!(keys[0], keys[1]);
+        assert_eq!(srv.requests(), ["GET /cifar-10-binary.tar.gz"]);
+        assert!(
+            dir.path()
+                .join("data/cifar/cifar-10-batches-bin/test_batch.bin")
+                .is_file()
+        );
+    }
 }

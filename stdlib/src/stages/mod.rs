@@ -30,7 +30,10 @@ pub use common::{Meta, load_split_images};
 pub fn registry() -> Registry {
     let mut registry = Registry::new();
     registry
-        .register(StageKind::Dataset, Arc::new(dataset::DatasetStage))
+        .register(
+            StageKind::Dataset,
+            Arc::new(dataset::DatasetStage::official()),
+        )
         .register(StageKind::Backbone, Arc::new(backbone::BackboneStage))
         .register(StageKind::Features, Arc::new(features::FeaturesStage))
         .register(StageKind::Head, Arc::new(head::HeadStage))
