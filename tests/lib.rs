@@ -4,6 +4,7 @@
 mod cli;
 mod graph;
 mod hostile;
+mod keys;
 mod lint;
 mod plugin;
 mod report;
