@@ -588,7 +588,7 @@ fn head_combinations(
         let reshaping = match &h.weighting.value {
             Weighting::Focal { .. } => true,
             // (γ applies to the focal base loss only.)
-            Weighting::ClassBalanced { loss, .. } => loss != "softmax",
+            Weighting::ClassBalanced { loss, .. } => *loss != BaseLoss::Softmax,
             Weighting::None => false,
         };
         if reshaping {
@@ -688,7 +688,7 @@ fn head_combinations(
             );
         }
     }
-    if h.select.value == "best-test" {
+    if h.select.value == EpochSelect::BestTest {
         diags.push(
             Diagnostic::new(
                 Code::TestSelection,
@@ -699,7 +699,7 @@ fn head_combinations(
             .with_help("this is what the reference code does, and it inflates results; prefer `select \"best-val\"`, and label reported numbers accordingly"),
         );
     }
-    if h.validation.is_some() && h.select.value != "best-val" {
+    if h.validation.is_some() && h.select.value != EpochSelect::BestVal {
         if let Some(v) = stage.node.child("validation") {
             diags.push(
                 Diagnostic::new(
@@ -747,7 +747,7 @@ fn dataset_settings(stage: &Stage, d: &DatasetSpec, diags: &mut Vec<Diagnostic>)
         ..
     } = &d.source.value
     {
-        let per_sample = if kind == "images" {
+        let per_sample = if *kind == SyntheticKind::Images {
             u128::from(*size) * u128::from(*size) * u128::from(*channels)
         } else {
             u128::from(*dim)
@@ -768,7 +768,7 @@ fn dataset_settings(stage: &Stage, d: &DatasetSpec, diags: &mut Vec<Diagnostic>)
                 )
                 .with_help(format!(
                     "synthetic data is for trying stages in seconds; keep classes × (per-class + test-per-class) × {} under {MAX_SYNTHETIC_VALUES}",
-                    if kind == "images" { "size² × channels" } else { "dim" }
+                    if *kind == SyntheticKind::Images { "size² × channels" } else { "dim" }
                 )),
             );
         }
@@ -792,7 +792,7 @@ fn dataset_settings(stage: &Stage, d: &DatasetSpec, diags: &mut Vec<Diagnostic>)
                 .with_help("with `relative=#true`, `many` and `few` are fractions of the largest class (`many=0.2 few=0.04`); or drop `relative` to count images"),
             );
         }
-        let overlap = if g.rule == "inclusive" {
+        let overlap = if g.rule == GroupRule::Inclusive {
             g.few >= g.many
         } else {
             g.few > g.many
@@ -816,7 +816,7 @@ fn dataset_settings(stage: &Stage, d: &DatasetSpec, diags: &mut Vec<Diagnostic>)
         }
     }
     if let Some(lt) = stage.node.child("long-tail") {
-        if d.long_tail.profile == "none" {
+        if d.long_tail.profile == TailProfile::None {
             for prop in ["imbalance-ratio", "max-per-class"] {
                 if let Some(p) = lt.prop(prop) {
                     diags.push(
@@ -832,7 +832,7 @@ fn dataset_settings(stage: &Stage, d: &DatasetSpec, diags: &mut Vec<Diagnostic>)
                 }
             }
         }
-        if d.long_tail.select != "shuffle" {
+        if d.long_tail.select != TailSelect::Shuffle {
             if let Some(p) = lt.prop("seed") {
                 diags.push(
                     Diagnostic::new(

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::ast::Node;
+use crate::choice::choice;
 use crate::schema::StageKind;
 use crate::source::{SourceMap, Span, Spanned};
 
@@ -34,14 +35,14 @@ impl Pipeline {
     }
 }
 
-/// The compute backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Backend {
-    /// Burn's `flex` CPU backend.
-    Cpu,
-    /// Burn's CUDA backend (cargo feature `cuda`).
-    Cuda,
+choice! {
+    /// The compute backend.
+    pub enum Backend {
+        /// Burn's `flex` CPU backend.
+        Cpu = "cpu",
+        /// Burn's CUDA backend (cargo feature `cuda`).
+        Cuda = "cuda",
+    }
 }
 
 /// `defaults { ... }`.
@@ -91,6 +92,25 @@ impl Stage {
     /// The canonical parameters: the spec's serde form, spans left out.
     pub fn canonical_params(&self) -> serde_json::Value {
         serde_json::to_value(&self.spec).expect("stage specs should always serialize")
+    }
+
+    /// The canonical parameters without the names of the stages this one reads (the fields
+    /// behind [`Stage::inputs`], and an evaluation's head patterns): a cache key takes its
+    /// inputs by their keys, so that renaming a stage changes nothing below it. `init "head"`
+    /// stays as the string `"head"`.
+    pub fn params_without_references(&self) -> serde_json::Value {
+        let mut params = self.canonical_params();
+        if let serde_json::Value::Object(map) = &mut params {
+            for reference in ["data", "backbone", "features", "base", "heads"] {
+                map.remove(reference);
+            }
+            if let Some(serde_json::Value::Object(init)) = map.get("init")
+                && init.contains_key("head")
+            {
+                map.insert("init".into(), serde_json::Value::String("head".into()));
+            }
+        }
+        params
     }
 }
 
@@ -248,8 +268,8 @@ pub enum Source {
     },
     /// Generated data.
     Synthetic {
-        /// `images` or `vectors`.
-        kind: String,
+        /// Images or vectors.
+        kind: SyntheticKind,
         /// K.
         classes: u32,
         /// Train samples per class.
@@ -319,21 +339,69 @@ impl Source {
     /// Whether the source holds features rather than images.
     pub fn is_features(&self) -> bool {
         matches!(self, Source::Features { .. })
-            || matches!(self, Source::Synthetic { kind, .. } if kind == "vectors")
+            || matches!(
+                self,
+                Source::Synthetic {
+                    kind: SyntheticKind::Vectors,
+                    ..
+                }
+            )
+    }
+}
+
+choice! {
+    /// What a synthetic source generates.
+    pub enum SyntheticKind {
+        /// Small images of class patterns.
+        Images = "images",
+        /// Feature vectors (Gaussian clusters).
+        Vectors = "vectors",
+    }
+}
+
+choice! {
+    /// How the train split is made long-tailed.
+    pub enum TailProfile {
+        /// n_c = n_max · IR^(-c/(K-1)).
+        Exp = "exp",
+        /// Half the classes keep n_max, the rest n_max/IR.
+        Step = "step",
+        /// Keep everything.
+        None = "none",
+    }
+}
+
+choice! {
+    /// Which samples of a class a long tail keeps.
+    pub enum TailSelect {
+        /// The first n_c in file order.
+        First = "first",
+        /// n_c drawn at random (seeded).
+        Shuffle = "shuffle",
+    }
+}
+
+choice! {
+    /// How group thresholds compare.
+    pub enum GroupRule {
+        /// Many: n > many; few: n < few.
+        Strict = "strict",
+        /// Many: n >= many; few: n <= few (the OLTR convention).
+        Inclusive = "inclusive",
     }
 }
 
 /// `long-tail`.
 #[derive(Debug, Clone, Serialize)]
 pub struct LongTail {
-    /// `exp`, `step` or `none`.
-    pub profile: String,
+    /// The profile.
+    pub profile: TailProfile,
     /// n_max / n_min.
     pub imbalance_ratio: f64,
     /// n_max, if given.
     pub max_per_class: Option<u64>,
-    /// `first` or `shuffle`.
-    pub select: String,
+    /// Which samples are kept.
+    pub select: TailSelect,
     /// Shuffle seed.
     pub seed: u64,
 }
@@ -345,8 +413,8 @@ pub struct Groups {
     pub many: f64,
     /// Few: fewer than this many.
     pub few: f64,
-    /// `strict` (> and <) or `inclusive` (>= and <=).
-    pub rule: String,
+    /// Strict (> and <) or inclusive (>= and <=).
+    pub rule: GroupRule,
     /// Thresholds are fractions of n_max.
     pub relative: bool,
 }
@@ -354,36 +422,23 @@ pub struct Groups {
 // ---------------------------------------------------------------------------------------------
 // backbone
 
-/// Backbone architectures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Arch {
-    /// A small CNN for 28x28 inputs.
-    SmallCnn,
-    /// ResNet-32, the CIFAR-LT standard of the LDAM-DRW code.
-    Resnet32,
-    /// ResNet-34 (torchvision layout; CIFAR stem for 32x32 inputs).
-    Resnet34,
-    /// ResNet-50 (torchvision layout).
-    Resnet50,
-    /// ResNeXt-50 32x4d (torchvision layout).
-    #[serde(rename = "resnext50-32x4d")]
-    Resnext50,
+choice! {
+    /// Backbone architectures.
+    pub enum Arch {
+        /// A small CNN for 28x28 inputs.
+        SmallCnn = "small-cnn",
+        /// ResNet-32, the CIFAR-LT standard of the LDAM-DRW code.
+        Resnet32 = "resnet32",
+        /// ResNet-34 (torchvision layout; CIFAR stem for 32x32 inputs).
+        Resnet34 = "resnet34",
+        /// ResNet-50 (torchvision layout).
+        Resnet50 = "resnet50",
+        /// ResNeXt-50 32x4d (torchvision layout).
+        Resnext50 = "resnext50-32x4d",
+    }
 }
 
 impl Arch {
-    /// Parses a schema name.
-    pub fn from_name(name: &str) -> Option<Arch> {
-        Some(match name {
-            "small-cnn" => Arch::SmallCnn,
-            "resnet32" => Arch::Resnet32,
-            "resnet34" => Arch::Resnet34,
-            "resnet50" => Arch::Resnet50,
-            "resnext50-32x4d" => Arch::Resnext50,
-            _ => return None,
-        })
-    }
-
     /// The dimension of the features it produces.
     pub fn feature_dim(&self) -> usize {
         match self {
@@ -407,7 +462,75 @@ pub struct BackboneSpec {
     /// Augmentations in order.
     pub augment: Vec<Augment>,
     /// Input normalisation.
-    pub normalize: String,
+    pub normalize: Normalize,
+}
+
+choice! {
+    /// Which per-channel statistics normalise the backbone's inputs.
+    pub enum Normalize {
+        /// Computed on the long-tailed train split.
+        Dataset = "dataset",
+        /// CIFAR's published statistics.
+        Cifar = "cifar",
+        /// ImageNet's.
+        Imagenet = "imagenet",
+        /// iNaturalist's.
+        Inat = "inat",
+        /// None: pixels in [0, 1].
+        None = "none",
+    }
+}
+
+choice! {
+    /// The file format of a backbone checkpoint.
+    pub enum CheckpointFormat {
+        /// From the file's contents.
+        Auto = "auto",
+        /// safetensors.
+        Safetensors = "safetensors",
+        /// A PyTorch `state_dict`.
+        Pytorch = "pytorch",
+        /// Burn's own record.
+        Burn = "burn",
+    }
+}
+
+choice! {
+    /// Learning-rate schedules.
+    pub enum Schedule {
+        /// Cosine annealing to zero.
+        Cosine = "cosine",
+        /// Step decay (the stage's own steps).
+        Step = "step",
+        /// Constant.
+        Constant = "constant",
+    }
+}
+
+choice! {
+    /// First-stage (backbone) losses.
+    pub enum FirstStageLoss {
+        /// Cross-entropy.
+        Ce = "ce",
+        /// Cross-entropy with deferred re-weighting.
+        CeDrw = "ce-drw",
+        /// LDAM with deferred re-weighting.
+        LdamDrw = "ldam-drw",
+        /// Balanced softmax.
+        BalancedSoftmax = "balanced-softmax",
+    }
+}
+
+choice! {
+    /// First-stage samplers.
+    pub enum BackboneSampler {
+        /// Every sample once per epoch.
+        Instance = "instance",
+        /// Classes equally often.
+        ClassBalanced = "class-balanced",
+        /// Classes ∝ √n.
+        Sqrt = "sqrt",
+    }
 }
 
 /// Where backbone weights come from.
@@ -421,7 +544,7 @@ pub enum Weights {
         /// The file.
         path: PathValue,
         /// Its format.
-        format: String,
+        format: CheckpointFormat,
     },
 }
 
@@ -439,13 +562,13 @@ pub struct BackboneTrain {
     /// Weight decay.
     pub weight_decay: f64,
     /// Schedule.
-    pub schedule: String,
+    pub schedule: Schedule,
     /// Warm-up epochs.
     pub warmup_epochs: u32,
     /// First-stage loss.
-    pub loss: String,
+    pub loss: FirstStageLoss,
     /// Sampler.
-    pub sampler: String,
+    pub sampler: BackboneSampler,
     /// Seed.
     pub seed: u64,
 }
@@ -492,10 +615,20 @@ pub enum Augment {
 pub struct FeaturesSpec {
     /// The backbone.
     pub backbone: Spanned<String>,
-    /// `none` or `hflip`.
-    pub tta: String,
+    /// Test-time augmentation.
+    pub tta: Tta,
     /// Inference batch size.
     pub batch_size: u32,
+}
+
+choice! {
+    /// Test-time augmentation of feature extraction.
+    pub enum Tta {
+        /// The image as it is.
+        None = "none",
+        /// The mean of the image's and its mirror image's features.
+        Hflip = "hflip",
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -534,7 +667,7 @@ pub struct HeadSpec {
     /// Number of trials.
     pub trials: u32,
     /// Epoch selection.
-    pub select: Spanned<String>,
+    pub select: Spanned<EpochSelect>,
     /// Validation split for `best-val`.
     pub validation: Option<Validation>,
 }
@@ -611,8 +744,8 @@ pub enum Weighting {
     ClassBalanced {
         /// β.
         beta: f64,
-        /// `bce`, `softmax` or `focal`.
-        loss: String,
+        /// The base loss the weights scale.
+        loss: BaseLoss,
         /// γ of the focal base loss.
         gamma: f64,
         /// DRW start epoch.
@@ -652,8 +785,8 @@ pub enum Constraint {
         thresh: f64,
         /// Absolute radius.
         radius: Option<f64>,
-        /// `step` or `epoch`.
-        every: String,
+        /// When the constraint is applied.
+        every: ConstraintEvery,
     },
 }
 
@@ -691,9 +824,55 @@ pub struct HeadTrain {
     /// Weight decay.
     pub weight_decay: f64,
     /// Schedule.
-    pub schedule: String,
+    pub schedule: Schedule,
     /// Seed of trial 0.
     pub seed: u64,
+}
+
+choice! {
+    /// Which epoch's head a trial keeps.
+    pub enum EpochSelect {
+        /// The last epoch's.
+        Last = "last",
+        /// The best on the validation split.
+        BestVal = "best-val",
+        /// The best on the test split (an oracle, for analysis only).
+        BestTest = "best-test",
+    }
+}
+
+choice! {
+    /// The base loss of class-balanced weighting.
+    pub enum BaseLoss {
+        /// Binary cross-entropy per class.
+        Bce = "bce",
+        /// Softmax cross-entropy.
+        Softmax = "softmax",
+        /// Focal loss.
+        Focal = "focal",
+    }
+}
+
+choice! {
+    /// When a weight constraint is applied.
+    pub enum ConstraintEvery {
+        /// After every optimiser step.
+        Step = "step",
+        /// After every epoch.
+        Epoch = "epoch",
+    }
+}
+
+choice! {
+    /// Where a head starts (the argument of `init`).
+    pub enum InitFrom {
+        /// Re-initialised.
+        Random = "random",
+        /// The backbone's classifier.
+        Backbone = "backbone",
+        /// Another head's result.
+        Head = "head",
+    }
 }
 
 /// Head initialisation.
@@ -772,9 +951,39 @@ pub struct EvaluateSpec {
     /// Head names, sweep names or globs.
     pub heads: Vec<Spanned<String>>,
     /// Metrics.
-    pub metrics: Vec<String>,
+    pub metrics: Vec<Metric>,
     /// RSD sample set.
-    pub rsd_over: String,
+    pub rsd_over: RsdOver,
     /// Whether to write plots.
     pub plots: bool,
+}
+
+choice! {
+    /// Evaluation metrics.
+    pub enum Metric {
+        /// Top-1 accuracy, overall and by group.
+        Top1 = "top1",
+        /// Logits Magnitude by group.
+        LogitsMagnitude = "logits-magnitude",
+        /// Regularized Standard Deviation of the logits.
+        Rsd = "rsd",
+        /// Per-class classifier weight norms.
+        WeightNorm = "weight-norm",
+        /// The confusion matrix.
+        Confusion = "confusion",
+        /// Per-class accuracy.
+        PerClass = "per-class",
+    }
+}
+
+choice! {
+    /// The samples RSD is computed over.
+    pub enum RsdOver {
+        /// Each class's own samples (the paper's definition).
+        Positive = "positive",
+        /// Every sample.
+        All = "all",
+        /// Every other class's samples.
+        Negative = "negative",
+    }
 }

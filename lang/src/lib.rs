@@ -25,6 +25,7 @@
 mod analyze;
 pub mod ast;
 mod check;
+mod choice;
 pub mod diagnostic;
 pub mod docs;
 pub mod ir;

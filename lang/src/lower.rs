@@ -4,6 +4,7 @@
 //! what it reports are problems that need more than one node to see (a preset's parameter
 //! overridden by an explicit component, `init "head"` without `head=`).
 
+use std::cell::RefCell;
 use std::path::Path;
 
 use crate::ast::{Node, Value};
@@ -30,20 +31,22 @@ pub fn lower_stage(
         dir,
         defaults,
         stage: &name.value,
+        unknown: RefCell::new(Vec::new()),
     };
     let spec = match kind {
-        StageKind::Dataset => StageSpec::Dataset(cx.dataset(node)?),
-        StageKind::Backbone => StageSpec::Backbone(cx.backbone(node)?),
-        StageKind::Features => StageSpec::Features(cx.features(node)?),
-        StageKind::Head => StageSpec::Head(Box::new(cx.head(node, diags)?)),
-        StageKind::Sweep => StageSpec::Sweep(cx.sweep(node)?),
-        StageKind::Evaluate => StageSpec::Evaluate(cx.evaluate(node)?),
+        StageKind::Dataset => cx.dataset(node).map(StageSpec::Dataset),
+        StageKind::Backbone => cx.backbone(node).map(StageSpec::Backbone),
+        StageKind::Features => cx.features(node).map(StageSpec::Features),
+        StageKind::Head => cx.head(node, diags).map(|h| StageSpec::Head(Box::new(h))),
+        StageKind::Sweep => cx.sweep(node).map(StageSpec::Sweep),
+        StageKind::Evaluate => cx.evaluate(node).map(StageSpec::Evaluate),
     };
+    diags.extend(cx.unknown.into_inner());
     Some(Stage {
         name,
         kind,
         node: node.clone(),
-        spec,
+        spec: spec?,
     })
 }
 
@@ -53,16 +56,10 @@ pub fn lower_defaults(node: Option<&Node>) -> Defaults {
         node.and_then(|n| n.child(child))
             .and_then(|c| c.args.first().cloned())
     };
-    let backend = arg("backend").map_or(Spanned::new(Backend::Cpu, Span::synthetic()), |a| {
-        Spanned::new(
-            if a.value.as_str() == Some("cuda") {
-                Backend::Cuda
-            } else {
-                Backend::Cpu
-            },
-            a.span,
-        )
-    });
+    // The checker accepted only `Backend::NAMES`.
+    let backend = arg("backend")
+        .and_then(|a| Some(Spanned::new(Backend::from_name(a.value.as_str()?)?, a.span)))
+        .unwrap_or(Spanned::new(Backend::Cpu, Span::synthetic()));
     let seed = arg("seed").map_or(Spanned::new(0, Span::synthetic()), |a| {
         Spanned::new(a.value.as_i64().unwrap_or(0) as u64, a.span)
     });
@@ -73,6 +70,9 @@ struct Lower<'a> {
     dir: &'a Path,
     defaults: &'a Defaults,
     stage: &'a str,
+    /// Names the IR has no variant for; the checker lets none through, so each is a bug
+    /// between the schema and the IR, reported rather than replaced by a default.
+    unknown: RefCell<Vec<Diagnostic>>,
 }
 
 /// A child's property (or its default), read through the schema.
@@ -107,6 +107,46 @@ fn bool_of(v: Option<Value>) -> bool {
 }
 
 impl Lower<'_> {
+    /// The variant of a choice the checker accepted.
+    fn choice<T>(
+        &self,
+        value: Option<Value>,
+        span: Span,
+        what: &str,
+        from_name: fn(&str) -> Option<T>,
+    ) -> Option<T> {
+        let name = str_of(value);
+        let parsed = from_name(&name);
+        if parsed.is_none() {
+            self.unknown.borrow_mut().push(Diagnostic::new(
+                Code::UnknownValue,
+                format!(
+                    "stage `{}`: `{name}` is not a known {what} (a bug in lortflow: the schema \
+                     accepted a name its IR does not have; please report it)",
+                    self.stage
+                ),
+                span,
+                "here",
+            ));
+        }
+        parsed
+    }
+
+    /// A component variant (`logits "cosine"`) the checker accepted, as `None` when unknown
+    /// (reported like [`Lower::choice`]).
+    fn unknown_variant(&self, slot: &str, name: &str, span: Span) {
+        self.unknown.borrow_mut().push(Diagnostic::new(
+            Code::UnknownValue,
+            format!(
+                "stage `{}`: `{slot} \"{name}\"` has no typed form (a bug in lortflow; please \
+                 report it)",
+                self.stage
+            ),
+            span,
+            "here",
+        ));
+    }
+
     fn path(&self, node: &Node, prop: &str) -> Option<PathValue> {
         let written = node.prop_or_default(prop)?.as_str()?.to_string();
         Some(self.path_value(written, node.prop_span(prop)))
@@ -175,7 +215,12 @@ impl Lower<'_> {
                 test_labels: self.path(src, "test-labels"),
             },
             "synthetic" => Source::Synthetic {
-                kind: str_of(p("kind")),
+                kind: self.choice(
+                    p("kind"),
+                    src.prop_span("kind"),
+                    "synthetic kind",
+                    SyntheticKind::from_name,
+                )?,
                 classes: u32_of(p("classes")),
                 per_class: u32_of(p("per-class")),
                 test_per_class: u32_of(p("test-per-class")),
@@ -189,24 +234,38 @@ impl Lower<'_> {
         };
         let lt = node.child("long-tail");
         let long_tail = LongTail {
-            profile: lt
-                .and_then(|l| l.args.first())
-                .and_then(|a| a.value.as_str())
-                .unwrap_or("none")
-                .to_string(),
+            profile: match lt.and_then(|l| l.args.first()) {
+                Some(a) => self.choice(
+                    Some(a.value.clone()),
+                    a.span,
+                    "long-tail profile",
+                    TailProfile::from_name,
+                )?,
+                None => TailProfile::None,
+            },
             imbalance_ratio: f64_of(value(lt, node, "long-tail", "imbalance-ratio")),
             max_per_class: lt
                 .and_then(|l| l.prop("max-per-class"))
                 .and_then(|p| p.value.as_i64())
                 .map(|v| v as u64),
-            select: str_of(value(lt, node, "long-tail", "select")),
+            select: self.choice(
+                value(lt, node, "long-tail", "select"),
+                lt.map_or(node.name_span, |l| l.prop_span("select")),
+                "long-tail selection",
+                TailSelect::from_name,
+            )?,
             seed: u64_of(value(lt, node, "long-tail", "seed")),
         };
         let g = node.child("groups");
         let groups = Groups {
             many: f64_of(value(g, node, "groups", "many")),
             few: f64_of(value(g, node, "groups", "few")),
-            rule: str_of(value(g, node, "groups", "rule")),
+            rule: self.choice(
+                value(g, node, "groups", "rule"),
+                g.map_or(node.name_span, |g| g.prop_span("rule")),
+                "group rule",
+                GroupRule::from_name,
+            )?,
             relative: bool_of(value(g, node, "groups", "relative")),
         };
         Some(DatasetSpec {
@@ -219,26 +278,55 @@ impl Lower<'_> {
     fn backbone(&self, node: &Node) -> Option<BackboneSpec> {
         let data = self.ref_arg(node, "data")?;
         let arch_arg = self.arg(node, "arch")?;
-        let arch = Spanned::new(Arch::from_name(arch_arg.value.as_str()?)?, arch_arg.span);
+        let arch = Spanned::new(
+            self.choice(
+                Some(arch_arg.value.clone()),
+                arch_arg.span,
+                "architecture",
+                Arch::from_name,
+            )?,
+            arch_arg.span,
+        );
         let weights = if let Some(ck) = node.child("checkpoint") {
             let path = ck.args.first()?;
             Weights::Checkpoint {
                 path: self.path_value(path.value.as_str()?.to_string(), path.span),
-                format: str_of(ck.prop_or_default("format")),
+                format: self.choice(
+                    ck.prop_or_default("format"),
+                    ck.prop_span("format"),
+                    "checkpoint format",
+                    CheckpointFormat::from_name,
+                )?,
             }
         } else {
             let t = node.child("train");
             let v = |prop: &str| value(t, node, "train", prop);
+            let span = |prop: &str| t.map_or(node.name_span, |t| t.prop_span(prop));
             Weights::Train(BackboneTrain {
                 epochs: u32_of(v("epochs")),
                 batch_size: u32_of(v("batch-size")),
                 lr: f64_of(v("lr")),
                 momentum: f64_of(v("momentum")),
                 weight_decay: f64_of(v("weight-decay")),
-                schedule: str_of(v("schedule")),
+                schedule: self.choice(
+                    v("schedule"),
+                    span("schedule"),
+                    "schedule",
+                    Schedule::from_name,
+                )?,
                 warmup_epochs: u32_of(v("warmup-epochs")),
-                loss: str_of(v("loss")),
-                sampler: str_of(v("sampler")),
+                loss: self.choice(
+                    v("loss"),
+                    span("loss"),
+                    "first-stage loss",
+                    FirstStageLoss::from_name,
+                )?,
+                sampler: self.choice(
+                    v("sampler"),
+                    span("sampler"),
+                    "sampler",
+                    BackboneSampler::from_name,
+                )?,
                 seed: v("seed")
                     .and_then(|s| s.as_i64())
                     .map_or(self.defaults.seed.value, |s| s as u64),
@@ -248,7 +336,8 @@ impl Lower<'_> {
             .children_named("augment")
             .filter_map(|a| {
                 let p = |name: &str| a.prop_or_default(name);
-                Some(match a.variant_name()? {
+                let name = a.variant_name()?;
+                Some(match name {
                     "random-crop" => Augment::RandomCrop {
                         padding: u32_of(p("padding")),
                     },
@@ -263,11 +352,20 @@ impl Lower<'_> {
                         saturation: f64_of(p("saturation")),
                         hue: f64_of(p("hue")),
                     },
-                    _ => return None,
+                    other => {
+                        self.unknown_variant("augment", other, a.span);
+                        return None;
+                    }
                 })
             })
             .collect();
-        let normalize = str_of(self.arg(node, "normalize").map(|a| a.value));
+        let normalize_arg = self.arg(node, "normalize")?;
+        let normalize = self.choice(
+            Some(normalize_arg.value),
+            normalize_arg.span,
+            "normalisation",
+            Normalize::from_name,
+        )?;
         Some(BackboneSpec {
             data,
             arch,
@@ -278,9 +376,10 @@ impl Lower<'_> {
     }
 
     fn features(&self, node: &Node) -> Option<FeaturesSpec> {
+        let tta = self.arg(node, "tta")?;
         Some(FeaturesSpec {
             backbone: self.ref_arg(node, "backbone")?,
-            tta: str_of(self.arg(node, "tta").map(|a| a.value)),
+            tta: self.choice(Some(tta.value), tta.span, "TTA mode", Tta::from_name)?,
             batch_size: u32_of(self.arg(node, "batch-size").map(|a| a.value)),
         })
     }
@@ -331,20 +430,28 @@ impl Lower<'_> {
         let p = |name: &str, prop: &str| slot(name).and_then(|n| n.prop_or_default(prop));
         let variant = |name: &str| slot(name).and_then(|n| n.variant_name().map(str::to_string));
 
+        // An absent component is the neutral one; every name the schema lists has its arm.
+        let unknown = |name: &str, other: &str| {
+            self.unknown_variant(name, other, span_of(name));
+            None
+        };
         let logits = match variant("logits").as_deref() {
+            None | Some("linear") => Logits::Linear,
             Some("cosine") => Logits::Cosine {
                 scale: f64_of(p("logits", "scale")),
             },
             Some("lws") => Logits::Lws,
-            _ => Logits::Linear,
+            Some(other) => return unknown("logits", other),
         };
         let targets = match variant("targets").as_deref() {
+            None | Some("one-hot") => Targets::OneHot,
             Some("smoothed") => Targets::Smoothed {
                 delta: f64_of(p("targets", "delta")),
             },
-            _ => Targets::OneHot,
+            Some(other) => return unknown("targets", other),
         };
         let margin = match variant("margin").as_deref() {
+            None | Some("none") => Margin::None,
             Some("ldam") => Margin::Ldam {
                 max_m: f64_of(p("margin", "max-m")),
             },
@@ -352,36 +459,50 @@ impl Lower<'_> {
             Some("logit-adjust") => Margin::LogitAdjust {
                 tau: f64_of(p("margin", "tau")),
             },
-            _ => Margin::None,
+            Some(other) => return unknown("margin", other),
         };
         let weighting = match variant("weighting").as_deref() {
+            None | Some("none") => Weighting::None,
             Some("class-balanced") => Weighting::ClassBalanced {
                 beta: f64_of(p("weighting", "beta")),
-                loss: str_of(p("weighting", "loss")),
+                loss: self.choice(
+                    p("weighting", "loss"),
+                    span_of("weighting"),
+                    "class-balanced base loss",
+                    BaseLoss::from_name,
+                )?,
                 gamma: f64_of(p("weighting", "gamma")),
                 from_epoch: u32_of(p("weighting", "from-epoch")),
             },
             Some("focal") => Weighting::Focal {
                 gamma: f64_of(p("weighting", "gamma")),
             },
-            _ => Weighting::None,
+            Some(other) => return unknown("weighting", other),
         };
         let sampler = match variant("sampler").as_deref() {
+            None | Some("instance") => Sampler::Instance,
             Some("class-balanced") => Sampler::ClassBalanced {
                 per_class: u32_of(p("sampler", "per-class")),
             },
             Some("sqrt") => Sampler::Sqrt,
-            _ => Sampler::Instance,
+            Some(other) => return unknown("sampler", other),
         };
         let constraint = match variant("constraint").as_deref() {
+            None | Some("none") => Constraint::None,
             Some("maxnorm") => Constraint::Maxnorm {
                 thresh: f64_of(p("constraint", "thresh")),
                 radius: p("constraint", "radius").and_then(|v| v.as_f64()),
-                every: str_of(p("constraint", "every")),
+                every: self.choice(
+                    p("constraint", "every"),
+                    span_of("constraint"),
+                    "constraint frequency",
+                    ConstraintEvery::from_name,
+                )?,
             },
-            _ => Constraint::None,
+            Some(other) => return unknown("constraint", other),
         };
         let inference = match variant("inference").as_deref() {
+            None | Some("none") => Inference::None,
             Some("tau-norm") => Inference::TauNorm {
                 tau: f64_of(p("inference", "tau")),
                 bias: bool_of(p("inference", "bias")),
@@ -389,7 +510,7 @@ impl Lower<'_> {
             Some("logit-adjust") => Inference::LogitAdjust {
                 tau: f64_of(p("inference", "tau")),
             },
-            _ => Inference::None,
+            Some(other) => return unknown("inference", other),
         };
 
         let t = node.child("train");
@@ -401,20 +522,30 @@ impl Lower<'_> {
             lr: tv("lr").map_or(d.lr, |v| f64_of(Some(v))),
             momentum: f64_of(value(t, node, "train", "momentum")),
             weight_decay: tv("weight-decay").map_or(d.weight_decay, |v| f64_of(Some(v))),
-            schedule: str_of(value(t, node, "train", "schedule")),
+            schedule: self.choice(
+                value(t, node, "train", "schedule"),
+                t.map_or(node.name_span, |t| t.prop_span("schedule")),
+                "schedule",
+                Schedule::from_name,
+            )?,
             seed: tv("seed").map_or(self.defaults.seed.value, |v| u64_of(Some(v))),
         };
 
         let init = match node.child("init") {
             Some(i) => {
-                let kind = i
-                    .args
-                    .first()
-                    .and_then(|a| a.value.as_str())
-                    .unwrap_or("random");
-                let v = match kind {
-                    "backbone" => Init::Backbone,
-                    "head" => {
+                let from = match i.args.first() {
+                    Some(a) => self.choice(
+                        Some(a.value.clone()),
+                        a.span,
+                        "initialisation",
+                        InitFrom::from_name,
+                    )?,
+                    None => InitFrom::Random,
+                };
+                let v = match from {
+                    InitFrom::Random => Init::Random,
+                    InitFrom::Backbone => Init::Backbone,
+                    InitFrom::Head => {
                         match i.prop("head") {
                             Some(h) => Init::Head(Spanned::new(
                                 h.value.value.as_str()?.to_string(),
@@ -434,12 +565,11 @@ impl Lower<'_> {
                             }
                         }
                     }
-                    _ => Init::Random,
                 };
                 Spanned::new(v, i.span)
             }
             None => Spanned::new(
-                if d.init == "backbone" {
+                if d.init == InitFrom::Backbone {
                     Init::Backbone
                 } else {
                     Init::Random
@@ -448,10 +578,18 @@ impl Lower<'_> {
             ),
         };
         let trials = u32_of(self.arg(node, "trials").map(|a| a.value)).max(1);
-        let select = self
-            .arg(node, "select")
-            .and_then(|a| Some(Spanned::new(a.value.as_str()?.to_string(), a.span)))
-            .unwrap_or_else(|| Spanned::new("last".into(), node.name_span));
+        let select = match self.arg(node, "select") {
+            Some(a) => Spanned::new(
+                self.choice(
+                    Some(a.value),
+                    a.span,
+                    "epoch selection",
+                    EpochSelect::from_name,
+                )?,
+                a.span,
+            ),
+            None => Spanned::new(EpochSelect::Last, node.name_span),
+        };
         let validation = node.child("validation").map(|v| Validation {
             fraction: f64_of(v.prop_or_default("fraction")),
             seed: u64_of(v.prop_or_default("seed")),
@@ -583,23 +721,65 @@ impl Lower<'_> {
             .iter()
             .filter_map(|a| Some(Spanned::new(a.value.as_str()?.to_string(), a.span)))
             .collect();
-        let metrics = node.child("metrics").map_or_else(
-            || vec!["top1".to_string()],
-            |m| {
-                m.args
-                    .iter()
-                    .filter_map(|a| a.value.as_str().map(str::to_string))
-                    .collect()
-            },
-        );
+        let metrics = match node.child("metrics") {
+            Some(m) => m
+                .args
+                .iter()
+                .map(|a| self.choice(Some(a.value.clone()), a.span, "metric", Metric::from_name))
+                .collect::<Option<Vec<_>>>()?,
+            None => vec![Metric::Top1],
+        };
+        let rsd = self.arg(node, "rsd")?;
         Some(EvaluateSpec {
             heads,
             metrics,
-            rsd_over: str_of(self.arg(node, "rsd").map(|a| a.value)),
+            rsd_over: self.choice(
+                Some(rsd.value),
+                rsd.span,
+                "RSD sample set",
+                RsdOver::from_name,
+            )?,
             plots: self
                 .arg(node, "plots")
                 .and_then(|a| a.value.as_bool())
                 .unwrap_or(true),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::schema::{COMPONENTS, StageKind, stage_spec};
+    use crate::{MemoryLoader, check_text};
+
+    /// Every variant of every head component and every choice the schema accepts lowers to a
+    /// typed value: a name added to the schema without its IR arm fails here, not at run time.
+    #[test]
+    fn every_schema_variant_has_a_typed_form() {
+        let head = stage_spec(StageKind::Head);
+        let mut heads = Vec::new();
+        for slot in COMPONENTS {
+            let Some(spec) = head.child(slot) else {
+                continue;
+            };
+            for variant in spec.all_variants() {
+                heads.push(format!("{slot} \"{}\"", variant.name));
+            }
+        }
+        for (i, component) in heads.iter().enumerate() {
+            let text = format!(
+                "lortflow 1\ndataset \"d\" {{ source \"synthetic\" kind=\"vectors\" }}\n\
+                 head \"h{i}\" {{ features \"d\"; {component} }}\nevaluate \"t\" {{ heads \"*\" }}\n"
+            );
+            let checked = check_text(Path::new("p.kdl"), text, &MemoryLoader::default());
+            for d in &checked.diagnostics {
+                assert!(
+                    !d.message.contains("a bug in lortflow"),
+                    "{component}: {d:?}"
+                );
+            }
+        }
     }
 }

@@ -466,17 +466,9 @@ fn apply_override(
 /// it. An evaluation is the exception: its tables are labelled with the names of the heads it
 /// reads, so those names are its parameters (renaming a head re-runs only the evaluation).
 pub fn key_params(stage: &ConcreteStage, plan: &[ConcreteStage], backend: &str) -> Json {
-    let mut params = stage.stage.canonical_params();
+    let mut params = stage.stage.params_without_references();
     if let Json::Object(map) = &mut params {
-        for reference in ["data", "backbone", "features", "base", "heads"] {
-            map.remove(reference);
-        }
-        if let Some(Json::Object(init)) = map.get_mut("init") {
-            // `{"head": "name"}`: which head is an input, not a parameter.
-            init.remove("head");
-            map.insert("init".into(), Json::String("head".into()));
-        }
-        if stage.kind() == StageKind::Evaluate {
+        if stage.kind().shows_input_names() {
             let names = stage
                 .inputs
                 .iter()
@@ -484,10 +476,7 @@ pub fn key_params(stage: &ConcreteStage, plan: &[ConcreteStage], backend: &str) 
                 .collect();
             map.insert("heads".into(), Json::Array(names));
         }
-        if matches!(
-            stage.kind(),
-            StageKind::Backbone | StageKind::Features | StageKind::Head
-        ) {
+        if stage.kind().depends_on_backend() {
             map.insert("backend".into(), Json::String(backend.into()));
         }
     }

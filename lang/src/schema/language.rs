@@ -30,25 +30,12 @@ const ANY_STAGE_REF: &[StageKind] = &[
     StageKind::Head,
 ];
 
-/// Architectures of the `arch` node; their feature dimensions live in [`crate::ir::Arch`].
-pub(crate) const ARCHS: &[&str] = &[
-    "small-cnn",
-    "resnet32",
-    "resnet34",
-    "resnet50",
-    "resnext50-32x4d",
-];
-pub(crate) const SCHEDULES: &[&str] = &["cosine", "step", "constant"];
-pub(crate) const SAMPLERS: &[&str] = &["instance", "class-balanced", "sqrt"];
-pub(crate) const FIRST_STAGE_LOSSES: &[&str] = &["ce", "ce-drw", "ldam-drw", "balanced-softmax"];
-pub(crate) const METRICS: &[&str] = &[
-    "top1",
-    "logits-magnitude",
-    "rsd",
-    "weight-norm",
-    "confusion",
-    "per-class",
-];
+// Every choice list is the IR enum's names (`crate::choice`), so the checker, the docs and the
+// typed IR agree on each spelling.
+use crate::ir::{
+    Arch, BackboneSampler, Backend, CheckpointFormat, EpochSelect, FirstStageLoss, GroupRule,
+    InitFrom, Metric, Normalize, RsdOver, Schedule, SyntheticKind, TailProfile, TailSelect, Tta,
+};
 
 // ---------------------------------------------------------------------------------------------
 // Top level: version, include, defaults.
@@ -79,7 +66,7 @@ const DEFAULTS: NodeSpec = NodeSpec::new(
 .children(&[
     NodeSpec::new("backend", "The compute backend of training stages.").args(&[P::new(
         "backend",
-        T::Enum(&["cpu", "cuda"]),
+        T::Enum(Backend::NAMES),
         "Backend.",
     )
     .default(Str("cpu"))
@@ -176,7 +163,7 @@ const SOURCE: NodeSpec = NodeSpec::new(
         name: "synthetic",
         doc: "Seeded class-conditional data, for trying stages in seconds.",
         props: &[
-            P::new("kind", T::Enum(&["images", "vectors"]), "Small images or feature vectors.")
+            P::new("kind", T::Enum(SyntheticKind::NAMES), "Small images or feature vectors.")
                 .default(Str("images")),
             P::new("classes", T::Int, "Number of classes K.").default(Int(10)).range(Range::closed(2.0, 100_000.0)),
             P::new("per-class", T::Int, "Training samples per class before the long tail.")
@@ -206,7 +193,7 @@ const LONG_TAIL: NodeSpec = NodeSpec::new(
      n_i = int(n_max * IR^(-i/(K-1))) as in the LDAM-DRW code; `step`: the first half of the \
      classes keep n_max, the rest n_max/IR; `none`: keep everything.",
 )
-.args(&[P::new("profile", T::Enum(&["exp", "step", "none"]), "The imbalance profile.").required()])
+.args(&[P::new("profile", T::Enum(TailProfile::NAMES), "The imbalance profile.").required()])
 .props(&[
     P::new("imbalance-ratio", T::Float, "n_max / n_min.").default(Float(100.0)).range(Range::AT_LEAST_ONE),
     P::new("max-per-class", T::Int, "n_max, the head class's count. Defaults to the largest n_max every class can fill: the class size of a balanced split (as in the LDAM-DRW code), and on a split whose classes differ in size, the limit of the class that runs short first.")
@@ -214,7 +201,7 @@ const LONG_TAIL: NodeSpec = NodeSpec::new(
         .unit("samples"),
     P::new(
         "select",
-        T::Enum(&["first", "shuffle"]),
+        T::Enum(TailSelect::NAMES),
         "Which samples of a class are kept: the first in file order (LTWB, LORT) or a seeded shuffle (LDAM-DRW).",
     )
     .default(Str("first")),
@@ -235,12 +222,7 @@ const GROUPS: NodeSpec = NodeSpec::new(
     P::new("few", T::Float, "Upper bound of the few group.")
         .default(Float(20.0))
         .range(Range::NON_NEGATIVE),
-    P::new(
-        "rule",
-        T::Enum(&["strict", "inclusive"]),
-        "Boundary inclusivity.",
-    )
-    .default(Str("strict")),
+    P::new("rule", T::Enum(GroupRule::NAMES), "Boundary inclusivity.").default(Str("strict")),
     P::new(
         "relative",
         T::Bool,
@@ -292,18 +274,18 @@ const BACKBONE_TRAIN: NodeSpec = NodeSpec::new(
     )
     .default(Float(5e-4))
     .range(Range::NON_NEGATIVE),
-    P::new("schedule", T::Enum(SCHEDULES), "Learning-rate schedule: `cosine` to zero, `step` (x0.01 at 80% and x0.0001 at 90% of the epochs, the LDAM-DRW schedule) or `constant`.").default(Str("cosine")),
+    P::new("schedule", T::Enum(Schedule::NAMES), "Learning-rate schedule: `cosine` to zero, `step` (x0.01 at 80% and x0.0001 at 90% of the epochs, the LDAM-DRW schedule) or `constant`.").default(Str("cosine")),
     P::new("warmup-epochs", T::Int, "Linear warm-up epochs.")
         .default(Int(0))
         .range(Range::NON_NEGATIVE)
         .unit("epochs"),
     P::new(
         "loss",
-        T::Enum(FIRST_STAGE_LOSSES),
+        T::Enum(FirstStageLoss::NAMES),
         "First-stage loss (the rows of the paper's Tab. 3).",
     )
     .default(Str("ce")),
-    P::new("sampler", T::Enum(SAMPLERS), "Training sampler.").default(Str("instance")),
+    P::new("sampler", T::Enum(BackboneSampler::NAMES), "Training sampler.").default(Str("instance")),
     P::new("seed", T::Int, "Seed; defaults to the pipeline seed.").range(Range::NON_NEGATIVE),
 ])
 .conflicts(&["checkpoint"])
@@ -317,12 +299,7 @@ const CHECKPOINT: NodeSpec = NodeSpec::new(
      torchvision layout, or a lortflow checkpoint.",
 )
 .args(&[P::new("path", T::Path, "The weights file.").required()])
-.props(&[P::new(
-    "format",
-    T::Enum(&["auto", "safetensors", "pytorch", "burn"]),
-    "File format.",
-)
-.default(Str("auto"))])
+.props(&[P::new("format", T::Enum(CheckpointFormat::NAMES), "File format.").default(Str("auto"))])
 .conflicts(&["train"])
 .example("checkpoint \"weights/r34-ltwb.safetensors\"");
 
@@ -386,7 +363,7 @@ const NORMALIZE: NodeSpec = NodeSpec::new(
     "normalize",
     "Per-channel input normalisation: statistics of the training split, a published preset, or none.",
 )
-.args(&[P::new("stats", T::Enum(&["dataset", "cifar", "imagenet", "inat", "none"]), "Which statistics.")
+.args(&[P::new("stats", T::Enum(Normalize::NAMES), "Which statistics.")
     .default(Str("dataset"))
     .required()])
 .example("normalize \"cifar\"");
@@ -402,7 +379,7 @@ const BACKBONE: NodeSpec = NodeSpec::new(
         .args(&[P::new("dataset", T::StageRef(DATASET_REF), "A dataset stage.").required()])
         .required(),
     NodeSpec::new("arch", "The architecture.")
-        .args(&[P::new("arch", T::Enum(ARCHS), "Architecture name.").required()])
+        .args(&[P::new("arch", T::Enum(Arch::NAMES), "Architecture name.").required()])
         .required(),
     BACKBONE_TRAIN,
     CHECKPOINT,
@@ -432,7 +409,7 @@ const FEATURES: NodeSpec = NodeSpec::new(
         "tta",
         "Test-time augmentation: `hflip` averages the features of x and its mirror.",
     )
-    .args(&[P::new("mode", T::Enum(&["none", "hflip"]), "TTA mode.")
+    .args(&[P::new("mode", T::Enum(Tta::NAMES), "TTA mode.")
         .default(Str("none"))
         .required()]),
     NodeSpec::new(
@@ -482,7 +459,7 @@ const HEAD_TRAIN: NodeSpec = NodeSpec::new(
         "L2 weight decay (default: the preset's).",
     )
     .range(Range::NON_NEGATIVE),
-    P::new("schedule", T::Enum(SCHEDULES), "Learning-rate schedule, stepped per epoch: `cosine` to zero (PyTorch `CosineAnnealingLR`), `step` (x0.1 every ceil(epochs/3) epochs) or `constant`.").default(Str("cosine")),
+    P::new("schedule", T::Enum(Schedule::NAMES), "Learning-rate schedule, stepped per epoch: `cosine` to zero (PyTorch `CosineAnnealingLR`), `step` (x0.1 every ceil(epochs/3) epochs) or `constant`.").default(Str("cosine")),
     P::new(
         "seed",
         T::Int,
@@ -497,12 +474,7 @@ const INIT: NodeSpec = NodeSpec::new(
     "Where the head starts: re-initialised (`random`), the backbone's own classifier (`backbone`, \
      the official LORT recipe), or another head's result (`head from=\"name\"`).",
 )
-.args(&[P::new(
-    "from",
-    T::Enum(&["random", "backbone", "head"]),
-    "Initialisation.",
-)
-.required()])
+.args(&[P::new("from", T::Enum(InitFrom::NAMES), "Initialisation.").required()])
 .props(&[P::new(
     "head",
     T::StageRef(HEAD_REF),
@@ -540,7 +512,7 @@ const HEAD: NodeSpec = NodeSpec::new(
          held out from train, or the best on the test split (what the reference code does; it \
          inflates results, so lint warns).",
     )
-    .args(&[P::new("rule", T::Enum(&["last", "best-val", "best-test"]), "Selection rule.").default(Str("last")).required()]),
+    .args(&[P::new("rule", T::Enum(EpochSelect::NAMES), "Selection rule.").default(Str("last")).required()]),
     NodeSpec::new("validation", "Hold out a class-stratified fraction of the training features for `select \"best-val\"`.")
         .props(&[
             P::new("fraction", T::Float, "Fraction held out.").default(Float(0.1)).range(Range { min: super::Bound::Exclusive(0.0), max: super::Bound::Exclusive(0.5) }),
@@ -596,13 +568,13 @@ const EVALUATE: NodeSpec = NodeSpec::new(
         .args(&[P::new("heads", T::StagePattern, "Stage names or patterns.").required().variadic()])
         .required(),
     NodeSpec::new("metrics", "Metrics to compute; top-1 is always reported.")
-        .args(&[P::new("metrics", T::Enum(METRICS), "Metric names.").required().variadic()]),
+        .args(&[P::new("metrics", T::Enum(Metric::NAMES), "Metric names.").required().variadic()]),
     NodeSpec::new(
         "rsd",
         "Which samples σ(z_i) of the Regularized Standard Deviation is taken over: the positives of \
          class i (default), all samples, or the negatives.",
     )
-    .args(&[P::new("over", T::Enum(&["positive", "all", "negative"]), "Sample set.").default(Str("positive")).required()]),
+    .args(&[P::new("over", T::Enum(RsdOver::NAMES), "Sample set.").default(Str("positive")).required()]),
     NodeSpec::new("plots", "Write SVG and PNG plots into the artifact.")
         .args(&[P::new("enabled", T::Bool, "Whether to plot.").default(Bool(true)).required()]),
 ])

@@ -73,7 +73,7 @@ const PER_CLASS: P = P::new(
 .range(Range::AT_LEAST_ONE);
 const CB_LOSS: P = P::new(
     "loss",
-    T::Enum(&["bce", "softmax", "focal"]),
+    T::Enum(crate::ir::BaseLoss::NAMES),
     "Base loss: BCE on the softmax (LTWB's port, the paper's CB-BCE), weighted softmax CE, or focal.",
 )
 .default(Str("bce"));
@@ -108,7 +108,7 @@ const RADIUS: P = P::new(
 .range(Range::POSITIVE);
 const EVERY: P = P::new(
     "every",
-    T::Enum(&["step", "epoch"]),
+    T::Enum(crate::ir::ConstraintEvery::NAMES),
     "Project after every step (the paper) or every epoch (the released code).",
 )
 .default(Str("step"));
@@ -418,7 +418,7 @@ pub struct TrainDefaults {
     /// Weight decay.
     pub weight_decay: f64,
     /// Initialisation (`random` or `backbone`).
-    pub init: &'static str,
+    pub init: crate::ir::InitFrom,
 }
 
 /// Defaults of a re-initialised head trained to convergence.
@@ -427,7 +427,7 @@ const FRESH: TrainDefaults = TrainDefaults {
     batch_size: 128,
     lr: 0.01,
     weight_decay: 5e-4,
-    init: "random",
+    init: crate::ir::InitFrom::Random,
 };
 
 /// A named method: the components it stands for and its training defaults.
@@ -482,7 +482,7 @@ pub const HEAD_PRESETS: &[HeadPreset] = &[
             batch_size: 512,
             lr: 0.2,
             weight_decay: 5e-4,
-            init: "backbone",
+            init: crate::ir::InitFrom::Backbone,
         },
         reference: "classifier-balancing `cls_lws.yaml`",
     },
@@ -531,7 +531,7 @@ pub const HEAD_PRESETS: &[HeadPreset] = &[
             batch_size: 512,
             lr: 0.2,
             weight_decay: 5e-4,
-            init: "random",
+            init: crate::ir::InitFrom::Random,
         },
         reference: "classifier-balancing `cls_crt.yaml`",
     },
@@ -567,7 +567,7 @@ pub const HEAD_PRESETS: &[HeadPreset] = &[
             batch_size: 64,
             lr: 0.01,
             weight_decay: 0.1,
-            init: "backbone",
+            init: crate::ir::InitFrom::Backbone,
         },
         reference: "LTWB demo 2: lr 0.01, wd 0.1, 10 epochs, thresh 0.1",
     },
@@ -595,7 +595,7 @@ pub const HEAD_PRESETS: &[HeadPreset] = &[
             batch_size: 64,
             lr: 5e-4,
             weight_decay: 0.0,
-            init: "backbone",
+            init: crate::ir::InitFrom::Backbone,
         },
         reference: "official LOS code `main_stage2.py`: fine-tune the stage-1 fc, lr 5e-4, wd 0",
     },

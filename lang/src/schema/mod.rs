@@ -336,6 +336,21 @@ impl StageKind {
         }
     }
 
+    /// Whether the stage's numbers depend on the compute backend (it trains or runs a network),
+    /// so that the backend is one of its parameters.
+    pub fn depends_on_backend(&self) -> bool {
+        matches!(
+            self,
+            StageKind::Backbone | StageKind::Features | StageKind::Head
+        )
+    }
+
+    /// Whether the stage's output shows the names of the stages it reads (an evaluation's table
+    /// is labelled with head names), so that those names are among its parameters.
+    pub fn shows_input_names(&self) -> bool {
+        matches!(self, StageKind::Evaluate)
+    }
+
     /// Parses a node name.
     pub fn from_name(name: &str) -> Option<StageKind> {
         StageKind::ALL.into_iter().find(|k| k.as_str() == name)

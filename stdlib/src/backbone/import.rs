@@ -33,18 +33,19 @@ pub enum CheckpointFormat {
     Burn,
 }
 
-impl CheckpointFormat {
-    /// Parses the schema names `auto`, `safetensors`, `pytorch`, `burn`.
-    pub fn from_name(name: &str) -> Option<Self> {
-        Some(match name {
-            "auto" => CheckpointFormat::Auto,
-            "safetensors" => CheckpointFormat::Safetensors,
-            "pytorch" => CheckpointFormat::Pytorch,
-            "burn" => CheckpointFormat::Burn,
-            _ => return None,
-        })
+impl From<lortflow_lang::ir::CheckpointFormat> for CheckpointFormat {
+    fn from(format: lortflow_lang::ir::CheckpointFormat) -> Self {
+        use lortflow_lang::ir::CheckpointFormat as Ir;
+        match format {
+            Ir::Auto => CheckpointFormat::Auto,
+            Ir::Safetensors => CheckpointFormat::Safetensors,
+            Ir::Pytorch => CheckpointFormat::Pytorch,
+            Ir::Burn => CheckpointFormat::Burn,
+        }
     }
+}
 
+impl CheckpointFormat {
     fn resolve(self, path: &Path) -> Result<Self, BackboneError> {
         if self != CheckpointFormat::Auto {
             return Ok(self);

@@ -6,7 +6,7 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 
-use super::error::BackboneError;
+use lortflow_lang::ir::FirstStageLoss;
 
 /// LDAM's largest margin (`max_m`, LDAM-DRW `cifar_train.py`).
 pub const LDAM_MAX_M: f64 = 0.5;
@@ -46,29 +46,24 @@ pub enum Stage1Loss {
 }
 
 impl Stage1Loss {
-    /// The loss named by the schema (`ce`, `ce-drw`, `ldam-drw`, `balanced-softmax`), with DRW
-    /// switching on at 80% of `epochs`.
-    pub fn from_name(name: &str, epochs: usize) -> Result<Self, BackboneError> {
+    /// The loss a pipeline names, with the reference code's constants and DRW switching on at
+    /// 80% of `epochs`.
+    pub fn new(loss: FirstStageLoss, epochs: usize) -> Self {
         let drw_epoch = (epochs as f64 * DRW_START_FRACTION).floor() as usize;
-        Ok(match name {
-            "ce" => Stage1Loss::Ce,
-            "ce-drw" => Stage1Loss::CeDrw {
+        match loss {
+            FirstStageLoss::Ce => Stage1Loss::Ce,
+            FirstStageLoss::CeDrw => Stage1Loss::CeDrw {
                 drw_epoch,
                 beta: DRW_BETA,
             },
-            "ldam-drw" => Stage1Loss::LdamDrw {
+            FirstStageLoss::LdamDrw => Stage1Loss::LdamDrw {
                 drw_epoch,
                 beta: DRW_BETA,
                 max_m: LDAM_MAX_M,
                 scale: LDAM_SCALE,
             },
-            "balanced-softmax" => Stage1Loss::BalancedSoftmax,
-            other => {
-                return Err(BackboneError::InvalidTraining(format!(
-                    "unknown first-stage loss `{other}`, expected `ce`, `ce-drw`, `ldam-drw` or `balanced-softmax`"
-                )));
-            }
-        })
+            FirstStageLoss::BalancedSoftmax => Stage1Loss::BalancedSoftmax,
+        }
     }
 }
 

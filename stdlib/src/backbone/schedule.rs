@@ -1,8 +1,6 @@
 //! Learning-rate schedules of first-stage training, stepped once per epoch as the reference code
 //! does (`CosineAnnealingLR(T_max=epochs)` in LTWB/LORT; LDAM-DRW's manual warm-up and steps).
 
-use super::error::BackboneError;
-
 /// A learning-rate schedule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LrSchedule {
@@ -15,21 +13,18 @@ pub enum LrSchedule {
     Constant,
 }
 
-impl LrSchedule {
-    /// Parses `cosine`, `step` or `constant`.
-    pub fn from_name(name: &str) -> Result<Self, BackboneError> {
-        Ok(match name {
-            "cosine" => LrSchedule::Cosine,
-            "step" => LrSchedule::Step,
-            "constant" => LrSchedule::Constant,
-            other => {
-                return Err(BackboneError::InvalidTraining(format!(
-                    "unknown schedule `{other}`, expected `cosine`, `step` or `constant`"
-                )));
-            }
-        })
+impl From<lortflow_lang::ir::Schedule> for LrSchedule {
+    fn from(schedule: lortflow_lang::ir::Schedule) -> Self {
+        use lortflow_lang::ir::Schedule;
+        match schedule {
+            Schedule::Cosine => LrSchedule::Cosine,
+            Schedule::Step => LrSchedule::Step,
+            Schedule::Constant => LrSchedule::Constant,
+        }
     }
+}
 
+impl LrSchedule {
     /// The learning rate of 0-based `epoch` out of `epochs`, with a linear warm-up of
     /// `warmup` epochs (`lr·(e+1)/warmup`, as LDAM-DRW) before the schedule starts.
     pub fn lr_at(&self, base: f64, epoch: usize, epochs: usize, warmup: usize) -> f64 {

@@ -123,9 +123,14 @@ fn a_few_steps_reduce_the_loss() {
 #[test]
 fn every_first_stage_loss_trains() {
     let data = synthetic(8);
-    for name in ["ce-drw", "ldam-drw", "balanced-softmax"] {
+    use lortflow_lang::ir::FirstStageLoss;
+    for name in [
+        FirstStageLoss::CeDrw,
+        FirstStageLoss::LdamDrw,
+        FirstStageLoss::BalancedSoftmax,
+    ] {
         let dir = tempfile::tempdir().unwrap();
-        let loss = Stage1Loss::from_name(name, 2).unwrap();
+        let loss = Stage1Loss::new(name, 2);
         let (model, losses) = train(&data, &train_config(2, loss), dir.path(), None);
         model.unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(losses.iter().all(|l| l.is_finite()), "{name}: {losses:?}");

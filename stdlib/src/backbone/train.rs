@@ -71,15 +71,10 @@ impl TrainConfig {
             lr: train.lr,
             momentum: train.momentum,
             weight_decay: train.weight_decay,
-            schedule: LrSchedule::from_name(&train.schedule)?,
+            schedule: train.schedule.into(),
             warmup_epochs: train.warmup_epochs as usize,
-            loss: Stage1Loss::from_name(&train.loss, epochs)?,
-            sampler: SamplerKind::from_name(&train.sampler).ok_or_else(|| {
-                BackboneError::InvalidTraining(format!(
-                    "unknown sampler `{}`, expected `instance`, `class-balanced` or `sqrt`",
-                    train.sampler
-                ))
-            })?,
+            loss: Stage1Loss::new(train.loss, epochs),
+            sampler: train.sampler.into(),
             seed: train.seed,
             prefetch: DEFAULT_PREFETCH,
         };

@@ -6,7 +6,7 @@
 //! pixels scaled to `[0, 1]` in the order the pipeline lists them, so that padding is black as in
 //! torchvision (padding happens before normalisation). Images are `C×H×W`, channel-major.
 
-use lortflow_lang::ir::Augment;
+use lortflow_lang::ir::{Augment, Normalize};
 
 use super::error::DataError;
 use crate::dataset::{LabeledImages, Rng};
@@ -138,9 +138,10 @@ impl Normalization {
         Ok(Self { mean, std })
     }
 
-    /// The statistics named by the schema's `normalize` node: `dataset` (computed on `ids`),
+    /// The statistics a pipeline's `normalize` node names: `dataset` (computed on `ids`),
     /// `cifar`, `imagenet`, `inat` or `none`.
-    pub fn preset(name: &str, data: &LabeledImages, ids: &[u32]) -> Result<Self, DataError> {
+    pub fn preset(preset: Normalize, data: &LabeledImages, ids: &[u32]) -> Result<Self, DataError> {
+        let name = preset.name();
         let channels = data.images().channels();
         let fixed = |(mean, std): ([f32; 3], [f32; 3])| {
             if channels != 3 {
@@ -155,15 +156,12 @@ impl Normalization {
                 std: std.to_vec(),
             })
         };
-        match name {
-            "dataset" => Self::from_data(data, ids),
-            "cifar" => fixed(CIFAR),
-            "imagenet" => fixed(IMAGENET),
-            "inat" => fixed(INAT),
-            "none" => Ok(Self::none(channels)),
-            other => Err(DataError::Invalid(format!(
-                "unknown normalisation `{other}`, expected `dataset`, `cifar`, `imagenet`, `inat` or `none`"
-            ))),
+        match preset {
+            Normalize::Dataset => Self::from_data(data, ids),
+            Normalize::Cifar => fixed(CIFAR),
+            Normalize::Imagenet => fixed(IMAGENET),
+            Normalize::Inat => fixed(INAT),
+            Normalize::None => Ok(Self::none(channels)),
         }
     }
 }
@@ -610,13 +608,12 @@ mod tests {
         .generate()
         .unwrap();
         let ids: Vec<u32> = (0..data.len() as u32).collect();
-        let stats = Normalization::preset("dataset", &data, &ids).unwrap();
+        let stats = Normalization::preset(Normalize::Dataset, &data, &ids).unwrap();
         assert_eq!(stats.mean.len(), data.images().channels());
         assert!(stats.std[0] > 0.0);
-        let err = Normalization::preset("cifar", &data, &ids);
+        let err = Normalization::preset(Normalize::Cifar, &data, &ids);
         if data.images().channels() != 3 {
             assert!(matches!(err, Err(DataError::ChannelMismatch { .. })));
         }
-        assert!(Normalization::preset("bogus", &data, &ids).is_err());
     }
 }

@@ -26,18 +26,19 @@ pub enum SamplerKind {
     Sqrt,
 }
 
-impl SamplerKind {
-    /// Parses the schema names `instance`, `class-balanced` (4 draws per visit, as cRT) and
-    /// `sqrt`.
-    pub fn from_name(name: &str) -> Option<Self> {
-        Some(match name {
-            "instance" => SamplerKind::Instance,
-            "class-balanced" => SamplerKind::ClassBalanced { per_class: 4 },
-            "sqrt" => SamplerKind::Sqrt,
-            _ => return None,
-        })
+impl From<lortflow_lang::ir::BackboneSampler> for SamplerKind {
+    /// `class-balanced` draws 4 per visit, as cRT.
+    fn from(sampler: lortflow_lang::ir::BackboneSampler) -> Self {
+        use lortflow_lang::ir::BackboneSampler;
+        match sampler {
+            BackboneSampler::Instance => SamplerKind::Instance,
+            BackboneSampler::ClassBalanced => SamplerKind::ClassBalanced { per_class: 4 },
+            BackboneSampler::Sqrt => SamplerKind::Sqrt,
+        }
     }
+}
 
+impl SamplerKind {
     /// The sample ids (elements of `ids`) epoch `epoch` visits, in order.
     ///
     /// `ids` must be valid indices of `data` (checked by the loader).

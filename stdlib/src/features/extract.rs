@@ -24,16 +24,16 @@ pub enum Tta {
     Hflip,
 }
 
-impl Tta {
-    /// Parses `none` or `hflip`.
-    pub fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "none" => Some(Tta::None),
-            "hflip" => Some(Tta::Hflip),
-            _ => None,
+impl From<lortflow_lang::ir::Tta> for Tta {
+    fn from(tta: lortflow_lang::ir::Tta) -> Self {
+        match tta {
+            lortflow_lang::ir::Tta::None => Tta::None,
+            lortflow_lang::ir::Tta::Hflip => Tta::Hflip,
         }
     }
+}
 
+impl Tta {
     /// The schema name.
     pub fn name(&self) -> &'static str {
         match self {

@@ -78,12 +78,12 @@ pub fn test_spec() -> lortflow_lang::ir::HeadSpec {
             lr: 0.01,
             momentum: 0.9,
             weight_decay: 5e-4,
-            schedule: "cosine".into(),
+            schedule: lortflow_lang::ir::Schedule::Cosine,
             seed: 0,
         },
         init: s(Init::Random),
         trials: 1,
-        select: s("last".to_string()),
+        select: s(lortflow_lang::ir::EpochSelect::Last),
         validation: None,
     }
 }

@@ -16,7 +16,8 @@
 //! Either way a member's result is the same as when it trains alone.
 
 use lortflow_lang::ir::{
-    Constraint, HeadSpec, Inference, Init, Logits, Margin, Sampler, Targets, Weighting,
+    BaseLoss, Constraint, ConstraintEvery, EpochSelect, HeadSpec, Inference, Init, Logits, Margin,
+    Sampler, Targets, Weighting,
 };
 
 use super::base::{Classifier, FeatureView, HeadJob};
@@ -64,15 +65,10 @@ pub(crate) fn selection(job: &HeadJob) -> Result<(Select, Option<Holdout>), Head
         job: job.name.clone(),
         message,
     };
-    let select = match spec.select.value.as_str() {
-        "last" => Select::Last,
-        "best-val" => Select::BestVal,
-        "best-test" => Select::BestTest,
-        other => {
-            return Err(invalid(format!(
-                "unknown epoch selection `{other}` (expected last, best-val or best-test)"
-            )));
-        }
+    let select = match spec.select.value {
+        EpochSelect::Last => Select::Last,
+        EpochSelect::BestVal => Select::BestVal,
+        EpochSelect::BestTest => Select::BestTest,
     };
     if select != Select::BestVal {
         // A `validation` node without `best-val` is linted; the head then trains on all samples.
@@ -121,14 +117,14 @@ pub(crate) enum Schedule {
     Constant,
 }
 
-impl Schedule {
-    fn parse(name: &str) -> Option<Self> {
-        Some(match name {
-            "cosine" => Schedule::Cosine,
-            "step" => Schedule::Step,
-            "constant" => Schedule::Constant,
-            _ => return None,
-        })
+impl From<lortflow_lang::ir::Schedule> for Schedule {
+    fn from(schedule: lortflow_lang::ir::Schedule) -> Self {
+        use lortflow_lang::ir::Schedule as Ir;
+        match schedule {
+            Ir::Cosine => Schedule::Cosine,
+            Ir::Step => Schedule::Step,
+            Ir::Constant => Schedule::Constant,
+        }
     }
 }
 
@@ -295,12 +291,7 @@ fn resolve_one(
     finite_in("lr", train.lr, 0.0, f64::MAX, false)?;
     finite_in("momentum", train.momentum, 0.0, 1.0, true)?;
     finite_in("weight-decay", train.weight_decay, 0.0, f64::MAX, false)?;
-    let schedule = Schedule::parse(&train.schedule).ok_or_else(|| {
-        invalid(format!(
-            "unknown schedule `{}` (expected cosine, step or constant)",
-            train.schedule
-        ))
-    })?;
+    let schedule = Schedule::from(train.schedule);
 
     let (kind, scale) = match spec.logits.value {
         Logits::Linear => (LogitKind::Linear, 1.0),
@@ -357,23 +348,18 @@ fn resolve_one(
                 finite_in("beta", *beta, 0.0, 1.0, true)?;
                 need_counts("class-balanced weighting")?;
                 let weights = to_f32(class_balanced_weights(counts, *beta));
-                match loss.as_str() {
-                    "softmax" => (weights, *from_epoch, 0.0, true, LossForm::Softmax),
-                    "bce" => (weights, *from_epoch, 0.0, true, LossForm::Bce),
+                match loss {
+                    BaseLoss::Softmax => (weights, *from_epoch, 0.0, true, LossForm::Softmax),
+                    BaseLoss::Bce => (weights, *from_epoch, 0.0, true, LossForm::Bce),
                     // Weighted focal, mean over the batch like LDAM-DRW's `FocalLoss` (without its quirk of
                     // taking s_y from the weighted CE).
-                    "focal" => (
+                    BaseLoss::Focal => (
                         weights,
                         *from_epoch,
                         finite_in("gamma", *gamma, 0.0, f64::MAX, false)?,
                         false,
                         LossForm::Softmax,
                     ),
-                    other => {
-                        return Err(invalid(format!(
-                            "unknown class-balanced loss `{other}` (expected bce, softmax or focal)"
-                        )));
-                    }
                 }
             }
         };
@@ -454,15 +440,7 @@ fn resolve_one(
                     relative_radius(&norms, f64::from(thresh)) as f32
                 }
             };
-            let every_step = match every.as_str() {
-                "step" => true,
-                "epoch" => false,
-                other => {
-                    return Err(invalid(format!(
-                        "unknown MaxNorm `every` `{other}` (expected step or epoch)"
-                    )));
-                }
-            };
+            let every_step = *every == ConstraintEvery::Step;
             Some((radius, every_step))
         }
     };

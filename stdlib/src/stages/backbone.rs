@@ -49,7 +49,7 @@ impl StageExecutor for BackboneStage {
             input_size: height,
         };
         let normalization =
-            Normalization::preset(&spec.normalize, &train, &index.train_ids).map_err(fail)?;
+            Normalization::preset(spec.normalize, &train, &index.train_ids).map_err(fail)?;
         let test_pipeline =
             ImagePipeline::new(vec![], normalization.clone(), train.images().shape())
                 .map_err(fail)?;
@@ -57,54 +57,81 @@ impl StageExecutor for BackboneStage {
         let out_dir = cx.out_dir;
         let started = std::time::Instant::now();
         let mut last = (0.0f32, 0.0f32, 0.0f32);
-        let result: Result<Json, StageError> = crate::with_backend!(backend_choice(cx.backend), |B, device| {
-            let model = match &spec.weights {
-                Weights::Train(t) => {
-                    let transforms: Vec<Transform> = spec.augment.iter().map(Transform::from).collect();
-                    let pipeline = ImagePipeline::new(transforms, normalization.clone(), train.images().shape()).map_err(fail)?;
-                    let train_config = TrainConfig::from_ir(t).map_err(fail)?;
-                    let data = TrainData { images: &train, sample_ids: &index.train_ids, pipeline: &pipeline };
-                    let mut report = |p: &crate::backbone::TrainProgress| {
-                        last = (p.loss, p.train_acc, p.images_per_sec);
-                        cx.progress(
-                            (p.epoch * p.steps + p.step + 1) as u64,
-                            (p.epochs * p.steps) as u64,
-                            "step",
-                            format!(
-                                "epoch {}/{} loss {:.3} acc {:.1}% {:.0} img/s",
-                                p.epoch + 1,
-                                p.epochs,
-                                p.loss,
-                                100.0 * p.train_acc,
-                                p.images_per_sec
-                            ),
+        let result: Result<Json, StageError> =
+            crate::with_backend!(backend_choice(cx.backend), |B, device| {
+                let model = match &spec.weights {
+                    Weights::Train(t) => {
+                        let transforms: Vec<Transform> =
+                            spec.augment.iter().map(Transform::from).collect();
+                        let pipeline = ImagePipeline::new(
+                            transforms,
+                            normalization.clone(),
+                            train.images().shape(),
                         )
-                    };
-                    let model = train_backbone::<B>(&config, &train_config, data, cx.work_dir, cx.cancel.flag(), &mut report, &device)
+                        .map_err(fail)?;
+                        let train_config = TrainConfig::from_ir(t).map_err(fail)?;
+                        let data = TrainData {
+                            images: &train,
+                            sample_ids: &index.train_ids,
+                            pipeline: &pipeline,
+                        };
+                        let mut report = |p: &crate::backbone::TrainProgress| {
+                            last = (p.loss, p.train_acc, p.images_per_sec);
+                            cx.progress(
+                                (p.epoch * p.steps + p.step + 1) as u64,
+                                (p.epochs * p.steps) as u64,
+                                "step",
+                                format!(
+                                    "epoch {}/{} loss {:.3} acc {:.1}% {:.0} img/s",
+                                    p.epoch + 1,
+                                    p.epochs,
+                                    p.loss,
+                                    100.0 * p.train_acc,
+                                    p.images_per_sec
+                                ),
+                            )
+                        };
+                        let model = train_backbone::<B>(
+                            &config,
+                            &train_config,
+                            data,
+                            cx.work_dir,
+                            cx.cancel.flag(),
+                            &mut report,
+                            &device,
+                        )
                         .map_err(|e| match e {
-                            crate::backbone::BackboneError::Cancelled { .. } => StageError::Cancelled,
+                            crate::backbone::BackboneError::Cancelled { .. } => {
+                                StageError::Cancelled
+                            }
                             other => fail(other),
                         })?;
-                    crate::backbone::inference_model(&model)
-                }
-                Weights::Checkpoint { path, format } => {
-                    let format = CheckpointFormat::from_name(format).unwrap_or(CheckpointFormat::Auto);
-                    import_backbone::<<B as burn::tensor::backend::AutodiffBackend>::InnerBackend>(&config, &path.resolved, format, &device)
-                        .map_err(fail)?
-                }
-            };
-            cx.progress(0, 1, "step", "evaluating the backbone's own classifier");
-            let accuracy = evaluate_accuracy(&model, &test, &test_ids, &test_pipeline, 256, &device).map_err(fail)?;
-            save_backbone(&model, &config, out_dir).map_err(fail)?;
-            Ok(json!({
-                "arch": crate::backbone::arch_name(config.arch),
-                "feature_dim": config.feature_dim(),
-                "parameters": model.num_trainable_params(),
-                "input": [channels, height, width],
-                "test_top1": accuracy,
-            }))
-        })
-        .map_err(fail)?;
+                        crate::backbone::inference_model(&model)
+                    }
+                    Weights::Checkpoint { path, format } => import_backbone::<
+                        <B as burn::tensor::backend::AutodiffBackend>::InnerBackend,
+                    >(
+                        &config,
+                        &path.resolved,
+                        CheckpointFormat::from(*format),
+                        &device,
+                    )
+                    .map_err(fail)?,
+                };
+                cx.progress(0, 1, "step", "evaluating the backbone's own classifier");
+                let accuracy =
+                    evaluate_accuracy(&model, &test, &test_ids, &test_pipeline, 256, &device)
+                        .map_err(fail)?;
+                save_backbone(&model, &config, out_dir).map_err(fail)?;
+                Ok(json!({
+                    "arch": crate::backbone::arch_name(config.arch),
+                    "feature_dim": config.feature_dim(),
+                    "parameters": model.num_trainable_params(),
+                    "input": [channels, height, width],
+                    "test_top1": accuracy,
+                }))
+            })
+            .map_err(fail)?;
         let mut summary = result?;
         write_json(
             &out_dir.join(NORMALIZATION_FILE),

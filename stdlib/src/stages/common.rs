@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use lortflow_lang::ir::{Backend, DatasetSpec, Source, StageSpec};
+use lortflow_lang::ir::{Backend, DatasetSpec, Source, StageSpec, SyntheticKind};
 use lortflow_runtime::{StageContext, StageError, StageExecutor, StageInput};
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
@@ -103,7 +103,7 @@ pub fn load_split_images(spec: &DatasetSpec, split: Split) -> Result<LabeledImag
             noise,
             seed,
             ..
-        } if kind == "images" => {
+        } if *kind == SyntheticKind::Images => {
             // One draw for both splits, so that train and test share the class patterns.
             let all = PatternImagesConfig {
                 num_classes: *classes as usize,

@@ -2,7 +2,9 @@
 //! many / medium / few groups. Its artifact is an index, not a copy of the images; feature
 //! sources also store their (long-tailed) matrices so heads can read them like a features stage.
 
-use lortflow_lang::ir::{Backend, DatasetSpec, Source, StageSpec};
+use lortflow_lang::ir::{
+    Backend, DatasetSpec, GroupRule, Source, StageSpec, SyntheticKind, TailProfile, TailSelect,
+};
 use lortflow_runtime::{ConcreteStage, StageContext, StageError, StageExecutor};
 use serde_json::{Value as Json, json};
 
@@ -84,7 +86,7 @@ impl StageExecutor for DatasetStage {
             groups: groups.groups.clone(),
             many_threshold: groups.many_threshold,
             few_threshold: groups.few_threshold,
-            boundary: spec.groups.rule.clone(),
+            boundary: spec.groups.rule.name().to_string(),
         };
         let kind = if vectors.is_some() {
             "vectors"
@@ -161,48 +163,50 @@ fn long_tail(
     num_classes: usize,
 ) -> Result<crate::dataset::LongTailIndex, String> {
     let lt = &spec.long_tail;
-    if lt.profile == "none" {
-        // Keep every sample: the data is long-tailed already (ImageNet-LT lists, iNaturalist,
-        // imported features). The `none` profile of the reference code would cap every class at
-        // n_max instead, which is not what "none" says.
-        let mut class_counts = vec![0usize; num_classes];
-        for &y in labels {
-            if let Some(c) = class_counts.get_mut(y as usize) {
-                *c += 1;
-            }
+    let profile = match lt.profile {
+        TailProfile::Exp => ImbalanceProfile::Exp,
+        TailProfile::Step => ImbalanceProfile::Step,
+        TailProfile::None => {
+            return keep_everything(labels, num_classes);
         }
-        if let Some(empty) = class_counts.iter().position(|&c| c == 0) {
-            return Err(format!("class {empty} has no training samples"));
-        }
-        return Ok(crate::dataset::LongTailIndex {
-            sample_ids: (0..labels.len() as u32).collect(),
-            labels: labels.to_vec(),
-            class_counts,
-            num_classes,
-        });
-    }
-    let profile = match lt.profile.as_str() {
-        "exp" => ImbalanceProfile::Exp,
-        "step" => ImbalanceProfile::Step,
-        _ => ImbalanceProfile::None,
     };
-    let selection = match lt.select.as_str() {
-        "shuffle" => SampleSelection::Shuffle { seed: lt.seed },
-        _ => SampleSelection::First,
+    let selection = match lt.select {
+        TailSelect::Shuffle => SampleSelection::Shuffle { seed: lt.seed },
+        TailSelect::First => SampleSelection::First,
     };
     let config = LongTailConfig {
         profile,
-        imbalance_ratio: if profile == ImbalanceProfile::None {
-            1.0
-        } else {
-            lt.imbalance_ratio
-        },
+        imbalance_ratio: lt.imbalance_ratio,
         n_max: lt.max_per_class.map(|m| m as usize),
         max_per_class: None,
         class_order: ClassOrder::Labels,
         selection,
     };
     config.build(labels, num_classes).map_err(|e| e.to_string())
+}
+
+/// The index of a split kept whole: the data is long-tailed already (ImageNet-LT lists,
+/// iNaturalist, imported features). The `none` profile of the reference code would cap every
+/// class at n_max instead, which is not what "none" says.
+fn keep_everything(
+    labels: &[u32],
+    num_classes: usize,
+) -> Result<crate::dataset::LongTailIndex, String> {
+    let mut class_counts = vec![0usize; num_classes];
+    for &y in labels {
+        if let Some(c) = class_counts.get_mut(y as usize) {
+            *c += 1;
+        }
+    }
+    if let Some(empty) = class_counts.iter().position(|&c| c == 0) {
+        return Err(format!("class {empty} has no training samples"));
+    }
+    Ok(crate::dataset::LongTailIndex {
+        sample_ids: (0..labels.len() as u32).collect(),
+        labels: labels.to_vec(),
+        class_counts,
+        num_classes,
+    })
 }
 
 fn group_config(spec: &DatasetSpec) -> GroupConfig {
@@ -218,10 +222,9 @@ fn group_config(spec: &DatasetSpec) -> GroupConfig {
             few: g.few.round() as usize,
         }
     };
-    let boundary = if g.rule == "inclusive" {
-        Boundary::Oltr
-    } else {
-        Boundary::Strict
+    let boundary = match g.rule {
+        GroupRule::Inclusive => Boundary::Oltr,
+        GroupRule::Strict => Boundary::Strict,
     };
     GroupConfig {
         thresholds,
@@ -250,7 +253,7 @@ fn vector_source(spec: &DatasetSpec) -> Result<Option<Vectors>, StageError> {
             noise,
             seed,
             ..
-        } if kind == "vectors" => {
+        } if *kind == SyntheticKind::Vectors => {
             // One draw for both splits, so that train and test share the class centres.
             let all = GaussianClustersConfig {
                 num_classes: *classes as usize,

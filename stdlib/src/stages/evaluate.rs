@@ -7,7 +7,7 @@
 //! head has, and the one later heads start from. Which of them are written follows the stage's
 //! `metrics` list; top-1 and the group accuracies always are.
 
-use lortflow_lang::ir::{Backend, EvaluateSpec, StageSpec};
+use lortflow_lang::ir::{Backend, EvaluateSpec, Metric, StageSpec};
 use lortflow_runtime::{ConcreteStage, StageContext, StageError, StageExecutor, StageInput};
 use serde_json::{Value as Json, json};
 
@@ -36,14 +36,14 @@ struct Selected {
 }
 
 impl Selected {
-    fn new(metrics: &[String]) -> Self {
-        let has = |m: &str| metrics.iter().any(|x| x == m);
+    fn new(metrics: &[Metric]) -> Self {
+        let has = |m: Metric| metrics.contains(&m);
         Selected {
-            magnitude: has("logits-magnitude"),
-            rsd: has("rsd"),
-            weight_norm: has("weight-norm"),
-            confusion: has("confusion"),
-            per_class: has("per-class"),
+            magnitude: has(Metric::LogitsMagnitude),
+            rsd: has(Metric::Rsd),
+            weight_norm: has(Metric::WeightNorm),
+            confusion: has(Metric::Confusion),
+            per_class: has(Metric::PerClass),
         }
     }
 
@@ -124,10 +124,10 @@ impl StageExecutor for EvaluateStage {
 }
 
 fn rsd_over(spec: &EvaluateSpec) -> RsdOver {
-    match spec.rsd_over.as_str() {
-        "all" => RsdOver::All,
-        "negative" => RsdOver::Negative,
-        _ => RsdOver::Positive,
+    match spec.rsd_over {
+        lortflow_lang::ir::RsdOver::Positive => RsdOver::Positive,
+        lortflow_lang::ir::RsdOver::All => RsdOver::All,
+        lortflow_lang::ir::RsdOver::Negative => RsdOver::Negative,
     }
 }
 
@@ -298,7 +298,7 @@ mod tests {
 
     #[test]
     fn selected_metrics_follow_the_list() {
-        let s = Selected::new(&["top1".into(), "rsd".into(), "confusion".into()]);
+        let s = Selected::new(&[Metric::Top1, Metric::Rsd, Metric::Confusion]);
         assert!(s.rsd && s.confusion && !s.magnitude && !s.weight_norm && !s.per_class);
         assert_eq!(s.names(), ["top1", "rsd", "confusion"]);
         assert_eq!(Selected::new(&[]).names(), ["top1"]);

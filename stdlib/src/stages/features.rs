@@ -38,7 +38,7 @@ impl StageExecutor for FeaturesStage {
         })?;
         let dataset = dataset_spec(data)?;
         let index: DatasetIndex = read_json(&data.artifact.file(INDEX_FILE))?;
-        let tta = Tta::from_name(&spec.tta).unwrap_or(Tta::None);
+        let tta = Tta::from(spec.tta);
         let normalization = read_normalization(&backbone.artifact)?;
         let batch = spec.batch_size as usize;
         let mut metadata = BTreeMap::new();
