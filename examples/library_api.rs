@@ -9,9 +9,8 @@ use std::path::Path;
 
 use lortflow_lang::ir::Backend;
 use lortflow_lang::{MemoryLoader, check_text};
-use lortflow_runtime::engine::{self, Force, RunOptions};
 use lortflow_runtime::plan::expand;
-use lortflow_runtime::{CancelToken, FileDigestCache, SilentReporter, Store};
+use lortflow_runtime::{CancelToken, Engine, RunRequest, SilentReporter, Store};
 
 const PIPELINE: &str = r#"lortflow 1
 dataset "d" {
@@ -43,39 +42,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let overrides = [lortflow_runtime::Override::parse("la.tau=1.5")?];
     let plan = expand(&checked.pipeline, &overrides).map_err(|d| format!("{d:?}"))?;
 
-    // 3. Keys and staleness against a store, then execution with the standard stages.
+    // 3. An engine: the plan, a store to cache into, the standard stages and a backend. `run`
+    //    takes the store's lock, computes keys and staleness, and executes what is stale.
     let dir = tempfile::tempdir()?;
     let store = Store::open(&dir.path().join(".lortflow"))?;
-    let _lock = store.lock()?;
-    let registry = lortflow_stdlib::stages::registry();
-    let mut digests = FileDigestCache::load(store.file_digests_path());
-    let statuses = engine::status(
-        &plan,
-        &store,
-        &registry,
-        &mut digests,
+    let engine = Engine::new(
+        plan,
+        store,
+        lortflow_stdlib::stages::registry(),
         Backend::Cpu,
-        &Force::None,
+        "example.kdl",
     );
-    let options = RunOptions {
+    let request = RunRequest {
         jobs: 2,
-        backend: Backend::Cpu,
-        pipeline: "example.kdl".into(),
+        ..RunRequest::default()
     };
-    let report = engine::execute(
-        &plan,
-        &statuses,
-        None,
-        &store,
-        &registry,
-        &options,
-        &CancelToken::new(),
-        &SilentReporter,
-    )?;
+    let report = engine.run(&request, &CancelToken::new(), &SilentReporter)?;
+    eprintln!("{}", report.summary());
 
     // 4. Results: the evaluation's summary holds the printed table; metrics.json the rest.
     for (i, artifact) in &report.artifacts {
-        if plan[*i].name == "table" {
+        if engine.plan()[*i].name == "table" {
             println!(
                 "{}",
                 artifact.manifest().summary["table"]

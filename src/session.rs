@@ -6,20 +6,17 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use lortflow_lang::Checked;
 use lortflow_lang::ir::Backend;
-use lortflow_runtime::engine::{self, Force, StageStatus};
+use lortflow_runtime::Store;
+use lortflow_runtime::engine::{Engine, Force, StageStatus};
 use lortflow_runtime::plan::{ConcreteStage, Override, expand};
-use lortflow_runtime::{FileDigestCache, Registry, Store};
 
 use crate::cli::{BackendArg, PipelineArgs};
 use crate::render;
 
-/// A loaded, planned pipeline.
+/// A loaded, planned pipeline: the file as given on the command line and its engine.
 pub(crate) struct Session {
     pub(crate) file: PathBuf,
-    pub(crate) plan: Vec<ConcreteStage>,
-    pub(crate) store: Store,
-    pub(crate) registry: Registry,
-    pub(crate) backend: Backend,
+    pub(crate) engine: Engine,
 }
 
 /// Why a session could not start: the diagnostics were printed (exit 1), or the input was
@@ -39,39 +36,34 @@ impl Session {
             return Ok(Start::Invalid);
         };
         let backend = backend(args, &checked);
-        let store_dir = store_dir(&args.file, args.store.as_deref());
-        let store = Store::open(&store_dir)
-            .with_context(|| format!("cannot open the artifact store `{}`", store_dir.display()))?;
-        let registry = lortflow_stdlib::stages::registry();
-        Ok(Start::Ready(Box::new(Session {
-            file: args.file.clone(),
+        let store = open_store(&args.file, args.store.as_deref())?;
+        let engine = Engine::new(
             plan,
             store,
-            registry,
+            lortflow_stdlib::stages::registry(),
             backend,
+            &args.file,
+        );
+        Ok(Start::Ready(Box::new(Session {
+            file: args.file.clone(),
+            engine,
         })))
     }
 
     /// Keys and states of every stage.
     pub(crate) fn status(&self, force: &Force) -> Vec<StageStatus> {
-        let mut digests = FileDigestCache::load(self.store.file_digests_path());
-        let statuses = engine::status(
-            &self.plan,
-            &self.store,
-            &self.registry,
-            &mut digests,
-            self.backend,
-            force,
-        );
-        // A digest cache that cannot be saved only costs re-hashing next time.
-        let _ = digests.save();
-        statuses
+        self.engine.status(force)
+    }
+
+    /// The concrete stages.
+    pub(crate) fn plan(&self) -> &[ConcreteStage] {
+        self.engine.plan()
     }
 
     /// The plan index of a stage given by concrete or declared name.
     pub(crate) fn find(&self, name: &str) -> anyhow::Result<Vec<usize>> {
         let exact: Vec<usize> = self
-            .plan
+            .plan()
             .iter()
             .enumerate()
             .filter(|(_, s)| s.name == name)
@@ -81,7 +73,7 @@ impl Session {
             return Ok(exact);
         }
         let declared: Vec<usize> = self
-            .plan
+            .plan()
             .iter()
             .enumerate()
             .filter(|(_, s)| s.declared == name)
@@ -90,7 +82,7 @@ impl Session {
         if !declared.is_empty() {
             return Ok(declared);
         }
-        let names: Vec<&str> = self.plan.iter().map(|s| s.name.as_str()).collect();
+        let names: Vec<&str> = self.plan().iter().map(|s| s.name.as_str()).collect();
         let close = names
             .iter()
             .filter(|n| strsim_like(n, name))
@@ -152,6 +144,12 @@ fn strsim_like(candidate: &str, name: &str) -> bool {
     candidate.contains(name)
         || name.contains(candidate)
         || candidate.starts_with(&name[..name.len().min(3)])
+}
+
+/// Opens `--store DIR`, or `.lortflow/` beside the pipeline.
+pub(crate) fn open_store(pipeline: &Path, store: Option<&Path>) -> anyhow::Result<Store> {
+    let dir = store_dir(pipeline, store);
+    Store::open(&dir).with_context(|| format!("cannot open the artifact store `{}`", dir.display()))
 }
 
 /// `--store DIR`, or `.lortflow/` beside the pipeline.

@@ -22,7 +22,9 @@ pub mod time;
 pub mod watch;
 
 pub use artifact::Artifact;
-pub use engine::{Force, RunOptions, RunReport, StageStatus, State};
+pub use engine::{
+    Engine, EngineError, Force, RunOptions, RunReport, RunRequest, RunSummary, StageStatus, State,
+};
 pub use file_digest::{DigestStats, FileDigest, FileDigestCache, FileDigestError};
 pub use graph::StageGraph;
 pub use key::{CacheKey, KEY_FORMAT, KeyBuilder, ParseKeyError, canonical_json};

@@ -250,10 +250,15 @@ pub trait StageExecutor: Send + Sync {
     }
 }
 
-/// The executors by stage kind.
+/// Says whether a backend can run on this machine (a CUDA driver and device, a build with the
+/// feature), with what to do when not.
+pub type BackendCheck = Arc<dyn Fn(Backend) -> Result<(), String> + Send + Sync>;
+
+/// The executors by stage kind, and how to tell whether a backend works here.
 #[derive(Clone, Default)]
 pub struct Registry {
     executors: HashMap<StageKind, Arc<dyn StageExecutor>>,
+    backend_check: Option<BackendCheck>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -279,5 +284,19 @@ impl Registry {
     /// The executor of a kind.
     pub fn get(&self, kind: StageKind) -> Option<&Arc<dyn StageExecutor>> {
         self.executors.get(&kind)
+    }
+
+    /// Sets the check [`Registry::check_backend`] runs before any work starts.
+    pub fn set_backend_check(&mut self, check: BackendCheck) -> &mut Self {
+        self.backend_check = Some(check);
+        self
+    }
+
+    /// Whether `backend` can run here; every backend can when no check is set.
+    pub fn check_backend(&self, backend: Backend) -> Result<(), String> {
+        match &self.backend_check {
+            Some(check) => check(backend),
+            None => Ok(()),
+        }
     }
 }

@@ -6,6 +6,9 @@
 //! .lortflow/
 //!   objects/<key>/       one committed artifact: the stage's files plus manifest.json
 //!   tmp/                 staging directories of running stages, and evicted artifacts
+//!   work/<key>/          checkpoints of a stage that has not finished (a backbone resumes from
+//!                        its last epoch); deleted when its artifact commits, or by `gc` once no
+//!                        pipeline needs the key
 //!   stages/<name>.json   the last artifact recorded under each stage name (for `status`)
 //!   runs/<id>.json       one record per run (for `report`)
 //!   lock                 held by the run using the store (see `StoreLock`)
@@ -42,6 +45,7 @@ const TMP_DIR: &str = "tmp";
 const REPLACED_PREFIX: &str = "replaced-";
 const STAGES_DIR: &str = "stages";
 const RUNS_DIR: &str = "runs";
+const WORK_DIR: &str = "work";
 
 /// Temporary files of atomic writes younger than this are left alone by
 /// [`Store::clean_tmp`]: a process that does not hold the lock (`status` saving the digest
@@ -81,7 +85,9 @@ pub struct GcReport {
     pub removed: usize,
     /// Artifacts kept.
     pub kept: usize,
-    /// Bytes freed by the removed artifacts.
+    /// Work directories (checkpoints of unfinished stages) removed.
+    pub work_removed: usize,
+    /// Bytes freed by the removed artifacts and work directories.
     pub bytes_freed: u64,
 }
 
@@ -120,6 +126,12 @@ impl Store {
     /// Takes the store lock; see [`StoreLock::acquire`].
     pub fn lock(&self) -> Result<StoreLock, LockError> {
         StoreLock::acquire(&self.root)
+    }
+
+    /// The work directory of the stage with `key`: checkpoints it resumes from after an
+    /// interruption, deleted once its artifact commits.
+    pub fn work_dir(&self, key: &CacheKey) -> PathBuf {
+        self.root.join(WORK_DIR).join(key.as_str())
     }
 
     /// The directory of the artifact with `key`, whether or not it exists.
@@ -336,6 +348,25 @@ impl Store {
                 report.removed += 1;
                 report.bytes_freed += size;
             }
+        }
+        // Checkpoints of stages that never finished, for keys no pipeline needs any more.
+        let work = self.root.join(WORK_DIR);
+        let unfinished = if work.is_dir() {
+            fsutil::read_dir_sorted(&work).map_err(io_error("list the directory", &work))?
+        } else {
+            Vec::new()
+        };
+        for (name, path) in unfinished {
+            if name
+                .parse::<CacheKey>()
+                .is_ok_and(|key| keep.contains(&key))
+            {
+                continue;
+            }
+            let size = fsutil::disk_usage(&path);
+            fsutil::remove_all(&path).map_err(io_error("delete the work directory", &path))?;
+            report.work_removed += 1;
+            report.bytes_freed += size;
         }
         tracing::debug!(?report, "garbage-collected the store");
         Ok(report)
@@ -939,12 +970,21 @@ mod tests {
         assert_eq!(info.size_bytes, size_of(&keys[0]));
         let expected_freed = size_of(&keys[0]) + size_of(&keys[2]);
 
+        // Checkpoints of an unfinished stage no pipeline needs, and of one a pipeline still does.
+        for key in [&keys[1], &key(9)] {
+            fs::create_dir_all(store.work_dir(key)).unwrap();
+            fs::write(store.work_dir(key).join("epoch.mpk"), b"12345").unwrap();
+        }
+
         let keep: HashSet<_> = [keys[1].clone()].into();
         let lock = store.lock().unwrap();
         let report = store.gc(&keep, &lock).unwrap();
         assert_eq!(report.removed, 2);
         assert_eq!(report.kept, 1);
-        assert_eq!(report.bytes_freed, expected_freed);
+        assert_eq!(report.work_removed, 1);
+        assert_eq!(report.bytes_freed, expected_freed + 5);
+        assert!(!store.work_dir(&key(9)).exists());
+        assert!(store.work_dir(&keys[1]).join("epoch.mpk").exists());
         let left: Vec<_> = store.list().unwrap().into_iter().map(|i| i.key).collect();
         assert_eq!(left, [keys[1].clone()]);
         assert!(store.get(&keys[1]).unwrap().is_some());

@@ -5,7 +5,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use lortflow_lang::ir::Backend;
 use lortflow_lang::{MemoryLoader, StageKind, check_text};
-use lortflow_runtime::engine::{execute, status};
 use lortflow_runtime::plan::expand;
 use lortflow_runtime::*;
 use serde_json::json;
@@ -79,33 +78,15 @@ impl Harness {
         assert!(!checked.has_errors(), "{:?}", checked.diagnostics);
         let plan = expand(&checked.pipeline, &[]).unwrap();
         let store = Store::open(&self.dir.path().join(".lortflow")).unwrap();
-        let _lock = store.lock().unwrap();
-        let mut digests = FileDigestCache::load(store.file_digests_path());
-        let statuses = status(
-            &plan,
-            &store,
-            &self.registry,
-            &mut digests,
-            Backend::Cpu,
-            &Force::None,
-        );
-        let options = RunOptions {
+        let engine = Engine::new(plan, store, self.registry.clone(), Backend::Cpu, "p.kdl");
+        let request = RunRequest {
             jobs: 2,
-            backend: Backend::Cpu,
-            pipeline: "p.kdl".into(),
+            ..RunRequest::default()
         };
-        let report = execute(
-            &plan,
-            &statuses,
-            None,
-            &store,
-            &self.registry,
-            &options,
-            &CancelToken::new(),
-            &SilentReporter,
-        )
-        .unwrap();
-        (statuses, report)
+        let report = engine
+            .run(&request, &CancelToken::new(), &SilentReporter)
+            .unwrap();
+        (report.statuses.clone(), report)
     }
 
     fn runs(&self) -> usize {

@@ -82,7 +82,7 @@ fn gc(files: Vec<PathBuf>, store: Option<PathBuf>, dry_run: bool) -> anyhow::Res
                 file.display()
             );
         };
-        let this = session.store.root().to_path_buf();
+        let this = session.engine.store().root().to_path_buf();
         if dir.as_ref().is_some_and(|d| *d != this) {
             bail!(
                 "the pipelines use different stores (`{}` and `{}`); run gc once per store",
@@ -96,7 +96,7 @@ fn gc(files: Vec<PathBuf>, store: Option<PathBuf>, dry_run: bool) -> anyhow::Res
             lortflow_lang::ir::Backend::Cpu,
             lortflow_lang::ir::Backend::Cuda,
         ] {
-            session.backend = backend;
+            session.engine = session.engine.with_backend(backend);
             keep.extend(
                 session
                     .status(&Force::None)
@@ -130,8 +130,13 @@ fn gc(files: Vec<PathBuf>, store: Option<PathBuf>, dry_run: bool) -> anyhow::Res
     }
     let lock = store.lock()?;
     let report = store.gc(&keep, &lock)?;
+    let checkpoints = match report.work_removed {
+        0 => String::new(),
+        1 => " and the checkpoints of 1 unfinished stage".to_string(),
+        n => format!(" and the checkpoints of {n} unfinished stages"),
+    };
     println!(
-        "removed {} artifacts ({}), kept {}",
+        "removed {} artifacts{checkpoints} ({}), kept {}",
         report.removed,
         human_bytes(report.bytes_freed),
         report.kept

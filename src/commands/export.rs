@@ -19,7 +19,7 @@ pub(crate) fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
     if indices.len() != 1 {
         let names: Vec<&str> = indices
             .iter()
-            .map(|&i| session.plan[i].name.as_str())
+            .map(|&i| session.engine.plan()[i].name.as_str())
             .collect();
         bail!(
             "`{}` names {} stages ({}); export one of them",
@@ -29,10 +29,10 @@ pub(crate) fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let i = indices[0];
-    let stage = &session.plan[i];
+    let stage = &session.engine.plan()[i];
     let statuses = session.status(&Force::None);
     let artifact = match &statuses[i].key {
-        Some(key) => session.store.get(key)?,
+        Some(key) => session.engine.store().get(key)?,
         None => None,
     };
     let Some(artifact) = artifact else {

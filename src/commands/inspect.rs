@@ -18,7 +18,7 @@ pub(crate) fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     let mut shown = Vec::new();
     for i in indices {
-        let stage = &session.plan[i];
+        let stage = &session.engine.plan()[i];
         let Some(key) = &statuses[i].key else {
             bail!(
                 "`{}` cannot run: {}",
@@ -26,7 +26,7 @@ pub(crate) fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
                 statuses[i].reasons.join("; ")
             );
         };
-        let Some(artifact) = session.store.get(key)? else {
+        let Some(artifact) = session.engine.store().get(key)? else {
             bail!(
                 "`{}` has no artifact for its current parameters ({}); run `lortflow run {} --only {}` first",
                 stage.name,
@@ -36,7 +36,8 @@ pub(crate) fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
             );
         };
         let executor = session
-            .registry
+            .engine
+            .registry()
             .get(stage.kind())
             .expect("every kind is registered");
         let details = executor

@@ -35,7 +35,8 @@ pub(crate) fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
     };
     let file = session.file.display().to_string();
     let runs: Vec<RunRecord> = session
-        .store
+        .engine
+        .store()
         .list_runs()?
         .into_iter()
         .filter(|r| same_pipeline(&r.pipeline, &session.file))
@@ -119,12 +120,12 @@ fn evaluate_stages(run: &RunRecord) -> Vec<(&str, &lortflow_runtime::CacheKey)> 
 fn load_results<'r>(session: &Session, run: &'r RunRecord) -> anyhow::Result<Results<'r>> {
     let file = session.file.display();
     // Plan order, so that reports list evaluations as the pipeline declares them.
-    let position = |name: &str| session.plan.iter().position(|s| s.name == name);
+    let position = |name: &str| session.engine.plan().iter().position(|s| s.name == name);
     let mut stages = evaluate_stages(run);
     stages.sort_by_key(|(name, _)| (position(name).unwrap_or(usize::MAX), name.to_string()));
     let mut evaluations = Vec::new();
     for (name, key) in stages {
-        let Some(artifact) = session.store.get(key)? else {
+        let Some(artifact) = session.engine.store().get(key)? else {
             bail!(
                 "the results of `{name}` from run {} are no longer in the store (removed by \
                  `lortflow cache gc`?); run `lortflow run {file}` again",
@@ -155,7 +156,7 @@ fn load_results<'r>(session: &Session, run: &'r RunRecord) -> anyhow::Result<Res
 /// run (edited since, or `--set`), so nobody mistakes old numbers for new ones.
 fn warn_if_changed(session: &Session, results: &Results<'_>) {
     let statuses = session.status(&Force::None);
-    for (stage, status) in session.plan.iter().zip(&statuses) {
+    for (stage, status) in session.engine.plan().iter().zip(&statuses) {
         if stage.kind() != StageKind::Evaluate {
             continue;
         }

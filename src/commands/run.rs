@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 
-use lortflow_runtime::engine::{self, Force, RunOptions, State};
+use lortflow_runtime::engine::{self, Force, RunRequest, State};
 use lortflow_runtime::{CancelToken, ConcreteStage, RunReport, StageOutcome};
 
 use crate::cli::RunArgs;
@@ -30,26 +30,23 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         }
         Force::Stages(args.force.clone())
     };
-    let selected: Option<HashSet<usize>> = match &args.only {
-        Some(name) => Some(engine::with_upstream(&session.plan, &session.find(name)?)),
+    let only: Option<HashSet<usize>> = match &args.only {
+        Some(name) => Some(engine::with_upstream(session.plan(), &session.find(name)?)),
         None => None,
     };
-    let statuses = session.status(&force);
     if args.dry_run {
-        print_plan(&session, &statuses, selected.as_ref())?;
+        let statuses = session.status(&force);
+        print_plan(&session, &statuses, only.as_ref())?;
         return Ok(ExitCode::SUCCESS);
     }
-    lortflow_stdlib::stages::check_backend(session.backend).map_err(anyhow::Error::msg)?;
-    let _lock = session.store.lock()?;
-    session.store.clean_tmp(&_lock)?;
-    let jobs = args
-        .jobs
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let options = RunOptions {
-        jobs,
-        backend: session.backend,
-        pipeline: session.file.clone(),
+    let mut request = RunRequest {
+        force,
+        only,
+        ..RunRequest::default()
     };
+    if let Some(jobs) = args.jobs {
+        request.jobs = jobs;
+    }
     let reporter = CliReporter::new(quiet);
     let cancel = CancelToken::new();
     let interrupted = Arc::new(AtomicBool::new(false));
@@ -68,32 +65,10 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         })
         .context("cannot install the Ctrl-C handler")?;
     }
-    let report = engine::execute(
-        &session.plan,
-        &statuses,
-        selected.as_ref(),
-        &session.store,
-        &session.registry,
-        &options,
-        &cancel,
-        &reporter,
-    )?;
-    print_tables(&session.file, &session.plan, &report)?;
-    let n = |o: StageOutcome| count(&report, o);
-    let summary = format!(
-        "{} ran, {} cached, {} failed, {} skipped in {:.1}s",
-        n(StageOutcome::Ran),
-        n(StageOutcome::Cached),
-        n(StageOutcome::Failed) + n(StageOutcome::Cancelled),
-        report
-            .record
-            .stages
-            .iter()
-            .filter(|s| s.outcome == StageOutcome::Skipped && s.error.is_some())
-            .count(),
-        report.record.duration_s
-    );
-    if interrupted.load(Ordering::SeqCst) && n(StageOutcome::Cancelled) > 0 {
+    let report = session.engine.run(&request, &cancel, &reporter)?;
+    print_tables(&session.file, session.plan(), &report)?;
+    let summary = report.summary();
+    if interrupted.load(Ordering::SeqCst) && summary.cancelled > 0 {
         eprintln!("interrupted: {summary}; finished stages were stored, nothing partial was");
         return Ok(ExitCode::from(130));
     }
@@ -143,16 +118,6 @@ pub(crate) fn print_tables(
     Ok(())
 }
 
-/// How many stages of a run had an outcome.
-pub(crate) fn count(report: &RunReport, outcome: StageOutcome) -> usize {
-    report
-        .record
-        .stages
-        .iter()
-        .filter(|s| s.outcome == outcome)
-        .count()
-}
-
 fn print_plan(
     session: &Session,
     statuses: &[lortflow_runtime::StageStatus],
@@ -160,13 +125,13 @@ fn print_plan(
 ) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     let width = session
-        .plan
+        .plan()
         .iter()
         .map(|s| s.name.chars().count())
         .max()
         .unwrap_or(0);
     let mut runs = 0;
-    for (i, (stage, status)) in session.plan.iter().zip(statuses).enumerate() {
+    for (i, (stage, status)) in session.plan().iter().zip(statuses).enumerate() {
         if selected.is_some_and(|s| !s.contains(&i)) {
             continue;
         }
@@ -189,7 +154,7 @@ fn print_plan(
     writeln!(
         out,
         "\n{runs} of {} stages would run (dry run: nothing was executed)",
-        selected.map_or(session.plan.len(), |s| s.len())
+        selected.map_or(session.plan().len(), |s| s.len())
     )?;
     Ok(())
 }

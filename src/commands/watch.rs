@@ -19,18 +19,18 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context;
 use lortflow_lang::ir::Backend;
 use lortflow_lang::{FsLoader, SourceMap, StageKind};
-use lortflow_runtime::engine::{self, EngineError, Force, RunOptions, State};
+use lortflow_runtime::engine::{Engine, EngineError, Force, RunRequest, State};
 use lortflow_runtime::watch::{Change, FileWatcher, WatchSet};
 use lortflow_runtime::{
     CacheKey, CancelToken, ConcreteStage, Override, Progress, Registry, RunReport, StageOutcome,
-    StageStatus, Store,
+    StageStatus, Store, StoreLock,
 };
 
 use crate::cli::WatchArgs;
-use crate::commands::run::{count, print_tables};
+use crate::commands::run::print_tables;
 use crate::render;
 use crate::reporter::CliReporter;
-use crate::session::{self, Session};
+use crate::session;
 
 /// Trailing-edge debounce of file events: long enough to merge an editor's write, rename and
 /// chmod into one change, short enough to stay well under the 300 ms save-to-run target.
@@ -50,23 +50,19 @@ pub(crate) fn run(args: WatchArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     let overrides = session::overrides(&args.pipeline)?;
     // An explicit `--backend` that cannot work is a usage error; a pipeline's default backend is
     // checked each cycle, since an edit can change it.
-    let checked_backend = match args.pipeline.backend {
-        Some(arg) => {
-            let backend = match arg {
-                crate::cli::BackendArg::Cpu => Backend::Cpu,
-                crate::cli::BackendArg::Cuda => Backend::Cuda,
-            };
-            lortflow_stdlib::stages::check_backend(backend).map_err(anyhow::Error::msg)?;
-            Some(backend)
-        }
-        None => None,
-    };
-    let store_dir = session::store_dir(&file, args.pipeline.store.as_deref());
-    let store = Store::open(&store_dir)
-        .with_context(|| format!("cannot open the artifact store `{}`", store_dir.display()))?;
+    let registry = lortflow_stdlib::stages::registry();
+    if let Some(arg) = args.pipeline.backend {
+        let backend = match arg {
+            crate::cli::BackendArg::Cpu => Backend::Cpu,
+            crate::cli::BackendArg::Cuda => Backend::Cuda,
+        };
+        registry
+            .check_backend(backend)
+            .map_err(anyhow::Error::msg)?;
+    }
+    let store = session::open_store(&file, args.pipeline.store.as_deref())?;
     // Held for the watcher's lifetime: runs start at any moment, and no other run may interleave.
-    let lock = store.lock()?;
-    store.clean_tmp(&lock)?;
+    let lock = Arc::new(store.lock()?);
 
     let (tx, rx) = mpsc::channel::<Msg>();
     let interrupts = AtomicUsize::new(0);
@@ -92,7 +88,8 @@ pub(crate) fn run(args: WatchArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         args,
         overrides,
         store,
-        registry: lortflow_stdlib::stages::registry(),
+        registry,
+        lock: Arc::clone(&lock),
         files,
         tx,
         quiet,
@@ -100,7 +97,6 @@ pub(crate) fn run(args: WatchArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         running: None,
         pending: None,
         last_good: WatchSet::new(),
-        checked_backend,
     };
     // Watch the root file before reading it, so that a save during the first lint is not lost.
     watch.refresh(None, None)?;
@@ -139,6 +135,8 @@ struct Watch {
     overrides: Vec<Override>,
     store: Store,
     registry: Registry,
+    /// The store's lock, held from start to stop.
+    lock: Arc<StoreLock>,
     files: FileWatcher,
     tx: mpsc::Sender<Msg>,
     quiet: bool,
@@ -151,14 +149,12 @@ struct Watch {
     /// What the last valid pipeline read: still watched while an edit does not lint, since a
     /// broken include cannot say which files it names.
     last_good: WatchSet,
-    /// The backend that was checked to work, so a CUDA probe does not run every cycle.
-    checked_backend: Option<Backend>,
 }
 
 /// A run on its background thread.
 struct Running {
     cycle: u64,
-    plan: Arc<Vec<ConcreteStage>>,
+    engine: Engine,
     cancel: CancelToken,
     reporter: Arc<WatchReporter>,
     thread: JoinHandle<()>,
@@ -168,7 +164,7 @@ struct Running {
 
 /// A valid pipeline with its plan and the state of every stage.
 struct Planned {
-    session: Session,
+    engine: Engine,
     statuses: Vec<StageStatus>,
 }
 
@@ -190,9 +186,9 @@ impl Watch {
                 "re-run started after a save"
             );
         }
-        let Planned { session, statuses } = planned;
-        let keys = session
-            .plan
+        let Planned { engine, statuses } = planned;
+        let keys = engine
+            .plan()
             .iter()
             .zip(&statuses)
             .filter_map(|(stage, status)| Some((stage.name.clone(), status.key.clone()?)))
@@ -204,39 +200,27 @@ impl Watch {
             cancel: cancel.clone(),
             state: Mutex::new(ReporterState::default()),
         });
-        let plan = Arc::new(session.plan);
-        let options = RunOptions {
+        let request = RunRequest {
             jobs: self.jobs,
-            backend: session.backend,
-            pipeline: session.file,
+            ..RunRequest::default()
         };
         let thread = {
-            let plan = Arc::clone(&plan);
+            let engine = engine.clone();
             let reporter = Arc::clone(&reporter);
             let cancel = cancel.clone();
-            let store = self.store.clone();
-            let registry = self.registry.clone();
+            let lock = Arc::clone(&self.lock);
             let tx = self.tx.clone();
             std::thread::Builder::new()
                 .name("lortflow-run".into())
                 .spawn(move || {
-                    let result = engine::execute(
-                        &plan,
-                        &statuses,
-                        None,
-                        &store,
-                        &registry,
-                        &options,
-                        &cancel,
-                        reporter.as_ref(),
-                    );
+                    let result = engine.run_locked(&lock, &request, &cancel, reporter.as_ref());
                     let _ = tx.send(Msg::Finished(Box::new(result)));
                 })
                 .context("cannot start a run thread")?
         };
         self.running = Some(Running {
             cycle: n,
-            plan,
+            engine,
             cancel,
             reporter,
             thread,
@@ -299,15 +283,23 @@ impl Watch {
             .expect("a run finishes only while one is running");
         let Running {
             cycle,
-            plan,
+            engine,
             thread,
             latency,
             ..
         } = running;
         let _ = thread.join();
-        // The store failing under a run is fatal, as it is for `lortflow run`.
-        let report = result?;
-        print_tables(&self.args.pipeline.file, &plan, &report)?;
+        let report = match result {
+            Ok(report) => report,
+            // The device went away between the check and the run: wait for the next change.
+            Err(EngineError::Backend(e)) => {
+                eprintln!("cycle {cycle}: error: {e}; nothing ran");
+                return Ok(());
+            }
+            // The store failing under a run is fatal, as it is for `lortflow run`.
+            Err(e) => return Err(e.into()),
+        };
+        print_tables(&self.args.pipeline.file, engine.plan(), &report)?;
         self.print_summary(cycle, latency, &report);
         if let Some(change) = self.pending.take() {
             return self.start_cycle(Some(change));
@@ -316,47 +308,18 @@ impl Watch {
     }
 
     fn print_summary(&self, cycle: u64, latency: Option<Duration>, report: &RunReport) {
-        let n = |o: StageOutcome| count(report, o);
-        let mut line = format!(
-            "cycle {cycle}: {} ran, {} cached, {} failed",
-            n(StageOutcome::Ran),
-            n(StageOutcome::Cached),
-            n(StageOutcome::Failed),
-        );
-        let cancelled = n(StageOutcome::Cancelled);
-        if cancelled > 0 {
-            line.push_str(&format!(", {cancelled} cancelled"));
-        }
-        let skipped = report
-            .record
-            .stages
-            .iter()
-            .filter(|s| s.outcome == StageOutcome::Skipped && s.error.is_some())
-            .count();
-        if skipped > 0 {
-            line.push_str(&format!(", {skipped} skipped"));
-        }
-        line.push_str(&format!(" in {:.1}s", report.record.duration_s));
+        let mut line = format!("cycle {cycle}: {}", report.summary());
         if let Some(latency) = latency {
             line.push_str(&format!(
                 " (started {} ms after the save)",
                 latency.as_millis()
             ));
         }
-        let with = |o: StageOutcome| -> Vec<&str> {
-            report
-                .record
-                .stages
-                .iter()
-                .filter(|s| s.outcome == o)
-                .map(|s| s.name.as_str())
-                .collect()
-        };
         if self.quiet && !report.failed() {
             return;
         }
         eprintln!("{line}");
-        let ran = with(StageOutcome::Ran);
+        let ran = report.stages_with(StageOutcome::Ran);
         if !ran.is_empty() {
             eprintln!("  re-ran: {}", names(&ran));
         }
@@ -372,7 +335,7 @@ impl Watch {
                 s.error.as_deref().unwrap_or("failed")
             );
         }
-        let cancelled = with(StageOutcome::Cancelled);
+        let cancelled = report.stages_with(StageOutcome::Cancelled);
         if !cancelled.is_empty() {
             eprintln!("  cancelled: {}", names(&cancelled));
         }
@@ -410,26 +373,23 @@ impl Watch {
         };
         self.refresh(Some(&checked.pipeline.sources), Some(&plan))?;
         let backend = session::backend(&self.args.pipeline, &checked);
-        if self.checked_backend != Some(backend) {
-            if let Err(e) = lortflow_stdlib::stages::check_backend(backend) {
-                eprintln!("error: {e}");
-                return Ok(None);
-            }
-            self.checked_backend = Some(backend);
+        if let Err(e) = self.registry.check_backend(backend) {
+            eprintln!("error: {e}");
+            return Ok(None);
         }
-        let session = Session {
-            file,
+        let engine = Engine::new(
             plan,
-            store: self.store.clone(),
-            registry: self.registry.clone(),
+            self.store.clone(),
+            self.registry.clone(),
             backend,
-        };
-        let statuses = session.status(&Force::None);
+            file,
+        );
+        let statuses = engine.status(&Force::None);
         tracing::debug!(
             stale = statuses.iter().filter(|s| s.state != State::Cached).count(),
             "planned"
         );
-        Ok(Some(Planned { session, statuses }))
+        Ok(Some(Planned { engine, statuses }))
     }
 
     /// Re-resolves the watched set: the root file, its includes and, with a plan, the external

@@ -477,9 +477,8 @@ mod tests {
     use std::sync::Arc;
 
     use lortflow_lang::{MemoryLoader, StageKind, check_text};
-    use lortflow_runtime::engine::{Force, RunOptions, State, execute, status};
     use lortflow_runtime::{
-        CancelToken, FileDigestCache, SilentReporter, StageOutcome, Store, plan::expand,
+        CancelToken, Engine, RunRequest, SilentReporter, StageOutcome, State, Store, plan::expand,
     };
 
     use super::*;
@@ -520,39 +519,17 @@ dataset "c10" { source "cifar10" root="data/cifar" download=#true; long-tail "no
         assert!(!checked.has_errors(), "{:?}", checked.diagnostics);
         let plan = expand(&checked.pipeline, &[]).unwrap();
         let store = Store::open(&dir.path().join(".lortflow")).unwrap();
-        let _lock = store.lock().unwrap();
-        let options = RunOptions {
-            jobs: 1,
-            backend: Backend::Cpu,
-            pipeline: "p.kdl".into(),
-        };
+        let engine = Engine::new(plan, store, registry, Backend::Cpu, "p.kdl");
         let mut keys = Vec::new();
         for expected in [StageOutcome::Ran, StageOutcome::Cached] {
-            let mut digests = FileDigestCache::load(store.file_digests_path());
-            let statuses = status(
-                &plan,
-                &store,
-                &registry,
-                &mut digests,
-                Backend::Cpu,
-                &Force::None,
-            );
-            let report = execute(
-                &plan,
-                &statuses,
-                None,
-                &store,
-                &registry,
-                &options,
-                &CancelToken::new(),
-                &SilentReporter,
-            )
-            .unwrap();
+            let report = engine
+                .run(&RunRequest::default(), &CancelToken::new(), &SilentReporter)
+                .unwrap();
             let stage = &report.record.stages[0];
             assert_eq!(stage.outcome, expected, "{:?}", stage.error);
-            keys.push(statuses[0].key.clone().unwrap());
+            keys.push(report.statuses[0].key.clone().unwrap());
             if expected == StageOutcome::Cached {
-                assert_eq!(statuses[0].state, State::Cached);
+                assert_eq!(report.statuses[0].state, State::Cached);
             }
         }
         assert_eq!(keys[0], keys[1]);

@@ -39,7 +39,8 @@ pub fn registry() -> Registry {
         .register(StageKind::Head, Arc::new(head::HeadStage))
         .register(StageKind::Evaluate, Arc::new(evaluate::EvaluateStage))
         // Sweeps are expanded by the planner and never reach execution.
-        .register(StageKind::Sweep, Arc::new(common::NoWork));
+        .register(StageKind::Sweep, Arc::new(common::NoWork))
+        .set_backend_check(Arc::new(check_backend));
     registry
 }
 
@@ -49,7 +50,14 @@ pub fn check_backend(backend: lortflow_lang::ir::Backend) -> Result<(), String> 
     match backend {
         lortflow_lang::ir::Backend::Cpu => Ok(()),
         lortflow_lang::ir::Backend::Cuda => {
-            crate::backend::probe_cuda(0).map_err(|e| e.to_string())
+            // A working device stays working: probe once per process (`watch` asks every cycle).
+            static WORKS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+            if WORKS.load(std::sync::atomic::Ordering::Relaxed) {
+                return Ok(());
+            }
+            crate::backend::probe_cuda(0).map_err(|e| e.to_string())?;
+            WORKS.store(true, std::sync::atomic::Ordering::Relaxed);
+            Ok(())
         }
     }
 }

@@ -1,305 +1,21 @@
-//! The engine: cache keys and staleness of a plan, and its execution. Independent stages run in
-//! parallel on a pool of workers (one accelerator stage per device at a time); a failing stage
-//! stops what depends on it while the rest goes on.
+//! Execution: the stale stages of a plan on a pool of workers (one accelerator stage per device
+//! at a time); a failing stage stops what depends on it while the rest goes on.
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::Instant;
 
-use lortflow_lang::LANGUAGE_VERSION;
-use lortflow_lang::ir::{Backend, StageSpec};
-use serde::Serialize;
-use serde_json::Value as Json;
+use lortflow_lang::ir::Backend;
 
-use crate::plan::{ConcreteStage, external_files, key_params};
+use super::downloads;
+use super::status::{StageStatus, State};
+use crate::plan::{ConcreteStage, external_files};
 use crate::stage::{CancelToken, Registry, Reporter, StageContext, StageError, StageInput};
 use crate::{
-    Artifact, CacheKey, ExternalFile, FileDigestCache, InputRef, KeyBuilder, Manifest, RunRecord,
-    StageOutcome, StageRun, Store, StoreError, Timestamp,
+    Artifact, ExternalFile, FileDigestCache, InputRef, Manifest, RunRecord, StageOutcome, StageRun,
+    Store, StoreError, Timestamp,
 };
-
-/// Whether a stage's artifact can be reused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum State {
-    /// The artifact for the current key is in the store.
-    Cached,
-    /// The stage must run.
-    Stale,
-    /// The stage cannot run: an external file is missing or an input is blocked.
-    Blocked,
-}
-
-/// The key and state of one concrete stage, and why.
-#[derive(Debug, Clone, Serialize)]
-pub struct StageStatus {
-    /// The stage name.
-    pub name: String,
-    /// Its kind.
-    pub kind: String,
-    /// The state.
-    pub state: State,
-    /// The cache key (absent when blocked).
-    pub key: Option<CacheKey>,
-    /// Why the stage is stale or blocked, one sentence each.
-    pub reasons: Vec<String>,
-    /// Blocked only because an input cannot run (the stage itself is fine).
-    #[serde(skip)]
-    blocked_by_input: bool,
-    /// Re-run on request (`--force`): the existing artifact of the same key is replaced.
-    #[serde(skip)]
-    forced: bool,
-    #[serde(skip)]
-    params: Json,
-    #[serde(skip)]
-    external: Vec<ExternalFile>,
-}
-
-/// What `--force` applies to.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum Force {
-    /// Nothing.
-    #[default]
-    None,
-    /// Every stage.
-    All,
-    /// The named stages (concrete or declared names).
-    Stages(Vec<String>),
-}
-
-/// Computes keys and states of a plan (no artifact is read beyond its manifest).
-pub fn status(
-    plan: &[ConcreteStage],
-    store: &Store,
-    registry: &Registry,
-    digests: &mut FileDigestCache,
-    backend: Backend,
-    force: &Force,
-) -> Vec<StageStatus> {
-    let backend_name = match backend {
-        Backend::Cpu => "cpu",
-        Backend::Cuda => "cuda",
-    };
-    let mut out: Vec<StageStatus> = Vec::with_capacity(plan.len());
-    for stage in plan {
-        let mut reasons = Vec::new();
-        let params = key_params(stage, plan, backend_name);
-        let version = registry
-            .get(stage.kind())
-            .map_or("unregistered", |e| e.version());
-        let mut builder = KeyBuilder::new(LANGUAGE_VERSION, stage.kind().as_str(), version);
-        builder.params(&params);
-        let mut blocked = false;
-        let mut own_problem = false;
-        for &(role, i) in &stage.inputs {
-            match &out[i].key {
-                // By role, not by name: a renamed upstream stage is the same input.
-                Some(k) => {
-                    builder.input(role, k);
-                }
-                None => {
-                    blocked = true;
-                    reasons.push(format!("input `{}` cannot run", plan[i].name));
-                }
-            }
-        }
-        let mut external = Vec::new();
-        // A source with `download=#true` reads the official files, verified against their
-        // published checksums when they are fetched: its parameters alone make its key, so the
-        // key is the same before the download and after it.
-        if !downloads(stage) {
-            for (written, resolved) in external_files(stage) {
-                match digests.digest(&resolved) {
-                    Ok(d) => {
-                        builder.external_file(&written, &d);
-                        external.push(ExternalFile::new(&written, &d));
-                    }
-                    Err(_) => {
-                        blocked = true;
-                        own_problem = true;
-                        reasons.push(missing_file_reason(stage, &written, &resolved));
-                    }
-                }
-            }
-        }
-        if blocked {
-            out.push(StageStatus {
-                name: stage.name.clone(),
-                kind: stage.kind().to_string(),
-                state: State::Blocked,
-                key: None,
-                reasons,
-                blocked_by_input: !own_problem,
-                forced: false,
-                params,
-                external,
-            });
-            continue;
-        }
-        let key = builder.finish();
-        let forced = match force {
-            Force::None => false,
-            Force::All => true,
-            Force::Stages(names) => names
-                .iter()
-                .any(|n| *n == stage.name || *n == stage.declared),
-        };
-        let upstream_stale: Vec<&str> = stage
-            .inputs
-            .iter()
-            .filter(|&&(_, i)| out[i].state != State::Cached)
-            .map(|&(_, i)| plan[i].name.as_str())
-            .collect();
-        let present = matches!(store.get_unverified(&key), Ok(Some(_)));
-        let state = if present && !forced && upstream_stale.is_empty() {
-            State::Cached
-        } else {
-            State::Stale
-        };
-        if state == State::Stale {
-            if forced {
-                reasons.push("forced with --force".into());
-            }
-            for u in &upstream_stale {
-                reasons.push(format!("upstream `{u}` will run"));
-            }
-            if !present {
-                reasons.extend(why_changed(
-                    store, stage, &key, version, &params, &external, plan, &out,
-                ));
-            }
-        }
-        out.push(StageStatus {
-            name: stage.name.clone(),
-            kind: stage.kind().to_string(),
-            state,
-            key: Some(key),
-            reasons,
-            blocked_by_input: false,
-            forced,
-            params,
-            external,
-        });
-    }
-    out
-}
-
-fn missing_file_reason(stage: &ConcreteStage, written: &str, resolved: &Path) -> String {
-    let hint = stage
-        .stage
-        .spec
-        .missing_file_hint()
-        .map(|h| format!("; {h}"))
-        .unwrap_or_default();
-    format!(
-        "reads `{written}` ({}), which does not exist{hint}",
-        resolved.display()
-    )
-}
-
-/// Compares a stage with the last manifest recorded under its name.
-#[allow(clippy::too_many_arguments)]
-fn why_changed(
-    store: &Store,
-    stage: &ConcreteStage,
-    key: &CacheKey,
-    version: &str,
-    params: &Json,
-    external: &[ExternalFile],
-    plan: &[ConcreteStage],
-    statuses: &[StageStatus],
-) -> Vec<String> {
-    let Ok(Some(last)) = store.last_manifest_for(&stage.name) else {
-        return vec![format!("never run under the name `{}`", stage.name)];
-    };
-    if &last.key == key {
-        return vec!["its artifact is no longer in the store (removed by `cache gc`?)".into()];
-    }
-    let mut reasons = Vec::new();
-    let same_format = last.key_format == crate::key::KEY_FORMAT;
-    if !same_format {
-        reasons.push(format!(
-            "its last run was keyed by an older lortflow (cache-key format `{}`)",
-            if last.key_format.is_empty() {
-                "lortflow.cache-key.v1"
-            } else {
-                &last.key_format
-            }
-        ));
-    }
-    if last.impl_version != version {
-        reasons.push(format!(
-            "the {} implementation changed ({} → {version})",
-            stage.kind(),
-            last.impl_version
-        ));
-    }
-    let mut changes = Vec::new();
-    diff_json("", &last.params, params, &mut changes);
-    for (path, old, new) in changes {
-        reasons.push(format!("`{path}` changed from {old} to {new}"));
-    }
-    // Inputs are compared by role and position (the n-th `heads` input with the n-th), as the
-    // key hashes them; an older format's input keys say nothing about this one's.
-    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
-    for &(role, i) in stage.inputs.iter().filter(|_| same_format) {
-        let nth = seen.entry(role).or_default();
-        let old = last
-            .inputs
-            .iter()
-            .filter(|r| r.name == role)
-            .nth(*nth)
-            .map(|r| &r.key);
-        *nth += 1;
-        if old != statuses[i].key.as_ref() && statuses[i].state == State::Cached {
-            reasons.push(format!("input `{}` changed", plan[i].name));
-        }
-    }
-    for f in external {
-        match last.external_files.iter().find(|o| o.path == f.path) {
-            Some(o) if o.digest != f.digest => reasons.push(format!("file `{}` changed", f.path)),
-            None => reasons.push(format!("reads a new file `{}`", f.path)),
-            _ => {}
-        }
-    }
-    if reasons.is_empty() {
-        reasons.push("its inputs changed".into());
-    }
-    reasons
-}
-
-/// Differences between two JSON values as (path, old, new), paths like `train.lr`.
-pub fn diff_json(prefix: &str, old: &Json, new: &Json, out: &mut Vec<(String, String, String)>) {
-    match (old, new) {
-        (Json::Object(a), Json::Object(b)) => {
-            let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
-            for k in keys {
-                let path = if prefix.is_empty() {
-                    k.replace('_', "-")
-                } else {
-                    format!("{prefix}.{}", k.replace('_', "-"))
-                };
-                diff_json(
-                    &path,
-                    a.get(k).unwrap_or(&Json::Null),
-                    b.get(k).unwrap_or(&Json::Null),
-                    out,
-                );
-            }
-        }
-        (a, b) if a != b => out.push((prefix.to_string(), compact(a), compact(b))),
-        _ => {}
-    }
-}
-
-fn compact(v: &Json) -> String {
-    match v {
-        Json::Null => "unset".into(),
-        Json::String(s) => format!("\"{s}\""),
-        other => other.to_string(),
-    }
-}
 
 /// Options of a run.
 #[derive(Debug, Clone)]
@@ -319,6 +35,8 @@ pub struct RunReport {
     pub record: RunRecord,
     /// Artifacts of the stages that finished (ran or cached), by plan index.
     pub artifacts: BTreeMap<usize, Artifact>,
+    /// The keys and states the run started from, by plan index.
+    pub statuses: Vec<StageStatus>,
 }
 
 impl RunReport {
@@ -328,6 +46,70 @@ impl RunReport {
             .stages
             .iter()
             .any(|s| matches!(s.outcome, StageOutcome::Failed | StageOutcome::Cancelled))
+    }
+
+    /// How many stages had each outcome.
+    pub fn summary(&self) -> RunSummary {
+        let n = |o: StageOutcome| self.record.stages.iter().filter(|s| s.outcome == o).count();
+        RunSummary {
+            ran: n(StageOutcome::Ran),
+            cached: n(StageOutcome::Cached),
+            failed: n(StageOutcome::Failed),
+            cancelled: n(StageOutcome::Cancelled),
+            // Stages left out by `--only` are skipped without a reason; they are not news.
+            skipped: self
+                .record
+                .stages
+                .iter()
+                .filter(|s| s.outcome == StageOutcome::Skipped && s.error.is_some())
+                .count(),
+            duration_s: self.record.duration_s,
+        }
+    }
+
+    /// The names of the stages that had `outcome`, in plan order.
+    pub fn stages_with(&self, outcome: StageOutcome) -> Vec<&str> {
+        self.record
+            .stages
+            .iter()
+            .filter(|s| s.outcome == outcome)
+            .map(|s| s.name.as_str())
+            .collect()
+    }
+}
+
+/// Counts of a run's outcomes; `Display` is the one-line summary `run` and `watch` print:
+/// `3 ran, 5 cached, 0 failed in 2.1s`, with `, N cancelled` and `, N skipped` when there are.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RunSummary {
+    /// Stages that ran and stored an artifact.
+    pub ran: usize,
+    /// Stages whose artifact was reused.
+    pub cached: usize,
+    /// Stages that failed.
+    pub failed: usize,
+    /// Stages stopped by cancellation.
+    pub cancelled: usize,
+    /// Stages that could not run because an input did not finish.
+    pub skipped: usize,
+    /// Wall time of the run.
+    pub duration_s: f64,
+}
+
+impl std::fmt::Display for RunSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ran, {} cached, {} failed",
+            self.ran, self.cached, self.failed
+        )?;
+        if self.cancelled > 0 {
+            write!(f, ", {} cancelled", self.cancelled)?;
+        }
+        if self.skipped > 0 {
+            write!(f, ", {} skipped", self.skipped)?;
+        }
+        write!(f, " in {:.1}s", self.duration_s)
     }
 }
 
@@ -340,6 +122,12 @@ pub enum EngineError {
     /// A stage kind has no executor.
     #[error("no implementation is registered for `{0}` stages")]
     Unregistered(String),
+    /// Another run holds the store, or its lock cannot be taken.
+    #[error(transparent)]
+    Lock(#[from] crate::LockError),
+    /// The backend cannot run here (no CUDA driver or device, a build without `cuda`).
+    #[error("{0}")]
+    Backend(String),
 }
 
 enum Event {
@@ -584,7 +372,11 @@ pub fn execute(
     }
     record.duration_s = clock.elapsed().as_secs_f64();
     store.write_run_record(&record)?;
-    Ok(RunReport { record, artifacts })
+    Ok(RunReport {
+        record,
+        artifacts,
+        statuses: statuses.to_vec(),
+    })
 }
 
 /// One stage of a task: what it needs before its context exists.
@@ -631,7 +423,7 @@ fn run_batch(
     let mut prepared = Vec::new();
     for job in jobs {
         let key = job.status.key.clone().expect("only unblocked stages run");
-        let work_dir = store.root().join("work").join(key.as_str());
+        let work_dir = store.work_dir(&key);
         let staging = match store.begin(&key) {
             Ok(s) => s,
             Err(e) => {
@@ -758,12 +550,6 @@ fn inputs_unchanged(
         }
     }
     Ok(())
-}
-
-/// Whether the stage downloads its files when they are missing (official datasets with
-/// `download=#true`).
-fn downloads(stage: &ConcreteStage) -> bool {
-    matches!(&stage.stage.spec, StageSpec::Dataset(d) if d.source.value.downloadable())
 }
 
 /// Records a cached artifact under the stage name it has now, when it was made (or last

@@ -1,0 +1,192 @@
+//! The engine: the runtime's one entry point. An [`Engine`] is a plan with the store it caches
+//! into, the stage implementations and the backend; [`Engine::status`] says what is cached and
+//! why not, [`Engine::run`] executes what is stale, taking the store's lock and clearing what
+//! killed runs left behind. `lortflow run`, `lortflow watch`, the library example and the tests
+//! all go through it.
+//!
+//! The two halves are modules of their own: [`status`] (cache keys and staleness) and
+//! [`execute`] (the worker pool, batch groups, commits).
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use lortflow_lang::ir::{Backend, StageSpec};
+
+pub mod execute;
+pub mod status;
+
+pub use execute::{EngineError, RunOptions, RunReport, RunSummary, execute, with_upstream};
+pub use status::{Force, StageStatus, State, diff_json, status};
+
+use crate::plan::ConcreteStage;
+use crate::stage::{CancelToken, Registry, Reporter};
+use crate::store::Store;
+use crate::{FileDigestCache, StoreLock};
+
+/// What a run executes.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    /// Stages to re-run although cached.
+    pub force: Force,
+    /// Only these plan indices (they and their inputs: see [`with_upstream`]); `None`: all.
+    pub only: Option<HashSet<usize>>,
+    /// Parallel workers.
+    pub jobs: usize,
+}
+
+impl Default for RunRequest {
+    /// Everything stale, one worker per CPU.
+    fn default() -> Self {
+        Self {
+            force: Force::None,
+            only: None,
+            jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+}
+
+/// A plan bound to its store, stage implementations and backend. Cheap to clone (the plan is
+/// shared), so a caller can hand one to a background thread.
+#[derive(Clone)]
+pub struct Engine {
+    plan: Arc<[ConcreteStage]>,
+    store: Store,
+    registry: Registry,
+    backend: Backend,
+    pipeline: PathBuf,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("stages", &self.plan.len())
+            .field("store", &self.store.root())
+            .field("backend", &self.backend)
+            .field("pipeline", &self.pipeline)
+            .finish()
+    }
+}
+
+impl Engine {
+    /// An engine for `plan` (from [`crate::plan::expand`]) of the pipeline file `pipeline`
+    /// (named in run records), caching into `store`.
+    pub fn new(
+        plan: Vec<ConcreteStage>,
+        store: Store,
+        registry: Registry,
+        backend: Backend,
+        pipeline: impl Into<PathBuf>,
+    ) -> Self {
+        Self {
+            plan: plan.into(),
+            store,
+            registry,
+            backend,
+            pipeline: pipeline.into(),
+        }
+    }
+
+    /// The same plan on another backend (keys of numeric stages differ per backend).
+    pub fn with_backend(mut self, backend: Backend) -> Self {
+        self.backend = backend;
+        self
+    }
+
+    /// The concrete stages, in dependency order.
+    pub fn plan(&self) -> &[ConcreteStage] {
+        &self.plan
+    }
+
+    /// The artifact store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The stage implementations.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The backend numeric stages run on.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The pipeline file.
+    pub fn pipeline(&self) -> &Path {
+        &self.pipeline
+    }
+
+    /// Keys and states of every stage, with reasons. Reads manifests and hashes the external
+    /// files that changed since the last look (the digest cache is saved for next time); needs no
+    /// lock, so it can run beside another process's run.
+    pub fn status(&self, force: &Force) -> Vec<StageStatus> {
+        let mut digests = FileDigestCache::load(self.store.file_digests_path());
+        let statuses = status(
+            &self.plan,
+            &self.store,
+            &self.registry,
+            &mut digests,
+            self.backend,
+            force,
+        );
+        // A digest cache that cannot be saved only costs re-hashing next time.
+        let _ = digests.save();
+        statuses
+    }
+
+    /// Runs what is stale: checks that the backend works here, takes the store's lock (failing
+    /// at once, naming the holder, when another run has it), deletes what killed runs left in
+    /// `tmp/`, computes the statuses under the lock and executes.
+    pub fn run(
+        &self,
+        request: &RunRequest,
+        cancel: &CancelToken,
+        reporter: &dyn Reporter,
+    ) -> Result<RunReport, EngineError> {
+        self.registry
+            .check_backend(self.backend)
+            .map_err(EngineError::Backend)?;
+        let lock = self.store.lock()?;
+        self.run_locked(&lock, request, cancel, reporter)
+    }
+
+    /// [`Engine::run`] for a caller that holds the store's lock across runs (`lortflow watch`).
+    pub fn run_locked(
+        &self,
+        lock: &StoreLock,
+        request: &RunRequest,
+        cancel: &CancelToken,
+        reporter: &dyn Reporter,
+    ) -> Result<RunReport, EngineError> {
+        self.registry
+            .check_backend(self.backend)
+            .map_err(EngineError::Backend)?;
+        self.store.clean_tmp(lock)?;
+        let statuses = self.status(&request.force);
+        let options = RunOptions {
+            jobs: request.jobs.max(1),
+            backend: self.backend,
+            pipeline: self.pipeline.clone(),
+        };
+        let mut report = execute(
+            &self.plan,
+            &statuses,
+            request.only.as_ref(),
+            &self.store,
+            &self.registry,
+            &options,
+            cancel,
+            reporter,
+        )?;
+        report.statuses = statuses;
+        Ok(report)
+    }
+}
+
+/// Whether the stage downloads its files when they are missing (official datasets with
+/// `download=#true`).
+fn downloads(stage: &ConcreteStage) -> bool {
+    matches!(&stage.stage.spec, StageSpec::Dataset(d) if d.source.value.downloadable())
+}
