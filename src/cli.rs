@@ -76,6 +76,9 @@ pub(crate) struct LintArgs {
     /// Treat warnings as errors (exit code 1).
     #[arg(long)]
     pub(crate) deny_warnings: bool,
+    /// Check the pipeline with a parameter overridden, as `run --set` would run it.
+    #[arg(long = "set", value_name = "STAGE.PARAM=VALUE")]
+    pub(crate) set: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -113,3 +113,54 @@ fn usage_errors_exit_with_2() {
     Test::new().args(["lint"]).run().code(2);
     Test::new().args(["frobnicate"]).run().code(2);
 }
+
+#[test]
+fn lint_expands_sweeps_and_set_overrides_like_run() {
+    let text = r#"lortflow 1
+dataset "d" { source "synthetic" kind="vectors" }
+head "lort" { features "d"; method "lort" delta=0.9; init "random" }
+evaluate "t" { heads "*" }
+"#;
+    let t = Test::new().pipeline(text);
+    t.args_run(["lint", "pipeline.kdl"]).success();
+    // An override is checked like the file: range, then the combination it makes.
+    let bad = t
+        .args_run(["lint", "pipeline.kdl", "--set", "lort.delta=1.5"])
+        .code(1);
+    assert!(bad.stderr.contains("must be in [0, 1)"), "{}", bad.stderr);
+    assert!(
+        bad.stderr.contains("× `--set lort.delta=1.5`"),
+        "{}",
+        bad.stderr
+    );
+    let untrained = t
+        .args_run(["lint", "pipeline.kdl", "--set", "lort.train.epochs=0"])
+        .code(1);
+    assert!(
+        untrained
+            .stderr
+            .contains("has `epochs=0` and a re-initialised classifier"),
+        "{}",
+        untrained.stderr
+    );
+    t.args_run(["lint", "pipeline.kdl", "--set", "lort.delta=0.5"])
+        .success();
+    let usage = t
+        .args_run(["lint", "pipeline.kdl", "--set", "lort"])
+        .code(2);
+    assert!(
+        usage.stderr.contains("STAGE.PARAM=VALUE"),
+        "{}",
+        usage.stderr
+    );
+    // A sweep member that cannot run is a lint error, with the sweep's span.
+    let swept = format!("{text}sweep \"e\" {{ base \"lort\"; vary \"train.epochs\" 0 2 }}\n");
+    let t = t.file("pipeline.kdl", &swept);
+    let ran = t.args_run(["lint", "pipeline.kdl"]).code(1);
+    assert!(
+        ran.stderr
+            .contains("has `epochs=0` and a re-initialised classifier"),
+        "{}",
+        ran.stderr
+    );
+}

@@ -89,6 +89,19 @@ impl Stage {
         }
     }
 
+    /// The files and directories outside the store this stage reads (a dataset's files, a
+    /// checkpoint); their digests enter its cache key.
+    pub fn external_files(&self) -> Vec<&PathValue> {
+        match &self.spec {
+            StageSpec::Dataset(d) => d.source.value.paths(),
+            StageSpec::Backbone(b) => match &b.weights {
+                Weights::Checkpoint { path, .. } => vec![path],
+                Weights::Train(_) => vec![],
+            },
+            _ => vec![],
+        }
+    }
+
     /// The canonical parameters: the spec's serde form, spans left out.
     pub fn canonical_params(&self) -> serde_json::Value {
         serde_json::to_value(&self.spec).expect("stage specs should always serialize")

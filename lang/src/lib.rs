@@ -28,6 +28,7 @@ mod check;
 mod choice;
 pub mod diagnostic;
 pub mod docs;
+pub mod expand;
 pub mod ir;
 mod load;
 mod lower;
@@ -38,6 +39,7 @@ mod suggest;
 
 pub use analyze::{check_stage_settings, evaluated_stages, glob_match};
 pub use diagnostic::{Code, Diagnostic, Severity};
+pub use expand::{ConcreteStage, Override, expand};
 pub use load::{Checked, FileLoader, FsLoader, MemoryLoader, check_text, load};
 pub use lower::{lower_defaults, lower_stage};
 pub use schema::{LANGUAGE_VERSION, StageKind};

@@ -1,4 +1,4 @@
-//! The lortflow runtime: plans a checked pipeline into concrete stages (sweeps expanded,
+//! The lortflow runtime: takes the concrete stages `lortflow_lang::expand` makes (sweeps expanded,
 //! `--set` applied), computes content-addressed cache keys, decides what is stale and why, and
 //! executes stages in parallel against an artifact store with atomic commits, a lock, and run
 //! records. Stages are known only through the [`StageExecutor`] trait; this crate never names Burn.

@@ -1,18 +1,28 @@
-//! `lortflow lint FILE...`: every problem of every file, for people or as JSON.
+//! `lortflow lint FILE...`: every problem of every file, for people or as JSON. A file that
+//! checks is also expanded (sweeps, `--set`), so a sweep member or an override that cannot run
+//! is reported here like a problem written in the file.
 
 use std::io::Write;
+
+use anyhow::Context;
 use std::process::ExitCode;
 
 use crate::cli::{DiagnosticFormat, LintArgs};
 use crate::render;
 
 pub(crate) fn run(args: LintArgs) -> anyhow::Result<ExitCode> {
+    let overrides = args
+        .set
+        .iter()
+        .map(|s| lortflow_lang::Override::parse(s).map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<Vec<_>>>()
+        .context("invalid --set")?;
     let mut any_error = false;
     let mut unreadable = false;
     let mut json = Vec::new();
     let color = render::stderr_color();
     for file in &args.files {
-        let checked = match lortflow_lang::load(file, &lortflow_lang::FsLoader) {
+        let mut checked = match lortflow_lang::load(file, &lortflow_lang::FsLoader) {
             Ok(c) => c,
             Err(e) => {
                 unreadable = true;
@@ -31,6 +41,11 @@ pub(crate) fn run(args: LintArgs) -> anyhow::Result<ExitCode> {
                 continue;
             }
         };
+        if !checked.has_errors()
+            && let Err(expansion) = lortflow_lang::expand(&checked.pipeline, &overrides)
+        {
+            checked.diagnostics.extend(expansion);
+        }
         let failed =
             checked.has_errors() || (args.deny_warnings && !checked.diagnostics.is_empty());
         any_error |= failed;
