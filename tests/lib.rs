@@ -1,6 +1,7 @@
 //! Integration tests: the real `lortflow` binary on real `.kdl` files. One test binary (as
 //! ripgrep and just do) so the build links once.
 
+mod architecture;
 mod cli;
 mod graph;
 mod hostile;
