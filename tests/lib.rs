@@ -7,6 +7,7 @@ mod graph;
 mod hostile;
 mod keys;
 mod lint;
+mod outputs;
 mod plugin;
 mod report;
 mod run;

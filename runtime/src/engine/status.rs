@@ -207,7 +207,7 @@ fn why_changed(
     statuses: &[StageStatus],
 ) -> Vec<String> {
     let Ok(Some(last)) = store.last_manifest_for(&stage.name) else {
-        return vec![format!("never run under the name `{}`", stage.name)];
+        return vec!["never run".into()];
     };
     if &last.key == key {
         return vec!["its artifact is no longer in the store (removed by `cache gc`?)".into()];

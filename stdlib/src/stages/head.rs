@@ -136,9 +136,12 @@ fn train_group(contexts: &[StageContext<'_>]) -> Result<Vec<Result<Json, StageEr
                 u64::from(p.epochs),
                 "epoch",
                 format!(
-                    "loss {:.4} ({} heads together, group {}/{})",
+                    "loss {:.4} ({}, group {}/{})",
                     p.loss,
-                    p.heads,
+                    match p.heads {
+                        1 => "1 head".to_string(),
+                        n => format!("{n} heads together"),
+                    },
                     p.group + 1,
                     p.groups
                 ),
