@@ -31,7 +31,7 @@ use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 use super::inference::NORM_EPS;
 use super::loss::add_rows;
 use super::plan::Member;
-use super::train::{Factor, FactorLayout, HeadParams, StepInput};
+use super::step::{Factor, FactorLayout, HeadParams, StepInput};
 
 /// Where the sample and head axes of per-step tensors are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -24,7 +24,7 @@ use super::gemm::{Mat, matmul};
 use super::inference::NORM_EPS;
 use super::plan::Member;
 use super::plugin::SampleLoss;
-use super::train::{HeadParams, StepInput};
+use super::step::{HeadParams, StepInput};
 
 /// Elements of an elementwise pass below which it stays on the calling thread: handing a pass to
 /// the thread pool costs a wake-up and a wait (tens of µs), more than a small pass takes.

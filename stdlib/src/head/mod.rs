@@ -28,6 +28,7 @@
 //! ```
 
 mod analytic;
+mod autodiff;
 mod base;
 pub mod components;
 mod error;
@@ -37,8 +38,10 @@ pub mod inference;
 pub mod loss;
 pub mod plan;
 pub mod plugin;
+mod predict;
 pub mod sampler;
 mod select;
+mod step;
 mod train;
 
 #[cfg(test)]

@@ -621,12 +621,18 @@ fn the_closed_form_gradient_matches_autodiff_on_host_and_device() {
             s.logits = sp(lortflow_lang::ir::Logits::Cosine { scale: 16.0 })
         }),
     ];
+    assert_step_paths_agree(&data, &jobs);
+}
+
+/// Trains `jobs` through the closed form in host memory (the CPU path), the closed form on the
+/// device and autodiff, and asserts the same weights, histories, selections and test logits.
+fn assert_step_paths_agree(data: &Data, jobs: &[HeadJob]) {
     let run = |path| {
         train_heads_with::<Ad>(
             &dev(),
             &data.view(),
             None,
-            &jobs,
+            jobs,
             &AtomicBool::new(false),
             &mut |_| {},
             path,
@@ -659,6 +665,78 @@ fn the_closed_form_gradient_matches_autodiff_on_host_and_device() {
             }
         }
     }
+}
+
+/// One head per variant of every component the schema lists, as the language lowers it (required
+/// properties given a value in range, the rest defaulted), so that a component or variant added
+/// to the schema is trained on every step path without anyone listing it here.
+fn every_component_variant() -> Vec<HeadJob> {
+    use lortflow_lang::ir::StageSpec;
+    use lortflow_lang::schema::{COMPONENTS, StageKind, ValueType, stage_spec};
+    let head = stage_spec(StageKind::Head);
+    // LWS only rescales a trained classifier: every head starts from `base` to lint.
+    let mut text = String::from(
+        "lortflow 1\ndataset \"d\" { source \"synthetic\" kind=\"vectors\" }\n\
+         head \"base\" { features \"d\" }\n",
+    );
+    let mut names = Vec::new();
+    for slot in COMPONENTS {
+        let node = head
+            .child(slot)
+            .unwrap_or_else(|| panic!("component `{slot}` is not a child of `head`"));
+        for variant in node.all_variants() {
+            let props: String = variant
+                .props
+                .iter()
+                .filter(|p| p.required && p.default.is_none())
+                .map(|p| match p.ty {
+                    ValueType::Float => format!(" {}=0.5", p.name),
+                    ValueType::Int => format!(" {}=2", p.name),
+                    ref other => panic!("give `{}` ({other:?}) an example value", p.name),
+                })
+                .collect();
+            let name = format!("{slot}-{}", variant.name);
+            text.push_str(&format!(
+                "head \"{name}\" {{ features \"d\"; {slot} \"{}\"{props}; init \"head\" head=\"base\" }}\n",
+                variant.name
+            ));
+            names.push((slot, name));
+        }
+    }
+    text.push_str("evaluate \"t\" { heads \"*\" }\n");
+    let checked = lortflow_lang::check_text(
+        std::path::Path::new("components.kdl"),
+        text,
+        &lortflow_lang::MemoryLoader::default(),
+    );
+    assert!(!checked.has_errors(), "{:#?}", checked.diagnostics);
+    names
+        .into_iter()
+        .map(|(slot, name)| {
+            let Some(StageSpec::Head(lowered)) =
+                checked.pipeline.stage(&name).map(|s| s.spec.clone())
+            else {
+                panic!("`{name}` did not lower to a head");
+            };
+            job(&name, |s| match *slot {
+                "logits" => s.logits = lowered.logits.clone(),
+                "targets" => s.targets = lowered.targets.clone(),
+                "margin" => s.margin = lowered.margin.clone(),
+                "weighting" => s.weighting = lowered.weighting.clone(),
+                "sampler" => s.sampler = lowered.sampler.clone(),
+                "constraint" => s.constraint = lowered.constraint.clone(),
+                "inference" => s.inference = lowered.inference.clone(),
+                other => panic!("copy the new component `{other}` into the test spec here"),
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn every_component_variant_trains_the_same_on_every_step_path() {
+    let jobs = every_component_variant();
+    assert!(jobs.len() >= 15, "{} variants", jobs.len());
+    assert_step_paths_agree(&long_tailed(5, 8, 60, 10.0, 1.0), &jobs);
 }
 
 /// A noisy head: a large constant learning rate makes the test accuracy jump between epochs.
