@@ -483,19 +483,10 @@ fn topological_order(pipeline: &Pipeline) -> Option<Vec<usize>> {
     let mut readers: Vec<Vec<usize>> = vec![Vec::new(); n];
     let mut indegree = vec![0usize; n];
     for (i, stage) in pipeline.stages.iter().enumerate() {
-        let mut inputs: Vec<&str> = stage
-            .inputs()
-            .into_iter()
-            .map(|r| r.name.value.as_str())
-            .collect();
-        if let StageSpec::Evaluate(eval) = &stage.spec {
-            inputs.extend(
-                evaluated_stages(pipeline, eval)
-                    .into_iter()
-                    .map(|s| s.name.value.as_str()),
-            );
-        }
-        for &j in inputs.iter().filter_map(|name| index.get(name)) {
+        for (_, name) in pipeline.reads(stage) {
+            let Some(&j) = index.get(name) else {
+                continue;
+            };
             readers[j].push(i);
             indegree[i] += 1;
         }

@@ -33,6 +33,25 @@ impl Pipeline {
     pub fn stages_of(&self, kind: StageKind) -> impl Iterator<Item = &Stage> {
         self.stages.iter().filter(move |s| s.kind == kind)
     }
+
+    /// The names of the declared stages `stage` reads, with their roles: its references
+    /// ([`Stage::inputs`]) and, for an evaluation, the heads and sweeps its patterns select
+    /// (role `heads`). Names that resolve to no stage are included; lint reports them.
+    pub fn reads<'p>(&'p self, stage: &'p Stage) -> Vec<(&'static str, &'p str)> {
+        let mut reads: Vec<(&'static str, &'p str)> = stage
+            .inputs()
+            .into_iter()
+            .map(|r| (r.role, r.name.value.as_str()))
+            .collect();
+        if let StageSpec::Evaluate(eval) = &stage.spec {
+            reads.extend(
+                crate::analyze::evaluated_stages(self, eval)
+                    .into_iter()
+                    .map(|s| ("heads", s.name.value.as_str())),
+            );
+        }
+        reads
+    }
 }
 
 choice! {
@@ -100,6 +119,12 @@ impl Stage {
             },
             _ => vec![],
         }
+    }
+
+    /// Whether the stage downloads its files when they are missing (an official dataset with
+    /// `download=#true`): it is then keyed by its parameters, not by the files' content.
+    pub fn downloads(&self) -> bool {
+        matches!(&self.spec, StageSpec::Dataset(d) if d.source.value.downloadable())
     }
 
     /// The canonical parameters: the spec's serde form, spans left out.

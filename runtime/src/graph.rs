@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::fmt::Write;
 
+use lortflow_lang::StageKind;
 use lortflow_lang::ir::{Pipeline, StageSpec};
-use lortflow_lang::{StageKind, evaluated_stages};
 use petgraph::Direction;
 use petgraph::stable_graph::{NodeIndex, StableDiGraph};
 
@@ -33,16 +33,9 @@ impl<'p> StageGraph<'p> {
             .map(|(i, s)| (s.name.value.as_str(), i))
             .collect();
         for (i, stage) in pipeline.stages.iter().enumerate() {
-            for r in stage.inputs() {
-                if let Some(&j) = index.get(r.name.value.as_str()) {
-                    graph.add_edge(nodes[j], nodes[i], r.role);
-                }
-            }
-            if let StageSpec::Evaluate(eval) = &stage.spec {
-                for evaluated in evaluated_stages(pipeline, eval) {
-                    if let Some(&j) = index.get(evaluated.name.value.as_str()) {
-                        graph.add_edge(nodes[j], nodes[i], "heads");
-                    }
+            for (role, name) in pipeline.reads(stage) {
+                if let Some(&j) = index.get(name) {
+                    graph.add_edge(nodes[j], nodes[i], role);
                 }
             }
         }

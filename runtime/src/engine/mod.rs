@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use lortflow_lang::ir::{Backend, StageSpec};
+use lortflow_lang::ir::Backend;
 
 pub mod execute;
 pub mod status;
@@ -188,5 +188,5 @@ impl Engine {
 /// Whether the stage downloads its files when they are missing (official datasets with
 /// `download=#true`).
 fn downloads(stage: &ConcreteStage) -> bool {
-    matches!(&stage.stage.spec, StageSpec::Dataset(d) if d.source.value.downloadable())
+    stage.stage.downloads()
 }
