@@ -11,7 +11,8 @@ pub use lortflow_lang::expand::{ConcreteStage, Override, expand};
 /// stage names (inputs enter the key through their roles and keys, so renaming a stage or
 /// sweeping a copy of it keeps the cache), plus the backend for stages whose numbers depend on
 /// it. An evaluation is the exception: its tables are labelled with the names of the heads it
-/// reads, so those names are its parameters (renaming a head re-runs only the evaluation).
+/// reads and its report with its own, so those names are its parameters (renaming a head
+/// re-runs only the evaluation).
 pub fn key_params(stage: &ConcreteStage, plan: &[ConcreteStage], backend: &str) -> Json {
     let mut params = stage.stage.params_without_references();
     if let Json::Object(map) = &mut params {
@@ -22,6 +23,7 @@ pub fn key_params(stage: &ConcreteStage, plan: &[ConcreteStage], backend: &str) 
                 .map(|&(_, i)| Json::String(plan[i].name.clone()))
                 .collect();
             map.insert("heads".into(), Json::Array(names));
+            map.insert("name".into(), Json::String(stage.name.clone()));
         }
         if stage.kind().depends_on_backend() {
             map.insert("backend".into(), Json::String(backend.into()));

@@ -352,3 +352,30 @@ backbone "b" { data "d"; arch "small-cnn"; train epochs=1 }
     assert_ne!(own[0].key, before[0].key);
     assert_eq!(own[0].state, State::Stale);
 }
+
+#[test]
+fn two_stages_that_compute_the_same_thing_run_once() {
+    let h = Harness::new();
+    let text = r#"lortflow 1
+dataset "a" { source "synthetic" kind="vectors" }
+dataset "b" { source "synthetic" kind="vectors" }
+head "ha" { features "a"; init "random" }
+head "hb" { features "b"; init "random" }
+evaluate "t" { heads "*" }
+"#;
+    let (statuses, report) = h.run(text);
+    assert_eq!(statuses[0].key, statuses[1].key);
+    assert_eq!(statuses[2].key, statuses[3].key);
+    // One dataset, one head and the evaluation ran; the twins reuse the artifacts.
+    assert_eq!(h.runs(), 3, "{:?}", outcomes(&report));
+    assert_eq!(
+        outcomes(&report),
+        [
+            ("a".into(), StageOutcome::Ran),
+            ("b".into(), StageOutcome::Cached),
+            ("ha".into(), StageOutcome::Ran),
+            ("hb".into(), StageOutcome::Cached),
+            ("t".into(), StageOutcome::Ran),
+        ]
+    );
+}

@@ -213,7 +213,15 @@ impl Watch {
             std::thread::Builder::new()
                 .name("lortflow-run".into())
                 .spawn(move || {
-                    let result = engine.run_locked(&lock, &request, &cancel, reporter.as_ref());
+                    // The statuses the reporter's keys came from, so that a change cancels
+                    // this run only if it makes one of the stages it runs stale.
+                    let result = engine.run_with_statuses(
+                        &lock,
+                        statuses,
+                        &request,
+                        &cancel,
+                        reporter.as_ref(),
+                    );
                     let _ = tx.send(Msg::Finished(Box::new(result)));
                 })
                 .context("cannot start a run thread")?
@@ -294,6 +302,9 @@ impl Watch {
             // The device went away between the check and the run: wait for the next change.
             Err(EngineError::Backend(e)) => {
                 eprintln!("cycle {cycle}: error: {e}; nothing ran");
+                if let Some(change) = self.pending.take() {
+                    return self.start_cycle(Some(change));
+                }
                 return Ok(());
             }
             // The store failing under a run is fatal, as it is for `lortflow run`.

@@ -345,8 +345,9 @@ impl StageKind {
         )
     }
 
-    /// Whether the stage's output shows the names of the stages it reads (an evaluation's table
-    /// is labelled with head names), so that those names are among its parameters.
+    /// Whether the stage's output shows its own name and the names of the stages it reads (an
+    /// evaluation's table is labelled with head names), so that those names are among its
+    /// parameters.
     pub fn shows_input_names(&self) -> bool {
         matches!(self, StageKind::Evaluate)
     }

@@ -1,7 +1,7 @@
 //! Execution: the stale stages of a plan on a pool of workers (one accelerator stage per device
 //! at a time); a failing stage stops what depends on it while the rest goes on.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::Instant;
@@ -13,8 +13,8 @@ use super::status::{StageStatus, State};
 use crate::plan::{ConcreteStage, external_files};
 use crate::stage::{CancelToken, Registry, Reporter, StageContext, StageError, StageInput};
 use crate::{
-    Artifact, ExternalFile, FileDigestCache, InputRef, Manifest, RunRecord, StageOutcome, StageRun,
-    Store, StoreError, Timestamp,
+    Artifact, CacheKey, ExternalFile, FileDigestCache, InputRef, Manifest, RunRecord, StageOutcome,
+    StageRun, Store, StoreError, Timestamp,
 };
 
 /// Options of a run.
@@ -196,6 +196,22 @@ pub fn execute(
         }
     }
 
+    // Two stages that compute the same thing (the same key under two names) run once: the
+    // later one waits for the earlier one's artifact. Running both would race on the key's
+    // work directory (a backbone's checkpoints).
+    let mut twin_of: Vec<Option<usize>> = vec![None; n];
+    let mut first_with_key: HashMap<&CacheKey, usize> = HashMap::new();
+    for i in (0..n).filter(|&i| stale[i] && in_run(i)) {
+        if let Some(key) = &statuses[i].key {
+            match first_with_key.get(key) {
+                Some(&j) => twin_of[i] = Some(j),
+                None => {
+                    first_with_key.insert(key, i);
+                }
+            }
+        }
+    }
+
     let (tx, rx) = mpsc::channel::<Event>();
     std::thread::scope(|scope| -> Result<(), EngineError> {
         let mut running: HashSet<usize> = HashSet::new();
@@ -240,6 +256,34 @@ pub fn execute(
                         progressed = true;
                         continue;
                     }
+                    if let Some(j) = twin_of[i] {
+                        if outcome[j].is_none() {
+                            continue;
+                        }
+                        match artifacts.get(&j).cloned() {
+                            Some(artifact) => {
+                                remember_name(store, &plan[i].name, &artifact);
+                                artifacts.insert(i, artifact);
+                                reporter.finished(&plan[i].name, StageOutcome::Cached, 0.0, None);
+                                outcome[i] = Some((StageOutcome::Cached, 0.0, None));
+                            }
+                            None => {
+                                let why = format!(
+                                    "`{}`, the same computation, did not finish",
+                                    plan[j].name
+                                );
+                                reporter.finished(
+                                    &plan[i].name,
+                                    StageOutcome::Skipped,
+                                    0.0,
+                                    Some(&why),
+                                );
+                                outcome[i] = Some((StageOutcome::Skipped, 0.0, Some(why)));
+                            }
+                        }
+                        progressed = true;
+                        continue;
+                    }
                     if !stale[i] && artifacts.contains_key(&i) {
                         remember_name(store, &plan[i].name, &artifacts[&i]);
                         reporter.finished(&plan[i].name, StageOutcome::Cached, 0.0, None);
@@ -250,7 +294,7 @@ pub fn execute(
             }
             // Start ready stages; ready stages of one batch group start as one task.
             let ready: Vec<usize> = (0..n)
-                .filter(|&i| outcome[i].is_none() && !running.contains(&i))
+                .filter(|&i| outcome[i].is_none() && !running.contains(&i) && twin_of[i].is_none())
                 .filter(|&i| {
                     plan[i]
                         .inputs

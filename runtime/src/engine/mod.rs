@@ -165,12 +165,40 @@ impl Engine {
             .map_err(EngineError::Backend)?;
         self.store.clean_tmp(lock)?;
         let statuses = self.status(&request.force);
+        self.execute_locked(statuses, request, cancel, reporter)
+    }
+
+    /// [`Engine::run_locked`] from statuses the caller computed while holding `lock` (`watch`
+    /// decides from them which change cancels the run, so the run must use exactly these
+    /// keys). `request.force` was applied when they were computed.
+    pub fn run_with_statuses(
+        &self,
+        lock: &StoreLock,
+        statuses: Vec<StageStatus>,
+        request: &RunRequest,
+        cancel: &CancelToken,
+        reporter: &dyn Reporter,
+    ) -> Result<RunReport, EngineError> {
+        self.registry
+            .check_backend(self.backend)
+            .map_err(EngineError::Backend)?;
+        self.store.clean_tmp(lock)?;
+        self.execute_locked(statuses, request, cancel, reporter)
+    }
+
+    fn execute_locked(
+        &self,
+        statuses: Vec<StageStatus>,
+        request: &RunRequest,
+        cancel: &CancelToken,
+        reporter: &dyn Reporter,
+    ) -> Result<RunReport, EngineError> {
         let options = RunOptions {
             jobs: request.jobs.max(1),
             backend: self.backend,
             pipeline: self.pipeline.clone(),
         };
-        let mut report = execute(
+        execute(
             &self.plan,
             &statuses,
             request.only.as_ref(),
@@ -179,9 +207,7 @@ impl Engine {
             &options,
             cancel,
             reporter,
-        )?;
-        report.statuses = statuses;
-        Ok(report)
+        )
     }
 }
 

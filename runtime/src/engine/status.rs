@@ -231,8 +231,12 @@ fn why_changed(
             last.impl_version
         ));
     }
+    // Parameters of an older format may be spelled differently (v1 had no `heads` names):
+    // a diff against them would report changes nobody made.
     let mut changes = Vec::new();
-    diff_json("", &last.params, params, &mut changes);
+    if same_format {
+        diff_json("", &last.params, params, &mut changes);
+    }
     for (path, old, new) in changes {
         reasons.push(format!("`{path}` changed from {old} to {new}"));
     }

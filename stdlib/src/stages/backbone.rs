@@ -7,8 +7,8 @@ use lortflow_runtime::{StageContext, StageError, StageExecutor};
 use serde_json::{Value as Json, json};
 
 use super::common::{
-    DatasetIndex, INDEX_FILE, backend_choice, dataset_spec, fail, load_split_images, read_json,
-    write_json,
+    DatasetIndex, INDEX_FILE, backend_choice, dataset_spec, ensure_source_files, fail,
+    load_split_images, official_downloads, read_json, write_json,
 };
 use crate::backbone::{
     BackboneConfig, CheckpointFormat, TrainConfig, TrainData, evaluate_accuracy, import_backbone,
@@ -33,6 +33,7 @@ impl StageExecutor for BackboneStage {
         let data = cx.input("data")?;
         let dataset = dataset_spec(data)?;
         let index: DatasetIndex = read_json(&data.artifact.file(INDEX_FILE))?;
+        ensure_source_files(cx, dataset, &official_downloads())?;
         let train = load_split_images(dataset, Split::Train)?;
         let test = load_split_images(dataset, Split::Test)?;
         let [_, channels, height, width] = train.images().shape();

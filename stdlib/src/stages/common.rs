@@ -191,6 +191,36 @@ pub(crate) fn download_if_requested(
         .map_err(fail)
 }
 
+/// The official files and mirrors of every downloadable dataset.
+pub(crate) fn official_downloads() -> DownloadSpecs {
+    std::sync::Arc::new(DownloadSpec::official)
+}
+
+/// Makes sure the files of a `download=#true` source are there before a stage reads them,
+/// downloading what is missing with progress through `cx` (a stopped download is a
+/// cancellation). Every stage that reads a source's images calls it, not only the dataset stage:
+/// such a dataset is cached by its settings, so its index can outlive files deleted since.
+pub(crate) fn ensure_source_files(
+    cx: &StageContext<'_>,
+    spec: &DatasetSpec,
+    specs: &DownloadSpecs,
+) -> Result<(), StageError> {
+    let downloaded = download_if_requested(spec, specs, &mut |p| {
+        cx.progress(
+            p.done,
+            p.total.unwrap_or(0),
+            "bytes",
+            format!("downloading {}", p.file),
+        );
+        cx.check_cancelled().is_ok()
+    });
+    if let Err(e) = downloaded {
+        cx.check_cancelled()?;
+        return Err(e);
+    }
+    Ok(())
+}
+
 /// Sweeps never run (the planner expands them); registered so every kind has an executor.
 pub(crate) struct NoWork;
 

@@ -10,11 +10,12 @@ use serde_json::{Value as Json, json};
 
 use super::common::{
     DatasetIndex, DownloadSpecs, INDEX_FILE, META_FILE, Meta, TEST_FEATURES, TRAIN_FEATURES,
-    download_if_requested, fail, load_split_images, read_json, split_ids, write_json,
+    ensure_source_files, fail, load_split_images, official_downloads, read_json, split_ids,
+    write_json,
 };
 use crate::dataset::{
-    Boundary, ClassOrder, DownloadSpec, GaussianClustersConfig, Group, GroupConfig,
-    ImbalanceProfile, LongTailConfig, SampleSelection, Split, Thresholds,
+    Boundary, ClassOrder, GaussianClustersConfig, Group, GroupConfig, ImbalanceProfile,
+    LongTailConfig, SampleSelection, Split, Thresholds,
 };
 use crate::features::{NpyFile, write_features};
 
@@ -26,7 +27,7 @@ pub(crate) struct DatasetStage {
 impl DatasetStage {
     /// Downloads from the official mirrors, checked against the published checksums.
     pub(crate) fn official() -> Self {
-        Self::with_downloads(std::sync::Arc::new(DownloadSpec::official))
+        Self::with_downloads(official_downloads())
     }
 
     pub(crate) fn with_downloads(downloads: DownloadSpecs) -> Self {
@@ -47,20 +48,7 @@ impl StageExecutor for DatasetStage {
         let StageSpec::Dataset(spec) = &cx.stage.stage.spec else {
             return Err(StageError::failed("not a dataset stage"));
         };
-        let downloaded = download_if_requested(spec, &self.downloads, &mut |p| {
-            cx.progress(
-                p.done,
-                p.total.unwrap_or(0),
-                "bytes",
-                format!("downloading {}", p.file),
-            );
-            cx.check_cancelled().is_ok()
-        });
-        if let Err(e) = downloaded {
-            // A stopped download is a cancellation, not a failure.
-            cx.check_cancelled()?;
-            return Err(e);
-        }
+        ensure_source_files(cx, spec, &self.downloads)?;
         cx.progress(0, 2, "step", "reading the source");
         let vectors = vector_source(spec)?;
         let (train_labels, num_classes, test_count) = match &vectors {
@@ -482,8 +470,8 @@ mod tests {
     };
 
     use super::*;
-    use crate::dataset::RemoteFile;
     use crate::dataset::download::tests::{cifar10_archive_of, md5_hex, resource, server};
+    use crate::dataset::{DownloadSpec, RemoteFile};
 
     /// The first run downloads (from a loopback server standing in for the official mirror) and
     /// builds the index; the second finds the same key in the store and downloads nothing.

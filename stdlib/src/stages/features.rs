@@ -11,7 +11,8 @@ use serde_json::{Value as Json, json};
 use super::backbone::read_normalization;
 use super::common::{
     CLASSIFIER_FILE, DatasetIndex, INDEX_FILE, META_FILE, TEST_FEATURES, TRAIN_FEATURES,
-    backend_choice, dataset_spec, fail, load_split_images, read_json, save_classifier, write_json,
+    backend_choice, dataset_spec, ensure_source_files, fail, load_split_images, official_downloads,
+    read_json, save_classifier, write_json,
 };
 use crate::backbone::load_backbone;
 use crate::data::ImagePipeline;
@@ -38,11 +39,16 @@ impl StageExecutor for FeaturesStage {
         })?;
         let dataset = dataset_spec(data)?;
         let index: DatasetIndex = read_json(&data.artifact.file(INDEX_FILE))?;
+        ensure_source_files(cx, dataset, &official_downloads())?;
         let tta = Tta::from(spec.tta);
         let normalization = read_normalization(&backbone.artifact)?;
         let batch = spec.batch_size as usize;
         let mut metadata = BTreeMap::new();
-        metadata.insert("backbone".to_string(), backbone.stage.name.clone());
+        // The backbone's artifact, not its name: a rename keeps this artifact's key.
+        metadata.insert(
+            "backbone-artifact".to_string(),
+            backbone.artifact.key().to_string(),
+        );
         let out = cx.out_dir;
         let (dim, classifier) = crate::with_backend!(backend_choice(cx.backend), |B, device| {
             type Inner = <B as burn::tensor::backend::AutodiffBackend>::InnerBackend;
