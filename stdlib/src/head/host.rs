@@ -20,11 +20,11 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use super::analytic::{Layout, maxnorm_radii, momentum_rescale, per_class_nonzero};
-use super::gemm::{Mat, matmul};
 use super::inference::NORM_EPS;
 use super::plan::Member;
 use super::plugin::SampleLoss;
 use super::step::{HeadParams, StepInput};
+use crate::gemm::{Mat, matmul};
 
 /// Elements of an elementwise pass below which it stays on the calling thread: handing a pass to
 /// the thread pool costs a wake-up and a wait (tens of µs), more than a small pass takes.

@@ -32,7 +32,6 @@ mod autodiff;
 mod base;
 pub mod components;
 mod error;
-mod gemm;
 mod host;
 pub mod inference;
 pub mod loss;

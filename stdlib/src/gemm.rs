@@ -1,4 +1,5 @@
-//! A bounds-checked view of the `gemm` crate's strided matrix multiply, for host-memory heads.
+//! A bounds-checked view of the `gemm` crate's strided matrix multiply, for host-memory heads
+//! and the CPU kernels.
 //!
 //! Burn's CPU backend calls the same crate through its own tensor layer; calling it directly
 //! reads strided blocks (one head of a stacked weight matrix, a transposed batch) without copies,

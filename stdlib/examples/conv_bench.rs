@@ -1,0 +1,118 @@
+//! Convolution gradients on the CPU: `lortflow_stdlib::kernels::conv` against what
+//! `Autodiff<Flex>` runs in training today (Burn's generic `conv2d_x_backward` and
+//! `conv2d_weight_backward` on flex), for every convolution of the small CNN (28x28) and
+//! ResNet-32 (32x32) at batch 128. Prints milliseconds per call and the speed-up.
+//!
+//! `cargo run --release -p lortflow-stdlib --example conv_bench [min_seconds_per_case]`
+
+use std::time::{Duration, Instant};
+
+use burn::tensor::ops::{ConvOptions, ModuleOps};
+use burn::tensor::{Tensor, TensorData};
+use burn_flex::Flex;
+use lortflow_stdlib::kernels::conv::{Conv2dShape, conv2d_input_grad, conv2d_weight_grad};
+
+const BATCH: usize = 128;
+
+/// Median-free but steady: calls `f` until `min` has passed (at least 3 times), returns ms/call.
+fn time(min: Duration, mut f: impl FnMut()) -> f64 {
+    f();
+    let start = Instant::now();
+    let mut calls = 0u32;
+    while calls < 3 || start.elapsed() < min {
+        f();
+        calls += 1;
+    }
+    start.elapsed().as_secs_f64() * 1e3 / f64::from(calls)
+}
+
+fn tensor(values: &[f32], shape: [usize; 4]) -> burn::tensor::ops::FloatTensor<Flex> {
+    Tensor::<Flex, 4>::from_data(TensorData::new(values.to_vec(), shape), &Default::default())
+        .into_primitive()
+        .tensor()
+}
+
+fn main() {
+    let min = Duration::from_secs_f64(
+        std::env::args()
+            .nth(1)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(1.0),
+    );
+    #[cfg(target_arch = "x86_64")]
+    println!(
+        "CPU: avx2={} avx512f={}, {} threads",
+        std::arch::is_x86_feature_detected!("avx2"),
+        std::arch::is_x86_feature_detected!("avx512f"),
+        rayon::current_num_threads()
+    );
+    // (name, C, H, O, stride): 3x3, padding 1.
+    let cases = [
+        ("small-cnn conv1", 1, 28, 32, 1),
+        ("small-cnn conv2", 32, 14, 64, 1),
+        ("small-cnn conv3", 64, 7, 128, 1),
+        ("resnet32 stage1", 16, 32, 16, 1),
+        ("resnet32 stage2 down", 16, 32, 32, 2),
+        ("resnet32 stage2", 32, 16, 32, 1),
+        ("resnet32 stage3", 64, 8, 64, 1),
+    ];
+    println!(
+        "{:<22} {:>12} {:>12} {:>8} {:>12} {:>12} {:>8}",
+        "layer", "∂x burn ms", "∂x ours ms", "speedup", "∂w burn ms", "∂w ours ms", "speedup"
+    );
+    let mut totals = [0.0f64; 4];
+    for (name, c, h, o, stride) in cases {
+        let shape = Conv2dShape {
+            batch: BATCH,
+            in_channels: c,
+            height: h,
+            width: h,
+            out_channels: o,
+            kernel: [3, 3],
+            stride: [stride, stride],
+            padding: [1, 1],
+            dilation: [1, 1],
+        };
+        let [oh, ow] = shape.out_size();
+        let fill =
+            |n: usize, k: f32| -> Vec<f32> { (0..n).map(|i| (i as f32 * k).sin()).collect() };
+        let x = fill(BATCH * c * h * h, 0.37);
+        let w = fill(o * c * 9, 0.11);
+        let gy = fill(BATCH * o * oh * ow, 0.23);
+        let options = ConvOptions::new([stride, stride], [1, 1], [1, 1], 1);
+        let (xs, ws, gys) = ([BATCH, c, h, h], [o, c, 3, 3], [BATCH, o, oh, ow]);
+        // Flex tensors share their buffer when cloned: the calls below copy no input.
+        let (xt, wt, gyt) = (tensor(&x, xs), tensor(&w, ws), tensor(&gy, gys));
+        let burn_x = time(min, || {
+            let _ = Flex::conv2d_x_backward(xt.clone(), wt.clone(), gyt.clone(), options.clone());
+        });
+        let ours_x = time(min, || {
+            std::hint::black_box(conv2d_input_grad(&shape, &w, &gy));
+        });
+        let burn_w = time(min, || {
+            let _ =
+                Flex::conv2d_weight_backward(xt.clone(), wt.clone(), gyt.clone(), options.clone());
+        });
+        let ours_w = time(min, || {
+            std::hint::black_box(conv2d_weight_grad(&shape, &x, &gy));
+        });
+        println!(
+            "{name:<22} {burn_x:>12.2} {ours_x:>12.2} {:>7.1}x {burn_w:>12.2} {ours_w:>12.2} {:>7.1}x",
+            burn_x / ours_x,
+            burn_w / ours_w
+        );
+        for (t, v) in totals.iter_mut().zip([burn_x, ours_x, burn_w, ours_w]) {
+            *t += v;
+        }
+    }
+    println!(
+        "{:<22} {:>12.2} {:>12.2} {:>7.1}x {:>12.2} {:>12.2} {:>7.1}x",
+        "all layers",
+        totals[0],
+        totals[1],
+        totals[0] / totals[1],
+        totals[2],
+        totals[3],
+        totals[2] / totals[3]
+    );
+}
