@@ -23,7 +23,8 @@ use burn::nn::conv::Conv2d;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
-/// `batch_norm(bn, conv.forward(x))`. In inference mode (no autodiff) the BatchNorm is an affine
+/// `batch_norm(bn, conv.forward(x))` (in training, with the convolution gradients of
+/// [`crate::kernels`] on the CPU backend). In inference mode (no autodiff) the BatchNorm is an affine
 /// map per output channel and is folded into the convolution: weights scaled by `scale`, bias
 /// `shift` (+ `scale * bias` if the convolution has one), which saves two passes over the map.
 pub(crate) fn conv_bn<B: Backend>(
@@ -32,7 +33,8 @@ pub(crate) fn conv_bn<B: Backend>(
     x: Tensor<B, 4>,
 ) -> Tensor<B, 4> {
     if B::ad_enabled(&x.device()) {
-        return batch_norm(bn, conv.forward(x));
+        // Training: on the CPU backend the convolution's gradients are our kernels'.
+        return batch_norm(bn, crate::kernels::conv2d_forward(conv, x));
     }
     let device = x.device();
     let (scale, shift) = inference_affine(bn, &device);

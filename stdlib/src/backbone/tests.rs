@@ -120,6 +120,33 @@ fn a_few_steps_reduce_the_loss() {
     assert!(last < first * 0.8, "{first} -> {last}: {losses:?}");
 }
 
+/// The convolution kernels change rounding only: 50 seeded steps through them end within 1e-3 of
+/// the same steps on Burn's own convolution gradients.
+#[test]
+fn fifty_steps_on_the_conv_kernels_match_burns_gradients() {
+    let data = synthetic(16);
+    let config = train_config(5, Stage1Loss::Ce);
+    let run = |burn_only: bool| {
+        crate::kernels::BURN_CONV_ONLY.with(|f| f.set(burn_only));
+        let dir = tempfile::tempdir().unwrap();
+        let (model, losses) = train(&data, &config, dir.path(), None);
+        crate::kernels::BURN_CONV_ONLY.with(|f| f.set(false));
+        (weights(&model.unwrap()), losses)
+    };
+    let (ours, ours_losses) = run(false);
+    let (burn, burn_losses) = run(true);
+    assert!(ours_losses.len() >= 50, "{} steps", ours_losses.len());
+    for (step, (a, b)) in ours_losses.iter().zip(&burn_losses).enumerate() {
+        assert!((a - b).abs() < 1e-3, "step {step}: loss {a} vs Burn's {b}");
+    }
+    let worst = ours
+        .iter()
+        .zip(&burn)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst < 1e-2, "outputs and classifier differ by {worst}");
+}
+
 #[test]
 fn every_first_stage_loss_trains() {
     let data = synthetic(8);

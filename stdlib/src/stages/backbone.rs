@@ -23,7 +23,9 @@ pub(crate) struct BackboneStage;
 
 impl StageExecutor for BackboneStage {
     fn version(&self) -> &'static str {
-        "1"
+        // 2: convolution gradients from `crate::kernels` on the CPU (the same math, other
+        // rounding).
+        "2"
     }
 
     fn run(&self, cx: &StageContext<'_>) -> Result<Json, StageError> {
