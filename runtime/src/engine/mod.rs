@@ -136,8 +136,8 @@ impl Engine {
         statuses
     }
 
-    /// Runs what is stale: checks that the backend works here, takes the store's lock (failing
-    /// at once, naming the holder, when another run has it), deletes what killed runs left in
+    /// Runs what is stale: takes the store's lock (failing at once, naming the holder, when
+    /// another run has it), checks that the backend works here, deletes what killed runs left in
     /// `tmp/`, computes the statuses under the lock and executes.
     pub fn run(
         &self,
@@ -145,9 +145,6 @@ impl Engine {
         cancel: &CancelToken,
         reporter: &dyn Reporter,
     ) -> Result<RunReport, EngineError> {
-        self.registry
-            .check_backend(self.backend)
-            .map_err(EngineError::Backend)?;
         let lock = self.store.lock()?;
         self.run_locked(&lock, request, cancel, reporter)
     }
@@ -160,10 +157,7 @@ impl Engine {
         cancel: &CancelToken,
         reporter: &dyn Reporter,
     ) -> Result<RunReport, EngineError> {
-        self.registry
-            .check_backend(self.backend)
-            .map_err(EngineError::Backend)?;
-        self.store.clean_tmp(lock)?;
+        self.prepare(lock)?;
         let statuses = self.status(&request.force);
         self.execute_locked(statuses, request, cancel, reporter)
     }
@@ -179,11 +173,18 @@ impl Engine {
         cancel: &CancelToken,
         reporter: &dyn Reporter,
     ) -> Result<RunReport, EngineError> {
+        self.prepare(lock)?;
+        self.execute_locked(statuses, request, cancel, reporter)
+    }
+
+    /// What every run does first: the backend must work here, and what killed runs left in
+    /// `tmp/` goes (an artifact set aside by an interrupted `--force` comes back).
+    fn prepare(&self, lock: &StoreLock) -> Result<(), EngineError> {
         self.registry
             .check_backend(self.backend)
             .map_err(EngineError::Backend)?;
         self.store.clean_tmp(lock)?;
-        self.execute_locked(statuses, request, cancel, reporter)
+        Ok(())
     }
 
     fn execute_locked(
