@@ -205,12 +205,7 @@ fn references(
 }
 
 fn cycles(pipeline: &Pipeline, diags: &mut Vec<Diagnostic>) {
-    let index: HashMap<&str, usize> = pipeline
-        .stages
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (s.name.value.as_str(), i))
-        .collect();
+    let index = pipeline.index_by_name();
     // 0 = unvisited, 1 = on the stack, 2 = done.
     let mut state = vec![0u8; pipeline.stages.len()];
     let mut reported: HashSet<Vec<usize>> = HashSet::new();

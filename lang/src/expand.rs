@@ -126,7 +126,7 @@ pub fn expand(
         }
     }
 
-    let Some(order) = topological_order(&declared_pipeline) else {
+    let Some(order) = declared_pipeline.topological_order() else {
         // Lint reports cycles; a plan cannot exist without an order.
         return Err(vec![]);
     };
@@ -468,40 +468,6 @@ fn apply_override(
             )
         }))),
     }
-}
-
-/// Declared stage indices in an order where every stage comes after its inputs (declaration
-/// order among independent stages: stable and readable). `None` when there is a cycle.
-fn topological_order(pipeline: &Pipeline) -> Option<Vec<usize>> {
-    let index: HashMap<&str, usize> = pipeline
-        .stages
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (s.name.value.as_str(), i))
-        .collect();
-    let n = pipeline.stages.len();
-    let mut readers: Vec<Vec<usize>> = vec![Vec::new(); n];
-    let mut indegree = vec![0usize; n];
-    for (i, stage) in pipeline.stages.iter().enumerate() {
-        for (_, name) in pipeline.reads(stage) {
-            let Some(&j) = index.get(name) else {
-                continue;
-            };
-            readers[j].push(i);
-            indegree[i] += 1;
-        }
-    }
-    let mut order = Vec::with_capacity(n);
-    let mut done = vec![false; n];
-    while order.len() < n {
-        let next = (0..n).find(|&i| !done[i] && indegree[i] == 0)?;
-        done[next] = true;
-        order.push(next);
-        for &reader in &readers[next] {
-            indegree[reader] -= 1;
-        }
-    }
-    Some(order)
 }
 
 #[cfg(test)]

@@ -34,6 +34,44 @@ impl Pipeline {
         self.stages.iter().filter(move |s| s.kind == kind)
     }
 
+    /// Each stage's index in [`Pipeline::stages`], by name.
+    pub fn index_by_name(&self) -> std::collections::HashMap<&str, usize> {
+        self.stages
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.value.as_str(), i))
+            .collect()
+    }
+
+    /// Stage indices in an order where every stage comes after what it [reads](Self::reads)
+    /// (declaration order among independent stages: stable and readable). `None` when there is
+    /// a cycle. The order of plans, `lortflow graph` and `status`.
+    pub fn topological_order(&self) -> Option<Vec<usize>> {
+        let index = self.index_by_name();
+        let n = self.stages.len();
+        let mut readers: Vec<Vec<usize>> = vec![Vec::new(); n];
+        let mut indegree = vec![0usize; n];
+        for (i, stage) in self.stages.iter().enumerate() {
+            for (_, name) in self.reads(stage) {
+                if let Some(&j) = index.get(name) {
+                    readers[j].push(i);
+                    indegree[i] += 1;
+                }
+            }
+        }
+        let mut order = Vec::with_capacity(n);
+        let mut done = vec![false; n];
+        while order.len() < n {
+            let next = (0..n).find(|&i| !done[i] && indegree[i] == 0)?;
+            done[next] = true;
+            order.push(next);
+            for &reader in &readers[next] {
+                indegree[reader] -= 1;
+            }
+        }
+        Some(order)
+    }
+
     /// The names of the declared stages `stage` reads, with their roles: its references
     /// ([`Stage::inputs`]) and, for an evaluation, the heads and sweeps its patterns select
     /// (role `heads`). Names that resolve to no stage are included; lint reports them.

@@ -1,7 +1,6 @@
 //! The stage DAG of a pipeline as declared (sweeps as single nodes), and its renderings for
 //! `lortflow graph`: text, Graphviz dot and Mermaid.
 
-use std::collections::HashMap;
 use std::fmt::Write;
 
 use lortflow_lang::StageKind;
@@ -26,12 +25,7 @@ impl<'p> StageGraph<'p> {
         let nodes: Vec<NodeIndex> = (0..pipeline.stages.len())
             .map(|i| graph.add_node(i))
             .collect();
-        let index: HashMap<&str, usize> = pipeline
-            .stages
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.name.value.as_str(), i))
-            .collect();
+        let index = pipeline.index_by_name();
         for (i, stage) in pipeline.stages.iter().enumerate() {
             for (role, name) in pipeline.reads(stage) {
                 if let Some(&j) = index.get(name) {
@@ -49,31 +43,7 @@ impl<'p> StageGraph<'p> {
     /// Stage indices in an order where every stage comes after its inputs (declaration order
     /// among independent stages). `None` when the graph has a cycle.
     pub fn topological_order(&self) -> Option<Vec<usize>> {
-        let n = self.nodes.len();
-        let mut indegree: Vec<usize> = self
-            .nodes
-            .iter()
-            .map(|&v| {
-                self.graph
-                    .neighbors_directed(v, Direction::Incoming)
-                    .count()
-            })
-            .collect();
-        let mut order = Vec::with_capacity(n);
-        let mut done = vec![false; n];
-        // Repeatedly take the first ready stage in declaration order: stable and readable.
-        while order.len() < n {
-            let next = (0..n).find(|&i| !done[i] && indegree[i] == 0)?;
-            done[next] = true;
-            order.push(next);
-            for w in self
-                .graph
-                .neighbors_directed(self.nodes[next], Direction::Outgoing)
-            {
-                indegree[self.graph[w]] -= 1;
-            }
-        }
-        Some(order)
+        self.pipeline.topological_order()
     }
 
     /// The stages a stage reads, as (stage index, role).
