@@ -105,6 +105,8 @@ fn main() {
     println!(
         "burn 0.21 {backend}, batch {BATCH}, {train_steps} train steps, {infer_steps} inference batches"
     );
+    // As the backbone and features stages do: freed buffers stay for the next step.
+    let _keep = lortflow_stdlib::heap::KeepFreedMemory::new();
     lortflow_stdlib::with_backend!(backend, |B, device| {
         if only.as_deref().is_none_or(|o| o == "small-cnn") {
             bench::<B>(Arch::SmallCnn, 1, 28, train_steps, infer_steps, &device);

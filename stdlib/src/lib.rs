@@ -7,6 +7,7 @@ pub mod dataset;
 pub mod features;
 mod gemm;
 pub mod head;
+pub mod heap;
 pub mod kernels;
 pub mod metric;
 pub mod report;

@@ -21,20 +21,39 @@ use burn::module::Param;
 use burn::nn::BatchNorm;
 use burn::nn::conv::Conv2d;
 use burn::tensor::Tensor;
+use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
 
-/// `batch_norm(bn, conv.forward(x))` (in training, with the convolution gradients of
-/// [`crate::kernels`] on the CPU backend). In inference mode (no autodiff) the BatchNorm is an affine
-/// map per output channel and is folded into the convolution: weights scaled by `scale`, bias
-/// `shift` (+ `scale * bias` if the convolution has one), which saves two passes over the map.
+/// `batch_norm(bn, conv.forward(x))`; see [`conv_bn_relu`].
 pub(crate) fn conv_bn<B: Backend>(
     conv: &Conv2d<B>,
     bn: &BatchNorm<B>,
     x: Tensor<B, 4>,
 ) -> Tensor<B, 4> {
+    conv_bn_activation(conv, bn, x, false)
+}
+
+/// `relu(batch_norm(bn, conv.forward(x)))`. In training, on the CPU backend, the convolution's
+/// gradients and the whole BatchNorm + ReLU are [`crate::kernels`]' (one op each). In inference
+/// mode (no autodiff) the BatchNorm is an affine map per output channel and is folded into the
+/// convolution: weights scaled by `scale`, bias `shift` (+ `scale * bias` if the convolution has
+/// one), which saves two passes over the map.
+pub(crate) fn conv_bn_relu<B: Backend>(
+    conv: &Conv2d<B>,
+    bn: &BatchNorm<B>,
+    x: Tensor<B, 4>,
+) -> Tensor<B, 4> {
+    conv_bn_activation(conv, bn, x, true)
+}
+
+fn conv_bn_activation<B: Backend>(
+    conv: &Conv2d<B>,
+    bn: &BatchNorm<B>,
+    x: Tensor<B, 4>,
+    with_relu: bool,
+) -> Tensor<B, 4> {
     if B::ad_enabled(&x.device()) {
-        // Training: on the CPU backend the convolution's gradients are our kernels'.
-        return batch_norm(bn, crate::kernels::conv2d_forward(conv, x));
+        return forward_train(bn, crate::kernels::conv2d_forward(conv, x), with_relu);
     }
     let device = x.device();
     let (scale, shift) = inference_affine(bn, &device);
@@ -56,14 +75,16 @@ pub(crate) fn conv_bn<B: Backend>(
         groups: conv.groups,
         padding: conv.padding.clone(),
     };
-    folded.forward(x)
+    let y = crate::kernels::conv2d_forward(&folded, x);
+    if with_relu { relu(y) } else { y }
 }
 
 /// `bn.forward(x)` for `x: [N, C, H, W]`: batch statistics (and a running-statistics update)
 /// when autodiff is enabled, running statistics otherwise — the same rule as Burn's BatchNorm.
+#[cfg(test)]
 pub(crate) fn batch_norm<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     if B::ad_enabled(&x.device()) {
-        forward_train(bn, x)
+        forward_train(bn, x, false)
     } else {
         forward_inference(bn, x)
     }
@@ -81,33 +102,50 @@ fn channel_mean<B: Backend>(rows: Tensor<B, 2>, n: usize, c: usize) -> Tensor<B,
     rows.sum_dim(1).reshape([n, c]).sum_dim(0).div_scalar(count)
 }
 
-fn forward_train<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
-    let device = x.device();
+/// Training-mode BatchNorm (then ReLU if `with_relu`), updating the running statistics: the
+/// kernels' op on the CPU backend, tensor operations on the others.
+fn forward_train<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>, with_relu: bool) -> Tensor<B, 4> {
+    let fused =
+        crate::kernels::batch_norm_train(x, bn.gamma.val(), bn.beta.val(), bn.epsilon, with_relu);
+    let x = match fused {
+        Ok(out) => {
+            update_running_statistics(bn, out.mean, out.var);
+            return out.y;
+        }
+        Err(x) => x,
+    };
     let [n, c, h, w] = x.dims();
     let rows = x.reshape([n * c, h * w]);
 
     let mean = channel_mean(rows.clone(), n, c); // [1, C]
     let centered = rows - per_row(mean.clone(), n);
     let var = channel_mean(centered.clone() * centered.clone(), n, c); // biased, as Burn's
+    update_running_statistics(bn, mean.reshape([c]), var.clone().reshape([c]));
 
+    let std = var.add_scalar(bn.epsilon).sqrt();
+    let scale = bn.gamma.val().reshape([1, c]) / std;
+    let beta = bn.beta.val().reshape([1, c]);
+    let y = (centered * per_row(scale, n) + per_row(beta, n)).reshape([n, c, h, w]);
+    if with_relu { relu(y) } else { y }
+}
+
+/// `running ← (1 − momentum)·running + momentum·batch`, outside the autodiff graph.
+fn update_running_statistics<B: Backend>(bn: &BatchNorm<B>, mean: Tensor<B, 1>, var: Tensor<B, 1>) {
+    let device = mean.device();
     let momentum = bn.momentum;
     let running_mean = bn.running_mean.value_sync().to_device(&device);
     let running_var = bn.running_var.value_sync().to_device(&device);
     let running_mean = running_mean
         .mul_scalar(1.0 - momentum)
-        .add(mean.detach().mul_scalar(momentum).reshape([c]));
+        .add(mean.detach().mul_scalar(momentum));
     let running_var = running_var
         .mul_scalar(1.0 - momentum)
-        .add(var.clone().detach().mul_scalar(momentum).reshape([c]));
+        .add(var.detach().mul_scalar(momentum));
     bn.running_mean.update(running_mean.detach());
     bn.running_var.update(running_var.detach());
-
-    let std = var.add_scalar(bn.epsilon).sqrt();
-    let scale = bn.gamma.val().reshape([1, c]) / std;
-    let beta = bn.beta.val().reshape([1, c]);
-    (centered * per_row(scale, n) + per_row(beta, n)).reshape([n, c, h, w])
 }
 
+#[cfg(test)]
 fn forward_inference<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     let device = x.device();
     let [n, c, h, w] = x.dims();
@@ -154,9 +192,18 @@ mod tests {
         }
     }
 
-    /// Same outputs, running statistics and gradients as `burn::nn::BatchNorm::forward`.
+    /// Same outputs, running statistics and gradients as `burn::nn::BatchNorm::forward`, through
+    /// the kernels' op and through the tensor-op formulation other backends take.
     #[test]
     fn batch_norm_matches_burn_in_training_and_inference() {
+        for burn_only in [false, true] {
+            crate::kernels::BURN_OPS_ONLY.with(|f| f.set(burn_only));
+            compare_with_burn();
+        }
+        crate::kernels::BURN_OPS_ONLY.with(|f| f.set(false));
+    }
+
+    fn compare_with_burn() {
         let device = CpuDevice::default();
         let make = || {
             let mut bn = BatchNormConfig::new(3).init::<CpuAutodiff>(&device);

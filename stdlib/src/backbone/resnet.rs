@@ -12,11 +12,12 @@ use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Initializer, Linear, LinearConfig, PaddingConfig2d};
+use burn::tensor::Tensor;
 use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, module::max_pool2d};
 
-use super::fast_bn::conv_bn;
+use super::fast_bn::{conv_bn, conv_bn_relu};
+use crate::kernels::{global_avg_pool, max_pool2d};
 
 /// Which ResNet: decides the stem, the block type, the widths and the number of blocks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,11 +95,12 @@ impl<B: Backend> Block<B> {
     /// # Shapes
     /// - input `[N, C_in, H, W]` → output `[N, C_out, H/stride, W/stride]`
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let out = relu(conv_bn(&self.conv1, &self.bn1, x.clone()));
-        let out = conv_bn(&self.conv2, &self.bn2, out);
+        let out = conv_bn_relu(&self.conv1, &self.bn1, x.clone());
         let out = match (&self.conv3, &self.bn3) {
-            (Some(conv3), Some(bn3)) => conv_bn(conv3, bn3, relu(out)),
-            _ => out,
+            (Some(conv3), Some(bn3)) => {
+                conv_bn(conv3, bn3, conv_bn_relu(&self.conv2, &self.bn2, out))
+            }
+            _ => conv_bn(&self.conv2, &self.bn2, out),
         };
         let identity = match (&self.shortcut, &self.downsample) {
             (Shortcut::Projection, Some(ds)) => conv_bn(&ds.conv, &ds.bn, x),
@@ -113,7 +115,7 @@ impl<B: Backend> Block<B> {
 fn zero_pad_shortcut<B: Backend>(x: Tensor<B, 4>, stride: usize, pad: usize) -> Tensor<B, 4> {
     // A 1x1 max-pool with stride s is exactly the strided subsample, and every backend has it.
     let x = if stride > 1 {
-        max_pool2d(x, [1, 1], [stride, stride], [0, 0], [1, 1], false)
+        burn::tensor::module::max_pool2d(x, [1, 1], [stride, stride], [0, 0], [1, 1], false)
     } else {
         x
     };
@@ -302,9 +304,9 @@ impl<B: Backend> ResNet<B> {
     /// # Shapes
     /// - input `[N, C, H, W]` → output `[N, D]`
     pub fn forward_features(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
-        let mut x = relu(conv_bn(&self.conv1, &self.bn1, x));
+        let mut x = conv_bn_relu(&self.conv1, &self.bn1, x);
         if let Some(pool) = &self.maxpool {
-            x = pool.forward(x);
+            x = max_pool2d(pool, x);
         }
         for block in self
             .layer1
@@ -316,8 +318,7 @@ impl<B: Backend> ResNet<B> {
             x = block.forward(x);
         }
         // Global average pooling: AvgPool(4) on 32px CIFAR maps, AvgPool(7) on 224px images.
-        let [n, c, _, _] = x.dims();
-        x.mean_dims(&[2, 3]).reshape([n, c])
+        global_avg_pool(x)
     }
 
     /// Class logits.

@@ -9,10 +9,10 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Initializer, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::Tensor;
-use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
 
-use super::fast_bn::conv_bn;
+use super::fast_bn::conv_bn_relu;
+use crate::kernels::{global_avg_pool, max_pool2d};
 
 /// Feature dimension of [`SmallCnn`].
 pub const SMALL_CNN_FEATURE_DIM: usize = 128;
@@ -81,11 +81,10 @@ impl<B: Backend> SmallCnn<B> {
     /// # Shapes
     /// - input `[N, C, 28, 28]` (any size ≥ 4) → output `[N, 128]`
     pub fn forward_features(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
-        let x = self.pool.forward(relu(conv_bn(&self.conv1, &self.bn1, x))); // [N, 32, 14, 14]
-        let x = self.pool.forward(relu(conv_bn(&self.conv2, &self.bn2, x))); // [N, 64, 7, 7]
-        let x = relu(conv_bn(&self.conv3, &self.bn3, x)); // [N, 128, 7, 7]
-        let [n, c, _, _] = x.dims();
-        x.mean_dims(&[2, 3]).reshape([n, c])
+        let x = max_pool2d(&self.pool, conv_bn_relu(&self.conv1, &self.bn1, x)); // [N, 32, 14, 14]
+        let x = max_pool2d(&self.pool, conv_bn_relu(&self.conv2, &self.bn2, x)); // [N, 64, 7, 7]
+        let x = conv_bn_relu(&self.conv3, &self.bn3, x); // [N, 128, 7, 7]
+        global_avg_pool(x)
     }
 
     /// Class logits.

@@ -120,17 +120,17 @@ fn a_few_steps_reduce_the_loss() {
     assert!(last < first * 0.8, "{first} -> {last}: {losses:?}");
 }
 
-/// The convolution kernels change rounding only: 50 seeded steps through them end within 1e-3 of
-/// the same steps on Burn's own convolution gradients.
+/// The kernels (convolution gradients, BatchNorm + ReLU, pooling) change rounding only: 50
+/// seeded steps through them end within 1e-3 of the same steps on Burn's own ops.
 #[test]
-fn fifty_steps_on_the_conv_kernels_match_burns_gradients() {
+fn fifty_steps_on_the_kernels_match_burns_ops() {
     let data = synthetic(16);
     let config = train_config(5, Stage1Loss::Ce);
     let run = |burn_only: bool| {
-        crate::kernels::BURN_CONV_ONLY.with(|f| f.set(burn_only));
+        crate::kernels::BURN_OPS_ONLY.with(|f| f.set(burn_only));
         let dir = tempfile::tempdir().unwrap();
         let (model, losses) = train(&data, &config, dir.path(), None);
-        crate::kernels::BURN_CONV_ONLY.with(|f| f.set(false));
+        crate::kernels::BURN_OPS_ONLY.with(|f| f.set(false));
         (weights(&model.unwrap()), losses)
     };
     let (ours, ours_losses) = run(false);

@@ -166,6 +166,7 @@ pub fn train_backbone<B: AutodiffBackend>(
 ) -> Result<Backbone<B>, BackboneError> {
     config.validate()?;
     backbone.validate()?;
+    let _keep = crate::heap::KeepFreedMemory::new();
     if data.sample_ids.is_empty() {
         return Err(DataError::EmptySubset.into());
     }

@@ -71,6 +71,7 @@ pub fn extract_features<B: Backend>(
     if B::ad_enabled(device) {
         return Err(FeaturesError::AutodiffModel);
     }
+    let _keep = crate::heap::KeepFreedMemory::new();
     let dim = model.fc().weight.dims()[0];
     let labels = ids
         .iter()

@@ -1,4 +1,4 @@
-//! The two gradients of a 2-D convolution (NCHW, groups = 1) as im2col and one well-shaped
+//! A 2-D convolution (NCHW, groups = 1) and its two gradients as im2col and one well-shaped
 //! matrix product per sample.
 //!
 //! With `col` the im2col matrix of one sample (`[C·KH·KW, OH·OW]`: row `(c, ki, kj)` holds the
@@ -76,6 +76,52 @@ impl Conv2dShape {
         );
         assert_eq!(len, expected, "{what} of {self:?} has the wrong length");
     }
+}
+
+/// The output `[N, O, OH, OW]` of the convolution of `x` (`[N, C, H, W]`) with `weight`
+/// (`[O, C, KH, KW]`), plus `bias[o]` on every output of channel `o` when given: per sample,
+/// `Y_n[O, OH·OW] = W[O, C·KH·KW] · col_n` (a 1x1 stride-1 convolution multiplies `x` itself).
+pub fn conv2d(shape: &Conv2dShape, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    let (n, o) = (shape.batch, shape.out_channels);
+    let (input, patch, positions) = (shape.input_len(), shape.patch_len(), shape.positions());
+    shape.check("x", x.len(), n * input);
+    shape.check("weight", weight.len(), o * patch);
+    if let Some(bias) = bias {
+        shape.check("bias", bias.len(), o);
+    }
+    let mut out = vec![0.0f32; n * o * positions];
+    if positions == 0 || out.is_empty() {
+        return out;
+    }
+    let pointwise = shape.kernel == [1, 1] && shape.stride == [1, 1] && shape.padding == [0, 0];
+    out.par_chunks_mut(o * positions)
+        .zip(x.par_chunks(input))
+        .for_each_init(
+            || vec![0.0f32; if pointwise { 0 } else { patch * positions }],
+            |col, (y, x)| {
+                let col: &[f32] = if pointwise {
+                    x
+                } else {
+                    im2col(shape, x, col);
+                    col
+                };
+                matmul(
+                    y,
+                    Mat::dense(o, positions),
+                    false,
+                    weight,
+                    Mat::dense(o, patch),
+                    col,
+                    Mat::dense(patch, positions),
+                );
+                if let Some(bias) = bias {
+                    for (row, &b) in y.chunks_exact_mut(positions).zip(bias) {
+                        row.iter_mut().for_each(|v| *v += b);
+                    }
+                }
+            },
+        );
+    out
 }
 
 /// The weight gradient `[O, C, KH, KW]` from the input `x` (`[N, C, H, W]`) and the output
@@ -267,14 +313,14 @@ mod tests {
 
     type B = Autodiff<Flex>;
 
-    /// Both gradients of `sum(conv2d(x, w) ⊙ grad_out)` through Burn's own ops: what
+    /// The output and both gradients of `sum(conv2d(x, w) ⊙ grad_out)` through Burn's own ops: what
     /// `Autodiff<Flex>` computes in training today.
     fn burn_grads(
         shape: &Conv2dShape,
         x: &[f32],
         w: &[f32],
         grad_out: &[f32],
-    ) -> (Vec<f32>, Vec<f32>) {
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         let device = Default::default();
         let s = shape;
         let xt = Tensor::<B, 4>::from_data(
@@ -299,9 +345,10 @@ mod tests {
         let [oh, ow] = s.out_size();
         assert_eq!(y.dims(), [s.batch, s.out_channels, oh, ow], "{s:?}");
         let g = Tensor::<B, 4>::from_data(TensorData::new(grad_out.to_vec(), y.dims()), &device);
-        let grads = (y * g).sum().backward();
+        let grads = (y.clone() * g).sum().backward();
         let read = |t: Tensor<Flex, 4>| t.into_data().to_vec::<f32>().unwrap();
         (
+            read(y.inner()),
             read(xt.grad(&grads).unwrap()),
             read(wt.grad(&grads).unwrap()),
         )
@@ -330,7 +377,21 @@ mod tests {
         let x = values(rng, shape.batch * shape.input_len());
         let w = values(rng, shape.out_channels * shape.patch_len());
         let grad_out = values(rng, shape.batch * shape.out_channels * oh * ow);
-        let (burn_x, burn_w) = burn_grads(&shape, &x, &w, &grad_out);
+        let (burn_y, burn_x, burn_w) = burn_grads(&shape, &x, &w, &grad_out);
+        assert_close("output", &conv2d(&shape, &x, &w, None), &burn_y, &shape);
+        let bias = values(rng, shape.out_channels);
+        let [oh, ow] = shape.out_size();
+        let biased: Vec<f32> = burn_y
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v + bias[i / (oh * ow) % shape.out_channels])
+            .collect();
+        assert_close(
+            "biased output",
+            &conv2d(&shape, &x, &w, Some(&bias)),
+            &biased,
+            &shape,
+        );
         assert_close(
             "input gradient",
             &conv2d_input_grad(&shape, &w, &grad_out),

@@ -1,14 +1,8 @@
-//! `Conv2d::forward` for the backbones, with the gradients of [`conv`](super::conv) on the CPU
+//! `Conv2d::forward` for the backbones, with the kernels of [`conv`](super::conv) on the CPU
 //! backend: on `Autodiff<Flex>` the convolution is recorded as a custom autodiff op whose
-//! forward is flex's own kernel and whose backward calls our two gradient kernels; on every
-//! other backend (CUDA, inference) it is Burn's `Conv2d::forward`, unchanged.
-//!
-//! The backend is recognised by type at run time (`Any`), so the model code stays generic over
-//! `B: Backend` and needs no extra bound.
+//! forward and backward are our kernels; on plain `Flex` (inference) the forward is ours; on
+//! every other backend (CUDA) it is Burn's `Conv2d::forward`, unchanged.
 
-use std::any::Any;
-
-use burn::backend::Autodiff;
 use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -18,44 +12,52 @@ use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::{ConvOptions, ModuleOps};
-use burn::tensor::{DType, Tensor, TensorData, TensorMetadata, TensorPrimitive};
+use burn::tensor::{DType, Tensor, TensorPrimitive};
 use burn_flex::{Flex, FlexTensor};
 
-use super::conv::{Conv2dShape, conv2d_input_grad, conv2d_weight_grad};
+use super::conv::{Conv2dShape, conv2d, conv2d_input_grad, conv2d_weight_grad};
+use super::flex_glue::{CpuAutodiff, cast, cast_back, contiguous, dims4, flex, host};
 
-/// The CPU training backend.
-type CpuAutodiff = Autodiff<Flex>;
-
-/// `conv.forward(x)`, with our gradient kernels when `B` is the CPU training backend and the
-/// convolution is one they cover (one group, no bias, symmetric padding).
+/// `conv.forward(x)`, on our kernels when `B` is the CPU backend and the convolution is one they
+/// cover (one group, symmetric padding; in training also no bias, as the backbones' are).
 pub(crate) fn conv2d_forward<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
-    #[cfg(test)]
-    if BURN_CONV_ONLY.with(std::cell::Cell::get) {
+    if super::burn_ops_only() || x.dtype() != DType::F32 {
         return conv.forward(x);
     }
     let Some(options) = covered(conv) else {
         return conv.forward(x);
     };
-    let weight: Box<dyn Any> = Box::new((x, conv.weight.val()));
-    match weight.downcast::<(Tensor<CpuAutodiff, 4>, Tensor<CpuAutodiff, 4>)>() {
-        Ok(pair) => {
-            let (x, weight) = *pair;
-            let y: Box<dyn Any> = Box::new(fast_conv2d(x, weight, options));
-            *y.downcast::<Tensor<B, 4>>()
-                .expect("the same type it was downcast from")
+    let weight = conv.weight.val();
+    let x = match cast::<(Tensor<CpuAutodiff, 4>, Tensor<CpuAutodiff, 4>), _>((x, weight)) {
+        Ok((x, weight)) if conv.bias.is_none() => {
+            return cast_back(fast_conv2d(x, weight, options));
         }
-        Err(other) => {
-            let (x, _) = *other
-                .downcast::<(Tensor<B, 4>, Tensor<B, 4>)>()
-                .expect("the type it was boxed as");
-            conv.forward(x)
+        Ok((x, _)) => return conv.forward(cast_back(x)),
+        Err((x, _)) => x,
+    };
+    let bias = conv.bias.as_ref().map(|b| b.val());
+    match cast::<(Tensor<Flex, 4>, Tensor<Flex, 4>, Option<Tensor<Flex, 1>>), _>((
+        x,
+        conv.weight.val(),
+        bias,
+    )) {
+        Ok((x, weight, bias)) => {
+            let bias = bias.map(|b| b.into_primitive().tensor());
+            let y = forward(
+                x.into_primitive().tensor(),
+                weight.into_primitive().tensor(),
+                bias,
+                &options,
+            );
+            cast_back(Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(y)))
         }
+        Err((x, _, _)) => conv.forward(x),
     }
 }
 
-/// The options of a convolution the kernels cover.
+/// The options of a convolution the kernels cover (bias or not).
 fn covered<B: Backend>(conv: &Conv2d<B>) -> Option<ConvOptions<2>> {
-    if conv.groups != 1 || conv.bias.is_some() {
+    if conv.groups != 1 {
         return None;
     }
     let padding = match conv.padding {
@@ -68,10 +70,42 @@ fn covered<B: Backend>(conv: &Conv2d<B>) -> Option<ConvOptions<2>> {
     Some(ConvOptions::new(conv.stride, padding, conv.dilation, 1))
 }
 
-#[cfg(test)]
-thread_local! {
-    /// Set by tests that train the same model on Burn's own convolution gradients, to compare.
-    pub(crate) static BURN_CONV_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+fn geometry(x: &FlexTensor, weight: &FlexTensor, options: &ConvOptions<2>) -> Conv2dShape {
+    let [n, c, h, w] = dims4(x);
+    let [o, _, kh, kw] = dims4(weight);
+    Conv2dShape {
+        batch: n,
+        in_channels: c,
+        height: h,
+        width: w,
+        out_channels: o,
+        kernel: [kh, kw],
+        stride: options.stride,
+        padding: options.padding,
+        dilation: options.dilation,
+    }
+}
+
+/// Our forward kernel on flex tensors (f32, or Burn's kernel for other precisions).
+fn forward(
+    x: FlexTensor,
+    weight: FlexTensor,
+    bias: Option<FlexTensor>,
+    options: &ConvOptions<2>,
+) -> FlexTensor {
+    if [Some(&x), Some(&weight), bias.as_ref()]
+        .into_iter()
+        .flatten()
+        .any(|t| t.dtype() != DType::F32)
+    {
+        return Flex::conv2d(x, weight, bias, options.clone());
+    }
+    let shape = geometry(&x, &weight, options);
+    let (x, weight) = (contiguous(x), contiguous(weight));
+    let bias = bias.map(contiguous);
+    let y = conv2d(&shape, host(&x), host(&weight), bias.as_ref().map(host));
+    let [oh, ow] = shape.out_size();
+    flex(y, [shape.batch, shape.out_channels, oh, ow])
 }
 
 /// Calls of [`fast_conv2d`], for tests that must know the custom op ran.
@@ -96,13 +130,11 @@ fn fast_conv2d(
         OpsKind::Tracked(mut prep) => {
             let x_state = prep.checkpoint(&x);
             let weight_state = prep.checkpoint(&weight);
-            prep.finish(
-                (x_state, weight_state, options.clone()),
-                Flex::conv2d(x.primitive, weight.primitive, None, options),
-            )
+            let y = forward(x.primitive, weight.primitive, None, &options);
+            prep.finish((x_state, weight_state, options), y)
         }
         OpsKind::UnTracked(prep) => {
-            prep.finish(Flex::conv2d(x.primitive, weight.primitive, None, options))
+            prep.finish(forward(x.primitive, weight.primitive, None, &options))
         }
     };
     Tensor::from_primitive(TensorPrimitive::Float(out))
@@ -145,19 +177,9 @@ impl Backward<Flex, 2> for Conv2dBackward {
             }
             return;
         }
-        let [n, c, h, w] = dims(&x);
-        let [o, _, kh, kw] = dims(&weight);
-        let shape = Conv2dShape {
-            batch: n,
-            in_channels: c,
-            height: h,
-            width: w,
-            out_channels: o,
-            kernel: [kh, kw],
-            stride: options.stride,
-            padding: options.padding,
-            dilation: options.dilation,
-        };
+        let shape = geometry(&x, &weight, &options);
+        let [n, c, h, w] = dims4(&x);
+        let [o, _, kh, kw] = dims4(&weight);
         let grad_out = contiguous(grad_out);
         let grad_out = grad_out.as_slice::<f32>().expect("contiguous f32");
         if let Some(node) = node_x {
@@ -171,24 +193,6 @@ impl Backward<Flex, 2> for Conv2dBackward {
             grads.register::<Flex>(node.id, flex(g, [o, c, kh, kw]));
         }
     }
-}
-
-fn dims(t: &FlexTensor) -> [usize; 4] {
-    let shape = t.shape();
-    [shape[0], shape[1], shape[2], shape[3]]
-}
-
-/// `t` itself when its elements are one dense run from its start, else a dense copy.
-fn contiguous(t: FlexTensor) -> FlexTensor {
-    if t.as_slice::<f32>().is_some() {
-        t
-    } else {
-        t.to_contiguous()
-    }
-}
-
-fn flex(values: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(values, shape))
 }
 
 #[cfg(test)]
@@ -272,16 +276,45 @@ mod tests {
             .with_groups(2)
             .init(&device);
         assert!(covered(&grouped).is_none());
-        let biased: Conv2d<Flex> = Conv2dConfig::new([4, 4], [3, 3]).init(&device);
-        assert!(covered(&biased).is_none());
-        // Inference on the plain backend: Burn's forward, the same numbers.
-        let conv: Conv2d<Flex> = Conv2dConfig::new([2, 3], [3, 3])
-            .with_bias(false)
-            .init(&device);
-        let x = Tensor::<Flex, 4>::random([1, 2, 6, 6], Distribution::Normal(0.0, 1.0), &device);
+        let x = Tensor::<Flex, 4>::random([2, 4, 6, 6], Distribution::Normal(0.0, 1.0), &device);
         assert_eq!(
-            conv2d_forward(&conv, x.clone()).into_data(),
-            conv.forward(x).into_data()
+            conv2d_forward(&grouped, x.clone()).into_data(),
+            grouped.forward(x).into_data()
         );
+        // A biased convolution in training (the backbones have none) is Burn's op.
+        let biased: Conv2d<CpuAutodiff> = Conv2dConfig::new([2, 3], [3, 3]).init(&device);
+        let x =
+            Tensor::<CpuAutodiff, 4>::random([1, 2, 6, 6], Distribution::Normal(0.0, 1.0), &device);
+        let before = FAST_CALLS.load(std::sync::atomic::Ordering::SeqCst);
+        let (y0, gx0, gw0) = grads(&biased, &x, |c, x| c.forward(x));
+        let (y1, gx1, gw1) = grads(&biased, &x, conv2d_forward);
+        assert_eq!((y0, gx0, gw0), (y1, gx1, gw1));
+        assert_eq!(FAST_CALLS.load(std::sync::atomic::Ordering::SeqCst), before);
+    }
+
+    /// Inference on the plain backend (the folded BatchNorm gives every convolution a bias):
+    /// our forward, within rounding of Burn's.
+    #[test]
+    fn inference_convolutions_with_and_without_bias_match_burn() {
+        let device = burn_flex::FlexDevice;
+        for (bias, stride, padding) in [
+            (true, [1, 1], PaddingConfig2d::Explicit(1, 1, 1, 1)),
+            (false, [2, 2], PaddingConfig2d::Explicit(1, 1, 1, 1)),
+            (true, [1, 1], PaddingConfig2d::Valid),
+        ] {
+            let conv: Conv2d<Flex> = Conv2dConfig::new([3, 4], [3, 3])
+                .with_bias(bias)
+                .with_stride(stride)
+                .with_padding(padding)
+                .init(&device);
+            let x =
+                Tensor::<Flex, 4>::random([2, 3, 7, 8], Distribution::Normal(0.0, 1.0), &device);
+            let ours: Vec<f32> = conv2d_forward(&conv, x.clone())
+                .into_data()
+                .to_vec()
+                .unwrap();
+            let theirs: Vec<f32> = conv.forward(x).into_data().to_vec().unwrap();
+            assert_close("inference output", &ours, &theirs);
+        }
     }
 }

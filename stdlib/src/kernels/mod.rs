@@ -1,15 +1,93 @@
 //! CPU kernels for the backbone's hot operations, on host slices (NCHW, f32), for the CPU
-//! backend where Burn's generic implementations are slow (see PERFORMANCE.md): they call
-//! [`gemm`](crate::gemm) directly, with well-shaped products and no layout copies, and split work
-//! over samples on rayon's pool.
+//! backend where Burn's generic implementations are slow (see PERFORMANCE.md): convolution
+//! gradients as well-shaped [`gemm`](crate::gemm) products without layout copies, max-pool with
+//! the argmax kept for the backward pass, global average pooling, and BatchNorm (+ ReLU) in two
+//! passes each way. Work is split over samples, channels or planes on rayon's pool.
 //!
-//! Each kernel is checked against Burn's own op on property-generated shapes. Training reaches
-//! them through [`conv2d_forward`] (a custom autodiff op on `Autodiff<Flex>`; the model code
-//! stays Burn's); `examples/conv_bench.rs` measures them against Burn's generic gradients.
+//! Each kernel is checked against Burn's own op on property-generated shapes. The backbones reach
+//! them through the functions re-exported here, custom autodiff ops on `Autodiff<Flex>` (and the
+//! plain forward on `Flex` for inference) that fall back to Burn's ops on every other backend, so
+//! the model code stays Burn's; `examples/conv_bench.rs` measures the convolution gradients against
+//! Burn's.
 
+use std::mem::MaybeUninit;
+
+use rayon::prelude::*;
+
+pub mod batch_norm;
+mod bn_op;
 pub mod conv;
 mod conv_op;
+mod flex_glue;
+pub mod pool;
+mod pool_op;
+
+pub(crate) use bn_op::batch_norm_train;
+pub(crate) use conv_op::conv2d_forward;
+pub(crate) use pool_op::{global_avg_pool, max_pool2d};
+
+/// A vector of `len` values written chunk by chunk on rayon's threads, without zeroing it first:
+/// the kernels' outputs are 1–30 MB and overwritten at once, and zeroing them was ~10% of a
+/// training step. `write(i, chunk)` writes chunk `i` (`chunk` elements, the last one possibly
+/// fewer) and returns how many of its elements it wrote, from the front; anything but all of
+/// them panics before the vector could be read.
+pub(crate) fn written_in_parallel<T: Copy + Send + Sync>(
+    len: usize,
+    chunk: usize,
+    write: impl Fn(usize, &mut [MaybeUninit<T>]) -> usize + Sync,
+) -> Vec<T> {
+    let mut out = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(chunk.max(1))
+        .enumerate()
+        .for_each(|(i, part)| {
+            let expected = part.len();
+            assert_eq!(write(i, part), expected, "chunk {i} was not written whole");
+        });
+    // SAFETY: the first `len` elements are initialised: every chunk of them was written whole
+    // (checked above; a panic leaves `out` empty).
+    #[allow(unsafe_code)]
+    unsafe {
+        out.set_len(len)
+    };
+    out
+}
 
 #[cfg(test)]
-pub(crate) use conv_op::BURN_CONV_ONLY;
-pub(crate) use conv_op::conv2d_forward;
+thread_local! {
+    /// Set by tests that run the same model on Burn's own ops alone, to compare with the kernels.
+    pub(crate) static BURN_OPS_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this thread must take Burn's ops (tests only; always `false` otherwise).
+fn burn_ops_only() -> bool {
+    #[cfg(test)]
+    return BURN_OPS_ONLY.with(std::cell::Cell::get);
+    #[cfg(not(test))]
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn written_in_parallel_fills_every_chunk() {
+        let v = written_in_parallel(10_007, 100, |i, part| {
+            for (j, slot) in part.iter_mut().enumerate() {
+                slot.write((i * 100 + j) as u32);
+            }
+            part.len()
+        });
+        assert!(v.iter().enumerate().all(|(i, &x)| x == i as u32));
+    }
+
+    #[test]
+    #[should_panic(expected = "was not written whole")]
+    fn a_chunk_left_partly_unwritten_panics() {
+        let _ = written_in_parallel(50, 10, |_, part: &mut [MaybeUninit<f32>]| {
+            part[0].write(1.0);
+            1
+        });
+    }
+}

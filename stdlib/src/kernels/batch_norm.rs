@@ -1,0 +1,403 @@
+//! BatchNorm in training mode (batch statistics), optionally followed by ReLU, over NCHW maps
+//! viewed as `[N, C, L]` (`L = H·W`): the forward pass and its exact gradient in two passes each.
+//!
+//! Autodiff of BatchNorm written as tensor operations records a dozen element-wise ops (centre,
+//! square, scale, shift, each broadcast over the map) and as many in the backward pass; each is a
+//! full read and write of the map. Here the forward pass reads the map three times (mean,
+//! centred variance, output) and the backward pass twice (the two per-channel sums, the input
+//! gradient), with the ReLU mask read from the output. Channels are split over rayon's threads
+//! for the statistics and rows for the element-wise passes.
+//!
+//! With `x̂ = (x − μ)·σ⁻¹`, `σ = √(var + ε)` (biased variance, as Burn and PyTorch normalise),
+//! `y = γ·x̂ + β` and `g = ∂y` (zero where the ReLU clipped), over the `M = N·L` values of a
+//! channel:
+//! `∂β = Σg`, `∂γ = Σ g·x̂`, `∂x = γσ⁻¹·(g − ∂β/M − x̂·∂γ/M)`.
+
+use rayon::prelude::*;
+
+use super::written_in_parallel;
+
+/// The sizes of a `[N, C, L]` map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BnShape {
+    /// Samples, `N`.
+    pub batch: usize,
+    /// Channels, `C`.
+    pub channels: usize,
+    /// Values per channel and sample, `L = H·W`.
+    pub plane: usize,
+}
+
+impl BnShape {
+    fn len(&self) -> usize {
+        self.batch * self.channels * self.plane
+    }
+
+    /// Values per channel, `M = N·L`.
+    fn count(&self) -> usize {
+        self.batch * self.plane
+    }
+
+    /// The `N` rows of channel `c`.
+    fn rows<'a>(&self, x: &'a [f32], c: usize) -> impl Iterator<Item = &'a [f32]> {
+        let (channels, plane) = (self.channels, self.plane);
+        (0..self.batch).map(move |n| &x[(n * channels + c) * plane..][..plane])
+    }
+
+    #[track_caller]
+    fn check(&self, what: &str, len: usize, expected: usize) {
+        assert!(
+            self.count() > 0,
+            "{self:?}: BatchNorm needs at least one value per channel"
+        );
+        assert_eq!(len, expected, "{what} of {self:?} has the wrong length");
+    }
+}
+
+/// What the forward pass computed: the output and, per channel, the batch mean, the biased
+/// variance (for the running statistics) and `σ⁻¹` (for the backward pass).
+#[derive(Debug, Clone)]
+pub struct BnForward {
+    pub y: Vec<f32>,
+    pub mean: Vec<f32>,
+    pub var: Vec<f32>,
+    pub inv_std: Vec<f32>,
+}
+
+/// `Σ f(v)` over `values`, in eight independent lanes so that the loop vectorises, then in f64.
+fn lane_sum(values: &[f32], f: impl Fn(f32) -> f32) -> f64 {
+    let mut lanes = [0.0f32; 8];
+    let chunks = values.chunks_exact(8);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane += f(v);
+        }
+    }
+    let tail: f32 = rest.iter().map(|&v| f(v)).sum();
+    lanes.iter().map(|&l| l as f64).sum::<f64>() + tail as f64
+}
+
+/// BatchNorm with batch statistics (then ReLU if `relu`) of `x` (`[N, C, L]`).
+pub fn batch_norm_train(
+    shape: &BnShape,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    epsilon: f64,
+    relu: bool,
+) -> BnForward {
+    shape.check("x", x.len(), shape.len());
+    shape.check("gamma", gamma.len(), shape.channels);
+    shape.check("beta", beta.len(), shape.channels);
+    let count = shape.count() as f64;
+    let stats: Vec<(f32, f32, f32)> = (0..shape.channels)
+        .into_par_iter()
+        .map(|c| {
+            let mean = shape
+                .rows(x, c)
+                .map(|row| lane_sum(row, |v| v))
+                .sum::<f64>()
+                / count;
+            let m = mean as f32;
+            let var = shape
+                .rows(x, c)
+                .map(|row| lane_sum(row, |v| (v - m) * (v - m)))
+                .sum::<f64>()
+                / count;
+            (m, var as f32, (1.0 / (var + epsilon).sqrt()) as f32)
+        })
+        .collect();
+    let plane = shape.plane;
+    let y = written_in_parallel(x.len(), plane, |row, y| {
+        let c = row % shape.channels;
+        let (mean, _, inv_std) = stats[c];
+        let scale = gamma[c] * inv_std;
+        let shift = beta[c] - mean * scale;
+        let x = &x[row * plane..(row + 1) * plane];
+        if relu {
+            for (y, &x) in y.iter_mut().zip(x) {
+                y.write((x * scale + shift).max(0.0));
+            }
+        } else {
+            for (y, &x) in y.iter_mut().zip(x) {
+                y.write(x * scale + shift);
+            }
+        }
+        x.len()
+    });
+    BnForward {
+        y,
+        mean: stats.iter().map(|s| s.0).collect(),
+        var: stats.iter().map(|s| s.1).collect(),
+        inv_std: stats.iter().map(|s| s.2).collect(),
+    }
+}
+
+/// The gradients `(∂x, ∂γ, ∂β)` of [`batch_norm_train`] for the output gradient `grad_out`;
+/// `y` is the forward output (its zeros are where the ReLU clipped, when `relu`).
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_train_backward(
+    shape: &BnShape,
+    x: &[f32],
+    y: &[f32],
+    grad_out: &[f32],
+    gamma: &[f32],
+    mean: &[f32],
+    inv_std: &[f32],
+    relu: bool,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    for (what, len) in [("x", x.len()), ("y", y.len()), ("grad_out", grad_out.len())] {
+        shape.check(what, len, shape.len());
+    }
+    for (what, len) in [
+        ("gamma", gamma.len()),
+        ("mean", mean.len()),
+        ("inv_std", inv_std.len()),
+    ] {
+        shape.check(what, len, shape.channels);
+    }
+    let maps = Maps { x, y, grad_out };
+    if relu {
+        backward::<true>(shape, maps, gamma, mean, inv_std)
+    } else {
+        backward::<false>(shape, maps, gamma, mean, inv_std)
+    }
+}
+
+/// The three `[N, C, L]` maps the backward pass reads.
+#[derive(Clone, Copy)]
+struct Maps<'a> {
+    x: &'a [f32],
+    y: &'a [f32],
+    grad_out: &'a [f32],
+}
+
+/// The gradient reaching the BatchNorm: zero where the ReLU's output was (with `RELU`).
+#[inline(always)]
+fn passed<const RELU: bool>(y: f32, g: f32) -> f32 {
+    if RELU && y <= 0.0 { 0.0 } else { g }
+}
+
+/// `(Σ g, Σ g·(x − m))` over one row, in eight independent lanes so that the loop vectorises.
+#[inline(always)]
+fn row_sums<const RELU: bool>(x: &[f32], y: &[f32], g: &[f32], m: f32) -> (f64, f64) {
+    let (mut lanes_g, mut lanes_gx) = ([0.0f32; 8], [0.0f32; 8]);
+    let (xs, ys, gs) = (x.chunks_exact(8), y.chunks_exact(8), g.chunks_exact(8));
+    let tail = xs
+        .remainder()
+        .iter()
+        .zip(ys.remainder())
+        .zip(gs.remainder());
+    for ((x, y), g) in xs.zip(ys).zip(gs) {
+        for i in 0..8 {
+            let gi = passed::<RELU>(y[i], g[i]);
+            lanes_g[i] += gi;
+            lanes_gx[i] += gi * (x[i] - m);
+        }
+    }
+    for ((&x, &y), &g) in tail {
+        let gi = passed::<RELU>(y, g);
+        lanes_g[0] += gi;
+        lanes_gx[0] += gi * (x - m);
+    }
+    let total = |lanes: [f32; 8]| lanes.iter().map(|&v| v as f64).sum::<f64>();
+    (total(lanes_g), total(lanes_gx))
+}
+
+fn backward<const RELU: bool>(
+    shape: &BnShape,
+    maps: Maps<'_>,
+    gamma: &[f32],
+    mean: &[f32],
+    inv_std: &[f32],
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let plane = shape.plane;
+    let sums: Vec<(f64, f64)> = (0..shape.channels)
+        .into_par_iter()
+        .map(|c| {
+            let rows = shape
+                .rows(maps.x, c)
+                .zip(shape.rows(maps.y, c))
+                .zip(shape.rows(maps.grad_out, c));
+            rows.fold((0.0, 0.0), |(sum_g, sum_gx), ((x, y), g)| {
+                let (g, gx) = row_sums::<RELU>(x, y, g, mean[c]);
+                (sum_g + g, sum_gx + gx)
+            })
+        })
+        .collect();
+    let count = shape.count() as f64;
+    // ∂x = k·(g − a − (x − μ)·b) per channel.
+    let coefficients: Vec<(f32, f32, f32)> = sums
+        .iter()
+        .enumerate()
+        .map(|(c, &(sum_g, sum_gx))| {
+            let inv_std = inv_std[c] as f64;
+            (
+                (gamma[c] as f64 * inv_std) as f32,
+                (sum_g / count) as f32,
+                (sum_gx * inv_std * inv_std / count) as f32,
+            )
+        })
+        .collect();
+    let grad_x = written_in_parallel(maps.x.len(), plane, |row, dx| {
+        let c = row % shape.channels;
+        let (k, a, b) = coefficients[c];
+        let m = mean[c];
+        let at = row * plane..(row + 1) * plane;
+        let (x, y, g) = (&maps.x[at.clone()], &maps.y[at.clone()], &maps.grad_out[at]);
+        for (((dx, &x), &y), &g) in dx.iter_mut().zip(x).zip(y).zip(g) {
+            dx.write(k * (passed::<RELU>(y, g) - a - (x - m) * b));
+        }
+        x.len()
+    });
+    let grad_gamma = sums
+        .iter()
+        .zip(inv_std)
+        .map(|(&(_, sum_gx), &s)| (sum_gx * s as f64) as f32)
+        .collect();
+    let grad_beta = sums.iter().map(|&(sum_g, _)| sum_g as f32).collect();
+    (grad_x, grad_gamma, grad_beta)
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::backend::Autodiff;
+    use burn::module::Param;
+    use burn::nn::BatchNormConfig;
+    use burn::tensor::activation::relu as burn_relu;
+    use burn::tensor::{Tensor, TensorData};
+    use burn_flex::Flex;
+
+    use super::*;
+    use crate::dataset::Rng;
+
+    type B = Autodiff<Flex>;
+
+    fn values(rng: &mut Rng, len: usize, mean: f32, spread: f32) -> Vec<f32> {
+        (0..len)
+            .map(|_| mean + spread * (rng.next_f64() as f32 * 2.0 - 1.0))
+            .collect()
+    }
+
+    #[track_caller]
+    fn assert_close(what: &str, ours: &[f32], theirs: &[f32]) {
+        assert_eq!(ours.len(), theirs.len(), "{what}");
+        let scale = theirs.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+        for (i, (a, b)) in ours.iter().zip(theirs).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-4 * scale,
+                "{what}[{i}]: {a}, Burn says {b}"
+            );
+        }
+    }
+
+    /// Against `burn::nn::BatchNorm::forward` (and ReLU) under autodiff: output, running
+    /// statistics' inputs, and all three gradients.
+    fn check(shape: BnShape, relu: bool, rng: &mut Rng) {
+        let device = Default::default();
+        let BnShape {
+            batch: n,
+            channels: c,
+            plane: l,
+        } = shape;
+        // An offset mean and a large spread, as real conv outputs have.
+        let x = values(rng, n * c * l, 3.0, 5.0);
+        let gamma = values(rng, c, 1.0, 0.5);
+        let beta = values(rng, c, 0.0, 0.5);
+        let grad_out = values(rng, n * c * l, 0.0, 1.0);
+
+        let mut bn = BatchNormConfig::new(c).init::<B>(&device);
+        bn.gamma = Param::from_tensor(Tensor::from_data(
+            TensorData::new(gamma.clone(), [c]),
+            &device,
+        ));
+        bn.beta = Param::from_tensor(Tensor::from_data(
+            TensorData::new(beta.clone(), [c]),
+            &device,
+        ));
+        let xt = Tensor::<B, 3>::from_data(TensorData::new(x.clone(), [n, c, l]), &device)
+            .require_grad();
+        let yt = bn.forward(xt.clone().reshape([n, c, l, 1]));
+        let yt = if relu { burn_relu(yt) } else { yt };
+        let g = Tensor::<B, 4>::from_data(TensorData::new(grad_out.clone(), [n, c, l, 1]), &device);
+        let grads = (yt.clone() * g).sum().backward();
+        let read = |t: Tensor<Flex, 1>| t.into_data().to_vec::<f32>().unwrap();
+        let burn_y: Vec<f32> = yt.into_data().to_vec().unwrap();
+        let burn_dx: Vec<f32> = xt.grad(&grads).unwrap().into_data().to_vec().unwrap();
+        let burn_dgamma = read(bn.gamma.val().grad(&grads).unwrap());
+        let burn_dbeta = read(bn.beta.val().grad(&grads).unwrap());
+        // The statistics, directly in f64.
+        let channels = c;
+        let channel =
+            |k: usize| (0..n).flat_map(move |s| (0..l).map(move |i| (s * channels + k) * l + i));
+        let m = (n * l) as f64;
+        let exact_mean: Vec<f64> = (0..c)
+            .map(|k| channel(k).map(|i| x[i] as f64).sum::<f64>() / m)
+            .collect();
+        let exact_var: Vec<f32> = (0..c)
+            .map(|k| {
+                let mu = exact_mean[k];
+                (channel(k).map(|i| (x[i] as f64 - mu).powi(2)).sum::<f64>() / m) as f32
+            })
+            .collect();
+        let exact_mean: Vec<f32> = exact_mean.iter().map(|&v| v as f32).collect();
+
+        let fwd = batch_norm_train(&shape, &x, &gamma, &beta, 1e-5, relu);
+        assert_close("y", &fwd.y, &burn_y);
+        assert_close("mean", &fwd.mean, &exact_mean);
+        assert_close("variance", &fwd.var, &exact_var);
+        let (dx, dgamma, dbeta) = batch_norm_train_backward(
+            &shape,
+            &x,
+            &fwd.y,
+            &grad_out,
+            &gamma,
+            &fwd.mean,
+            &fwd.inv_std,
+            relu,
+        );
+        assert_close("∂x", &dx, &burn_dx);
+        assert_close("∂γ", &dgamma, &burn_dgamma);
+        assert_close("∂β", &dbeta, &burn_dbeta);
+    }
+
+    /// The backbones' maps (small CNN 28²/14²/7², ResNet 32²/8²) and odd ones: batch 1,
+    /// one channel, one value per plane, planes that are not a multiple of the lane width.
+    #[test]
+    fn forward_and_gradients_match_burn() {
+        let mut rng = Rng::seed_from_u64(21);
+        for (shape, relu) in [
+            ((4, 32, 28 * 28), true),
+            ((3, 64, 14 * 14), true),
+            ((5, 128, 49), true),
+            ((2, 16, 32 * 32), false),
+            ((2, 64, 64), false),
+            ((1, 3, 7), true),
+            ((1, 1, 13), false),
+            ((9, 5, 1), true),
+            ((2, 7, 11 * 9), true),
+        ] {
+            let (batch, channels, plane) = shape;
+            let shape = BnShape {
+                batch,
+                channels,
+                plane,
+            };
+            check(shape, relu, &mut rng);
+        }
+    }
+
+    #[test]
+    fn the_variance_is_the_biased_one_and_stable_for_large_means() {
+        let shape = BnShape {
+            batch: 2,
+            channels: 1,
+            plane: 2,
+        };
+        let x = [1000.0, 1001.0, 1002.0, 1003.0];
+        let fwd = batch_norm_train(&shape, &x, &[1.0], &[0.0], 0.0, false);
+        assert_eq!(fwd.mean, [1001.5]);
+        assert!((fwd.var[0] - 1.25).abs() < 1e-6, "{:?}", fwd.var);
+    }
+}

@@ -1,0 +1,377 @@
+//! Max-pooling (with the position of each window's maximum, for the backward pass) and global
+//! average pooling over NCHW maps, one plane (`H×W` of one sample and channel) at a time.
+//!
+//! Flex's max-pool with indices walks every window through a generic strided loop and stores
+//! the indices as an `i64` tensor; the backbones' pools (2x2/2 in the small CNN, 3x3/2 with
+//! padding 1 in the torchvision stem) are small, regular windows over contiguous rows, so here
+//! the planes are split over rayon's threads and each window is read straight from its rows.
+//! The semantics are PyTorch's (and Burn's): padding never wins, ties go to the first element
+//! in row-major order, a NaN wins; the index is the position inside the plane, `h·W + w`.
+
+use rayon::prelude::*;
+
+/// The geometry of a 2-D max-pool (dilation 1, floor mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pool2dShape {
+    /// Independent planes, `N·C`.
+    pub planes: usize,
+    /// Input height, `H`.
+    pub height: usize,
+    /// Input width, `W`.
+    pub width: usize,
+    /// `[KH, KW]`, at least 1.
+    pub kernel: [usize; 2],
+    /// `[stride_h, stride_w]`, at least 1.
+    pub stride: [usize; 2],
+    /// Implicit `-inf` padding on each side, `[pad_h, pad_w]`, at most half the kernel.
+    pub padding: [usize; 2],
+}
+
+impl Pool2dShape {
+    /// `[OH, OW]`, as PyTorch and Burn compute it in floor mode (0 when the window does not fit).
+    pub fn out_size(&self) -> [usize; 2] {
+        let out = |size: usize, axis: usize| {
+            (size + 2 * self.padding[axis])
+                .checked_sub(self.kernel[axis])
+                .map_or(0, |free| free / self.stride[axis] + 1)
+        };
+        [out(self.height, 0), out(self.width, 1)]
+    }
+
+    #[track_caller]
+    fn check(&self, what: &str, len: usize, expected: usize) {
+        assert!(
+            self.kernel.iter().chain(&self.stride).all(|&v| v > 0),
+            "{self:?}: kernel and stride must be at least 1"
+        );
+        assert!(
+            (0..2).all(|a| 2 * self.padding[a] <= self.kernel[a]),
+            "{self:?}: padding may be at most half the kernel"
+        );
+        assert_eq!(len, expected, "{what} of {self:?} has the wrong length");
+    }
+}
+
+/// Planes per rayon task: enough work per task that splitting costs nothing noticeable.
+fn planes_per_task(plane_len: usize) -> usize {
+    (16 * 1024 / plane_len.max(1)).max(1)
+}
+
+/// The max-pool of `x` (`[planes, H, W]`) and, for each output, the position of its maximum in
+/// its plane (`h·W + w`).
+pub fn max_pool2d(shape: &Pool2dShape, x: &[f32]) -> (Vec<f32>, Vec<u32>) {
+    let (h, w) = (shape.height, shape.width);
+    let [oh, ow] = shape.out_size();
+    shape.check("x", x.len(), shape.planes * h * w);
+    assert!(h * w <= u32::MAX as usize, "{shape:?}: a plane too large");
+    let out_len = oh * ow;
+    let mut values = vec![0.0f32; shape.planes * out_len];
+    let mut indices = vec![0u32; shape.planes * out_len];
+    if out_len == 0 {
+        return (values, indices);
+    }
+    let chunk = planes_per_task(h * w);
+    values
+        .par_chunks_mut(chunk * out_len)
+        .zip(indices.par_chunks_mut(chunk * out_len))
+        .zip(x.par_chunks(chunk * h * w))
+        .for_each(|((values, indices), x)| {
+            let planes = values
+                .chunks_exact_mut(out_len)
+                .zip(indices.chunks_exact_mut(out_len))
+                .zip(x.chunks_exact(h * w));
+            for ((values, indices), plane) in planes {
+                if shape.kernel == [2, 2] && shape.stride == [2, 2] && shape.padding == [0, 0] {
+                    pool_plane_2x2(plane, w, [oh, ow], values, indices);
+                } else {
+                    pool_plane(shape, plane, [oh, ow], values, indices);
+                }
+            }
+        });
+    (values, indices)
+}
+
+/// The 2x2 stride-2 window of the small CNN: two input rows per output row.
+fn pool_plane_2x2(
+    plane: &[f32],
+    w: usize,
+    [oh, ow]: [usize; 2],
+    values: &mut [f32],
+    indices: &mut [u32],
+) {
+    for oy in 0..oh {
+        let top = &plane[2 * oy * w..(2 * oy + 1) * w];
+        let bottom = &plane[(2 * oy + 1) * w..(2 * oy + 2) * w];
+        let out = &mut values[oy * ow..(oy + 1) * ow];
+        let at = &mut indices[oy * ow..(oy + 1) * ow];
+        for ox in 0..ow {
+            let base = (2 * oy * w + 2 * ox) as u32;
+            let candidates = [
+                (top[2 * ox], base),
+                (top[2 * ox + 1], base + 1),
+                (bottom[2 * ox], base + w as u32),
+                (bottom[2 * ox + 1], base + w as u32 + 1),
+            ];
+            let (mut best, mut best_at) = candidates[0];
+            for &(v, i) in &candidates[1..] {
+                if v > best || (v.is_nan() && !best.is_nan()) {
+                    (best, best_at) = (v, i);
+                }
+            }
+            out[ox] = best;
+            at[ox] = best_at;
+        }
+    }
+}
+
+/// Any window, stride and padding; the part of the window outside the plane is skipped.
+fn pool_plane(
+    shape: &Pool2dShape,
+    plane: &[f32],
+    [oh, ow]: [usize; 2],
+    values: &mut [f32],
+    indices: &mut [u32],
+) {
+    let (h, w) = (shape.height, shape.width);
+    let [kh, kw] = shape.kernel;
+    let [sh, sw] = shape.stride;
+    let [ph, pw] = shape.padding;
+    for oy in 0..oh {
+        // Rows of the window inside the plane (padding ≤ kernel/2 keeps at least one).
+        let y0 = (oy * sh).saturating_sub(ph);
+        let y1 = (oy * sh + kh - ph).min(h);
+        for ox in 0..ow {
+            let x0 = (ox * sw).saturating_sub(pw);
+            let x1 = (ox * sw + kw - pw).min(w);
+            let mut best = f32::NEG_INFINITY;
+            let mut best_at = y0 * w + x0;
+            for y in y0..y1 {
+                for (x, &v) in plane[y * w + x0..y * w + x1].iter().enumerate() {
+                    if v > best || (v.is_nan() && !best.is_nan()) {
+                        best = v;
+                        best_at = y * w + x0 + x;
+                    }
+                }
+            }
+            values[oy * ow + ox] = best;
+            indices[oy * ow + ox] = best_at as u32;
+        }
+    }
+}
+
+/// The input gradient of [`max_pool2d`]: each output's gradient added at its maximum's position.
+pub fn max_pool2d_backward(shape: &Pool2dShape, grad_out: &[f32], indices: &[u32]) -> Vec<f32> {
+    let plane_len = shape.height * shape.width;
+    let [oh, ow] = shape.out_size();
+    let out_len = oh * ow;
+    shape.check("grad_out", grad_out.len(), shape.planes * out_len);
+    shape.check("indices", indices.len(), shape.planes * out_len);
+    let mut grad = vec![0.0f32; shape.planes * plane_len];
+    if out_len == 0 {
+        return grad;
+    }
+    let chunk = planes_per_task(plane_len);
+    grad.par_chunks_mut(chunk * plane_len)
+        .zip(grad_out.par_chunks(chunk * out_len))
+        .zip(indices.par_chunks(chunk * out_len))
+        .for_each(|((grad, grad_out), indices)| {
+            let planes = grad
+                .chunks_exact_mut(plane_len)
+                .zip(grad_out.chunks_exact(out_len))
+                .zip(indices.chunks_exact(out_len));
+            for ((grad, grad_out), indices) in planes {
+                // Written before it is read: the first touch of a fresh zeroed page is then a
+                // write, not a read of the shared zero page followed by a copy-on-write fault.
+                grad.fill(0.0);
+                for (&g, &i) in grad_out.iter().zip(indices) {
+                    grad[i as usize] += g;
+                }
+            }
+        });
+    grad
+}
+
+/// The mean of each plane of `x` (`[planes, len]`): global average pooling, `[N, C]`.
+pub fn global_avg_pool(x: &[f32], plane_len: usize) -> Vec<f32> {
+    assert!(
+        plane_len > 0 && x.len() % plane_len == 0,
+        "global_avg_pool: {} values are not whole planes of {plane_len}",
+        x.len()
+    );
+    let scale = 1.0 / plane_len as f32;
+    x.par_chunks(plane_len * planes_per_task(plane_len))
+        .flat_map_iter(|planes| {
+            planes
+                .chunks_exact(plane_len)
+                .map(move |plane| plane.iter().sum::<f32>() * scale)
+        })
+        .collect()
+}
+
+/// The input gradient of [`global_avg_pool`]: each plane filled with its output's gradient over
+/// the plane's size.
+pub fn global_avg_pool_backward(grad_out: &[f32], plane_len: usize) -> Vec<f32> {
+    let scale = 1.0 / plane_len as f32;
+    let mut grad = vec![0.0f32; grad_out.len() * plane_len];
+    if plane_len == 0 {
+        return grad;
+    }
+    let chunk = planes_per_task(plane_len);
+    grad.par_chunks_mut(chunk * plane_len)
+        .zip(grad_out.par_chunks(chunk))
+        .for_each(|(grad, grad_out)| {
+            for (plane, &g) in grad.chunks_exact_mut(plane_len).zip(grad_out) {
+                plane.fill(g * scale);
+            }
+        });
+    grad
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::backend::Autodiff;
+    use burn::tensor::{Tensor, TensorData};
+    use burn_flex::Flex;
+
+    use super::*;
+    use crate::dataset::Rng;
+
+    type B = Autodiff<Flex>;
+
+    /// Burn's max-pool of `x` and its input gradient for `grad_out`.
+    fn burn_max_pool(shape: &Pool2dShape, x: &[f32], grad_out: &[f32]) -> (Vec<f32>, Vec<f32>) {
+        let device = Default::default();
+        let xt = Tensor::<B, 4>::from_data(
+            TensorData::new(x.to_vec(), [shape.planes, 1, shape.height, shape.width]),
+            &device,
+        )
+        .require_grad();
+        let y = burn::tensor::module::max_pool2d(
+            xt.clone(),
+            shape.kernel,
+            shape.stride,
+            shape.padding,
+            [1, 1],
+            false,
+        );
+        let g = Tensor::<B, 4>::from_data(TensorData::new(grad_out.to_vec(), y.dims()), &device);
+        let grads = (y.clone() * g).sum().backward();
+        (
+            y.into_data().to_vec().unwrap(),
+            xt.grad(&grads).unwrap().into_data().to_vec().unwrap(),
+        )
+    }
+
+    fn values(rng: &mut Rng, len: usize, distinct: bool) -> Vec<f32> {
+        (0..len)
+            .map(|_| {
+                let v = rng.next_f64() as f32 * 2.0 - 1.0;
+                // Coarse values make ties, where the first maximum must win as in Burn.
+                if distinct { v } else { (v * 3.0).round() }
+            })
+            .collect()
+    }
+
+    fn check(shape: Pool2dShape, rng: &mut Rng, distinct: bool) {
+        let [oh, ow] = shape.out_size();
+        let x = values(rng, shape.planes * shape.height * shape.width, distinct);
+        let grad_out = values(rng, shape.planes * oh * ow, true);
+        let (burn_y, burn_grad) = burn_max_pool(&shape, &x, &grad_out);
+        let (y, indices) = max_pool2d(&shape, &x);
+        assert_eq!(y, burn_y, "{shape:?}");
+        let grad = max_pool2d_backward(&shape, &grad_out, &indices);
+        for (i, (a, b)) in grad.iter().zip(&burn_grad).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-6,
+                "{shape:?} gradient {i}: {a} vs Burn {b}"
+            );
+        }
+    }
+
+    fn shape(planes: usize, side: usize, k: usize, stride: usize, padding: usize) -> Pool2dShape {
+        Pool2dShape {
+            planes,
+            height: side,
+            width: side,
+            kernel: [k, k],
+            stride: [stride, stride],
+            padding: [padding, padding],
+        }
+    }
+
+    /// The small CNN's 2x2 pools (28 → 14 → 7) and the torchvision stem's 3x3/2 pad 1.
+    #[test]
+    fn the_shipped_architectures_pools_match_burn() {
+        let mut rng = Rng::seed_from_u64(11);
+        for s in [
+            shape(2 * 32, 28, 2, 2, 0),
+            shape(2 * 64, 14, 2, 2, 0),
+            shape(3 * 64, 7, 2, 2, 0),
+            shape(2 * 8, 56, 3, 2, 1),
+        ] {
+            check(s, &mut rng, true);
+            check(s, &mut rng, false);
+        }
+    }
+
+    /// Odd sizes (the last row/column dropped in floor mode), rectangular windows, strides
+    /// smaller or larger than the window, padding, many planes split over threads.
+    #[test]
+    fn random_shapes_match_burn() {
+        let mut rng = Rng::seed_from_u64(12);
+        let mut data = Rng::seed_from_u64(13);
+        let mut checked = 0;
+        while checked < 60 {
+            let mut pick = |lo: usize, hi: usize| lo + rng.below((hi - lo + 1) as u64) as usize;
+            let kernel = [pick(1, 4), pick(1, 4)];
+            let s = Pool2dShape {
+                planes: [1, 3, 200][pick(0, 2)],
+                height: pick(1, 15),
+                width: pick(1, 15),
+                kernel,
+                stride: [pick(1, 3), pick(1, 3)],
+                padding: [pick(0, kernel[0] / 2), pick(0, kernel[1] / 2)],
+            };
+            let [oh, ow] = s.out_size();
+            if oh == 0 || ow == 0 {
+                continue;
+            }
+            let distinct = checked % 2 == 0;
+            check(s, &mut data, distinct);
+            checked += 1;
+        }
+    }
+
+    #[test]
+    fn a_nan_wins_its_window_as_in_pytorch() {
+        let s = shape(1, 2, 2, 2, 0);
+        let (y, at) = max_pool2d(&s, &[1.0, f32::NAN, 3.0, 2.0]);
+        assert!(y[0].is_nan());
+        assert_eq!(at, [1]);
+    }
+
+    #[test]
+    fn global_average_pool_and_its_gradient_match_burn() {
+        let device = Default::default();
+        let mut rng = Rng::seed_from_u64(14);
+        for [n, c, h, w] in [[3, 5, 7, 7], [2, 64, 8, 8], [1, 1, 1, 3], [130, 3, 2, 2]] {
+            let x = values(&mut rng, n * c * h * w, true);
+            let g = values(&mut rng, n * c, true);
+            let xt = Tensor::<B, 4>::from_data(TensorData::new(x.clone(), [n, c, h, w]), &device)
+                .require_grad();
+            let y = xt.clone().mean_dims(&[2, 3]).reshape([n, c]);
+            let gt = Tensor::<B, 2>::from_data(TensorData::new(g.clone(), [n, c]), &device);
+            let grads = (y.clone() * gt).sum().backward();
+            let burn_y: Vec<f32> = y.into_data().to_vec().unwrap();
+            let burn_grad: Vec<f32> = xt.grad(&grads).unwrap().into_data().to_vec().unwrap();
+            let ours = global_avg_pool(&x, h * w);
+            for (a, b) in ours.iter().zip(&burn_y) {
+                assert!((a - b).abs() <= 1e-5, "{a} vs Burn {b}");
+            }
+            let grad = global_avg_pool_backward(&g, h * w);
+            for (a, b) in grad.iter().zip(&burn_grad) {
+                assert!((a - b).abs() <= 1e-6, "{a} vs Burn {b}");
+            }
+        }
+    }
+}
