@@ -13,11 +13,10 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Initializer, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::Tensor;
-use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
 
 use super::fast_bn::{conv_bn, conv_bn_relu};
-use crate::kernels::{global_avg_pool, max_pool2d};
+use crate::kernels::{add_relu, global_avg_pool, max_pool2d};
 
 /// Which ResNet: decides the stem, the block type, the widths and the number of blocks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,7 +106,7 @@ impl<B: Backend> Block<B> {
             (Shortcut::ZeroPad { stride, pad }, _) => zero_pad_shortcut(x, *stride, *pad),
             _ => x,
         };
-        relu(out + identity)
+        add_relu(out, identity)
     }
 }
 

@@ -21,10 +21,12 @@ mod conv_op;
 mod flex_glue;
 pub mod pool;
 mod pool_op;
+mod residual_op;
 
 pub(crate) use bn_op::batch_norm_train;
 pub(crate) use conv_op::conv2d_forward;
 pub(crate) use pool_op::{global_avg_pool, max_pool2d};
+pub(crate) use residual_op::add_relu;
 
 /// A vector of `len` values written chunk by chunk on rayon's threads, without zeroing it first:
 /// the kernels' outputs are 1–30 MB and overwritten at once, and zeroing them was ~10% of a

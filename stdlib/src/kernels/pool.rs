@@ -104,22 +104,17 @@ fn pool_plane_2x2(
         let bottom = &plane[(2 * oy + 1) * w..(2 * oy + 2) * w];
         let out = &mut values[oy * ow..(oy + 1) * ow];
         let at = &mut indices[oy * ow..(oy + 1) * ow];
-        for ox in 0..ow {
-            let base = (2 * oy * w + 2 * ox) as u32;
-            let candidates = [
-                (top[2 * ox], base),
-                (top[2 * ox + 1], base + 1),
-                (bottom[2 * ox], base + w as u32),
-                (bottom[2 * ox + 1], base + w as u32 + 1),
-            ];
-            let (mut best, mut best_at) = candidates[0];
-            for &(v, i) in &candidates[1..] {
-                if v > best || (v.is_nan() && !best.is_nan()) {
-                    (best, best_at) = (v, i);
-                }
+        let pairs = top.chunks_exact(2).zip(bottom.chunks_exact(2));
+        for (ox, ((out, at), (t, b))) in out.iter_mut().zip(at.iter_mut()).zip(pairs).enumerate() {
+            // Branch-free, so that the loop vectorises: offsets 0, 1, W, W+1 in the window.
+            let (mut best, mut offset) = (t[0], 0u32);
+            for (v, o) in [(t[1], 1), (b[0], w as u32), (b[1], w as u32 + 1)] {
+                let take = v > best || (v.is_nan() && !best.is_nan());
+                best = if take { v } else { best };
+                offset = if take { o } else { offset };
             }
-            out[ox] = best;
-            at[ox] = best_at;
+            *out = best;
+            *at = (2 * oy * w + 2 * ox) as u32 + offset;
         }
     }
 }
@@ -180,6 +175,10 @@ pub fn max_pool2d_backward(shape: &Pool2dShape, grad_out: &[f32], indices: &[u32
                 .zip(grad_out.chunks_exact(out_len))
                 .zip(indices.chunks_exact(out_len));
             for ((grad, grad_out), indices) in planes {
+                if shape.kernel == [2, 2] && shape.stride == [2, 2] && shape.padding == [0, 0] {
+                    unpool_plane_2x2(grad, shape.width, [oh, ow], grad_out, indices);
+                    continue;
+                }
                 // Written before it is read: the first touch of a fresh zeroed page is then a
                 // write, not a read of the shared zero page followed by a copy-on-write fault.
                 grad.fill(0.0);
@@ -189,6 +188,36 @@ pub fn max_pool2d_backward(shape: &Pool2dShape, grad_out: &[f32], indices: &[u32
             }
         });
     grad
+}
+
+/// The 2x2 stride-2 windows do not overlap: every input element is written once, with its
+/// window's gradient if it was the maximum and zero otherwise (as are the last row and column
+/// of an odd-sized plane, which no window covers) — one pass, no zero-fill, no scatter.
+fn unpool_plane_2x2(
+    grad: &mut [f32],
+    w: usize,
+    [oh, ow]: [usize; 2],
+    grad_out: &[f32],
+    indices: &[u32],
+) {
+    let h = grad.len() / w;
+    for oy in 0..oh {
+        let (top, bottom) = grad[2 * oy * w..(2 * oy + 2) * w].split_at_mut(w);
+        let g = &grad_out[oy * ow..(oy + 1) * ow];
+        let at = &indices[oy * ow..(oy + 1) * ow];
+        let pairs = top.chunks_exact_mut(2).zip(bottom.chunks_exact_mut(2));
+        for (ox, ((t, b), (&g, &at))) in pairs.zip(g.iter().zip(at)).enumerate() {
+            let offset = at - (2 * oy * w + 2 * ox) as u32;
+            let put = |o: u32| if offset == o { g } else { 0.0 };
+            t[0] = put(0);
+            t[1] = put(1);
+            b[0] = put(w as u32);
+            b[1] = put(w as u32 + 1);
+        }
+        top[2 * ow..].fill(0.0);
+        bottom[2 * ow..].fill(0.0);
+    }
+    grad[2 * oh * w..h * w].fill(0.0);
 }
 
 /// The mean of each plane of `x` (`[planes, len]`): global average pooling, `[N, C]`.
