@@ -10,6 +10,8 @@
 
 use rayon::prelude::*;
 
+use super::vectorized;
+
 /// The geometry of a 2-D max-pool (dilation 1, floor mode).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pool2dShape {
@@ -82,7 +84,7 @@ pub fn max_pool2d(shape: &Pool2dShape, x: &[f32]) -> (Vec<f32>, Vec<u32>) {
                 .zip(x.chunks_exact(h * w));
             for ((values, indices), plane) in planes {
                 if shape.kernel == [2, 2] && shape.stride == [2, 2] && shape.padding == [0, 0] {
-                    pool_plane_2x2(plane, w, [oh, ow], values, indices);
+                    vectorized(|| pool_plane_2x2(plane, w, [oh, ow], values, indices));
                 } else {
                     pool_plane(shape, plane, [oh, ow], values, indices);
                 }
@@ -92,6 +94,7 @@ pub fn max_pool2d(shape: &Pool2dShape, x: &[f32]) -> (Vec<f32>, Vec<u32>) {
 }
 
 /// The 2x2 stride-2 window of the small CNN: two input rows per output row.
+#[inline(always)]
 fn pool_plane_2x2(
     plane: &[f32],
     w: usize,
@@ -176,7 +179,7 @@ pub fn max_pool2d_backward(shape: &Pool2dShape, grad_out: &[f32], indices: &[u32
                 .zip(indices.chunks_exact(out_len));
             for ((grad, grad_out), indices) in planes {
                 if shape.kernel == [2, 2] && shape.stride == [2, 2] && shape.padding == [0, 0] {
-                    unpool_plane_2x2(grad, shape.width, [oh, ow], grad_out, indices);
+                    vectorized(|| unpool_plane_2x2(grad, shape.width, [oh, ow], grad_out, indices));
                     continue;
                 }
                 // Written before it is read: the first touch of a fresh zeroed page is then a
@@ -193,6 +196,7 @@ pub fn max_pool2d_backward(shape: &Pool2dShape, grad_out: &[f32], indices: &[u32
 /// The 2x2 stride-2 windows do not overlap: every input element is written once, with its
 /// window's gradient if it was the maximum and zero otherwise (as are the last row and column
 /// of an odd-sized plane, which no window covers) — one pass, no zero-fill, no scatter.
+#[inline(always)]
 fn unpool_plane_2x2(
     grad: &mut [f32],
     w: usize,

@@ -14,7 +14,7 @@ use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
 use super::flex_glue::{CpuAutodiff, cast, cast_back, contiguous, flex, host};
-use super::written_in_parallel;
+use super::{vectorized, written_in_parallel};
 
 /// Elements per rayon task.
 const CHUNK: usize = 1 << 14;
@@ -50,9 +50,11 @@ fn tracked_add_relu<const D: usize>(
     let (av, bv) = (host(&a_host), host(&b_host));
     let y = written_in_parallel(av.len(), CHUNK, |i, out| {
         let at = i * CHUNK..(i * CHUNK + out.len());
-        for ((y, &a), &b) in out.iter_mut().zip(&av[at.clone()]).zip(&bv[at.clone()]) {
-            y.write((a + b).max(0.0));
-        }
+        vectorized(|| {
+            for ((y, &a), &b) in out.iter_mut().zip(&av[at.clone()]).zip(&bv[at.clone()]) {
+                y.write((a + b).max(0.0));
+            }
+        });
         at.len()
     });
     let y = flex(y, shape);
@@ -84,9 +86,11 @@ impl Backward<Flex, 2> for AddReluBackward {
             .par_chunks_mut(CHUNK)
             .zip(g.par_chunks(CHUNK).zip(yv.par_chunks(CHUNK)))
             .for_each(|(m, (g, y))| {
-                for ((m, &g), &y) in m.iter_mut().zip(g).zip(y) {
-                    *m = if y > 0.0 { g } else { 0.0 };
-                }
+                vectorized(|| {
+                    for ((m, &g), &y) in m.iter_mut().zip(g).zip(y) {
+                        *m = if y > 0.0 { g } else { 0.0 };
+                    }
+                });
             });
         let masked = flex(masked, y.shape());
         // Both inputs receive the same gradient: one buffer, shared.
