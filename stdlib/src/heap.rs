@@ -16,7 +16,8 @@ use std::sync::Mutex;
 /// How many guards are alive; the settings change on 0 → 1 and 1 → 0.
 static GUARDS: Mutex<usize> = Mutex::new(0);
 
-/// Allocations below this come from the heap while a guard lives.
+/// Allocations below this come from the heap while a guard lives (every activation of the
+/// shipped architectures at batch 128 but ResNet-50's largest maps).
 const MMAP_THRESHOLD: i32 = 256 << 20;
 /// Free memory at the top of a heap that is kept while a guard lives.
 const TRIM_THRESHOLD: i32 = 1 << 30;
@@ -32,8 +33,12 @@ pub struct KeepFreedMemory(());
 
 impl KeepFreedMemory {
     pub fn new() -> Self {
-        if enter(&mut GUARDS.lock().unwrap_or_else(|e| e.into_inner())) {
-            set(MMAP_THRESHOLD, TRIM_THRESHOLD);
+        if enter(&mut GUARDS.lock().unwrap_or_else(|e| e.into_inner()))
+            && !set(MMAP_THRESHOLD, TRIM_THRESHOLD)
+        {
+            tracing::debug!(
+                "glibc refused the allocator thresholds; training runs with its defaults"
+            );
         }
         Self(())
     }
@@ -49,7 +54,7 @@ impl Drop for KeepFreedMemory {
     fn drop(&mut self) {
         let mut guards = GUARDS.lock().unwrap_or_else(|e| e.into_inner());
         if leave(&mut guards) {
-            set(DEFAULT_MMAP_THRESHOLD_MAX, DEFAULT_TRIM_THRESHOLD);
+            let _ = set(DEFAULT_MMAP_THRESHOLD_MAX, DEFAULT_TRIM_THRESHOLD);
             trim();
         }
     }
@@ -67,13 +72,14 @@ fn leave(guards: &mut usize) -> bool {
     *guards == 0
 }
 
+/// Sets both thresholds; whether glibc accepted them.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn set(mmap_threshold: i32, trim_threshold: i32) {
+fn set(mmap_threshold: i32, trim_threshold: i32) -> bool {
     // SAFETY: mallopt only changes allocator parameters; it takes glibc's own locks.
     #[allow(unsafe_code)]
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, mmap_threshold);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, trim_threshold);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, mmap_threshold) == 1
+            && libc::mallopt(libc::M_TRIM_THRESHOLD, trim_threshold) == 1
     }
 }
 
@@ -88,7 +94,9 @@ fn trim() {
 
 // Other allocators keep their own policies.
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn set(_: i32, _: i32) {}
+fn set(_: i32, _: i32) -> bool {
+    true
+}
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn trim() {}
@@ -107,12 +115,11 @@ mod tests {
         assert!(enter(&mut guards), "a later guard sets again");
     }
 
+    /// The values are ones this glibc accepts (mallopt returns 0 for one it refuses, and the
+    /// guard would then silently train with the defaults).
     #[test]
-    fn memory_freed_under_a_guard_is_reused_after_it() {
-        let guard = KeepFreedMemory::new();
-        drop(vec![1.0f32; 4 << 20]);
-        drop(guard);
-        let again = vec![2.0f32; 4 << 20];
-        assert!(again.iter().all(|&v| v == 2.0));
+    fn glibc_accepts_both_settings() {
+        assert!(set(MMAP_THRESHOLD, TRIM_THRESHOLD));
+        assert!(set(DEFAULT_MMAP_THRESHOLD_MAX, DEFAULT_TRIM_THRESHOLD));
     }
 }
