@@ -300,6 +300,7 @@ mod tests {
 
     use super::*;
     use crate::dataset::Rng;
+    use crate::kernels::assert_close_to_burn;
 
     type B = Autodiff<Flex>;
 
@@ -307,18 +308,6 @@ mod tests {
         (0..len)
             .map(|_| mean + spread * (rng.next_f64() as f32 * 2.0 - 1.0))
             .collect()
-    }
-
-    #[track_caller]
-    fn assert_close(what: &str, ours: &[f32], theirs: &[f32]) {
-        assert_eq!(ours.len(), theirs.len(), "{what}");
-        let scale = theirs.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
-        for (i, (a, b)) in ours.iter().zip(theirs).enumerate() {
-            assert!(
-                (a - b).abs() <= 1e-4 * scale,
-                "{what}[{i}]: {a}, Burn says {b}"
-            );
-        }
     }
 
     /// Against `burn::nn::BatchNorm::forward` (and ReLU) under autodiff: output, running
@@ -373,9 +362,9 @@ mod tests {
         let exact_mean: Vec<f32> = exact_mean.iter().map(|&v| v as f32).collect();
 
         let fwd = batch_norm_train(&shape, &x, &gamma, &beta, 1e-5, relu);
-        assert_close("y", &fwd.y, &burn_y);
-        assert_close("mean", &fwd.mean, &exact_mean);
-        assert_close("variance", &fwd.var, &exact_var);
+        assert_close_to_burn("y", &fwd.y, &burn_y);
+        assert_close_to_burn("mean", &fwd.mean, &exact_mean);
+        assert_close_to_burn("variance", &fwd.var, &exact_var);
         let (dx, dgamma, dbeta) = batch_norm_train_backward(
             &shape,
             &x,
@@ -386,9 +375,9 @@ mod tests {
             &fwd.inv_std,
             relu,
         );
-        assert_close("∂x", &dx, &burn_dx);
-        assert_close("∂γ", &dgamma, &burn_dgamma);
-        assert_close("∂β", &dbeta, &burn_dbeta);
+        assert_close_to_burn("∂x", &dx, &burn_dx);
+        assert_close_to_burn("∂γ", &dgamma, &burn_dgamma);
+        assert_close_to_burn("∂β", &dbeta, &burn_dbeta);
     }
 
     /// The backbones' maps (small CNN 28²/14²/7², ResNet 32²/8²) and odd ones: batch 1,

@@ -310,6 +310,7 @@ mod tests {
 
     use super::*;
     use crate::dataset::Rng;
+    use crate::kernels::assert_close_to_burn;
 
     type B = Autodiff<Flex>;
 
@@ -360,25 +361,17 @@ mod tests {
             .collect()
     }
 
-    #[track_caller]
-    fn assert_close(what: &str, ours: &[f32], theirs: &[f32], shape: &Conv2dShape) {
-        assert_eq!(ours.len(), theirs.len(), "{what} {shape:?}");
-        let scale = theirs.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
-        for (i, (a, b)) in ours.iter().zip(theirs).enumerate() {
-            assert!(
-                (a - b).abs() <= 1e-4 * scale,
-                "{what} {shape:?}: element {i} is {a}, Burn says {b}"
-            );
-        }
-    }
-
     fn check(shape: Conv2dShape, rng: &mut Rng) {
         let [oh, ow] = shape.out_size();
         let x = values(rng, shape.batch * shape.input_len());
         let w = values(rng, shape.out_channels * shape.patch_len());
         let grad_out = values(rng, shape.batch * shape.out_channels * oh * ow);
         let (burn_y, burn_x, burn_w) = burn_grads(&shape, &x, &w, &grad_out);
-        assert_close("output", &conv2d(&shape, &x, &w, None), &burn_y, &shape);
+        assert_close_to_burn(
+            &format!("output {shape:?}"),
+            &conv2d(&shape, &x, &w, None),
+            &burn_y,
+        );
         let bias = values(rng, shape.out_channels);
         let [oh, ow] = shape.out_size();
         let biased: Vec<f32> = burn_y
@@ -386,23 +379,20 @@ mod tests {
             .enumerate()
             .map(|(i, v)| v + bias[i / (oh * ow) % shape.out_channels])
             .collect();
-        assert_close(
-            "biased output",
+        assert_close_to_burn(
+            &format!("biased output {shape:?}"),
             &conv2d(&shape, &x, &w, Some(&bias)),
             &biased,
-            &shape,
         );
-        assert_close(
-            "input gradient",
+        assert_close_to_burn(
+            &format!("input gradient {shape:?}"),
             &conv2d_input_grad(&shape, &w, &grad_out),
             &burn_x,
-            &shape,
         );
-        assert_close(
-            "weight gradient",
+        assert_close_to_burn(
+            &format!("weight gradient {shape:?}"),
             &conv2d_weight_grad(&shape, &x, &grad_out),
             &burn_w,
-            &shape,
         );
     }
 

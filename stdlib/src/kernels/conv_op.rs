@@ -201,6 +201,7 @@ mod tests {
     use burn::tensor::Distribution;
 
     use super::*;
+    use crate::kernels::assert_close_to_burn;
 
     /// Loss and both gradients of `sum(conv(x) ⊙ g)` through `forward`.
     fn grads(
@@ -220,18 +221,6 @@ mod tests {
             read(x.grad(&grads).unwrap()),
             read(conv.weight.val().grad(&grads).unwrap()),
         )
-    }
-
-    #[track_caller]
-    fn assert_close(what: &str, a: &[f32], b: &[f32]) {
-        assert_eq!(a.len(), b.len(), "{what}");
-        let scale = b.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
-        for (i, (p, q)) in a.iter().zip(b).enumerate() {
-            assert!(
-                (p - q).abs() <= 1e-4 * scale,
-                "{what}[{i}]: {p} vs Burn {q}"
-            );
-        }
     }
 
     /// Through a module, as the backbones call it: the same outputs and gradients as Burn's
@@ -263,9 +252,9 @@ mod tests {
                 FAST_CALLS.load(std::sync::atomic::Ordering::SeqCst) > before,
                 "the custom op did not run"
             );
-            assert_close("output", &y1, &y0);
-            assert_close("input gradient", &gx1, &gx0);
-            assert_close("weight gradient", &gw1, &gw0);
+            assert_close_to_burn("output", &y1, &y0);
+            assert_close_to_burn("input gradient", &gx1, &gx0);
+            assert_close_to_burn("weight gradient", &gw1, &gw0);
         }
     }
 
@@ -314,7 +303,7 @@ mod tests {
                 .to_vec()
                 .unwrap();
             let theirs: Vec<f32> = conv.forward(x).into_data().to_vec().unwrap();
-            assert_close("inference output", &ours, &theirs);
+            assert_close_to_burn("inference output", &ours, &theirs);
         }
     }
 }

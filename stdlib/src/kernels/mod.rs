@@ -64,6 +64,21 @@ pub(crate) fn written_in_parallel<T: Copy + Send + Sync>(
     out
 }
 
+/// Panics unless `ours` equals Burn's `theirs` element by element within 1e-4 of the largest
+/// magnitude in `theirs` (at least 1e-3): the tolerance every kernel test compares with.
+#[cfg(test)]
+#[track_caller]
+pub(crate) fn assert_close_to_burn(what: &str, ours: &[f32], theirs: &[f32]) {
+    assert_eq!(ours.len(), theirs.len(), "{what}: lengths differ");
+    let scale = theirs.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+    for (i, (a, b)) in ours.iter().zip(theirs).enumerate() {
+        assert!(
+            (a - b).abs() <= 1e-4 * scale,
+            "{what}: element {i} is {a}, Burn says {b}"
+        );
+    }
+}
+
 #[cfg(test)]
 thread_local! {
     /// Set by tests that run the same model on Burn's own ops alone, to compare with the kernels.
