@@ -75,8 +75,11 @@ fn conv_bn_activation<B: Backend>(
         groups: conv.groups,
         padding: conv.padding.clone(),
     };
-    let y = crate::kernels::conv2d_forward(&folded, x);
-    if with_relu { relu(y) } else { y }
+    if with_relu {
+        crate::kernels::conv2d_relu_forward(&folded, x)
+    } else {
+        crate::kernels::conv2d_forward(&folded, x)
+    }
 }
 
 /// `bn.forward(x)` for `x: [N, C, H, W]`: batch statistics (and a running-statistics update)

@@ -15,6 +15,7 @@
 
 use rayon::prelude::*;
 
+use super::direct_conv;
 use crate::gemm::{Mat, matmul};
 
 /// The geometry of a 2-D convolution with one group.
@@ -81,7 +82,38 @@ impl Conv2dShape {
 /// The output `[N, O, OH, OW]` of the convolution of `x` (`[N, C, H, W]`) with `weight`
 /// (`[O, C, KH, KW]`), plus `bias[o]` on every output of channel `o` when given: per sample,
 /// `Y_n[O, OH·OW] = W[O, C·KH·KW] · col_n` (a 1x1 stride-1 convolution multiplies `x` itself).
+/// Stride-1 convolutions are read straight from the image ([`direct_conv`]); the rest take
+/// im2col.
 pub fn conv2d(shape: &Conv2dShape, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    if direct_conv::covers(shape) {
+        return direct_conv::conv2d(shape, x, weight, bias);
+    }
+    im2col_conv2d(shape, x, weight, bias)
+}
+
+/// [`conv2d`] then ReLU (fused into the direct kernel's last pass).
+pub fn conv2d_relu(
+    shape: &Conv2dShape,
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
+    if direct_conv::covers(shape) {
+        return direct_conv::conv2d_relu(shape, x, weight, bias);
+    }
+    let mut y = im2col_conv2d(shape, x, weight, bias);
+    y.par_iter_mut().for_each(|v| *v = v.max(0.0));
+    y
+}
+
+/// [`conv2d`] through im2col and one `gemm` per sample, for every geometry (what
+/// `examples/conv_bench.rs` compares the direct kernel with).
+pub fn im2col_conv2d(
+    shape: &Conv2dShape,
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
     let (n, o) = (shape.batch, shape.out_channels);
     let (input, patch, positions) = (shape.input_len(), shape.patch_len(), shape.positions());
     shape.check("x", x.len(), n * input);
@@ -169,7 +201,18 @@ pub fn conv2d_weight_grad(shape: &Conv2dShape, x: &[f32], grad_out: &[f32]) -> V
 
 /// The input gradient `[N, C, H, W]` from the weight (`[O, C, KH, KW]`) and the output gradient
 /// (`[N, O, OH, OW]`).
+/// Stride 1 is the forward convolution of `grad_out` with the flipped kernel
+/// ([`direct_conv::input_grad_as_forward`]) unless the input has so few channels that the
+/// direct kernel's tiles of output channels would mostly compute padding; the rest take col2im.
 pub fn conv2d_input_grad(shape: &Conv2dShape, weight: &[f32], grad_out: &[f32]) -> Vec<f32> {
+    if direct_conv::covers(shape) && shape.in_channels >= direct_conv::TILE_CHANNELS {
+        return direct_conv::input_grad_as_forward(shape, weight, grad_out);
+    }
+    im2col_conv2d_input_grad(shape, weight, grad_out)
+}
+
+/// [`conv2d_input_grad`] through one `gemm` per sample and col2im, for every geometry.
+pub fn im2col_conv2d_input_grad(shape: &Conv2dShape, weight: &[f32], grad_out: &[f32]) -> Vec<f32> {
     let (n, o) = (shape.batch, shape.out_channels);
     let (input, patch, positions) = (shape.input_len(), shape.patch_len(), shape.positions());
     shape.check("weight", weight.len(), o * patch);

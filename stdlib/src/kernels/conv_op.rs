@@ -11,28 +11,46 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
 use burn::tensor::backend::Backend;
-use burn::tensor::ops::{ConvOptions, ModuleOps};
+use burn::tensor::ops::{ActivationOps, ConvOptions, ModuleOps};
 use burn::tensor::{DType, Tensor, TensorPrimitive};
 use burn_flex::{Flex, FlexTensor};
 
-use super::conv::{Conv2dShape, conv2d, conv2d_input_grad, conv2d_weight_grad};
+use super::conv::{Conv2dShape, conv2d, conv2d_input_grad, conv2d_relu, conv2d_weight_grad};
 use super::flex_glue::{CpuAutodiff, cast, cast_back, contiguous, dims4, flex, host};
 
 /// `conv.forward(x)`, on our kernels when `B` is the CPU backend and the convolution is one they
 /// cover (one group, symmetric padding; in training also no bias, as the backbones' are).
 pub(crate) fn conv2d_forward<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    conv2d_forward_then(conv, x, false)
+}
+
+/// `relu(conv.forward(x))`; in inference on the CPU backend the ReLU is applied as the kernel
+/// writes its output.
+pub(crate) fn conv2d_relu_forward<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    conv2d_forward_then(conv, x, true)
+}
+
+fn conv2d_forward_then<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>, relu: bool) -> Tensor<B, 4> {
+    let burn = |x| {
+        let y = conv.forward(x);
+        if relu {
+            burn::tensor::activation::relu(y)
+        } else {
+            y
+        }
+    };
     if super::burn_ops_only() || x.dtype() != DType::F32 {
-        return conv.forward(x);
+        return burn(x);
     }
     let Some(options) = covered(conv) else {
-        return conv.forward(x);
+        return burn(x);
     };
     let weight = conv.weight.val();
     let x = match cast::<(Tensor<CpuAutodiff, 4>, Tensor<CpuAutodiff, 4>), _>((x, weight)) {
-        Ok((x, weight)) if conv.bias.is_none() => {
+        Ok((x, weight)) if conv.bias.is_none() && !relu => {
             return cast_back(fast_conv2d(x, weight, options));
         }
-        Ok((x, _)) => return conv.forward(cast_back(x)),
+        Ok((x, _)) => return burn(cast_back(x)),
         Err((x, _)) => x,
     };
     let bias = conv.bias.as_ref().map(|b| b.val());
@@ -48,10 +66,11 @@ pub(crate) fn conv2d_forward<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> T
                 weight.into_primitive().tensor(),
                 bias,
                 &options,
+                relu,
             );
             cast_back(Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(y)))
         }
-        Err((x, _, _)) => conv.forward(x),
+        Err((x, _, _)) => burn(x),
     }
 }
 
@@ -92,25 +111,31 @@ fn forward(
     weight: FlexTensor,
     bias: Option<FlexTensor>,
     options: &ConvOptions<2>,
+    relu: bool,
 ) -> FlexTensor {
     if [Some(&x), Some(&weight), bias.as_ref()]
         .into_iter()
         .flatten()
         .any(|t| t.dtype() != DType::F32)
     {
-        return Flex::conv2d(x, weight, bias, options.clone());
+        let y = Flex::conv2d(x, weight, bias, options.clone());
+        return if relu { Flex::relu(y) } else { y };
     }
     let shape = geometry(&x, &weight, options);
     let (x, weight) = (contiguous(x), contiguous(weight));
     let bias = bias.map(contiguous);
-    let y = conv2d(&shape, host(&x), host(&weight), bias.as_ref().map(host));
+    let run = if relu { conv2d_relu } else { conv2d };
+    let y = run(&shape, host(&x), host(&weight), bias.as_ref().map(host));
     let [oh, ow] = shape.out_size();
     flex(y, [shape.batch, shape.out_channels, oh, ow])
 }
 
-/// Calls of [`fast_conv2d`], for tests that must know the custom op ran.
 #[cfg(test)]
-static FAST_CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+thread_local! {
+    /// Calls of [`fast_conv2d`] on this thread, for tests that must know the custom op ran
+    /// (per thread: tests run in parallel, and the op's forward runs on the calling thread).
+    static FAST_CALLS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
 
 /// `conv2d(x, weight)` recorded with [`Conv2dBackward`].
 fn fast_conv2d(
@@ -119,7 +144,7 @@ fn fast_conv2d(
     options: ConvOptions<2>,
 ) -> Tensor<CpuAutodiff, 4> {
     #[cfg(test)]
-    FAST_CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    FAST_CALLS.set(FAST_CALLS.get() + 1);
     let x = x.into_primitive().tensor();
     let weight = weight.into_primitive().tensor();
     let out = match Conv2dBackward
@@ -130,12 +155,16 @@ fn fast_conv2d(
         OpsKind::Tracked(mut prep) => {
             let x_state = prep.checkpoint(&x);
             let weight_state = prep.checkpoint(&weight);
-            let y = forward(x.primitive, weight.primitive, None, &options);
+            let y = forward(x.primitive, weight.primitive, None, &options, false);
             prep.finish((x_state, weight_state, options), y)
         }
-        OpsKind::UnTracked(prep) => {
-            prep.finish(forward(x.primitive, weight.primitive, None, &options))
-        }
+        OpsKind::UnTracked(prep) => prep.finish(forward(
+            x.primitive,
+            weight.primitive,
+            None,
+            &options,
+            false,
+        )),
     };
     Tensor::from_primitive(TensorPrimitive::Float(out))
 }
@@ -246,12 +275,9 @@ mod tests {
                 &device,
             );
             let (y0, gx0, gw0) = grads(&conv, &x, |c, x| c.forward(x));
-            let before = FAST_CALLS.load(std::sync::atomic::Ordering::SeqCst);
+            let before = FAST_CALLS.get();
             let (y1, gx1, gw1) = grads(&conv, &x, conv2d_forward);
-            assert!(
-                FAST_CALLS.load(std::sync::atomic::Ordering::SeqCst) > before,
-                "the custom op did not run"
-            );
+            assert!(FAST_CALLS.get() > before, "the custom op did not run");
             assert_close_to_burn("output", &y1, &y0);
             assert_close_to_burn("input gradient", &gx1, &gx0);
             assert_close_to_burn("weight gradient", &gw1, &gw0);
@@ -274,15 +300,16 @@ mod tests {
         let biased: Conv2d<CpuAutodiff> = Conv2dConfig::new([2, 3], [3, 3]).init(&device);
         let x =
             Tensor::<CpuAutodiff, 4>::random([1, 2, 6, 6], Distribution::Normal(0.0, 1.0), &device);
-        let before = FAST_CALLS.load(std::sync::atomic::Ordering::SeqCst);
+        let before = FAST_CALLS.get();
         let (y0, gx0, gw0) = grads(&biased, &x, |c, x| c.forward(x));
         let (y1, gx1, gw1) = grads(&biased, &x, conv2d_forward);
         assert_eq!((y0, gx0, gw0), (y1, gx1, gw1));
-        assert_eq!(FAST_CALLS.load(std::sync::atomic::Ordering::SeqCst), before);
+        assert_eq!(FAST_CALLS.get(), before);
     }
 
     /// Inference on the plain backend (the folded BatchNorm gives every convolution a bias):
-    /// our forward, within rounding of Burn's.
+    /// our forward, alone and with the ReLU fused, within rounding of Burn's; stride 1 takes the
+    /// direct kernel, stride 2 im2col.
     #[test]
     fn inference_convolutions_with_and_without_bias_match_burn() {
         let device = burn_flex::FlexDevice;
@@ -302,8 +329,17 @@ mod tests {
                 .into_data()
                 .to_vec()
                 .unwrap();
-            let theirs: Vec<f32> = conv.forward(x).into_data().to_vec().unwrap();
+            let theirs: Vec<f32> = conv.forward(x.clone()).into_data().to_vec().unwrap();
             assert_close_to_burn("inference output", &ours, &theirs);
+            let ours: Vec<f32> = conv2d_relu_forward(&conv, x.clone())
+                .into_data()
+                .to_vec()
+                .unwrap();
+            let theirs: Vec<f32> = burn::tensor::activation::relu(conv.forward(x))
+                .into_data()
+                .to_vec()
+                .unwrap();
+            assert_close_to_burn("inference output after ReLU", &ours, &theirs);
         }
     }
 }

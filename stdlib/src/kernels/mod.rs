@@ -18,13 +18,14 @@ pub mod batch_norm;
 mod bn_op;
 pub mod conv;
 mod conv_op;
+pub mod direct_conv;
 mod flex_glue;
 pub mod pool;
 mod pool_op;
 mod residual_op;
 
 pub(crate) use bn_op::batch_norm_train;
-pub(crate) use conv_op::conv2d_forward;
+pub(crate) use conv_op::{conv2d_forward, conv2d_relu_forward};
 pub(crate) use pool_op::{global_avg_pool, max_pool2d};
 pub(crate) use residual_op::add_relu;
 

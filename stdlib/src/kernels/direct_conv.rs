@@ -1,0 +1,500 @@
+//! Stride-1 convolution read straight from the image, without an im2col matrix.
+//!
+//! The im2col path writes every input pixel `KH·KW` times and `gemm` copies that matrix once
+//! more into its packed panels; for ResNet-32's 16- and 32-channel layers that traffic cost as
+//! much as the products (PERFORMANCE.md). Here a chunk of samples is laid out once on a *padded
+//! grid*: every channel is one flat row of values, each image row preceded by `pad_w` zeros and
+//! each image followed by `pad_h` zero rows (the zeros after one row are the left padding of the
+//! next, so the padding is shared). On that grid the tap `(ki, kj)` of the output at grid
+//! position `q` reads the input at `q + ki·dil·row + kj·dil`, the same offset for every output:
+//! a convolution becomes, per input channel and tap, one shifted row times one weight,
+//!
+//! `Y[o][q] = Σ_c Σ_(ki,kj) W[o, c, ki, kj] · X[c][q + offset(ki, kj)]`,
+//!
+//! computed in register tiles of 4 output channels × 6 (AVX-512), 3 (AVX2) or 4 (baseline)
+//! vectors of grid positions, the weight broadcast and the row loaded unaligned. Grid positions
+//! outside the image (the padding columns and rows) are computed and dropped: 6 % more work on a
+//! 32x32 image, 27 % on 8x8, far less than the copies it replaces. The input gradient of a
+//! stride-1 convolution is the same computation on the output gradient with the kernel flipped
+//! and transposed ([`input_grad_as_forward`]).
+
+use std::mem::MaybeUninit;
+
+use pulp::{Simd, WithSimd};
+
+use super::conv::Conv2dShape;
+
+/// Output channels per register tile.
+pub const TILE_CHANNELS: usize = 4;
+/// Grid positions per tile on the widest instruction set (6 vectors of 16); every tile width
+/// in use divides it, so one grid geometry serves every CPU.
+const TILE_POSITIONS: usize = 96;
+
+/// Whether [`conv2d`] computes this convolution: stride 1 and padding smaller than the kernel's
+/// reach on each axis (so every output row lies inside its image's rows on the grid).
+pub fn covers(shape: &Conv2dShape) -> bool {
+    let [oh, ow] = shape.out_size();
+    shape.stride == [1, 1]
+        && (0..2).all(|a| shape.padding[a] < reach(shape, a))
+        && oh > 0
+        && ow > 0
+        && shape.batch > 0
+        && shape.in_channels > 0
+        && shape.out_channels > 0
+}
+
+fn reach(shape: &Conv2dShape, axis: usize) -> usize {
+    shape.dilation[axis] * (shape.kernel[axis].max(1) - 1) + 1
+}
+
+/// Where `samples` images of one convolution lie on the padded grid.
+#[derive(Debug, Clone, Copy)]
+struct Grid {
+    samples: usize,
+    /// Grid row length, `W + pad_w`.
+    row: usize,
+    /// Grid rows per image, `H + pad_h`.
+    image_rows: usize,
+    /// Output grid positions computed, a multiple of [`TILE_POSITIONS`].
+    positions: usize,
+    /// Length of one input channel on the grid: every position a tap can read.
+    plane: usize,
+}
+
+impl Grid {
+    fn new(shape: &Conv2dShape, samples: usize) -> Grid {
+        let row = shape.width + shape.padding[1];
+        let image_rows = shape.height + shape.padding[0];
+        let positions = (samples * image_rows * row).next_multiple_of(TILE_POSITIONS);
+        let last_tap = (reach(shape, 0) - 1) * row + reach(shape, 1) - 1;
+        Grid {
+            samples,
+            row,
+            image_rows,
+            positions,
+            plane: positions + last_tap,
+        }
+    }
+
+    /// Grid position of the output `(n, y, x)`; the input pixel `(n, i, j)` lies at
+    /// `output_position(n, i + pad_h, j + pad_w)`.
+    fn output_position(&self, n: usize, y: usize, x: usize) -> usize {
+        (n * self.image_rows + y) * self.row + x
+    }
+}
+
+/// The output `[N, O, OH, OW]` of a convolution [`covers`] accepts, plus `bias[o]` on channel
+/// `o` when given — the same contract as [`super::conv::conv2d`].
+pub fn conv2d(shape: &Conv2dShape, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    conv2d_on(Isa::Best, shape, x, weight, bias, false)
+}
+
+/// [`conv2d`] then ReLU, in the same pass.
+pub fn conv2d_relu(
+    shape: &Conv2dShape,
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
+    conv2d_on(Isa::Best, shape, x, weight, bias, true)
+}
+
+/// The instruction set the tiles run on: the best this CPU has, or (tests) a narrower one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Isa {
+    Best,
+    #[cfg(all(test, target_arch = "x86_64"))]
+    Avx2,
+    #[cfg(test)]
+    Baseline,
+}
+
+fn conv2d_on(
+    isa: Isa,
+    shape: &Conv2dShape,
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    relu: bool,
+) -> Vec<f32> {
+    assert!(
+        covers(shape),
+        "{shape:?} is not a stride-1 convolution the grid covers"
+    );
+    let (n, c, o) = (shape.batch, shape.in_channels, shape.out_channels);
+    let [kh, kw] = shape.kernel;
+    let [oh, ow] = shape.out_size();
+    let (image, out_image) = (c * shape.height * shape.width, o * oh * ow);
+    assert_eq!(x.len(), n * image, "x of {shape:?} has the wrong length");
+    assert_eq!(
+        weight.len(),
+        o * c * kh * kw,
+        "weight of {shape:?} has the wrong length"
+    );
+    if let Some(bias) = bias {
+        assert_eq!(bias.len(), o, "bias of {shape:?} has the wrong length");
+    }
+    // Enough chunks to keep every thread busy, each as long as possible (fewer grid tails).
+    let chunks = (rayon::current_num_threads() * 4).clamp(1, n);
+    let per_chunk = n.div_ceil(chunks);
+    let packed = PackedWeights::new(shape, weight);
+    thread_local! {
+        /// Each thread's grids, kept from call to call (a few MB at most).
+        static GRIDS: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = const {
+            std::cell::RefCell::new((Vec::new(), Vec::new()))
+        };
+    }
+    super::written_in_parallel(n * out_image, per_chunk * out_image, |chunk, out| {
+        let samples = out.len() / out_image;
+        GRIDS.with_borrow_mut(|(input, output)| {
+            let chunk = Chunk {
+                shape,
+                grid: Grid::new(shape, samples),
+                packed: &packed,
+                x: &x[chunk * per_chunk * image..][..samples * image],
+                bias,
+                relu,
+                input,
+                output,
+                out,
+            };
+            match isa {
+                Isa::Best => pulp::Arch::new().dispatch(chunk),
+                #[cfg(all(test, target_arch = "x86_64"))]
+                Isa::Avx2 => Simd::vectorize(
+                    pulp::x86::V3::try_new().expect("the test checks for AVX2 first"),
+                    chunk,
+                ),
+                #[cfg(test)]
+                Isa::Baseline => chunk.with_simd(pulp::Scalar::new()),
+            }
+        })
+    })
+}
+
+/// The input gradient `[N, C, H, W]` of a convolution [`covers`] accepts, as the forward
+/// convolution of `grad_out` with the kernel flipped and its channel axes swapped, padded by
+/// `reach − 1 − pad` (that convolution's output is `H x W` again).
+pub fn input_grad_as_forward(shape: &Conv2dShape, weight: &[f32], grad_out: &[f32]) -> Vec<f32> {
+    let (shape_t, weight_t) = transposed(shape, weight);
+    conv2d(&shape_t, grad_out, &weight_t, None)
+}
+
+/// The convolution whose forward is `shape`'s input gradient, and its weight.
+fn transposed(shape: &Conv2dShape, weight: &[f32]) -> (Conv2dShape, Vec<f32>) {
+    let (c, o) = (shape.in_channels, shape.out_channels);
+    let [kh, kw] = shape.kernel;
+    let [oh, ow] = shape.out_size();
+    let t = Conv2dShape {
+        batch: shape.batch,
+        in_channels: o,
+        height: oh,
+        width: ow,
+        out_channels: c,
+        kernel: shape.kernel,
+        stride: [1, 1],
+        padding: [
+            reach(shape, 0) - 1 - shape.padding[0],
+            reach(shape, 1) - 1 - shape.padding[1],
+        ],
+        dilation: shape.dilation,
+    };
+    let mut flipped = vec![0.0f32; weight.len()];
+    for oc in 0..o {
+        for ic in 0..c {
+            for ki in 0..kh {
+                for kj in 0..kw {
+                    flipped[((ic * o + oc) * kh + ki) * kw + kj] =
+                        weight[((oc * c + ic) * kh + kh - 1 - ki) * kw + kw - 1 - kj];
+                }
+            }
+        }
+    }
+    debug_assert_eq!(t.out_size(), [shape.height, shape.width]);
+    (t, flipped)
+}
+
+/// The weights in the order the tiles read them: per tile of [`TILE_CHANNELS`] output
+/// channels, per input channel and tap, the tile's weights side by side (zero for the channels
+/// past `O` in the last tile), and each (channel, tap)'s offset on the grid.
+struct PackedWeights {
+    channels_padded: usize,
+    /// `[O / 4][C·KH·KW][4]`.
+    values: Vec<f32>,
+    /// Tap offsets `ki·dil·row + kj·dil`, in `(ki, kj)` order.
+    taps: Vec<usize>,
+}
+
+impl PackedWeights {
+    fn new(shape: &Conv2dShape, weight: &[f32]) -> PackedWeights {
+        let (c, o) = (shape.in_channels, shape.out_channels);
+        let [kh, kw] = shape.kernel;
+        let taps = kh * kw;
+        let channels_padded = o.next_multiple_of(TILE_CHANNELS);
+        let mut values = vec![0.0f32; channels_padded * c * taps];
+        for oc in 0..o {
+            let (tile, lane) = (oc / TILE_CHANNELS, oc % TILE_CHANNELS);
+            for k in 0..c * taps {
+                values[(tile * c * taps + k) * TILE_CHANNELS + lane] = weight[oc * c * taps + k];
+            }
+        }
+        let row = shape.width + shape.padding[1];
+        let taps = (0..kh)
+            .flat_map(|ki| (0..kw).map(move |kj| (ki, kj)))
+            .map(|(ki, kj)| ki * shape.dilation[0] * row + kj * shape.dilation[1])
+            .collect();
+        PackedWeights {
+            channels_padded,
+            values,
+            taps,
+        }
+    }
+}
+
+/// `x` (one chunk, NCHW) onto the padded grid in `input` (`C` planes of `grid.plane`), in one
+/// pass: zeros where the padding is, the image rows between.
+#[inline(always)]
+fn lay_out(shape: &Conv2dShape, grid: &Grid, x: &[f32], input: &mut Vec<f32>) {
+    let (h, w) = (shape.height, shape.width);
+    let [ph, pw] = shape.padding;
+    let len = shape.in_channels * grid.plane;
+    if input.len() < len {
+        input.resize(len, 0.0);
+    }
+    for (c, plane) in input[..len].chunks_exact_mut(grid.plane).enumerate() {
+        let mut at = 0;
+        for n in 0..grid.samples {
+            let image = &x[(n * shape.in_channels + c) * h * w..][..h * w];
+            for (i, src) in image.chunks_exact(w).enumerate() {
+                let start = grid.output_position(n, i + ph, pw);
+                plane[at..start].fill(0.0);
+                plane[start..start + w].copy_from_slice(src);
+                at = start + w;
+            }
+        }
+        plane[at..].fill(0.0);
+    }
+}
+
+/// The valid outputs on the grid (`channels_padded` planes of `grid.positions`) into `out`
+/// (NCHW), plus the bias, then ReLU if asked; returns how many values it wrote (all of `out`).
+#[inline(always)]
+fn gather(
+    shape: &Conv2dShape,
+    grid: &Grid,
+    output: &[f32],
+    bias: Option<&[f32]>,
+    relu: bool,
+    out: &mut [MaybeUninit<f32>],
+) -> usize {
+    let o = shape.out_channels;
+    let [oh, ow] = shape.out_size();
+    let mut written = 0;
+    for (image, out) in out.chunks_exact_mut(o * oh * ow).enumerate() {
+        for (oc, out) in out.chunks_exact_mut(oh * ow).enumerate() {
+            let plane = &output[oc * grid.positions..][..grid.positions];
+            let b = bias.map_or(0.0, |b| b[oc]);
+            for (y, dst) in out.chunks_exact_mut(ow).enumerate() {
+                let at = grid.output_position(image, y, 0);
+                let src = &plane[at..at + ow];
+                if relu {
+                    for (d, s) in dst.iter_mut().zip(src) {
+                        d.write((s + b).max(0.0));
+                    }
+                } else {
+                    for (d, s) in dst.iter_mut().zip(src) {
+                        d.write(s + b);
+                    }
+                }
+                written += ow;
+            }
+        }
+    }
+    written
+}
+
+/// One chunk of samples: laid out on the grid, every register tile, gathered into the output,
+/// all on the instruction set `pulp` picked.
+struct Chunk<'a> {
+    shape: &'a Conv2dShape,
+    grid: Grid,
+    packed: &'a PackedWeights,
+    x: &'a [f32],
+    bias: Option<&'a [f32]>,
+    relu: bool,
+    input: &'a mut Vec<f32>,
+    output: &'a mut Vec<f32>,
+    out: &'a mut [MaybeUninit<f32>],
+}
+
+impl WithSimd for Chunk<'_> {
+    /// Values written into `out`.
+    type Output = usize;
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) -> usize {
+        let Chunk {
+            shape,
+            grid,
+            packed,
+            x,
+            bias,
+            relu,
+            input,
+            output,
+            out,
+        } = self;
+        lay_out(shape, &grid, x, input);
+        let output_len = packed.channels_padded * grid.positions;
+        if output.len() < output_len {
+            output.resize(output_len, 0.0);
+        }
+        let tiles = Tiles {
+            grid: &grid,
+            packed,
+            input,
+            output: &mut output[..output_len],
+        };
+        match S::F32_LANES {
+            16 => tiles.run::<S, 6>(simd),
+            8 => tiles.run::<S, 3>(simd),
+            _ => tiles.run::<S, 4>(simd),
+        }
+        gather(shape, &grid, output, bias, relu, out)
+    }
+}
+
+/// The register tiles of one chunk.
+struct Tiles<'a> {
+    grid: &'a Grid,
+    packed: &'a PackedWeights,
+    input: &'a [f32],
+    output: &'a mut [f32],
+}
+
+impl Tiles<'_> {
+    /// Tiles of [`TILE_CHANNELS`] output channels × `V` vectors, position blocks outermost so
+    /// that a block of every input plane stays in L1 while all output channels read it.
+    #[inline(always)]
+    fn run<S: Simd, const V: usize>(self, simd: S) {
+        let lanes = S::F32_LANES;
+        let width = V * lanes;
+        assert_eq!(TILE_POSITIONS % width, 0, "{width} positions per tile");
+        let Tiles {
+            grid,
+            packed,
+            input,
+            output,
+        } = self;
+        let channels = packed.values.len() / (packed.channels_padded * packed.taps.len());
+        let input = &input[..channels * grid.plane];
+        let depth = channels * packed.taps.len();
+        let offsets: Vec<usize> = (0..channels)
+            .flat_map(|c| packed.taps.iter().map(move |t| c * grid.plane + t))
+            .collect();
+        // Every read below is `input[offset + q .. offset + q + width]` with `q + width ≤
+        // positions`, inside the plane by `Grid::plane`'s construction.
+        assert!(
+            offsets
+                .iter()
+                .all(|&off| off + grid.positions <= input.len())
+        );
+        for q in (0..grid.positions).step_by(width) {
+            for (tile, weights) in packed
+                .values
+                .chunks_exact(depth * TILE_CHANNELS)
+                .enumerate()
+            {
+                let mut acc = [[simd.splat_f32s(0.0); V]; TILE_CHANNELS];
+                for (&offset, w) in offsets.iter().zip(weights.chunks_exact(TILE_CHANNELS)) {
+                    let rows: &[S::f32s] = bytemuck::cast_slice(&input[offset + q..][..width]);
+                    for (i, &w) in w.iter().enumerate() {
+                        let w = simd.splat_f32s(w);
+                        for (a, &r) in acc[i].iter_mut().zip(rows) {
+                            *a = simd.mul_add_e_f32s(w, r, *a);
+                        }
+                    }
+                }
+                for (i, acc) in acc.iter().enumerate() {
+                    let oc = tile * TILE_CHANNELS + i;
+                    let dst = &mut output[oc * grid.positions + q..][..width];
+                    let dst: &mut [S::f32s] = bytemuck::cast_slice_mut(dst);
+                    dst.copy_from_slice(acc);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataset::Rng;
+    use crate::kernels::assert_close_to_burn;
+
+    fn values(rng: &mut Rng, len: usize) -> Vec<f32> {
+        (0..len)
+            .map(|_| rng.next_f64() as f32 * 2.0 - 1.0)
+            .collect()
+    }
+
+    /// Against the im2col path (itself checked against Burn's ops) on random stride-1
+    /// geometries: batch 1 to 9 (chunks of several images and a short last chunk), 1 to 9
+    /// channels (output tiles with padding channels), odd sizes, padding 0 to reach − 1,
+    /// dilation 1 or 2.
+    #[test]
+    fn random_stride_one_shapes_match_the_im2col_path() {
+        let mut rng = Rng::seed_from_u64(11);
+        let mut data = Rng::seed_from_u64(12);
+        let mut checked = 0;
+        while checked < 60 {
+            let mut pick = |lo: usize, hi: usize| lo + rng.below((hi - lo + 1) as u64) as usize;
+            let kernel = [pick(1, 4), pick(1, 4)];
+            let dilation = [pick(1, 2), pick(1, 2)];
+            let s = Conv2dShape {
+                batch: pick(1, 9),
+                in_channels: pick(1, 9),
+                height: pick(1, 12),
+                width: pick(1, 12),
+                out_channels: pick(1, 9),
+                kernel,
+                stride: [1, 1],
+                padding: [
+                    pick(0, dilation[0] * (kernel[0] - 1)),
+                    pick(0, dilation[1] * (kernel[1] - 1)),
+                ],
+                dilation,
+            };
+            if !covers(&s) {
+                continue;
+            }
+            let [oh, ow] = s.out_size();
+            let x = values(&mut data, s.batch * s.in_channels * s.height * s.width);
+            let w = values(
+                &mut data,
+                s.out_channels * s.in_channels * kernel[0] * kernel[1],
+            );
+            let b = values(&mut data, s.out_channels);
+            let g = values(&mut data, s.batch * s.out_channels * oh * ow);
+            let expected = super::super::conv::im2col_conv2d(&s, &x, &w, Some(&b));
+            let mut isas = vec![Isa::Best, Isa::Baseline];
+            #[cfg(target_arch = "x86_64")]
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                isas.push(Isa::Avx2);
+            }
+            for isa in isas {
+                assert_close_to_burn(
+                    &format!("output {s:?} on {isa:?}"),
+                    &conv2d_on(isa, &s, &x, &w, Some(&b), false),
+                    &expected,
+                );
+            }
+            assert_close_to_burn(
+                &format!("input gradient {s:?}"),
+                &input_grad_as_forward(&s, &w, &g),
+                &super::super::conv::im2col_conv2d_input_grad(&s, &w, &g),
+            );
+            checked += 1;
+        }
+    }
+}
