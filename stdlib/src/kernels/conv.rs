@@ -157,8 +157,24 @@ pub fn im2col_conv2d(
 }
 
 /// The weight gradient `[O, C, KH, KW]` from the input `x` (`[N, C, H, W]`) and the output
-/// gradient `grad_out` (`[N, O, OH, OW]`).
+/// gradient `grad_out` (`[N, O, OH, OW]`). Stride 1 with few output channels is read straight
+/// from the image ([`direct_conv::weight_grad`]): im2col's product `[O, P] · [P, C·KH·KW]` has
+/// mostly empty `gemm` tiles below ~32 output channels (ResNet-32's first two stages: 1.5–2.7x
+/// faster direct, `examples/conv_bench.rs`), while above it the `gemm` is efficient and the
+/// direct kernel's grid padding costs more (the small CNN's 64 and 128 channels, 14x14 and 7x7).
+/// The rest goes through im2col.
 pub fn conv2d_weight_grad(shape: &Conv2dShape, x: &[f32], grad_out: &[f32]) -> Vec<f32> {
+    if direct_conv::covers(shape)
+        && shape.out_channels <= 32
+        && shape.in_channels >= direct_conv::TILE_CHANNELS
+    {
+        return direct_conv::weight_grad(shape, x, grad_out);
+    }
+    im2col_conv2d_weight_grad(shape, x, grad_out)
+}
+
+/// [`conv2d_weight_grad`] through im2col and one `gemm` per sample, for every geometry.
+pub fn im2col_conv2d_weight_grad(shape: &Conv2dShape, x: &[f32], grad_out: &[f32]) -> Vec<f32> {
     let (n, o) = (shape.batch, shape.out_channels);
     let (input, patch, positions) = (shape.input_len(), shape.patch_len(), shape.positions());
     shape.check("x", x.len(), n * input);
@@ -460,7 +476,8 @@ mod tests {
     }
 
     /// The convolutions of every shipped architecture, at small batch sizes: the small CNN's
-    /// 3x3 layers on 28x28, ResNet-32's 3x3 stride-1/2 layers on 32x32, the 1x1 stride-2
+    /// 3x3 layers on 28x28, ResNet-32's 3x3 layers of each stage (direct kernel) and its
+    /// stride-2 ones (im2col) on 32x32, the 1x1 stride-2
     /// projections, and a ResNet stem's 7x7 stride 2.
     #[test]
     fn the_shipped_architectures_shapes_match_burn() {
@@ -469,6 +486,9 @@ mod tests {
             shape([2, 1, 28, 28], 32, 3, 1, 1),
             shape([2, 32, 14, 14], 64, 3, 1, 1),
             shape([2, 3, 32, 32], 16, 3, 1, 1),
+            shape([3, 16, 32, 32], 16, 3, 1, 1),
+            shape([2, 32, 16, 16], 32, 3, 1, 1),
+            shape([2, 64, 8, 8], 64, 3, 1, 1),
             shape([2, 16, 32, 32], 32, 3, 2, 1),
             shape([2, 16, 32, 32], 32, 1, 2, 0),
             shape([1, 64, 8, 8], 64, 1, 1, 0),

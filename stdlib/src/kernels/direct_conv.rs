@@ -21,8 +21,13 @@
 use std::mem::MaybeUninit;
 
 use pulp::{Simd, WithSimd};
+use rayon::prelude::*;
 
 use super::conv::Conv2dShape;
+
+/// Bytes of one chunk's input grid in the weight gradient: well inside the L2 cache of the
+/// CPUs we run on (512 KB to 2 MB per core).
+const L2_BUDGET: usize = 384 * 1024;
 
 /// Output channels per register tile.
 pub const TILE_CHANNELS: usize = 4;
@@ -238,16 +243,21 @@ impl PackedWeights {
                 values[(tile * c * taps + k) * TILE_CHANNELS + lane] = weight[oc * c * taps + k];
             }
         }
-        let row = shape.width + shape.padding[1];
-        let taps = (0..kh)
-            .flat_map(|ki| (0..kw).map(move |kj| (ki, kj)))
-            .map(|(ki, kj)| ki * shape.dilation[0] * row + kj * shape.dilation[1])
-            .collect();
         PackedWeights {
             channels_padded,
             values,
-            taps,
+            taps: PackedWeights::tap_offsets(shape),
         }
+    }
+
+    /// Grid offsets `ki·dil·row + kj·dil` of the taps, in `(ki, kj)` order.
+    fn tap_offsets(shape: &Conv2dShape) -> Vec<usize> {
+        let row = shape.width + shape.padding[1];
+        let [kh, kw] = shape.kernel;
+        (0..kh)
+            .flat_map(|ki| (0..kw).map(move |kj| (ki, kj)))
+            .map(|(ki, kj)| ki * shape.dilation[0] * row + kj * shape.dilation[1])
+            .collect()
     }
 }
 
@@ -426,6 +436,201 @@ impl Tiles<'_> {
     }
 }
 
+/// The weight gradient `[O, C, KH, KW]` of a convolution [`covers`] accepts, from the input `x`
+/// and the output gradient `grad_out`:
+///
+/// `∂W[o, c, ki, kj] = Σ_q ∂Y[o][q] · X[c][q + offset(ki, kj)]`
+///
+/// over the grid positions `q` of a chunk of samples, with `∂Y` laid on the output grid (zero
+/// at the positions that are not outputs, so the padding's reads add nothing). Register tiles
+/// of 4 output channels × 6 (channel, tap) pairs on AVX-512, 2 otherwise, summed over whole
+/// rows of grid positions at once; one partial gradient per chunk, added at the end.
+pub fn weight_grad(shape: &Conv2dShape, x: &[f32], grad_out: &[f32]) -> Vec<f32> {
+    weight_grad_on(Isa::Best, shape, x, grad_out)
+}
+
+fn weight_grad_on(isa: Isa, shape: &Conv2dShape, x: &[f32], grad_out: &[f32]) -> Vec<f32> {
+    assert!(
+        covers(shape),
+        "{shape:?} is not a stride-1 convolution the grid covers"
+    );
+    let (n, c, o) = (shape.batch, shape.in_channels, shape.out_channels);
+    let [oh, ow] = shape.out_size();
+    let (image, out_image) = (c * shape.height * shape.width, o * oh * ow);
+    assert_eq!(x.len(), n * image, "x of {shape:?} has the wrong length");
+    assert_eq!(
+        grad_out.len(),
+        n * out_image,
+        "grad_out of {shape:?} has the wrong length"
+    );
+    let taps: Vec<usize> = PackedWeights::tap_offsets(shape);
+    let weight_len = o * c * taps.len();
+    // Chunks whose input grid fits in L2 (it is read once per tile of output channels), and
+    // at least one per thread.
+    let grid_per_sample = Grid::new(shape, 1).plane * c * std::mem::size_of::<f32>();
+    let per_chunk =
+        (L2_BUDGET / grid_per_sample).clamp(1, n.div_ceil(rayon::current_num_threads()).max(1));
+    (0..n.div_ceil(per_chunk))
+        .into_par_iter()
+        .fold(
+            || vec![0.0f32; weight_len],
+            |mut total, chunk| {
+                let first = chunk * per_chunk;
+                let samples = per_chunk.min(n - first);
+                let grid = Grid::new(shape, samples);
+                let mut input = Vec::new();
+                lay_out(
+                    shape,
+                    &grid,
+                    &x[first * image..][..samples * image],
+                    &mut input,
+                );
+                let outputs = lay_out_outputs(
+                    shape,
+                    &grid,
+                    &grad_out[first * out_image..][..samples * out_image],
+                );
+                let job = WeightGrad {
+                    grid: &grid,
+                    taps: &taps,
+                    input: &input,
+                    grad: &outputs,
+                    channels: c,
+                    out_channels: o,
+                };
+                let partial = match isa {
+                    Isa::Best => pulp::Arch::new().dispatch(job),
+                    #[cfg(all(test, target_arch = "x86_64"))]
+                    Isa::Avx2 => Simd::vectorize(
+                        pulp::x86::V3::try_new().expect("the test checks for AVX2 first"),
+                        job,
+                    ),
+                    #[cfg(test)]
+                    Isa::Baseline => job.with_simd(pulp::Scalar::new()),
+                };
+                total.iter_mut().zip(&partial).for_each(|(t, p)| *t += p);
+                total
+            },
+        )
+        .reduce_with(|mut a, b| {
+            a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+            a
+        })
+        .unwrap_or_else(|| vec![0.0; weight_len])
+}
+
+/// One chunk's output gradient (NCHW) on the output grid: `O` planes rounded up to
+/// [`TILE_CHANNELS`] (the extra ones zero) of `grid.positions`, zero where no output lies.
+fn lay_out_outputs(shape: &Conv2dShape, grid: &Grid, grad_out: &[f32]) -> Vec<f32> {
+    let o = shape.out_channels;
+    let [oh, ow] = shape.out_size();
+    let mut planes = vec![0.0f32; o.next_multiple_of(TILE_CHANNELS) * grid.positions];
+    for (oc, plane) in planes.chunks_exact_mut(grid.positions).take(o).enumerate() {
+        for n in 0..grid.samples {
+            let image = &grad_out[(n * o + oc) * oh * ow..][..oh * ow];
+            for (y, src) in image.chunks_exact(ow).enumerate() {
+                let at = grid.output_position(n, y, 0);
+                plane[at..at + ow].copy_from_slice(src);
+            }
+        }
+    }
+    planes
+}
+
+/// The weight-gradient tiles of one chunk.
+struct WeightGrad<'a> {
+    grid: &'a Grid,
+    taps: &'a [usize],
+    input: &'a [f32],
+    grad: &'a [f32],
+    channels: usize,
+    out_channels: usize,
+}
+
+impl WithSimd for WeightGrad<'_> {
+    /// This chunk's `[O, C·KH·KW]` gradient.
+    type Output = Vec<f32>;
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) -> Vec<f32> {
+        match S::F32_LANES {
+            16 => self.run::<S, 6>(simd),
+            _ => self.run::<S, 2>(simd),
+        }
+    }
+}
+
+impl WeightGrad<'_> {
+    #[inline(always)]
+    fn run<S: Simd, const P: usize>(self, simd: S) -> Vec<f32> {
+        let lanes = S::F32_LANES;
+        let WeightGrad {
+            grid,
+            taps,
+            input,
+            grad,
+            channels,
+            out_channels,
+        } = self;
+        let positions = grid.positions;
+        assert_eq!(positions % lanes, 0);
+        let pairs = channels * taps.len();
+        // (channel, tap) offsets, padded to whole tiles with reads of the first (dropped).
+        let mut offsets: Vec<usize> = (0..channels)
+            .flat_map(|c| taps.iter().map(move |t| c * grid.plane + t))
+            .collect();
+        offsets.resize(pairs.next_multiple_of(P), 0);
+        assert!(offsets.iter().all(|&off| off + positions <= input.len()));
+        assert!(grad.len() >= out_channels.next_multiple_of(TILE_CHANNELS) * positions);
+        // Per tile of output channels, blocks of positions (the tile's gradient rows in L1),
+        // and in each block every pair tile, its accumulators kept in `partial` between blocks:
+        // the chunk's input grid (sized to fit L2) is read once per tile of output channels.
+        let block = 64 * lanes;
+        let pair_tiles = offsets.len() / P;
+        let mut partial = vec![[[simd.splat_f32s(0.0); P]; TILE_CHANNELS]; pair_tiles];
+        let mut out = vec![0.0f32; out_channels * pairs];
+        for tile in 0..out_channels.div_ceil(TILE_CHANNELS) {
+            partial.fill([[simd.splat_f32s(0.0); P]; TILE_CHANNELS]);
+            for start in (0..positions).step_by(block) {
+                let end = (start + block).min(positions);
+                let rows: [&[f32]; TILE_CHANNELS] = std::array::from_fn(|i| {
+                    &grad[(tile * TILE_CHANNELS + i) * positions + start..][..end - start]
+                });
+                for (slot, offsets) in partial.iter_mut().zip(offsets.chunks_exact(P)) {
+                    let sources: [&[f32]; P] =
+                        std::array::from_fn(|j| &input[offsets[j] + start..][..end - start]);
+                    // In registers while the block runs.
+                    let mut acc = *slot;
+                    for q in (0..end - start).step_by(lanes) {
+                        let g: [S::f32s; TILE_CHANNELS] = std::array::from_fn(|i| {
+                            bytemuck::cast_slice::<f32, S::f32s>(&rows[i][q..q + lanes])[0]
+                        });
+                        for (j, source) in sources.iter().enumerate() {
+                            let v = bytemuck::cast_slice::<f32, S::f32s>(&source[q..q + lanes])[0];
+                            for (acc, &g) in acc.iter_mut().zip(&g) {
+                                acc[j] = simd.mul_add_e_f32s(g, v, acc[j]);
+                            }
+                        }
+                    }
+                    *slot = acc;
+                }
+            }
+            for (pair_tile, acc) in partial.iter().enumerate() {
+                for (i, acc) in acc.iter().enumerate() {
+                    let oc = tile * TILE_CHANNELS + i;
+                    for (j, &acc) in acc.iter().enumerate() {
+                        let pair = pair_tile * P + j;
+                        if oc < out_channels && pair < pairs {
+                            out[oc * pairs + pair] = simd.reduce_sum_f32s(acc);
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -482,10 +687,18 @@ mod tests {
             if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
                 isas.push(Isa::Avx2);
             }
-            for isa in isas {
+            for &isa in &isas {
                 assert_close_to_burn(
                     &format!("output {s:?} on {isa:?}"),
                     &conv2d_on(isa, &s, &x, &w, Some(&b), false),
+                    &expected,
+                );
+            }
+            let expected = super::super::conv::im2col_conv2d_weight_grad(&s, &x, &g);
+            for &isa in &isas {
+                assert_close_to_burn(
+                    &format!("weight gradient {s:?} on {isa:?}"),
+                    &weight_grad_on(isa, &s, &x, &g),
                     &expected,
                 );
             }
