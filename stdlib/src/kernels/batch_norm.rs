@@ -15,7 +15,9 @@
 
 use rayon::prelude::*;
 
-use super::{vectorized, written_in_parallel};
+use std::mem::MaybeUninit;
+
+use super::{simd_kernel, vectorized, written_in_parallel};
 
 /// The sizes of a `[N, C, L]` map.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,23 +93,14 @@ pub fn batch_norm_train(
     shape.check("x", x.len(), shape.len());
     shape.check("gamma", gamma.len(), shape.channels);
     shape.check("beta", beta.len(), shape.channels);
-    let count = shape.count() as f64;
     let stats: Vec<(f32, f32, f32)> = (0..shape.channels)
         .into_par_iter()
         .map(|c| {
-            vectorized(|| {
-                let mean = shape
-                    .rows(x, c)
-                    .map(|row| lane_sum(row, |v| v))
-                    .sum::<f64>()
-                    / count;
-                let m = mean as f32;
-                let var = shape
-                    .rows(x, c)
-                    .map(|row| lane_sum(row, |v| (v - m) * (v - m)))
-                    .sum::<f64>()
-                    / count;
-                (m, var as f32, (1.0 / (var + epsilon).sqrt()) as f32)
+            vectorized(ChannelStats {
+                shape,
+                x,
+                c,
+                epsilon,
             })
         })
         .collect();
@@ -118,16 +111,12 @@ pub fn batch_norm_train(
         let scale = gamma[c] * inv_std;
         let shift = beta[c] - mean * scale;
         let x = &x[row * plane..(row + 1) * plane];
-        vectorized(|| {
-            if relu {
-                for (y, &x) in y.iter_mut().zip(x) {
-                    y.write((x * scale + shift).max(0.0));
-                }
-            } else {
-                for (y, &x) in y.iter_mut().zip(x) {
-                    y.write(x * scale + shift);
-                }
-            }
+        vectorized(NormalizeRow {
+            y,
+            x,
+            scale,
+            shift,
+            relu,
         });
         x.len()
     });
@@ -230,6 +219,78 @@ fn row_sums<const RELU: bool>(x: &[f32], y: &[f32], g: &[f32], m: f32) -> (f64, 
     (total(lanes_g), total(lanes_gx))
 }
 
+simd_kernel! {
+    /// Mean, biased variance and `σ⁻¹` of channel `c` (two passes: the variance is centred).
+    ChannelStats<'a> { shape: &'a BnShape, x: &'a [f32], c: usize, epsilon: f64 }
+    -> (f32, f32, f32) {
+        let count = shape.count() as f64;
+        let mean = shape
+            .rows(x, c)
+            .map(|row| lane_sum(row, |v| v))
+            .sum::<f64>()
+            / count;
+        let m = mean as f32;
+        let var = shape
+            .rows(x, c)
+            .map(|row| lane_sum(row, |v| (v - m) * (v - m)))
+            .sum::<f64>()
+            / count;
+        (m, var as f32, (1.0 / (var + epsilon).sqrt()) as f32)
+    }
+}
+
+simd_kernel! {
+    /// One row of the output, `x·scale + shift` (then ReLU).
+    NormalizeRow<'a> {
+        y: &'a mut [MaybeUninit<f32>],
+        x: &'a [f32],
+        scale: f32,
+        shift: f32,
+        relu: bool,
+    } -> () {
+        if relu {
+            for (y, &x) in y.iter_mut().zip(x) {
+                y.write((x * scale + shift).max(0.0));
+            }
+        } else {
+            for (y, &x) in y.iter_mut().zip(x) {
+                y.write(x * scale + shift);
+            }
+        }
+    }
+}
+
+simd_kernel! {
+    /// `(Σ g, Σ g·(x − m))` over the rows of channel `c`.
+    ChannelSums<'a, const RELU: bool> { shape: &'a BnShape, maps: Maps<'a>, c: usize, m: f32 }
+    -> (f64, f64) {
+        let rows = shape
+            .rows(maps.x, c)
+            .zip(shape.rows(maps.y, c))
+            .zip(shape.rows(maps.grad_out, c));
+        rows.fold((0.0, 0.0), |(sum_g, sum_gx), ((x, y), g)| {
+            let (g, gx) = row_sums::<RELU>(x, y, g, m);
+            (sum_g + g, sum_gx + gx)
+        })
+    }
+}
+
+simd_kernel! {
+    /// One row of the input gradient, `k·(g − a − (x − m)·b)`.
+    GradRow<'a, const RELU: bool> {
+        dx: &'a mut [MaybeUninit<f32>],
+        x: &'a [f32],
+        y: &'a [f32],
+        g: &'a [f32],
+        coefficients: [f32; 4],
+    } -> () {
+        let [k, a, b, m] = coefficients;
+        for (((dx, &x), &y), &g) in dx.iter_mut().zip(x).zip(y).zip(g) {
+            dx.write(k * (passed::<RELU>(y, g) - a - (x - m) * b));
+        }
+    }
+}
+
 fn backward<const RELU: bool>(
     shape: &BnShape,
     maps: Maps<'_>,
@@ -241,15 +302,11 @@ fn backward<const RELU: bool>(
     let sums: Vec<(f64, f64)> = (0..shape.channels)
         .into_par_iter()
         .map(|c| {
-            let rows = shape
-                .rows(maps.x, c)
-                .zip(shape.rows(maps.y, c))
-                .zip(shape.rows(maps.grad_out, c));
-            vectorized(|| {
-                rows.fold((0.0, 0.0), |(sum_g, sum_gx), ((x, y), g)| {
-                    let (g, gx) = row_sums::<RELU>(x, y, g, mean[c]);
-                    (sum_g + g, sum_gx + gx)
-                })
+            vectorized(ChannelSums::<RELU> {
+                shape,
+                maps,
+                c,
+                m: mean[c],
             })
         })
         .collect();
@@ -273,10 +330,12 @@ fn backward<const RELU: bool>(
         let m = mean[c];
         let at = row * plane..(row + 1) * plane;
         let (x, y, g) = (&maps.x[at.clone()], &maps.y[at.clone()], &maps.grad_out[at]);
-        vectorized(|| {
-            for (((dx, &x), &y), &g) in dx.iter_mut().zip(x).zip(y).zip(g) {
-                dx.write(k * (passed::<RELU>(y, g) - a - (x - m) * b));
-            }
+        vectorized(GradRow::<RELU> {
+            dx,
+            x,
+            y,
+            g,
+            coefficients: [k, a, b, m],
         });
         x.len()
     });

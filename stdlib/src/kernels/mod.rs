@@ -29,14 +29,43 @@ pub(crate) use conv_op::{conv2d_forward, conv2d_relu_forward};
 pub(crate) use pool_op::{global_avg_pool, max_pool2d};
 pub(crate) use residual_op::add_relu;
 
-/// `f()`, compiled for the best instruction set this CPU has (AVX-512, AVX2 + FMA, or the
+/// `kernel`, compiled for the best instruction set this CPU has (AVX-512, AVX2 + FMA, or the
 /// baseline), chosen at run time. The crate is built for baseline x86-64, so without this the
-/// kernels' element-wise loops — plain Rust, `#[inline(always)]` down to the loop — vectorise
-/// to SSE2's 4 lanes only (seen with `perf annotate`); inside, they get 16 or 8.
+/// kernels' element-wise loops vectorise to SSE2's 4 lanes only; inside, they get 16 or 8.
+///
+/// A kernel is a struct of its arguments whose `with_simd` is `#[inline(always)]` all the way
+/// down ([`simd_kernel!`]): a closure or a function called through `FnOnce` is compiled on its
+/// own, for the baseline, whenever LLVM declines to inline it into the dispatched function —
+/// which it did for every kernel loop here (`perf annotate`: `xmm` registers only).
 #[inline(always)]
-pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
-    pulp::Arch::new().dispatch(f)
+pub(crate) fn vectorized<K: pulp::WithSimd>(kernel: K) -> K::Output {
+    pulp::Arch::new().dispatch(kernel)
 }
+
+/// `simd_kernel!(Name<'a> { field: Type, … } -> Output { body })` declares the struct `Name`
+/// and a `pulp::WithSimd` whose `#[inline(always)]` `with_simd` runs `body` with the fields in
+/// scope, for [`vectorized`].
+macro_rules! simd_kernel {
+    (
+        $(#[$meta:meta])*
+        $name:ident<$lt:lifetime $(, const $c:ident: $ct:ty)?> { $($field:ident: $ty:ty),* $(,)? }
+        -> $out:ty $body:block
+    ) => {
+        $(#[$meta])*
+        struct $name<$lt $(, const $c: $ct)?> { $($field: $ty),* }
+
+        impl<$lt $(, const $c: $ct)?> pulp::WithSimd for $name<$lt $(, $c)?> {
+            type Output = $out;
+
+            #[inline(always)]
+            fn with_simd<S: pulp::Simd>(self, _: S) -> $out {
+                let $name { $($field),* } = self;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use simd_kernel;
 
 /// A vector of `len` values written chunk by chunk on rayon's threads, without zeroing it first:
 /// the kernels' outputs are 1–30 MB and overwritten at once, and zeroing them was ~10% of a

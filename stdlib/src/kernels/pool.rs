@@ -10,7 +10,7 @@
 
 use rayon::prelude::*;
 
-use super::vectorized;
+use super::{simd_kernel, vectorized};
 
 /// The geometry of a 2-D max-pool (dilation 1, floor mode).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,7 +84,13 @@ pub fn max_pool2d(shape: &Pool2dShape, x: &[f32]) -> (Vec<f32>, Vec<u32>) {
                 .zip(x.chunks_exact(h * w));
             for ((values, indices), plane) in planes {
                 if shape.kernel == [2, 2] && shape.stride == [2, 2] && shape.padding == [0, 0] {
-                    vectorized(|| pool_plane_2x2(plane, w, [oh, ow], values, indices));
+                    vectorized(PoolPlane2x2 {
+                        plane,
+                        w,
+                        out_size: [oh, ow],
+                        values,
+                        indices,
+                    });
                 } else {
                     pool_plane(shape, plane, [oh, ow], values, indices);
                 }
@@ -93,33 +99,40 @@ pub fn max_pool2d(shape: &Pool2dShape, x: &[f32]) -> (Vec<f32>, Vec<u32>) {
     (values, indices)
 }
 
-/// The 2x2 stride-2 window of the small CNN: two input rows per output row.
-#[inline(always)]
-fn pool_plane_2x2(
-    plane: &[f32],
-    w: usize,
-    [oh, ow]: [usize; 2],
-    values: &mut [f32],
-    indices: &mut [u32],
-) {
+simd_kernel! {
+    /// The 2x2 stride-2 window of the small CNN: two input rows per output row.
+    PoolPlane2x2<'a> {
+        plane: &'a [f32],
+        w: usize,
+        out_size: [usize; 2],
+        values: &'a mut [f32],
+        indices: &'a mut [u32],
+    } -> () {
+    let [oh, ow] = out_size;
     for oy in 0..oh {
         let top = &plane[2 * oy * w..(2 * oy + 1) * w];
         let bottom = &plane[(2 * oy + 1) * w..(2 * oy + 2) * w];
         let out = &mut values[oy * ow..(oy + 1) * ow];
         let at = &mut indices[oy * ow..(oy + 1) * ow];
-        let pairs = top.chunks_exact(2).zip(bottom.chunks_exact(2));
-        for (ox, ((out, at), (t, b))) in out.iter_mut().zip(at.iter_mut()).zip(pairs).enumerate() {
-            // Branch-free, so that the loop vectorises: offsets 0, 1, W, W+1 in the window.
-            let (mut best, mut offset) = (t[0], 0u32);
-            for (v, o) in [(t[1], 1), (b[0], w as u32), (b[1], w as u32 + 1)] {
-                let take = v > best || (v.is_nan() && !best.is_nan());
+        let first = (2 * oy * w) as u32;
+        for ox in 0..ow {
+            // Branch-free (`|`, `&`: no short circuit), so that the loop vectorises: offsets
+            // 0, 1, W, W+1 in the window, the first maximum winning ties and a NaN winning all.
+            let (mut best, mut offset) = (top[2 * ox], 0u32);
+            for (v, o) in [
+                (top[2 * ox + 1], 1),
+                (bottom[2 * ox], w as u32),
+                (bottom[2 * ox + 1], w as u32 + 1),
+            ] {
+                let take = (v > best) | (v.is_nan() & !best.is_nan());
                 best = if take { v } else { best };
                 offset = if take { o } else { offset };
             }
-            *out = best;
-            *at = (2 * oy * w + 2 * ox) as u32 + offset;
+            out[ox] = best;
+            at[ox] = first + 2 * ox as u32 + offset;
         }
     }
+}
 }
 
 /// Any window, stride and padding; the part of the window outside the plane is skipped.
@@ -179,7 +192,13 @@ pub fn max_pool2d_backward(shape: &Pool2dShape, grad_out: &[f32], indices: &[u32
                 .zip(indices.chunks_exact(out_len));
             for ((grad, grad_out), indices) in planes {
                 if shape.kernel == [2, 2] && shape.stride == [2, 2] && shape.padding == [0, 0] {
-                    vectorized(|| unpool_plane_2x2(grad, shape.width, [oh, ow], grad_out, indices));
+                    vectorized(UnpoolPlane2x2 {
+                        grad,
+                        w: shape.width,
+                        out_size: [oh, ow],
+                        grad_out,
+                        indices,
+                    });
                     continue;
                 }
                 // Written before it is read: the first touch of a fresh zeroed page is then a
@@ -193,35 +212,38 @@ pub fn max_pool2d_backward(shape: &Pool2dShape, grad_out: &[f32], indices: &[u32
     grad
 }
 
-/// The 2x2 stride-2 windows do not overlap: every input element is written once, with its
-/// window's gradient if it was the maximum and zero otherwise (as are the last row and column
-/// of an odd-sized plane, which no window covers) — one pass, no zero-fill, no scatter.
-#[inline(always)]
-fn unpool_plane_2x2(
-    grad: &mut [f32],
-    w: usize,
-    [oh, ow]: [usize; 2],
-    grad_out: &[f32],
-    indices: &[u32],
-) {
+simd_kernel! {
+    /// The 2x2 stride-2 windows do not overlap: every input element is written once, with its
+    /// window's gradient if it was the maximum and zero otherwise (as are the last row and
+    /// column of an odd-sized plane, which no window covers) — one pass, no zero-fill, no
+    /// scatter.
+    UnpoolPlane2x2<'a> {
+        grad: &'a mut [f32],
+        w: usize,
+        out_size: [usize; 2],
+        grad_out: &'a [f32],
+        indices: &'a [u32],
+    } -> () {
+    let [oh, ow] = out_size;
     let h = grad.len() / w;
     for oy in 0..oh {
         let (top, bottom) = grad[2 * oy * w..(2 * oy + 2) * w].split_at_mut(w);
         let g = &grad_out[oy * ow..(oy + 1) * ow];
         let at = &indices[oy * ow..(oy + 1) * ow];
-        let pairs = top.chunks_exact_mut(2).zip(bottom.chunks_exact_mut(2));
-        for (ox, ((t, b), (&g, &at))) in pairs.zip(g.iter().zip(at)).enumerate() {
-            let offset = at - (2 * oy * w + 2 * ox) as u32;
+        let first = (2 * oy * w) as u32;
+        for ox in 0..ow {
+            let (g, offset) = (g[ox], at[ox].wrapping_sub(first + 2 * ox as u32));
             let put = |o: u32| if offset == o { g } else { 0.0 };
-            t[0] = put(0);
-            t[1] = put(1);
-            b[0] = put(w as u32);
-            b[1] = put(w as u32 + 1);
+            top[2 * ox] = put(0);
+            top[2 * ox + 1] = put(1);
+            bottom[2 * ox] = put(w as u32);
+            bottom[2 * ox + 1] = put(w as u32 + 1);
         }
         top[2 * ow..].fill(0.0);
         bottom[2 * ow..].fill(0.0);
     }
     grad[2 * oh * w..h * w].fill(0.0);
+}
 }
 
 /// The mean of each plane of `x` (`[planes, len]`): global average pooling, `[N, C]`.

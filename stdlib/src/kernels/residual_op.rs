@@ -14,7 +14,9 @@ use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
 use super::flex_glue::{CpuAutodiff, cast, cast_back, contiguous, flex, host};
-use super::{vectorized, written_in_parallel};
+use std::mem::MaybeUninit;
+
+use super::{simd_kernel, vectorized, written_in_parallel};
 
 /// Elements per rayon task.
 const CHUNK: usize = 1 << 14;
@@ -50,10 +52,10 @@ fn tracked_add_relu<const D: usize>(
     let (av, bv) = (host(&a_host), host(&b_host));
     let y = written_in_parallel(av.len(), CHUNK, |i, out| {
         let at = i * CHUNK..(i * CHUNK + out.len());
-        vectorized(|| {
-            for ((y, &a), &b) in out.iter_mut().zip(&av[at.clone()]).zip(&bv[at.clone()]) {
-                y.write((a + b).max(0.0));
-            }
+        vectorized(AddReluChunk {
+            out,
+            a: &av[at.clone()],
+            b: &bv[at.clone()],
         });
         at.len()
     });
@@ -67,6 +69,23 @@ fn tracked_add_relu<const D: usize>(
         OpsKind::UnTracked(prep) => prep.finish(y),
     };
     Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
+simd_kernel! {
+    AddReluChunk<'a> { out: &'a mut [MaybeUninit<f32>], a: &'a [f32], b: &'a [f32] } -> () {
+        for ((y, &a), &b) in out.iter_mut().zip(a).zip(b) {
+            y.write((a + b).max(0.0));
+        }
+    }
+}
+
+simd_kernel! {
+    /// The output gradient where the ReLU passed, zero where it clipped.
+    MaskChunk<'a> { m: &'a mut [f32], g: &'a [f32], y: &'a [f32] } -> () {
+        for ((m, &g), &y) in m.iter_mut().zip(g).zip(y) {
+            *m = if y > 0.0 { g } else { 0.0 };
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -85,13 +104,7 @@ impl Backward<Flex, 2> for AddReluBackward {
         masked
             .par_chunks_mut(CHUNK)
             .zip(g.par_chunks(CHUNK).zip(yv.par_chunks(CHUNK)))
-            .for_each(|(m, (g, y))| {
-                vectorized(|| {
-                    for ((m, &g), &y) in m.iter_mut().zip(g).zip(y) {
-                        *m = if y > 0.0 { g } else { 0.0 };
-                    }
-                });
-            });
+            .for_each(|(m, (g, y))| vectorized(MaskChunk { m, g, y }));
         let masked = flex(masked, y.shape());
         // Both inputs receive the same gradient: one buffer, shared.
         if let Some(node) = node_a {
