@@ -1,6 +1,7 @@
 //! Convolutions on the CPU: `lortflow_stdlib::kernels::conv` against Burn's generic ops on flex
 //! (`conv2d`, `conv2d_x_backward`, `conv2d_weight_backward`: what `Autodiff<Flex>` runs without
-//! the kernels) and against the kernels' own im2col path, for every 3x3 convolution of the small
+//! the kernels) and against the kernels' own im2col path (`ours` takes the direct kernel where
+//! [`conv2d`] and its gradients choose it), for every 3x3 convolution of the small
 //! CNN (28x28) and ResNet-32 (32x32) at batch 128. Prints milliseconds per call.
 //!
 //! `cargo run --release -p lortflow-stdlib --example conv_bench [min_seconds_per_case]`
@@ -12,7 +13,7 @@ use burn::tensor::{Tensor, TensorData};
 use burn_flex::Flex;
 use lortflow_stdlib::kernels::conv::{
     Conv2dShape, conv2d, conv2d_input_grad, conv2d_weight_grad, im2col_conv2d,
-    im2col_conv2d_input_grad,
+    im2col_conv2d_input_grad, im2col_conv2d_weight_grad,
 };
 
 const BATCH: usize = 128;
@@ -60,7 +61,7 @@ fn main() {
         ("resnet32 stage3", 64, 8, 64, 1),
     ];
     println!(
-        "{:<22} {:>9} {:>9} {:>9} | {:>9} {:>9} {:>9} | {:>9} {:>9}",
+        "{:<22} {:>9} {:>9} {:>9} | {:>9} {:>9} {:>9} | {:>9} {:>9} {:>9}",
         "layer (ms per call)",
         "y burn",
         "y im2col",
@@ -69,9 +70,10 @@ fn main() {
         "∂x im2col",
         "∂x ours",
         "∂w burn",
+        "∂w im2col",
         "∂w ours"
     );
-    let mut totals = [0.0f64; 8];
+    let mut totals = [0.0f64; 9];
     for (name, c, h, o, stride) in cases {
         let shape = Conv2dShape {
             batch: BATCH,
@@ -116,11 +118,14 @@ fn main() {
             let _ =
                 Flex::conv2d_weight_backward(xt.clone(), wt.clone(), gyt.clone(), options.clone());
         });
+        let im2col_w = time(min, || {
+            std::hint::black_box(im2col_conv2d_weight_grad(&shape, &x, &gy));
+        });
         let ours_w = time(min, || {
             std::hint::black_box(conv2d_weight_grad(&shape, &x, &gy));
         });
         let row = [
-            burn_y, im2col_y, ours_y, burn_x, im2col_x, ours_x, burn_w, ours_w,
+            burn_y, im2col_y, ours_y, burn_x, im2col_x, ours_x, burn_w, im2col_w, ours_w,
         ];
         print_row(name, &row);
         for (t, v) in totals.iter_mut().zip(row) {
@@ -130,8 +135,8 @@ fn main() {
     print_row("all layers", &totals);
 }
 
-fn print_row(name: &str, [a, b, c, d, e, f, g, h]: &[f64; 8]) {
+fn print_row(name: &str, [a, b, c, d, e, f, g, h, i]: &[f64; 9]) {
     println!(
-        "{name:<22} {a:>9.2} {b:>9.2} {c:>9.2} | {d:>9.2} {e:>9.2} {f:>9.2} | {g:>9.2} {h:>9.2}"
+        "{name:<22} {a:>9.2} {b:>9.2} {c:>9.2} | {d:>9.2} {e:>9.2} {f:>9.2} | {g:>9.2} {h:>9.2} {i:>9.2}"
     );
 }

@@ -16,7 +16,9 @@
 //! outside the image (the padding columns and rows) are computed and dropped: 6 % more work on a
 //! 32x32 image, 27 % on 8x8, far less than the copies it replaces. The input gradient of a
 //! stride-1 convolution is the same computation on the output gradient with the kernel flipped
-//! and transposed ([`input_grad_as_forward`]).
+//! and transposed ([`input_grad_as_forward`]); the weight gradient sums, per output channel and
+//! (channel, tap) pair, the output gradient's row times the input's shifted row
+//! ([`weight_grad`]).
 
 use std::mem::MaybeUninit;
 
@@ -114,6 +116,22 @@ enum Isa {
     Baseline,
 }
 
+impl Isa {
+    #[inline(always)]
+    fn run<K: WithSimd>(self, kernel: K) -> K::Output {
+        match self {
+            Isa::Best => pulp::Arch::new().dispatch(kernel),
+            #[cfg(all(test, target_arch = "x86_64"))]
+            Isa::Avx2 => Simd::vectorize(
+                pulp::x86::V3::try_new().expect("the test checks for AVX2 first"),
+                kernel,
+            ),
+            #[cfg(test)]
+            Isa::Baseline => kernel.with_simd(pulp::Scalar::new()),
+        }
+    }
+}
+
 fn conv2d_on(
     isa: Isa,
     shape: &Conv2dShape,
@@ -163,16 +181,7 @@ fn conv2d_on(
                 output,
                 out,
             };
-            match isa {
-                Isa::Best => pulp::Arch::new().dispatch(chunk),
-                #[cfg(all(test, target_arch = "x86_64"))]
-                Isa::Avx2 => Simd::vectorize(
-                    pulp::x86::V3::try_new().expect("the test checks for AVX2 first"),
-                    chunk,
-                ),
-                #[cfg(test)]
-                Isa::Baseline => chunk.with_simd(pulp::Scalar::new()),
-            }
+            isa.run(chunk)
         })
     })
 }
@@ -443,8 +452,9 @@ impl Tiles<'_> {
 ///
 /// over the grid positions `q` of a chunk of samples, with `∂Y` laid on the output grid (zero
 /// at the positions that are not outputs, so the padding's reads add nothing). Register tiles
-/// of 4 output channels × 6 (channel, tap) pairs on AVX-512, 2 otherwise, summed over whole
-/// rows of grid positions at once; one partial gradient per chunk, added at the end.
+/// of 4 output channels × 6 (channel, tap) pairs on AVX-512, 2 otherwise, summed over blocks
+/// of grid positions (the tile's output-gradient rows stay in L1); chunks of samples sized so
+/// that their input grid stays in L2, one partial gradient per thread, added at the end.
 pub fn weight_grad(shape: &Conv2dShape, x: &[f32], grad_out: &[f32]) -> Vec<f32> {
     weight_grad_on(Isa::Best, shape, x, grad_out)
 }
@@ -498,16 +508,7 @@ fn weight_grad_on(isa: Isa, shape: &Conv2dShape, x: &[f32], grad_out: &[f32]) ->
                     channels: c,
                     out_channels: o,
                 };
-                let partial = match isa {
-                    Isa::Best => pulp::Arch::new().dispatch(job),
-                    #[cfg(all(test, target_arch = "x86_64"))]
-                    Isa::Avx2 => Simd::vectorize(
-                        pulp::x86::V3::try_new().expect("the test checks for AVX2 first"),
-                        job,
-                    ),
-                    #[cfg(test)]
-                    Isa::Baseline => job.with_simd(pulp::Scalar::new()),
-                };
+                let partial = isa.run(job);
                 total.iter_mut().zip(&partial).for_each(|(t, p)| *t += p);
                 total
             },

@@ -1,14 +1,16 @@
 //! CPU kernels for the backbone's hot operations, on host slices (NCHW, f32), for the CPU
-//! backend where Burn's generic implementations are slow (see PERFORMANCE.md): convolution
-//! gradients as well-shaped [`gemm`](crate::gemm) products without layout copies, max-pool with
-//! the argmax kept for the backward pass, global average pooling, and BatchNorm (+ ReLU) in two
-//! passes each way. Work is split over samples, channels or planes on rayon's pool.
+//! backend where Burn's generic implementations are slow (see PERFORMANCE.md): stride-1
+//! convolutions and their gradients read straight from the image on a padded grid
+//! ([`direct_conv`]), the other convolutions as well-shaped [`gemm`](crate::gemm) products
+//! ([`conv`]), max-pool with the argmax kept for the backward pass, global average pooling, and
+//! BatchNorm (+ ReLU) in two passes each way. Work is split over samples, channels or planes on
+//! rayon's pool.
 //!
 //! Each kernel is checked against Burn's own op on property-generated shapes. The backbones reach
 //! them through the functions re-exported here, custom autodiff ops on `Autodiff<Flex>` (and the
 //! plain forward on `Flex` for inference) that fall back to Burn's ops on every other backend, so
-//! the model code stays Burn's; `examples/conv_bench.rs` measures the convolution gradients against
-//! Burn's.
+//! the model code stays Burn's; `examples/conv_bench.rs` measures the convolutions against Burn's
+//! and against each other.
 
 use std::mem::MaybeUninit;
 
