@@ -24,36 +24,56 @@ use burn::tensor::Tensor;
 use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
 
+use crate::kernels::Then;
+
 /// `batch_norm(bn, conv.forward(x))`; see [`conv_bn_relu`].
 pub(crate) fn conv_bn<B: Backend>(
     conv: &Conv2d<B>,
     bn: &BatchNorm<B>,
     x: Tensor<B, 4>,
 ) -> Tensor<B, 4> {
-    conv_bn_activation(conv, bn, x, false)
+    conv_bn_then(conv, bn, x, Then::Nothing)
 }
 
 /// `relu(batch_norm(bn, conv.forward(x)))`. In training, on the CPU backend, the convolution's
 /// gradients and the whole BatchNorm + ReLU are [`crate::kernels`]' (one op each). In inference
 /// mode (no autodiff) the BatchNorm is an affine map per output channel and is folded into the
 /// convolution: weights scaled by `scale`, bias `shift` (+ `scale * bias` if the convolution has
-/// one), which saves two passes over the map.
+/// one), which saves two passes over the map, and the ReLU is applied as the kernel writes.
 pub(crate) fn conv_bn_relu<B: Backend>(
     conv: &Conv2d<B>,
     bn: &BatchNorm<B>,
     x: Tensor<B, 4>,
 ) -> Tensor<B, 4> {
-    conv_bn_activation(conv, bn, x, true)
+    conv_bn_then(conv, bn, x, Then::Relu)
 }
 
-fn conv_bn_activation<B: Backend>(
+/// `relu(batch_norm(bn, conv.forward(x)) + residual)`: the end of a residual block, in one
+/// pass in inference as [`conv_bn_relu`]'s ReLU.
+pub(crate) fn conv_bn_add_relu<B: Backend>(
     conv: &Conv2d<B>,
     bn: &BatchNorm<B>,
     x: Tensor<B, 4>,
-    with_relu: bool,
+    residual: Tensor<B, 4>,
+) -> Tensor<B, 4> {
+    conv_bn_then(conv, bn, x, Then::AddRelu(residual))
+}
+
+fn conv_bn_then<B: Backend>(
+    conv: &Conv2d<B>,
+    bn: &BatchNorm<B>,
+    x: Tensor<B, 4>,
+    then: Then<B>,
 ) -> Tensor<B, 4> {
     if B::ad_enabled(&x.device()) {
-        return forward_train(bn, crate::kernels::conv2d_forward(conv, x), with_relu);
+        let y = crate::kernels::conv2d_forward(conv, x);
+        return match then {
+            Then::Nothing => forward_train(bn, y, false),
+            Then::Relu => forward_train(bn, y, true),
+            Then::AddRelu(residual) => {
+                crate::kernels::add_relu(forward_train(bn, y, false), residual)
+            }
+        };
     }
     let device = x.device();
     let (scale, shift) = inference_affine(bn, &device);
@@ -75,11 +95,7 @@ fn conv_bn_activation<B: Backend>(
         groups: conv.groups,
         padding: conv.padding.clone(),
     };
-    if with_relu {
-        crate::kernels::conv2d_relu_forward(&folded, x)
-    } else {
-        crate::kernels::conv2d_forward(&folded, x)
-    }
+    crate::kernels::conv2d_forward_then(&folded, x, then)
 }
 
 /// `bn.forward(x)` for `x: [N, C, H, W]`: batch statistics (and a running-statistics update)

@@ -15,8 +15,8 @@ use burn::nn::{BatchNorm, BatchNormConfig, Initializer, Linear, LinearConfig, Pa
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
-use super::fast_bn::{conv_bn, conv_bn_relu};
-use crate::kernels::{add_relu, global_avg_pool, max_pool2d};
+use super::fast_bn::{conv_bn, conv_bn_add_relu, conv_bn_relu};
+use crate::kernels::{global_avg_pool, max_pool2d};
 
 /// Which ResNet: decides the stem, the block type, the widths and the number of blocks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,18 +95,20 @@ impl<B: Backend> Block<B> {
     /// - input `[N, C_in, H, W]` → output `[N, C_out, H/stride, W/stride]`
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let out = conv_bn_relu(&self.conv1, &self.bn1, x.clone());
-        let out = match (&self.conv3, &self.bn3) {
-            (Some(conv3), Some(bn3)) => {
-                conv_bn(conv3, bn3, conv_bn_relu(&self.conv2, &self.bn2, out))
-            }
-            _ => conv_bn(&self.conv2, &self.bn2, out),
-        };
         let identity = match (&self.shortcut, &self.downsample) {
             (Shortcut::Projection, Some(ds)) => conv_bn(&ds.conv, &ds.bn, x),
             (Shortcut::ZeroPad { stride, pad }, _) => zero_pad_shortcut(x, *stride, *pad),
             _ => x,
         };
-        add_relu(out, identity)
+        // The last convolution, its BatchNorm, the residual add and the ReLU: one pass in
+        // inference.
+        match (&self.conv3, &self.bn3) {
+            (Some(conv3), Some(bn3)) => {
+                let out = conv_bn_relu(&self.conv2, &self.bn2, out);
+                conv_bn_add_relu(conv3, bn3, out, identity)
+            }
+            _ => conv_bn_add_relu(&self.conv2, &self.bn2, out, identity),
+        }
     }
 }
 

@@ -436,9 +436,23 @@ fn every_architecture_on_the_kernels_matches_burns_ops() {
             )
         };
         let (ours, burn) = (run(false), run(true));
+        // Inference (BatchNorm folded, ReLU and residual add fused into the convolutions).
+        let features = |burn_only: bool| {
+            crate::kernels::BURN_OPS_ONLY.with(|f| f.set(burn_only));
+            let y: Vec<f32> = model
+                .valid()
+                .forward_features(x.clone().inner())
+                .into_data()
+                .to_vec()
+                .unwrap();
+            crate::kernels::BURN_OPS_ONLY.with(|f| f.set(false));
+            y
+        };
+        let (ours_features, burn_features) = (features(false), features(true));
         let mut compared = vec![
             ("logits", &ours.0, &burn.0),
             ("classifier gradient", &ours.2, &burn.2),
+            ("inference features", &ours_features, &burn_features),
         ];
         if arch != Arch::Resnet50 {
             compared.push(("input gradient", &ours.1, &burn.1));

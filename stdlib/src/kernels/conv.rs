@@ -91,18 +91,51 @@ pub fn conv2d(shape: &Conv2dShape, x: &[f32], weight: &[f32], bias: Option<&[f32
     im2col_conv2d(shape, x, weight, bias)
 }
 
-/// [`conv2d`] then ReLU (fused into the direct kernel's last pass).
-pub fn conv2d_relu(
+/// What follows a convolution in the same pass over its output (inference: the BatchNorm is
+/// already folded into the weights and bias).
+#[derive(Debug, Clone, Copy)]
+pub enum Epilogue<'a> {
+    /// `relu(y)`.
+    Relu,
+    /// `relu(y + residual)`, `residual` shaped as the output: a residual block's end.
+    AddRelu(&'a [f32]),
+}
+
+impl Epilogue<'_> {
+    /// The epilogue applied to `y`, the value at output `index`.
+    #[inline(always)]
+    pub(crate) fn apply(self, y: f32, index: usize) -> f32 {
+        match self {
+            Epilogue::Relu => y.max(0.0),
+            Epilogue::AddRelu(residual) => (y + residual[index]).max(0.0),
+        }
+    }
+}
+
+/// [`conv2d`] then `epilogue`, fused into the direct kernel's last pass (after it otherwise).
+pub fn conv2d_then(
     shape: &Conv2dShape,
     x: &[f32],
     weight: &[f32],
     bias: Option<&[f32]>,
+    epilogue: Epilogue<'_>,
 ) -> Vec<f32> {
+    let [oh, ow] = shape.out_size();
+    if let Epilogue::AddRelu(residual) = epilogue {
+        let len = shape.batch * shape.out_channels * oh * ow;
+        assert_eq!(
+            residual.len(),
+            len,
+            "residual of {shape:?} has the wrong length"
+        );
+    }
     if direct_conv::covers(shape) {
-        return direct_conv::conv2d_relu(shape, x, weight, bias);
+        return direct_conv::conv2d_then(shape, x, weight, bias, Some(epilogue));
     }
     let mut y = im2col_conv2d(shape, x, weight, bias);
-    y.par_iter_mut().for_each(|v| *v = v.max(0.0));
+    y.par_iter_mut()
+        .enumerate()
+        .for_each(|(i, v)| *v = epilogue.apply(*v, i));
     y
 }
 

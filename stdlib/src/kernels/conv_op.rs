@@ -11,66 +11,96 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
 use burn::tensor::backend::Backend;
-use burn::tensor::ops::{ActivationOps, ConvOptions, ModuleOps};
+use burn::tensor::ops::{ActivationOps, ConvOptions, FloatTensorOps, ModuleOps};
 use burn::tensor::{DType, Tensor, TensorPrimitive};
 use burn_flex::{Flex, FlexTensor};
 
-use super::conv::{Conv2dShape, conv2d, conv2d_input_grad, conv2d_relu, conv2d_weight_grad};
+use super::conv::{
+    Conv2dShape, Epilogue, conv2d, conv2d_input_grad, conv2d_then, conv2d_weight_grad,
+};
 use super::flex_glue::{CpuAutodiff, cast, cast_back, contiguous, dims4, flex, host};
 
 /// `conv.forward(x)`, on our kernels when `B` is the CPU backend and the convolution is one they
 /// cover (one group, symmetric padding; in training also no bias, as the backbones' are).
 pub(crate) fn conv2d_forward<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
-    conv2d_forward_then(conv, x, false)
+    conv2d_forward_then(conv, x, Then::Nothing)
 }
 
-/// `relu(conv.forward(x))`; in inference on the CPU backend the ReLU is applied as the kernel
-/// writes its output.
-pub(crate) fn conv2d_relu_forward<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
-    conv2d_forward_then(conv, x, true)
+/// What follows a convolution; in inference on the CPU backend it is applied as the kernel
+/// writes its output, elsewhere by the ops it names.
+pub(crate) enum Then<B: Backend> {
+    Nothing,
+    /// `relu(y)`.
+    Relu,
+    /// `relu(y + residual)` ([`super::add_relu`]).
+    AddRelu(Tensor<B, 4>),
 }
 
-fn conv2d_forward_then<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>, relu: bool) -> Tensor<B, 4> {
-    let burn = |x| {
-        let y = conv.forward(x);
-        if relu {
-            burn::tensor::activation::relu(y)
-        } else {
-            y
+impl<B: Backend> Then<B> {
+    fn after(self, y: Tensor<B, 4>) -> Tensor<B, 4> {
+        match self {
+            Then::Nothing => y,
+            Then::Relu => burn::tensor::activation::relu(y),
+            Then::AddRelu(residual) => super::add_relu(y, residual),
         }
-    };
+    }
+}
+
+/// `then` applied to `conv.forward(x)`.
+pub(crate) fn conv2d_forward_then<B: Backend>(
+    conv: &Conv2d<B>,
+    x: Tensor<B, 4>,
+    then: Then<B>,
+) -> Tensor<B, 4> {
     if super::burn_ops_only() || x.dtype() != DType::F32 {
-        return burn(x);
+        return then.after(conv.forward(x));
     }
     let Some(options) = covered(conv) else {
-        return burn(x);
+        return then.after(conv.forward(x));
     };
     let weight = conv.weight.val();
     let x = match cast::<(Tensor<CpuAutodiff, 4>, Tensor<CpuAutodiff, 4>), _>((x, weight)) {
-        Ok((x, weight)) if conv.bias.is_none() && !relu => {
-            return cast_back(fast_conv2d(x, weight, options));
+        Ok((x, weight)) if conv.bias.is_none() => {
+            return then.after(cast_back(fast_conv2d(x, weight, options)));
         }
-        Ok((x, _)) => return burn(cast_back(x)),
+        Ok((x, _)) => return then.after(conv.forward(cast_back(x))),
         Err((x, _)) => x,
     };
     let bias = conv.bias.as_ref().map(|b| b.val());
-    match cast::<(Tensor<Flex, 4>, Tensor<Flex, 4>, Option<Tensor<Flex, 1>>), _>((
-        x,
-        conv.weight.val(),
-        bias,
-    )) {
-        Ok((x, weight, bias)) => {
-            let bias = bias.map(|b| b.into_primitive().tensor());
+    let (residual, relu) = match then {
+        Then::Nothing => (None, false),
+        Then::Relu => (None, true),
+        Then::AddRelu(residual) => (Some(residual), true),
+    };
+    match cast::<
+        (
+            Tensor<Flex, 4>,
+            Tensor<Flex, 4>,
+            Option<Tensor<Flex, 1>>,
+            Option<Tensor<Flex, 4>>,
+        ),
+        _,
+    >((x, conv.weight.val(), bias, residual))
+    {
+        Ok((x, weight, bias, residual)) => {
             let y = forward(
                 x.into_primitive().tensor(),
                 weight.into_primitive().tensor(),
-                bias,
+                bias.map(|b| b.into_primitive().tensor()),
                 &options,
                 relu,
+                residual.map(|r| r.into_primitive().tensor()),
             );
             cast_back(Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(y)))
         }
-        Err((x, _, _)) => burn(x),
+        Err((x, _, _, residual)) => {
+            let then = match (residual, relu) {
+                (Some(residual), _) => Then::AddRelu(residual),
+                (None, true) => Then::Relu,
+                (None, false) => Then::Nothing,
+            };
+            then.after(conv.forward(x))
+        }
     }
 }
 
@@ -105,27 +135,43 @@ fn geometry(x: &FlexTensor, weight: &FlexTensor, options: &ConvOptions<2>) -> Co
     }
 }
 
-/// Our forward kernel on flex tensors (f32, or Burn's kernel for other precisions).
+/// Our forward kernel on flex tensors (f32, or Burn's kernel for other precisions), then ReLU
+/// (after adding `residual`, when given) if `relu`.
 fn forward(
     x: FlexTensor,
     weight: FlexTensor,
     bias: Option<FlexTensor>,
     options: &ConvOptions<2>,
     relu: bool,
+    residual: Option<FlexTensor>,
 ) -> FlexTensor {
-    if [Some(&x), Some(&weight), bias.as_ref()]
+    if [Some(&x), Some(&weight), bias.as_ref(), residual.as_ref()]
         .into_iter()
         .flatten()
         .any(|t| t.dtype() != DType::F32)
     {
-        let y = Flex::conv2d(x, weight, bias, options.clone());
+        let mut y = Flex::conv2d(x, weight, bias, options.clone());
+        if let Some(residual) = residual {
+            y = Flex::float_add(y, residual);
+        }
         return if relu { Flex::relu(y) } else { y };
     }
     let shape = geometry(&x, &weight, options);
     let (x, weight) = (contiguous(x), contiguous(weight));
     let bias = bias.map(contiguous);
-    let run = if relu { conv2d_relu } else { conv2d };
-    let y = run(&shape, host(&x), host(&weight), bias.as_ref().map(host));
+    let residual = residual.map(contiguous);
+    let bias = bias.as_ref().map(host);
+    let y = match (&residual, relu) {
+        (Some(residual), _) => conv2d_then(
+            &shape,
+            host(&x),
+            host(&weight),
+            bias,
+            Epilogue::AddRelu(host(residual)),
+        ),
+        (None, true) => conv2d_then(&shape, host(&x), host(&weight), bias, Epilogue::Relu),
+        (None, false) => conv2d(&shape, host(&x), host(&weight), bias),
+    };
     let [oh, ow] = shape.out_size();
     flex(y, [shape.batch, shape.out_channels, oh, ow])
 }
@@ -155,7 +201,7 @@ fn fast_conv2d(
         OpsKind::Tracked(mut prep) => {
             let x_state = prep.checkpoint(&x);
             let weight_state = prep.checkpoint(&weight);
-            let y = forward(x.primitive, weight.primitive, None, &options, false);
+            let y = forward(x.primitive, weight.primitive, None, &options, false, None);
             prep.finish((x_state, weight_state, options), y)
         }
         OpsKind::UnTracked(prep) => prep.finish(forward(
@@ -164,6 +210,7 @@ fn fast_conv2d(
             None,
             &options,
             false,
+            None,
         )),
     };
     Tensor::from_primitive(TensorPrimitive::Float(out))
@@ -308,8 +355,8 @@ mod tests {
     }
 
     /// Inference on the plain backend (the folded BatchNorm gives every convolution a bias):
-    /// our forward, alone and with the ReLU fused, within rounding of Burn's; stride 1 takes the
-    /// direct kernel, stride 2 im2col.
+    /// our forward, alone, with the ReLU and with a residual add + ReLU fused, within rounding of
+    /// Burn's; stride 1 takes the direct kernel, stride 2 im2col.
     #[test]
     fn inference_convolutions_with_and_without_bias_match_burn() {
         let device = burn_flex::FlexDevice;
@@ -331,15 +378,28 @@ mod tests {
                 .unwrap();
             let theirs: Vec<f32> = conv.forward(x.clone()).into_data().to_vec().unwrap();
             assert_close_to_burn("inference output", &ours, &theirs);
-            let ours: Vec<f32> = conv2d_relu_forward(&conv, x.clone())
+            let ours: Vec<f32> = conv2d_forward_then(&conv, x.clone(), Then::Relu)
                 .into_data()
                 .to_vec()
                 .unwrap();
-            let theirs: Vec<f32> = burn::tensor::activation::relu(conv.forward(x))
+            let theirs: Vec<f32> = burn::tensor::activation::relu(conv.forward(x.clone()))
                 .into_data()
                 .to_vec()
                 .unwrap();
             assert_close_to_burn("inference output after ReLU", &ours, &theirs);
+            let y = conv.forward(x.clone());
+            let residual =
+                Tensor::<Flex, 4>::random(y.dims(), Distribution::Normal(0.0, 1.0), &device);
+            let ours: Vec<f32> =
+                conv2d_forward_then(&conv, x.clone(), Then::AddRelu(residual.clone()))
+                    .into_data()
+                    .to_vec()
+                    .unwrap();
+            let theirs: Vec<f32> = burn::tensor::activation::relu(y + residual)
+                .into_data()
+                .to_vec()
+                .unwrap();
+            assert_close_to_burn("inference output plus residual after ReLU", &ours, &theirs);
         }
     }
 }

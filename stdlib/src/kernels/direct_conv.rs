@@ -25,7 +25,7 @@ use std::mem::MaybeUninit;
 use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 
-use super::conv::Conv2dShape;
+use super::conv::{Conv2dShape, Epilogue};
 
 /// Bytes of one chunk's input grid in the weight gradient: well inside the L2 cache of the
 /// CPUs we run on (512 KB to 2 MB per core).
@@ -93,17 +93,18 @@ impl Grid {
 /// The output `[N, O, OH, OW]` of a convolution [`covers`] accepts, plus `bias[o]` on channel
 /// `o` when given — the same contract as [`super::conv::conv2d`].
 pub fn conv2d(shape: &Conv2dShape, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
-    conv2d_on(Isa::Best, shape, x, weight, bias, false)
+    conv2d_on(Isa::Best, shape, x, weight, bias, None)
 }
 
-/// [`conv2d`] then ReLU, in the same pass.
-pub fn conv2d_relu(
+/// [`conv2d`] then `epilogue` (when given), in the same pass as the gather of the outputs.
+pub fn conv2d_then(
     shape: &Conv2dShape,
     x: &[f32],
     weight: &[f32],
     bias: Option<&[f32]>,
+    epilogue: Option<Epilogue<'_>>,
 ) -> Vec<f32> {
-    conv2d_on(Isa::Best, shape, x, weight, bias, true)
+    conv2d_on(Isa::Best, shape, x, weight, bias, epilogue)
 }
 
 /// The instruction set the tiles run on: the best this CPU has, or (tests) a narrower one.
@@ -138,7 +139,7 @@ fn conv2d_on(
     x: &[f32],
     weight: &[f32],
     bias: Option<&[f32]>,
-    relu: bool,
+    epilogue: Option<Epilogue<'_>>,
 ) -> Vec<f32> {
     assert!(
         covers(shape),
@@ -176,7 +177,13 @@ fn conv2d_on(
                 packed: &packed,
                 x: &x[chunk * per_chunk * image..][..samples * image],
                 bias,
-                relu,
+                // The chunk's part of the residual, indexed from the chunk's first output.
+                epilogue: epilogue.map(|e| match e {
+                    Epilogue::AddRelu(r) => Epilogue::AddRelu(
+                        &r[chunk * per_chunk * out_image..][..samples * out_image],
+                    ),
+                    other => other,
+                }),
                 input,
                 output,
                 out,
@@ -296,14 +303,14 @@ fn lay_out(shape: &Conv2dShape, grid: &Grid, x: &[f32], input: &mut Vec<f32>) {
 }
 
 /// The valid outputs on the grid (`channels_padded` planes of `grid.positions`) into `out`
-/// (NCHW), plus the bias, then ReLU if asked; returns how many values it wrote (all of `out`).
+/// (NCHW), plus the bias, then the epilogue; returns how many values it wrote (all of `out`).
 #[inline(always)]
 fn gather(
     shape: &Conv2dShape,
     grid: &Grid,
     output: &[f32],
     bias: Option<&[f32]>,
-    relu: bool,
+    epilogue: Option<Epilogue<'_>>,
     out: &mut [MaybeUninit<f32>],
 ) -> usize {
     let o = shape.out_channels;
@@ -316,13 +323,23 @@ fn gather(
             for (y, dst) in out.chunks_exact_mut(ow).enumerate() {
                 let at = grid.output_position(image, y, 0);
                 let src = &plane[at..at + ow];
-                if relu {
-                    for (d, s) in dst.iter_mut().zip(src) {
-                        d.write((s + b).max(0.0));
+                let first = ((image * o + oc) * oh + y) * ow;
+                match epilogue {
+                    None => {
+                        for (d, s) in dst.iter_mut().zip(src) {
+                            d.write(s + b);
+                        }
                     }
-                } else {
-                    for (d, s) in dst.iter_mut().zip(src) {
-                        d.write(s + b);
+                    Some(Epilogue::Relu) => {
+                        for (d, s) in dst.iter_mut().zip(src) {
+                            d.write((s + b).max(0.0));
+                        }
+                    }
+                    Some(Epilogue::AddRelu(residual)) => {
+                        let residual = &residual[first..first + ow];
+                        for ((d, s), r) in dst.iter_mut().zip(src).zip(residual) {
+                            d.write((s + b + r).max(0.0));
+                        }
                     }
                 }
                 written += ow;
@@ -340,7 +357,7 @@ struct Chunk<'a> {
     packed: &'a PackedWeights,
     x: &'a [f32],
     bias: Option<&'a [f32]>,
-    relu: bool,
+    epilogue: Option<Epilogue<'a>>,
     input: &'a mut Vec<f32>,
     output: &'a mut Vec<f32>,
     out: &'a mut [MaybeUninit<f32>],
@@ -358,7 +375,7 @@ impl WithSimd for Chunk<'_> {
             packed,
             x,
             bias,
-            relu,
+            epilogue,
             input,
             output,
             out,
@@ -379,7 +396,7 @@ impl WithSimd for Chunk<'_> {
             8 => tiles.run::<S, 3>(simd),
             _ => tiles.run::<S, 4>(simd),
         }
-        gather(shape, &grid, output, bias, relu, out)
+        gather(shape, &grid, output, bias, epilogue, out)
     }
 }
 
@@ -691,7 +708,7 @@ mod tests {
             for &isa in &isas {
                 assert_close_to_burn(
                     &format!("output {s:?} on {isa:?}"),
-                    &conv2d_on(isa, &s, &x, &w, Some(&b), false),
+                    &conv2d_on(isa, &s, &x, &w, Some(&b), None),
                     &expected,
                 );
             }

@@ -27,7 +27,7 @@ mod pool_op;
 mod residual_op;
 
 pub(crate) use bn_op::batch_norm_train;
-pub(crate) use conv_op::{conv2d_forward, conv2d_relu_forward};
+pub(crate) use conv_op::{Then, conv2d_forward, conv2d_forward_then};
 pub(crate) use pool_op::{global_avg_pool, max_pool2d};
 pub(crate) use residual_op::add_relu;
 
