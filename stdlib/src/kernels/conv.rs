@@ -1,5 +1,7 @@
-//! A 2-D convolution (NCHW, groups = 1) and its two gradients as im2col and one well-shaped
-//! matrix product per sample.
+//! A 2-D convolution (NCHW, groups = 1) and its two gradients. Stride-1 convolutions go to
+//! [`direct_conv`] (read straight from the image) where it is faster; everything else, and the
+//! comparison in `examples/conv_bench.rs`, is im2col and one well-shaped matrix product per
+//! sample:
 //!
 //! With `col` the im2col matrix of one sample (`[C·KH·KW, OH·OW]`: row `(c, ki, kj)` holds the
 //! input pixels that kernel tap meets at every output position, zero in the padding):
