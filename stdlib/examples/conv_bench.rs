@@ -2,7 +2,8 @@
 //! (`conv2d`, `conv2d_x_backward`, `conv2d_weight_backward`: what `Autodiff<Flex>` runs without
 //! the kernels) and against the kernels' own im2col path (`ours` takes the direct kernel where
 //! [`conv2d`] and its gradients choose it), for every 3x3 convolution of the small
-//! CNN (28x28) and ResNet-32 (32x32) at batch 128. Prints milliseconds per call.
+//! CNN (28x28) and ResNet-32 (32x32) at batch 128, and ResNet-50's stride-1 3x3 layers (224x224
+//! input) at batch 16. Prints milliseconds per call.
 //!
 //! `cargo run --release -p lortflow-stdlib --example conv_bench [min_seconds_per_case]`
 
@@ -15,8 +16,6 @@ use lortflow_stdlib::kernels::conv::{
     Conv2dShape, conv2d, conv2d_input_grad, conv2d_weight_grad, im2col_conv2d,
     im2col_conv2d_input_grad, im2col_conv2d_weight_grad,
 };
-
-const BATCH: usize = 128;
 
 /// Median-free but steady: calls `f` until `min` has passed (at least 3 times), returns ms/call.
 fn time(min: Duration, mut f: impl FnMut()) -> f64 {
@@ -50,15 +49,19 @@ fn main() {
         std::arch::is_x86_feature_detected!("avx512f"),
         rayon::current_num_threads()
     );
-    // (name, C, H, O, stride): 3x3, padding 1.
+    // (name, batch, C, H, O, stride): 3x3, padding 1; ResNet-50's at 224x224 at batch 16.
     let cases = [
-        ("small-cnn conv1", 1, 28, 32, 1),
-        ("small-cnn conv2", 32, 14, 64, 1),
-        ("small-cnn conv3", 64, 7, 128, 1),
-        ("resnet32 stage1", 16, 32, 16, 1),
-        ("resnet32 stage2 down", 16, 32, 32, 2),
-        ("resnet32 stage2", 32, 16, 32, 1),
-        ("resnet32 stage3", 64, 8, 64, 1),
+        ("small-cnn conv1", 128, 1, 28, 32, 1),
+        ("small-cnn conv2", 128, 32, 14, 64, 1),
+        ("small-cnn conv3", 128, 64, 7, 128, 1),
+        ("resnet32 stage1", 128, 16, 32, 16, 1),
+        ("resnet32 stage2 down", 128, 16, 32, 32, 2),
+        ("resnet32 stage2", 128, 32, 16, 32, 1),
+        ("resnet32 stage3", 128, 64, 8, 64, 1),
+        ("resnet50 layer1 (b16)", 16, 64, 56, 64, 1),
+        ("resnet50 layer2 (b16)", 16, 128, 28, 128, 1),
+        ("resnet50 layer3 (b16)", 16, 256, 14, 256, 1),
+        ("resnet50 layer4 (b16)", 16, 512, 7, 512, 1),
     ];
     println!(
         "{:<22} {:>9} {:>9} {:>9} | {:>9} {:>9} {:>9} | {:>9} {:>9} {:>9}",
@@ -74,9 +77,9 @@ fn main() {
         "∂w ours"
     );
     let mut totals = [0.0f64; 9];
-    for (name, c, h, o, stride) in cases {
+    for (name, batch, c, h, o, stride) in cases {
         let shape = Conv2dShape {
-            batch: BATCH,
+            batch,
             in_channels: c,
             height: h,
             width: h,
@@ -89,11 +92,11 @@ fn main() {
         let [oh, ow] = shape.out_size();
         let fill =
             |n: usize, k: f32| -> Vec<f32> { (0..n).map(|i| (i as f32 * k).sin()).collect() };
-        let x = fill(BATCH * c * h * h, 0.37);
+        let x = fill(batch * c * h * h, 0.37);
         let w = fill(o * c * 9, 0.11);
-        let gy = fill(BATCH * o * oh * ow, 0.23);
+        let gy = fill(batch * o * oh * ow, 0.23);
         let options = ConvOptions::new([stride, stride], [1, 1], [1, 1], 1);
-        let (xs, ws, gys) = ([BATCH, c, h, h], [o, c, 3, 3], [BATCH, o, oh, ow]);
+        let (xs, ws, gys) = ([batch, c, h, h], [o, c, 3, 3], [batch, o, oh, ow]);
         // Flex tensors share their buffer when cloned: the calls below copy no input.
         let (xt, wt, gyt) = (tensor(&x, xs), tensor(&w, ws), tensor(&gy, gys));
         let burn_y = time(min, || {

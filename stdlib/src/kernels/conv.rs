@@ -81,13 +81,24 @@ impl Conv2dShape {
     }
 }
 
+/// Input channels up to which the direct kernel is at least as fast as im2col + `gemm`: each of
+/// its tiles reads every (channel, tap) row of a block of positions, which outgrows the caches
+/// beyond ~128 channels, where `gemm`'s own blocking wins (`examples/conv_bench.rs`, ResNet-50's
+/// 3x3 layers at 224x224, batch 16, forward: 64 channels at 56x56 1.8x faster direct, 128 at
+/// 28x28 even, 256 at 14x14 1.2x and 512 at 7x7 1.7x slower; the input gradient alike).
+pub const DIRECT_MAX_CHANNELS: usize = 128;
+
+fn forward_is_direct(shape: &Conv2dShape) -> bool {
+    direct_conv::covers(shape) && shape.in_channels <= DIRECT_MAX_CHANNELS
+}
+
 /// The output `[N, O, OH, OW]` of the convolution of `x` (`[N, C, H, W]`) with `weight`
 /// (`[O, C, KH, KW]`), plus `bias[o]` on every output of channel `o` when given: per sample,
 /// `Y_n[O, OH·OW] = W[O, C·KH·KW] · col_n` (a 1x1 stride-1 convolution multiplies `x` itself).
-/// Stride-1 convolutions are read straight from the image ([`direct_conv`]); the rest take
-/// im2col.
+/// Stride-1 convolutions with up to [`DIRECT_MAX_CHANNELS`] input channels are read straight
+/// from the image ([`direct_conv`]); the rest take im2col.
 pub fn conv2d(shape: &Conv2dShape, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
-    if direct_conv::covers(shape) {
+    if forward_is_direct(shape) {
         return direct_conv::conv2d(shape, x, weight, bias);
     }
     im2col_conv2d(shape, x, weight, bias)
@@ -131,7 +142,7 @@ pub fn conv2d_then(
             "residual of {shape:?} has the wrong length"
         );
     }
-    if direct_conv::covers(shape) {
+    if forward_is_direct(shape) {
         return direct_conv::conv2d_then(shape, x, weight, bias, Some(epilogue));
     }
     let mut y = im2col_conv2d(shape, x, weight, bias);
@@ -253,10 +264,14 @@ pub fn im2col_conv2d_weight_grad(shape: &Conv2dShape, x: &[f32], grad_out: &[f32
 /// The input gradient `[N, C, H, W]` from the weight (`[O, C, KH, KW]`) and the output gradient
 /// (`[N, O, OH, OW]`).
 /// Stride 1 is the forward convolution of `grad_out` with the flipped kernel
-/// ([`direct_conv::input_grad_as_forward`]) unless the input has so few channels that the
+/// ([`direct_conv::input_grad_as_forward`], whose input is the output gradient: up to
+/// [`DIRECT_MAX_CHANNELS`] output channels) unless the input has so few channels that the
 /// direct kernel's tiles of output channels would mostly compute padding; the rest take col2im.
 pub fn conv2d_input_grad(shape: &Conv2dShape, weight: &[f32], grad_out: &[f32]) -> Vec<f32> {
-    if direct_conv::covers(shape) && shape.in_channels >= direct_conv::TILE_CHANNELS {
+    if direct_conv::covers(shape)
+        && shape.out_channels <= DIRECT_MAX_CHANNELS
+        && shape.in_channels >= direct_conv::TILE_CHANNELS
+    {
         return direct_conv::input_grad_as_forward(shape, weight, grad_out);
     }
     im2col_conv2d_input_grad(shape, weight, grad_out)
