@@ -108,31 +108,31 @@ simd_kernel! {
         values: &'a mut [f32],
         indices: &'a mut [u32],
     } -> () {
-    let [oh, ow] = out_size;
-    for oy in 0..oh {
-        let top = &plane[2 * oy * w..(2 * oy + 1) * w];
-        let bottom = &plane[(2 * oy + 1) * w..(2 * oy + 2) * w];
-        let out = &mut values[oy * ow..(oy + 1) * ow];
-        let at = &mut indices[oy * ow..(oy + 1) * ow];
-        let first = (2 * oy * w) as u32;
-        for ox in 0..ow {
-            // Branch-free (`|`, `&`: no short circuit), so that the loop vectorises: offsets
-            // 0, 1, W, W+1 in the window, the first maximum winning ties and a NaN winning all.
-            let (mut best, mut offset) = (top[2 * ox], 0u32);
-            for (v, o) in [
-                (top[2 * ox + 1], 1),
-                (bottom[2 * ox], w as u32),
-                (bottom[2 * ox + 1], w as u32 + 1),
-            ] {
-                let take = (v > best) | (v.is_nan() & !best.is_nan());
-                best = if take { v } else { best };
-                offset = if take { o } else { offset };
+        let [oh, ow] = out_size;
+        for oy in 0..oh {
+            let top = &plane[2 * oy * w..(2 * oy + 1) * w];
+            let bottom = &plane[(2 * oy + 1) * w..(2 * oy + 2) * w];
+            let out = &mut values[oy * ow..(oy + 1) * ow];
+            let at = &mut indices[oy * ow..(oy + 1) * ow];
+            let first = (2 * oy * w) as u32;
+            for ox in 0..ow {
+                // Branch-free (`|`, `&`: no short circuit), so that the loop can vectorise: offsets
+                // 0, 1, W, W+1 in the window, the first maximum winning ties and a NaN winning all.
+                let (mut best, mut offset) = (top[2 * ox], 0u32);
+                for (v, o) in [
+                    (top[2 * ox + 1], 1),
+                    (bottom[2 * ox], w as u32),
+                    (bottom[2 * ox + 1], w as u32 + 1),
+                ] {
+                    let take = (v > best) | (v.is_nan() & !best.is_nan());
+                    best = if take { v } else { best };
+                    offset = if take { o } else { offset };
+                }
+                out[ox] = best;
+                at[ox] = first + 2 * ox as u32 + offset;
             }
-            out[ox] = best;
-            at[ox] = first + 2 * ox as u32 + offset;
         }
     }
-}
 }
 
 /// Any window, stride and padding; the part of the window outside the plane is skipped.
@@ -224,26 +224,26 @@ simd_kernel! {
         grad_out: &'a [f32],
         indices: &'a [u32],
     } -> () {
-    let [oh, ow] = out_size;
-    let h = grad.len() / w;
-    for oy in 0..oh {
-        let (top, bottom) = grad[2 * oy * w..(2 * oy + 2) * w].split_at_mut(w);
-        let g = &grad_out[oy * ow..(oy + 1) * ow];
-        let at = &indices[oy * ow..(oy + 1) * ow];
-        let first = (2 * oy * w) as u32;
-        for ox in 0..ow {
-            let (g, offset) = (g[ox], at[ox].wrapping_sub(first + 2 * ox as u32));
-            let put = |o: u32| if offset == o { g } else { 0.0 };
-            top[2 * ox] = put(0);
-            top[2 * ox + 1] = put(1);
-            bottom[2 * ox] = put(w as u32);
-            bottom[2 * ox + 1] = put(w as u32 + 1);
+        let [oh, ow] = out_size;
+        let h = grad.len() / w;
+        for oy in 0..oh {
+            let (top, bottom) = grad[2 * oy * w..(2 * oy + 2) * w].split_at_mut(w);
+            let g = &grad_out[oy * ow..(oy + 1) * ow];
+            let at = &indices[oy * ow..(oy + 1) * ow];
+            let first = (2 * oy * w) as u32;
+            for ox in 0..ow {
+                let (g, offset) = (g[ox], at[ox].wrapping_sub(first + 2 * ox as u32));
+                let put = |o: u32| if offset == o { g } else { 0.0 };
+                top[2 * ox] = put(0);
+                top[2 * ox + 1] = put(1);
+                bottom[2 * ox] = put(w as u32);
+                bottom[2 * ox + 1] = put(w as u32 + 1);
+            }
+            top[2 * ow..].fill(0.0);
+            bottom[2 * ow..].fill(0.0);
         }
-        top[2 * ow..].fill(0.0);
-        bottom[2 * ow..].fill(0.0);
+        grad[2 * oh * w..h * w].fill(0.0);
     }
-    grad[2 * oh * w..h * w].fill(0.0);
-}
 }
 
 /// The mean of each plane of `x` (`[planes, len]`): global average pooling, `[N, C]`.
