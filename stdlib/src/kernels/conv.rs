@@ -99,7 +99,7 @@ fn forward_is_direct(shape: &Conv2dShape) -> bool {
 /// from the image ([`direct_conv`]); the rest take im2col.
 pub fn conv2d(shape: &Conv2dShape, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     if forward_is_direct(shape) {
-        return direct_conv::conv2d(shape, x, weight, bias);
+        return direct_conv::conv2d_then(shape, x, weight, bias, None);
     }
     im2col_conv2d(shape, x, weight, bias)
 }

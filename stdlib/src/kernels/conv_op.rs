@@ -67,40 +67,32 @@ pub(crate) fn conv2d_forward_then<B: Backend>(
         Err((x, _)) => x,
     };
     let bias = conv.bias.as_ref().map(|b| b.val());
-    let (residual, relu) = match then {
-        Then::Nothing => (None, false),
-        Then::Relu => (None, true),
-        Then::AddRelu(residual) => (Some(residual), true),
-    };
-    match cast::<
-        (
-            Tensor<Flex, 4>,
-            Tensor<Flex, 4>,
-            Option<Tensor<Flex, 1>>,
-            Option<Tensor<Flex, 4>>,
-        ),
-        _,
-    >((x, conv.weight.val(), bias, residual))
-    {
-        Ok((x, weight, bias, residual)) => {
+    match cast::<(Tensor<Flex, 4>, Tensor<Flex, 4>, Option<Tensor<Flex, 1>>), _>((
+        x,
+        conv.weight.val(),
+        bias,
+    )) {
+        Ok((x, weight, bias)) => {
+            // `B` is `Flex` here, so the residual is too.
+            let (relu, residual) = match then {
+                Then::Nothing => (false, None),
+                Then::Relu => (true, None),
+                Then::AddRelu(residual) => match cast::<Tensor<Flex, 4>, _>(residual) {
+                    Ok(residual) => (true, Some(residual.into_primitive().tensor())),
+                    Err(_) => unreachable!("the residual is on the same backend as `x`"),
+                },
+            };
             let y = forward(
                 x.into_primitive().tensor(),
                 weight.into_primitive().tensor(),
                 bias.map(|b| b.into_primitive().tensor()),
                 &options,
                 relu,
-                residual.map(|r| r.into_primitive().tensor()),
+                residual,
             );
             cast_back(Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(y)))
         }
-        Err((x, _, _, residual)) => {
-            let then = match (residual, relu) {
-                (Some(residual), _) => Then::AddRelu(residual),
-                (None, true) => Then::Relu,
-                (None, false) => Then::Nothing,
-            };
-            then.after(conv.forward(x))
-        }
+        Err((x, _, _)) => then.after(conv.forward(x)),
     }
 }
 

@@ -91,12 +91,8 @@ impl Grid {
 }
 
 /// The output `[N, O, OH, OW]` of a convolution [`covers`] accepts, plus `bias[o]` on channel
-/// `o` when given — the same contract as [`super::conv::conv2d`].
-pub fn conv2d(shape: &Conv2dShape, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
-    conv2d_on(Isa::Best, shape, x, weight, bias, None)
-}
-
-/// [`conv2d`] then `epilogue` (when given), in the same pass as the gather of the outputs.
+/// `o` when given — the same contract as [`super::conv::conv2d`] — then `epilogue` (when given),
+/// in the same pass as the gather of the outputs.
 pub fn conv2d_then(
     shape: &Conv2dShape,
     x: &[f32],
@@ -198,7 +194,7 @@ fn conv2d_on(
 /// `reach − 1 − pad` (that convolution's output is `H x W` again).
 pub fn input_grad_as_forward(shape: &Conv2dShape, weight: &[f32], grad_out: &[f32]) -> Vec<f32> {
     let (shape_t, weight_t) = transposed(shape, weight);
-    conv2d(&shape_t, grad_out, &weight_t, None)
+    conv2d_then(&shape_t, grad_out, &weight_t, None, None)
 }
 
 /// The convolution whose forward is `shape`'s input gradient, and its weight.
