@@ -1,6 +1,6 @@
 """PyTorch CPU reference for stdlib/examples/backbone_bench.rs.
 
-Same architectures (small CNN for 28x28 grey, CIFAR ResNet-32 with option-A shortcuts), batch 128,
+Same architectures (conv-fc and the small CNN for 28x28 grey, CIFAR ResNet-32 with option-A shortcuts), batch 128,
 training step = forward + CE + backward + SGD(momentum 0.9, wd 5e-4); features = eval-mode
 forward of the pooled features under no_grad. Prints images/s.
 
@@ -15,6 +15,8 @@ import time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from stage1_torch import ConvFc
 
 BATCH = 128
 
@@ -123,6 +125,8 @@ if __name__ == "__main__":
     infer_steps = args[1] if len(args) > 1 else 20
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     print(f"torch {torch.__version__} {where}, batch {BATCH}")
+    if only in (None, "conv-fc"):
+        bench("conv-fc", ConvFc(), (1, 28, 28), train_steps, infer_steps, device)
     if only in (None, "small-cnn"):
         bench("small-cnn", SmallCnn(), (1, 28, 28), train_steps, infer_steps, device)
     if only in (None, "resnet32"):

@@ -20,7 +20,7 @@ dataset "d" {
 }
 head "ce" { features "d"; method "ce" }
 head "bs" { features "d"; method "balanced-softmax" }
-head "la" { features "d"; method "logit-adjust" }
+head "la" { features "d"; method "logit-adjust" form="loss" }
 evaluate "table" { heads "*" }
 "#;
 

@@ -125,8 +125,11 @@ fn report_shows_the_smoke_results_in_every_format_with_plots() {
     assert_eq!(m["std"], "population");
     assert_eq!(m["per_class_trial"], 0);
     let heads = m["heads"].as_array().unwrap();
-    assert_eq!(heads.len(), 15);
-    let ce = &heads[0];
+    // The backbone classifier's row, then the 15 heads.
+    assert_eq!(heads.len(), 16);
+    assert_eq!(heads[0]["kind"], "stage-1");
+    let ce = &heads[1];
+    assert_eq!(ce["kind"], "head");
     assert_eq!(ce["name"], "ce");
     assert!(ce["sweep"].is_null());
     let k = ce["class_counts"].as_array().unwrap().len();

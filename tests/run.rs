@@ -41,6 +41,8 @@ fn smoke_pipeline_runs_end_to_end_then_is_fully_cached() {
         "{}",
         first.stderr
     );
+    assert_stage1_row_is_the_backbone_classifier(&t, &first.stdout);
+    assert_tau_norm_maps_the_backbone_classifier(&t);
     let second = t.args_run(["run", "pipeline.kdl"]).success();
     assert!(
         second.stderr.contains("0 ran, 19 cached, 0 failed"),
@@ -49,6 +51,88 @@ fn smoke_pipeline_runs_end_to_end_then_is_fully_cached() {
     );
     // The table is printed again from the cached evaluation.
     assert_eq!(first.stdout, second.stdout);
+}
+
+/// An `.npy` file of little-endian f32 (format 1.0, as `export` writes): its values.
+fn read_npy_f32(path: &std::path::Path) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap();
+    let header = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    bytes[10 + header..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// `method "tau-norm"` maps the backbone's classifier without training it: its test logits are
+/// the features times the stage-1 fc rows divided by their norms (τ = 1, bias dropped).
+fn assert_tau_norm_maps_the_backbone_classifier(t: &Test) {
+    t.args_run(["export", "pipeline.kdl", "tiny-feats", "--to", "feats"])
+        .success();
+    t.args_run(["export", "pipeline.kdl", "tau-norm", "--to", "tau"])
+        .success();
+    let features = read_npy_f32(&t.path("feats/test_features.npy"));
+    let weight = read_npy_f32(&t.path("feats/classifier_weight.npy"));
+    let logits = read_npy_f32(&t.path("tau/test_logits_t0.npy"));
+    let k = read_npy_f32(&t.path("feats/classifier_bias.npy")).len();
+    let dim = weight.len() / k;
+    assert_eq!(logits.len(), features.len() / dim * k);
+    let rows: Vec<Vec<f32>> = weight
+        .chunks(dim)
+        .map(|w| {
+            let norm = w.iter().map(|v| v * v).sum::<f32>().sqrt();
+            w.iter().map(|v| v / norm).collect()
+        })
+        .collect();
+    for (f, z) in features.chunks(dim).zip(logits.chunks(k)) {
+        for (row, &z) in rows.iter().zip(z) {
+            let expected: f32 = row.iter().zip(f).map(|(w, x)| w * x).sum();
+            assert!(
+                (expected - z).abs() <= 1e-4 * expected.abs().max(1.0),
+                "τ-norm logit {z}, the normalised stage-1 classifier gives {expected}"
+            );
+        }
+    }
+}
+
+/// The table starts with the backbone's own classifier, and its accuracy (on features without
+/// test-time augmentation) is the one the backbone stage measured on the same test images.
+fn assert_stage1_row_is_the_backbone_classifier(t: &Test, table: &str) {
+    let first_row = table
+        .lines()
+        .skip_while(|l| !l.starts_with("head "))
+        .nth(1)
+        .unwrap_or_default();
+    let cells: Vec<&str> = first_row.split_whitespace().collect();
+    assert_eq!(cells[..3], ["stage-1", "backbone", "classifier"], "{table}");
+    let inspect = t.args_run(["inspect", "pipeline.kdl", "tiny"]).success();
+    let recorded: f64 = inspect
+        .stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("\"test_top1\": "))
+        .and_then(|v| v.trim_end_matches(',').parse().ok())
+        .unwrap_or_else(|| panic!("no test_top1 in\n{}", inspect.stdout));
+    let metrics = walk(&t.path(".lortflow/objects"))
+        .into_iter()
+        .find(|p| p.ends_with("metrics.json"))
+        .expect("the evaluation wrote metrics.json");
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(metrics).unwrap()).unwrap();
+    let row = &metrics["heads"][0];
+    assert_eq!(row["name"], "stage-1", "{row}");
+    assert_eq!(row["kind"], "stage-1", "{row}");
+    assert_eq!(row["stage"], "tiny-feats", "{row}");
+    let top1 = row["top1"]["best"].as_f64().unwrap();
+    // The backbone stage counts hits in f32 and divides in f32; both count the same images.
+    assert!(
+        (top1 - recorded).abs() < 1e-6,
+        "stage-1 {top1} vs the backbone's {recorded}"
+    );
+    // The heads follow, each once.
+    assert_eq!(
+        metrics["heads"][1]["kind"], "head",
+        "{}",
+        metrics["heads"][1]
+    );
 }
 
 #[test]

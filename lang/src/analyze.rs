@@ -628,13 +628,22 @@ fn head_combinations(
     }
     if h.init.value == Init::Backbone {
         if let Some(StageSpec::Dataset(_)) = pipeline.stage(&h.features.value).map(|s| &s.spec) {
-            error(
-                h.init.span,
+            let by_default = stage.node.child("init").is_none();
+            let message = if by_default {
+                format!(
+                    "head `{name}` starts from the backbone's classifier (as `method \"{}\"` does by default), but its features were imported",
+                    h.method.value
+                )
+            } else {
                 format!(
                     "head `{name}` starts from the backbone's classifier, but its features were imported"
-                ),
+                )
+            };
+            error(
+                h.init.span,
+                message,
                 "no backbone here",
-                "imported features come without a classifier; use `init \"random\"` or `init \"head\" head=\"...\"`",
+                "imported features come without a classifier; write `init \"random\"` with a recipe for a fresh head (`train epochs=… lr=…`), or `init \"head\" head=\"...\"`",
                 Some((h.features.span, "imported features")),
             );
         }

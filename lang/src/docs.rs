@@ -224,16 +224,27 @@ fn presets(out: &mut String) {
                 .join(", ")
         };
         let t = p.train;
+        let reference = match p.train_when {
+            Some((prop, value, alt, why)) => format!(
+                "{}; with `{prop}=\"{value}\"`: {} epochs, batch {}, lr {}, weight decay {}, init `{}` ({why})",
+                p.reference,
+                alt.epochs,
+                alt.batch_size,
+                format_float(alt.lr),
+                format_float(alt.weight_decay),
+                alt.init
+            ),
+            None => p.reference.to_string(),
+        };
         let _ = writeln!(
             out,
-            "| `{}` | {components} | {} | {} | {} | {} | `{}` | {} |",
+            "| `{}` | {components} | {} | {} | {} | {} | `{}` | {reference} |",
             p.name,
             t.epochs,
             t.batch_size,
             format_float(t.lr),
             format_float(t.weight_decay),
             t.init,
-            p.reference
         );
     }
     out.push_str(
@@ -242,7 +253,14 @@ fn presets(out: &mut String) {
          log(1 + K(1−δ)/δ): 1.11 for K = 100 and δ = 0.98, but only 0.19 for K = 10. With few classes a\n\
          δ that large leaves almost no margin between classes, so sweep δ (the paper's Fig. 4) rather than\n\
          copying 0.98. LORT helps through its recipe — fine-tuning the backbone's classifier with a small\n\
-         learning rate — so keep `init \"backbone\"` unless you are studying that choice.\n\n",
+         learning rate — so keep `init \"backbone\"` unless you are studying that choice.\n\n\
+         **Recipes.** Every preset trains with its reference's recipe, named in the table: where the\n\
+         reference starts (the backbone's classifier or a fresh head), its epochs, batch, learning rate\n\
+         and weight decay. Methods that publish no classifier re-training recipe of their own use Kang\n\
+         et al.'s (`cls_crt.yaml`), so that they differ from `ce` by their loss alone. `tau-norm` and\n\
+         post-hoc `logit-adjust` map the stage-1 classifier without training (`epochs` 0). Presets that\n\
+         start from the backbone's classifier need features made by a backbone: on imported features\n\
+         give them `init \"random\"` (and a recipe for a fresh head) or `init \"head\"`.\n\n",
     );
 }
 

@@ -501,7 +501,10 @@ pub struct Groups {
 choice! {
     /// Backbone architectures.
     pub enum Arch {
-        /// A small CNN for 28x28 inputs.
+        /// Two conv-ReLU-pool blocks and a fully connected 128-d feature layer over the
+        /// flattened map, for small grey images (the default of the Fashion-MNIST pipelines).
+        ConvFc = "conv-fc",
+        /// A small CNN with BatchNorm and global average pooling, for 28x28 inputs.
         SmallCnn = "small-cnn",
         /// ResNet-32, the CIFAR-LT standard of the LDAM-DRW code.
         Resnet32 = "resnet32",
@@ -518,7 +521,7 @@ impl Arch {
     /// The dimension of the features it produces.
     pub fn feature_dim(&self) -> usize {
         match self {
-            Arch::SmallCnn => 128,
+            Arch::ConvFc | Arch::SmallCnn => 128,
             Arch::Resnet32 => 64,
             Arch::Resnet34 => 512,
             Arch::Resnet50 | Arch::Resnext50 => 2048,
@@ -1032,6 +1035,8 @@ pub struct EvaluateSpec {
     pub rsd_over: RsdOver,
     /// Whether to write plots.
     pub plots: bool,
+    /// Whether the table starts with the backbone classifier's row (`stage-1`).
+    pub stage1: bool,
 }
 
 choice! {

@@ -515,7 +515,7 @@ impl Lower<'_> {
 
         let t = node.child("train");
         let tv = |prop: &str| t.and_then(|t| t.prop(prop)).map(|p| p.value.value.clone());
-        let d = preset.train;
+        let d = preset_train(preset, method_node);
         let train = HeadTrain {
             epochs: tv("epochs").map_or(d.epochs as u32, |v| u32_of(Some(v))),
             batch_size: tv("batch-size").map_or(d.batch_size as u32, |v| u32_of(Some(v))),
@@ -646,6 +646,20 @@ impl Lower<'_> {
                 None => None,
             }
         };
+        // DRW starts at 80% of the epochs unless `drw-epoch` says otherwise (LDAM-DRW: 160/200).
+        let method_prop = |name: &str| -> Option<Value> {
+            match method_prop(name) {
+                None if name == "drw-epoch" => {
+                    let epochs = head
+                        .child("train")
+                        .and_then(|t| t.prop("epochs"))
+                        .and_then(|p| p.value.value.as_i64())
+                        .unwrap_or(preset_train(preset, method_node).epochs);
+                    Some(Value::Int(epochs * 4 / 5))
+                }
+                value => value,
+            }
+        };
         // Two presets pick their components from their parameters.
         let (variant, props): (&str, Vec<(&str, Option<Value>)>) = match (method, slot) {
             ("logit-adjust", "inference") if str_of(method_prop("form")) != "loss" => {
@@ -743,8 +757,21 @@ impl Lower<'_> {
                 .arg(node, "plots")
                 .and_then(|a| a.value.as_bool())
                 .unwrap_or(true),
+            stage1: self
+                .arg(node, "stage-1")
+                .and_then(|a| a.value.as_bool())
+                .unwrap_or(true),
         })
     }
+}
+
+/// A preset's training defaults for the method's written properties.
+fn preset_train(preset: &schema::HeadPreset, method_node: Option<&Node>) -> schema::TrainDefaults {
+    preset.train_for(|prop| {
+        method_node
+            .and_then(|m| m.prop_or_default(prop))
+            .and_then(|v| v.as_str().map(str::to_string))
+    })
 }
 
 #[cfg(test)]

@@ -245,7 +245,7 @@ backbone "b" { data "d"; arch "small-cnn"; train epochs=1 }
 features "f" { backbone "b" }
 head "ce" { features "f" }
 head "ft" { features "f"; init "head" head="ce" }
-sweep "s" { base "ce"; vary "train.lr" 0.1 0.2 }
+sweep "s" { base "ce"; vary "train.lr" 0.1 0.3 }
 evaluate "t" { heads "*" }
 "#;
 

@@ -3,7 +3,7 @@
 //! (32x32 colour) at batch 128. Compare with `bench/backbone_torch.py` on the same machine.
 //!
 //! `cargo run --release -p lortflow-stdlib --example backbone_bench [train_steps] [infer_steps]
-//! [--backend cpu|cuda] [--only small-cnn|resnet32]`
+//! [--backend cpu|cuda] [--only conv-fc|small-cnn|resnet32]`
 
 use std::time::Instant;
 
@@ -108,6 +108,9 @@ fn main() {
     // As the backbone and features stages do: freed buffers stay for the next step.
     let _keep = lortflow_stdlib::heap::KeepFreedMemory::new();
     lortflow_stdlib::with_backend!(backend, |B, device| {
+        if only.as_deref().is_none_or(|o| o == "conv-fc") {
+            bench::<B>(Arch::ConvFc, 1, 28, train_steps, infer_steps, &device);
+        }
         if only.as_deref().is_none_or(|o| o == "small-cnn") {
             bench::<B>(Arch::SmallCnn, 1, 28, train_steps, infer_steps, &device);
         }

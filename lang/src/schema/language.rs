@@ -577,6 +577,13 @@ const EVALUATE: NodeSpec = NodeSpec::new(
     .args(&[P::new("over", T::Enum(RsdOver::NAMES), "Sample set.").default(Str("positive")).required()]),
     NodeSpec::new("plots", "Write SVG and PNG plots into the artifact.")
         .args(&[P::new("enabled", T::Bool, "Whether to plot.").default(Bool(true)).required()]),
+    NodeSpec::new(
+        "stage-1",
+        "Start the table with the backbone's own classifier on each features stage the heads read \
+         (the \"stage-1\" row: before re-training, same features and test-time augmentation). \
+         Features imported from a file have no classifier and get no row.",
+    )
+    .args(&[P::new("enabled", T::Bool, "Whether to add the row.").default(Bool(true)).required()]),
 ])
 .stage(StageKind::Evaluate)
 .example("evaluate \"table\" {\n    heads \"*\"\n    metrics \"top1\" \"logits-magnitude\" \"rsd\" \"weight-norm\"\n}");

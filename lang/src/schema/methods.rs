@@ -88,9 +88,8 @@ const FROM_EPOCH: P = P::new(
 const DRW_EPOCH: P = P::new(
     "drw-epoch",
     T::Int,
-    "0-based epoch at which re-weighting starts (reference: 160 of 200).",
+    "0-based epoch at which re-weighting starts; default 80% of the epochs, as the reference's 160 of 200.",
 )
-.default(Int(16))
 .range(Range::NON_NEGATIVE)
 .unit("epochs");
 const THRESH: P = P::new(
@@ -421,13 +420,35 @@ pub struct TrainDefaults {
     pub init: crate::ir::InitFrom,
 }
 
-/// Defaults of a re-initialised head trained to convergence.
-const FRESH: TrainDefaults = TrainDefaults {
-    epochs: 20,
-    batch_size: 128,
-    lr: 0.01,
+/// Kang et al.'s classifier re-training (cRT, `config/ImageNet_LT/cls_crt.yaml`): a re-initialised
+/// head, SGD lr 0.2 (momentum 0.9, cosine to 0), batch 512, 10 epochs, weight decay 5e-4. The
+/// methods that publish no re-training recipe of their own use it, so that they differ from `ce`
+/// by their loss only.
+const DECOUPLED: TrainDefaults = TrainDefaults {
+    epochs: 10,
+    batch_size: 512,
+    lr: 0.2,
     weight_decay: 5e-4,
     init: crate::ir::InitFrom::Random,
+};
+
+/// The stage-1 classifier used as it is, through an inference map only (no training).
+const MAP_ONLY: TrainDefaults = TrainDefaults {
+    epochs: 0,
+    batch_size: 512,
+    lr: 0.2,
+    weight_decay: 5e-4,
+    init: crate::ir::InitFrom::Backbone,
+};
+
+/// LTWB's second stage (`demo2_second-stage-training.py`): fine-tune the stage-1 fc, SGD lr 0.01
+/// (momentum 0.9, cosine to 0), batch 64, 10 epochs.
+const LTWB_STAGE2: TrainDefaults = TrainDefaults {
+    epochs: 10,
+    batch_size: 64,
+    lr: 0.01,
+    weight_decay: 0.1,
+    init: crate::ir::InitFrom::Backbone,
 };
 
 /// A named method: the components it stands for and its training defaults.
@@ -441,6 +462,10 @@ pub struct HeadPreset {
     pub train: TrainDefaults,
     /// Where the defaults come from.
     pub reference: &'static str,
+    /// Other training defaults when a method property has a given value: `(property, value,
+    /// defaults, reference)` (post-hoc logit adjustment maps a trained classifier, its loss form
+    /// trains one).
+    pub train_when: Option<(&'static str, &'static str, TrainDefaults, &'static str)>,
 }
 
 use PresetValue::{Lit as L, Method as M};
@@ -457,19 +482,21 @@ const fn c(
     }
 }
 
-/// Every preset of the `method` node.
+/// Every preset of the `method` node, each with the recipe of its reference (file named).
 pub const HEAD_PRESETS: &[HeadPreset] = &[
     HeadPreset {
         name: "ce",
         components: &[],
-        train: FRESH,
-        reference: "Vanilla FC of Tab. 1",
+        train: DECOUPLED,
+        reference: "Kang et al. `cls_crt.yaml` optimiser with instance sampling (Vanilla FC of Tab. 1)",
+        train_when: None,
     },
     HeadPreset {
         name: "cosine",
         components: &[c("logits", "cosine", &[("scale", M("scale"))])],
-        train: FRESH,
-        reference: "scale as OLTR's CosNorm classifier",
+        train: DECOUPLED,
+        reference: "no re-training recipe published: `cls_crt.yaml` optimiser; scale as OLTR's `CosNormClassifier.py`",
+        train_when: None,
     },
     HeadPreset {
         name: "lws",
@@ -485,6 +512,7 @@ pub const HEAD_PRESETS: &[HeadPreset] = &[
             init: crate::ir::InitFrom::Backbone,
         },
         reference: "classifier-balancing `cls_lws.yaml`",
+        train_when: None,
     },
     HeadPreset {
         name: "ldam",
@@ -492,8 +520,9 @@ pub const HEAD_PRESETS: &[HeadPreset] = &[
             c("logits", "cosine", &[("scale", M("scale"))]),
             c("margin", "ldam", &[("max-m", M("max-m"))]),
         ],
-        train: FRESH,
-        reference: "LDAM-DRW `losses.py`: max_m 0.5, s 30",
+        train: DECOUPLED,
+        reference: "LDAM-DRW `losses.py` (max_m 0.5, s 30); no re-training recipe published: `cls_crt.yaml` optimiser",
+        train_when: None,
     },
     HeadPreset {
         name: "ldam-drw",
@@ -510,14 +539,22 @@ pub const HEAD_PRESETS: &[HeadPreset] = &[
                 ],
             ),
         ],
-        train: FRESH,
-        reference: "LDAM-DRW `cifar_train.py`: β 0.9999 from 80% of the epochs",
+        train: DECOUPLED,
+        reference: "LDAM-DRW `cifar_train.py` (β 0.9999 from 80% of the epochs); no re-training recipe published: `cls_crt.yaml` optimiser",
+        train_when: None,
     },
     HeadPreset {
         name: "balanced-softmax",
         components: &[c("margin", "balanced-softmax", &[])],
-        train: FRESH,
-        reference: "BALMS `BalancedSoftmaxLoss.py`",
+        train: TrainDefaults {
+            epochs: 108,
+            batch_size: 512,
+            lr: 0.1,
+            weight_decay: 5e-4,
+            init: crate::ir::InitFrom::Random,
+        },
+        reference: "BALMS `decouple_balanced_softmax_imba200.yaml`: re-initialised head, 2000 iterations of 512 (= 108 epochs of its 9,502 images)",
+        train_when: None,
     },
     HeadPreset {
         name: "resample",
@@ -526,20 +563,16 @@ pub const HEAD_PRESETS: &[HeadPreset] = &[
             "class-balanced",
             &[("per-class", M("per-class"))],
         )],
-        train: TrainDefaults {
-            epochs: 10,
-            batch_size: 512,
-            lr: 0.2,
-            weight_decay: 5e-4,
-            init: crate::ir::InitFrom::Random,
-        },
-        reference: "classifier-balancing `cls_crt.yaml`",
+        train: DECOUPLED,
+        reference: "classifier-balancing `cls_crt.yaml` (cRT)",
+        train_when: None,
     },
     HeadPreset {
         name: "focal",
         components: &[c("weighting", "focal", &[("gamma", M("gamma"))])],
-        train: FRESH,
-        reference: "LDAM-DRW `losses.py` (γ 1)",
+        train: DECOUPLED,
+        reference: "LDAM-DRW `losses.py` (γ 1); no re-training recipe published: `cls_crt.yaml` optimiser",
+        train_when: None,
     },
     HeadPreset {
         name: "class-balanced",
@@ -548,28 +581,34 @@ pub const HEAD_PRESETS: &[HeadPreset] = &[
             "class-balanced",
             &[("beta", M("beta")), ("loss", M("loss"))],
         )],
-        train: FRESH,
-        reference: "LTWB's CB-BCE (`class_balanced_loss.py`), β 0.9999",
+        train: TrainDefaults {
+            weight_decay: 0.0,
+            ..LTWB_STAGE2
+        },
+        reference: "LTWB `demo2_second-stage-training.py` with `class_balanced_loss.py` (β 0.9999), without the weight decay and MaxNorm of its weight balancing (`maxnorm`)",
+        train_when: None,
     },
     HeadPreset {
         name: "maxnorm",
-        components: &[c(
-            "constraint",
-            "maxnorm",
-            &[
-                ("thresh", M("thresh")),
-                ("radius", M("radius")),
-                ("every", M("every")),
-            ],
-        )],
-        train: TrainDefaults {
-            epochs: 10,
-            batch_size: 64,
-            lr: 0.01,
-            weight_decay: 0.1,
-            init: crate::ir::InitFrom::Backbone,
-        },
-        reference: "LTWB demo 2: lr 0.01, wd 0.1, 10 epochs, thresh 0.1",
+        components: &[
+            c(
+                "constraint",
+                "maxnorm",
+                &[
+                    ("thresh", M("thresh")),
+                    ("radius", M("radius")),
+                    ("every", M("every")),
+                ],
+            ),
+            c(
+                "weighting",
+                "class-balanced",
+                &[("beta", L(Float(0.9999))), ("loss", L(Str("bce")))],
+            ),
+        ],
+        train: LTWB_STAGE2,
+        reference: "LTWB `demo2_second-stage-training.py` (`MaxNorm_WD`): its CB-BCE loss, MaxNorm thresh 0.1, weight decay 0.1",
+        train_when: None,
     },
     HeadPreset {
         name: "tau-norm",
@@ -578,14 +617,21 @@ pub const HEAD_PRESETS: &[HeadPreset] = &[
             "tau-norm",
             &[("tau", M("tau")), ("bias", M("bias"))],
         )],
-        train: FRESH,
-        reference: "classifier-balancing `tau_norm.py` (bias dropped)",
+        train: MAP_ONLY,
+        reference: "classifier-balancing `tau_norm.py`: the stage-1 classifier τ-normalised, bias dropped",
+        train_when: None,
     },
     HeadPreset {
         name: "logit-adjust",
         components: &[],
-        train: FRESH,
-        reference: "Menon et al. `logit_adjustment`: τ 1; `form` picks the inference or the margin component",
+        train: MAP_ONLY,
+        reference: "Menon et al. `logit_adjustment` (τ 1): post-hoc on the stage-1 classifier",
+        train_when: Some((
+            "form",
+            "loss",
+            DECOUPLED,
+            "Menon et al.'s loss form; no re-training recipe published: `cls_crt.yaml` optimiser",
+        )),
     },
     HeadPreset {
         name: "lort",
@@ -598,8 +644,19 @@ pub const HEAD_PRESETS: &[HeadPreset] = &[
             init: crate::ir::InitFrom::Backbone,
         },
         reference: "official LOS code `main_stage2.py`: fine-tune the stage-1 fc, lr 5e-4, wd 0",
+        train_when: None,
     },
 ];
+
+impl HeadPreset {
+    /// The training defaults for the method's written properties (`value_of(prop)`).
+    pub fn train_for(&self, value_of: impl Fn(&str) -> Option<String>) -> TrainDefaults {
+        match self.train_when {
+            Some((prop, value, train, _)) if value_of(prop).as_deref() == Some(value) => train,
+            _ => self.train,
+        }
+    }
+}
 
 /// The preset called `name`.
 pub fn preset(name: &str) -> Option<&'static HeadPreset> {

@@ -8,6 +8,7 @@ use burn::tensor::backend::Backend;
 use lortflow_lang::ir::Arch;
 use serde::{Deserialize, Serialize};
 
+use super::conv_fc::{ConvFc, ConvFcConfig};
 use super::error::BackboneError;
 use super::init::{InitScheme, seeded_init};
 use super::resnet::{ResNet, ResNetConfig, ResNetKind, Stem};
@@ -35,6 +36,7 @@ pub struct BackboneConfig {
 /// The schema name of `arch` (the inverse of [`Arch::from_name`]).
 pub fn arch_name(arch: Arch) -> &'static str {
     match arch {
+        Arch::ConvFc => "conv-fc",
         Arch::SmallCnn => "small-cnn",
         Arch::Resnet32 => "resnet32",
         Arch::Resnet34 => "resnet34",
@@ -69,7 +71,7 @@ impl BackboneConfig {
     pub fn stem(&self) -> Stem {
         match self.arch {
             Arch::Resnet34 if self.input_size > CIFAR_STEM_MAX_SIDE => Stem::Imagenet,
-            Arch::Resnet32 | Arch::Resnet34 | Arch::SmallCnn => Stem::Cifar,
+            Arch::Resnet32 | Arch::Resnet34 | Arch::SmallCnn | Arch::ConvFc => Stem::Cifar,
             Arch::Resnet50 | Arch::Resnext50 => Stem::Imagenet,
         }
     }
@@ -102,6 +104,7 @@ impl BackboneConfig {
     ) -> Result<Backbone<B>, BackboneError> {
         let scheme = match self.arch {
             Arch::Resnet32 => InitScheme::CifarResnet,
+            Arch::ConvFc => InitScheme::PytorchDefault,
             _ => InitScheme::Torchvision,
         };
         Ok(seeded_init(self.init(device)?, seed, scheme))
@@ -123,6 +126,14 @@ impl BackboneConfig {
             )
         };
         Ok(match self.arch {
+            Arch::ConvFc => Backbone::ConvFc(
+                ConvFcConfig {
+                    in_channels: self.in_channels,
+                    input_size: self.input_size,
+                    num_classes: self.num_classes,
+                }
+                .init(device),
+            ),
             Arch::SmallCnn => Backbone::SmallCnn(
                 SmallCnnConfig {
                     in_channels: self.in_channels,
@@ -144,6 +155,8 @@ impl BackboneConfig {
 #[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Backbone<B: Backend> {
+    /// [`ConvFc`].
+    ConvFc(ConvFc<B>),
     /// [`SmallCnn`].
     SmallCnn(SmallCnn<B>),
     /// Any [`ResNet`].
@@ -157,6 +170,7 @@ impl<B: Backend> Backbone<B> {
     /// - input `[N, C, H, W]` → output `[N, D]`
     pub fn forward_features(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
         match self {
+            Backbone::ConvFc(m) => m.forward_features(x),
             Backbone::SmallCnn(m) => m.forward_features(x),
             Backbone::ResNet(m) => m.forward_features(x),
         }
@@ -187,6 +201,7 @@ impl<B: Backend> Backbone<B> {
     /// The classifier (`weight` is `[D, K]` in Burn's layout, the transpose of PyTorch's).
     pub fn fc(&self) -> &Linear<B> {
         match self {
+            Backbone::ConvFc(m) => &m.fc,
             Backbone::SmallCnn(m) => &m.fc,
             Backbone::ResNet(m) => &m.fc,
         }
@@ -223,6 +238,12 @@ mod tests {
     }
 
     #[test]
+    fn conv_fc_parameter_count() {
+        // PyTorch's count of the same layers (`bench/stage1_torch.py`).
+        assert_eq!(params(Arch::ConvFc, 10, 1, 28), 421_642);
+    }
+
+    #[test]
     fn resnet50_parameter_count() {
         assert_eq!(params(Arch::Resnet50, 1000, 3, 224), 25_557_032);
     }
@@ -236,6 +257,8 @@ mod tests {
     fn feature_shapes_match_the_schema() {
         let device = CpuDevice::default();
         for (arch, channels, side) in [
+            (Arch::ConvFc, 1, 28),
+            (Arch::ConvFc, 3, 32),
             (Arch::SmallCnn, 1, 28),
             (Arch::Resnet32, 3, 32),
             (Arch::Resnet34, 3, 32),
@@ -269,7 +292,7 @@ mod tests {
         let conv = |seed| -> Vec<f32> {
             match config.init_seeded::<CpuBackend>(seed, &device).unwrap() {
                 Backbone::ResNet(m) => m.layer3[0].conv2.weight.val().into_data().to_vec().unwrap(),
-                Backbone::SmallCnn(_) => unreachable!(),
+                Backbone::SmallCnn(_) | Backbone::ConvFc(_) => unreachable!(),
             }
         };
         let (a, b) = (conv(1), conv(1));

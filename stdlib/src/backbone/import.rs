@@ -96,6 +96,10 @@ pub fn import_backbone<B: Backend>(
     }
     // Import into the concrete network: an enum would put its variant name into every path.
     Ok(match model {
+        Backbone::ConvFc(mut m) => {
+            check(config, path, load_into(&mut m, path, format)?)?;
+            Backbone::ConvFc(m)
+        }
         Backbone::SmallCnn(mut m) => {
             check(config, path, load_into(&mut m, path, format)?)?;
             Backbone::SmallCnn(m)

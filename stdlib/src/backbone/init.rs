@@ -7,8 +7,10 @@
 //! the initial weights a pure function of `(architecture, seed)`, identical on every backend.
 //! The distributions are the ones the modules were configured with: Kaiming normal on
 //! convolutions (fan-out for torchvision layouts, fan-in for ResNet-32), and on linear layers
-//! PyTorch's default `U(±1/√fan_in)` (or Kaiming normal, fan-in, for ResNet-32). BatchNorm keeps
-//! its constants (γ = 1, β = 0, running mean 0, variance 1).
+//! PyTorch's default `U(±1/√fan_in)` (or Kaiming normal, fan-in, for ResNet-32); `conv-fc`, which
+//! has no BatchNorm, keeps PyTorch's defaults everywhere: `U(±1/√fan_in)` for the weights and
+//! biases of convolutions and linear layers alike. BatchNorm keeps its constants (γ = 1, β = 0,
+//! running mean 0, variance 1).
 
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::backend::Backend;
@@ -23,6 +25,9 @@ pub(crate) enum InitScheme {
     Torchvision,
     /// LDAM's ResNet-32: conv and linear Kaiming normal fan-in.
     CifarResnet,
+    /// PyTorch's layer defaults (`kaiming_uniform_(a=√5)` = `U(±1/√fan_in)`, biases the same):
+    /// what a network written in PyTorch without an init of its own starts from.
+    PytorchDefault,
 }
 
 struct SeededInit {
@@ -30,7 +35,8 @@ struct SeededInit {
     scheme: InitScheme,
     containers: Vec<String>,
     counter: u64,
-    linear_fan_in: usize,
+    /// The fan-in of the last weight seen, for the bias that follows it.
+    fan_in: usize,
 }
 
 impl SeededInit {
@@ -76,24 +82,32 @@ impl<B: Backend> ModuleMapper<B> for SeededInit {
             (Some("Struct:Conv2d"), 4) => {
                 // [out, in/groups, kh, kw]
                 let receptive = dims[2] * dims[3];
-                let fan = match self.scheme {
-                    InitScheme::Torchvision => dims[0] * receptive,
-                    InitScheme::CifarResnet => dims[1] * receptive,
-                };
-                Some(normal(&mut rng, (2.0 / fan as f64).sqrt()))
+                self.fan_in = dims[1] * receptive;
+                Some(match self.scheme {
+                    InitScheme::Torchvision => {
+                        normal(&mut rng, (2.0 / (dims[0] * receptive) as f64).sqrt())
+                    }
+                    InitScheme::CifarResnet => normal(&mut rng, (2.0 / self.fan_in as f64).sqrt()),
+                    InitScheme::PytorchDefault => {
+                        uniform(&mut rng, 1.0 / (self.fan_in as f64).sqrt())
+                    }
+                })
             }
             (Some("Struct:Linear"), 2) => {
                 // Burn's layout is [in, out].
-                self.linear_fan_in = dims[0];
+                self.fan_in = dims[0];
                 Some(match self.scheme {
-                    InitScheme::Torchvision => uniform(&mut rng, 1.0 / (dims[0] as f64).sqrt()),
+                    InitScheme::Torchvision | InitScheme::PytorchDefault => {
+                        uniform(&mut rng, 1.0 / (dims[0] as f64).sqrt())
+                    }
                     InitScheme::CifarResnet => normal(&mut rng, (2.0 / dims[0] as f64).sqrt()),
                 })
             }
-            (Some("Struct:Linear"), 1) => Some(uniform(
-                &mut rng,
-                1.0 / (self.linear_fan_in.max(1) as f64).sqrt(),
-            )),
+            // A bias follows its weight in the module's order; PyTorch draws both from the
+            // weight's fan-in (convolutions' biases only exist in `conv-fc`).
+            (Some("Struct:Linear" | "Struct:Conv2d"), 1) => {
+                Some(uniform(&mut rng, 1.0 / (self.fan_in.max(1) as f64).sqrt()))
+            }
             _ => None,
         };
         let tensor = match values {
@@ -118,6 +132,6 @@ pub(crate) fn seeded_init<B: Backend, M: Module<B>>(module: M, seed: u64, scheme
         scheme,
         containers: Vec::new(),
         counter: 0,
-        linear_fan_in: 1,
+        fan_in: 1,
     })
 }

@@ -2,11 +2,12 @@
 //! ([`train_backbone`]), Burn checkpoints ([`save_backbone`], [`load_backbone`]) and the import
 //! of torchvision-layout state dicts ([`import_backbone`]).
 //!
-//! Every backbone exposes `forward_features(x) -> [N, D]` (global average pooled, D =
-//! `Arch::feature_dim`) and keeps its stage-1 classifier `fc`, so heads can start from it.
+//! Every backbone exposes `forward_features(x) -> [N, D]` (D = `Arch::feature_dim`: the
+//! global average pooled map, or `conv-fc`'s feature layer) and keeps its stage-1 classifier `fc`, so heads can start from it.
 
 mod base;
 mod checkpoint;
+pub mod conv_fc;
 mod error;
 mod fast_bn;
 mod import;

@@ -296,7 +296,9 @@ fn resnet34_cifar(num_classes: usize) -> BackboneConfig {
 fn inner(model: Backbone<CpuBackend>) -> resnet::ResNet<CpuBackend> {
     match model {
         Backbone::ResNet(m) => m,
-        Backbone::SmallCnn(_) => unreachable!("a ResNet config builds a ResNet"),
+        Backbone::SmallCnn(_) | Backbone::ConvFc(_) => {
+            unreachable!("a ResNet config builds a ResNet")
+        }
     }
 }
 
@@ -387,8 +389,8 @@ fn evaluation_uses_running_statistics() {
     );
 }
 
-/// Every architecture through the kernels (convolution, BatchNorm + ReLU, pooling, residual
-/// add + ReLU) against the same model on Burn's own ops: logits, the loss's gradient with respect
+/// Every architecture through the kernels (convolution with or without bias, BatchNorm + ReLU,
+/// pooling, residual add + ReLU) against the same model on Burn's own ops: logits, the loss's gradient with respect
 /// to the input (which crosses every layer) and to the classifier, within rounding.
 ///
 /// ResNet-50's input gradient is left out: at initialisation, with batch statistics over a few
@@ -400,6 +402,7 @@ fn evaluation_uses_running_statistics() {
 fn every_architecture_on_the_kernels_matches_burns_ops() {
     let device = CpuDevice::default();
     for (arch, channels, side, batch) in [
+        (Arch::ConvFc, 1, 28, 3),
         (Arch::SmallCnn, 1, 28, 3),
         (Arch::Resnet32, 3, 32, 4),
         (Arch::Resnet50, 3, 64, 4),

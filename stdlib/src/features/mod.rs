@@ -14,7 +14,7 @@ pub mod npy;
 pub use error::FeaturesError;
 pub use extract::{Tta, extract_features};
 pub use file::{FEATURES_TENSOR, FeatureFile, FeatureWriter, LABELS_TENSOR, write_features};
-pub use npy::{LabelDtype, NpyF32, NpyFile, write_npy_f32, write_npy_labels};
+pub use npy::{LabelDtype, NpyF32, NpyFile, write_npy_f32, write_npy_f32_vector, write_npy_labels};
 
 #[cfg(test)]
 mod tests {

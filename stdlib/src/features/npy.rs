@@ -86,6 +86,16 @@ pub fn write_npy_f32(
     write_npy(path, "<f4", &[rows, dim], bytes, 4)
 }
 
+/// Writes a `<f4` vector.
+pub fn write_npy_f32_vector(path: &Path, data: &[f32]) -> Result<(), FeaturesError> {
+    let bytes = data.iter().map(|v| {
+        let mut b = [0u8; 8];
+        b[..4].copy_from_slice(&v.to_le_bytes());
+        b
+    });
+    write_npy(path, "<f4", &[data.len()], bytes, 4)
+}
+
 /// Writes a label vector as `<i8` or `<u4`.
 pub fn write_npy_labels(
     path: &Path,

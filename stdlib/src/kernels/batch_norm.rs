@@ -128,6 +128,34 @@ pub fn batch_norm_train(
     }
 }
 
+/// `Σ x` over the `N·L` values of every channel of `x` (`[N, C, L]`): BatchNorm's mean, and
+/// the bias gradient of a convolution.
+pub fn channel_sums(x: &[f32], [batch, channels, plane]: [usize; 3]) -> Vec<f32> {
+    let shape = BnShape {
+        batch,
+        channels,
+        plane,
+    };
+    assert_eq!(x.len(), shape.len(), "x of {shape:?} has the wrong length");
+    (0..channels)
+        .into_par_iter()
+        .map(|c| {
+            vectorized(ChannelSum {
+                shape: &shape,
+                x,
+                c,
+            }) as f32
+        })
+        .collect()
+}
+
+simd_kernel! {
+    /// `Σ x` over channel `c`.
+    ChannelSum<'a> { shape: &'a BnShape, x: &'a [f32], c: usize } -> f64 {
+        shape.rows(x, c).map(|row| lane_sum(row, |v| v)).sum::<f64>()
+    }
+}
+
 /// The gradients `(∂x, ∂γ, ∂β)` of [`batch_norm_train`] for the output gradient `grad_out`;
 /// `y` is the forward output (its zeros are where the ReLU clipped, when `relu`).
 #[allow(clippy::too_many_arguments)]

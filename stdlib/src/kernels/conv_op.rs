@@ -15,6 +15,7 @@ use burn::tensor::ops::{ActivationOps, ConvOptions, FloatTensorOps, ModuleOps};
 use burn::tensor::{DType, Tensor, TensorPrimitive};
 use burn_flex::{Flex, FlexTensor};
 
+use super::batch_norm::channel_sums;
 use super::conv::{
     Conv2dShape, Epilogue, conv2d, conv2d_input_grad, conv2d_then, conv2d_weight_grad,
 };
@@ -59,14 +60,21 @@ pub(crate) fn conv2d_forward_then<B: Backend>(
         return then.after(conv.forward(x));
     };
     let weight = conv.weight.val();
-    let x = match cast::<(Tensor<CpuAutodiff, 4>, Tensor<CpuAutodiff, 4>), _>((x, weight)) {
-        Ok((x, weight)) if conv.bias.is_none() => {
-            return then.after(cast_back(fast_conv2d(x, weight, options)));
-        }
-        Ok((x, _)) => return then.after(conv.forward(cast_back(x))),
-        Err((x, _)) => x,
-    };
     let bias = conv.bias.as_ref().map(|b| b.val());
+    let (x, bias) = match cast::<
+        (
+            Tensor<CpuAutodiff, 4>,
+            Tensor<CpuAutodiff, 4>,
+            Option<Tensor<CpuAutodiff, 1>>,
+        ),
+        _,
+    >((x, weight, bias))
+    {
+        Ok((x, weight, bias)) => {
+            return then.after(cast_back(fast_conv2d(x, weight, bias, options)));
+        }
+        Err((x, _, bias)) => (x, bias),
+    };
     match cast::<(Tensor<Flex, 4>, Tensor<Flex, 4>, Option<Tensor<Flex, 1>>), _>((
         x,
         conv.weight.val(),
@@ -175,44 +183,97 @@ thread_local! {
     static FAST_CALLS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
-/// `conv2d(x, weight)` recorded with [`Conv2dBackward`].
+/// `conv2d(x, weight) + bias` recorded with [`Conv2dBackward`] (or [`Conv2dBiasBackward`]).
 fn fast_conv2d(
     x: Tensor<CpuAutodiff, 4>,
     weight: Tensor<CpuAutodiff, 4>,
+    bias: Option<Tensor<CpuAutodiff, 1>>,
     options: ConvOptions<2>,
 ) -> Tensor<CpuAutodiff, 4> {
     #[cfg(test)]
     FAST_CALLS.set(FAST_CALLS.get() + 1);
     let x = x.into_primitive().tensor();
     let weight = weight.into_primitive().tensor();
-    let out = match Conv2dBackward
-        .prepare::<NoCheckpointing>([x.node.clone(), weight.node.clone()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(mut prep) => {
-            let x_state = prep.checkpoint(&x);
-            let weight_state = prep.checkpoint(&weight);
-            let y = forward(x.primitive, weight.primitive, None, &options, false, None);
-            prep.finish((x_state, weight_state, options), y)
+    let out = match bias {
+        None => match Conv2dBackward
+            .prepare::<NoCheckpointing>([x.node.clone(), weight.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let state = (
+                    prep.checkpoint(&x),
+                    prep.checkpoint(&weight),
+                    options.clone(),
+                );
+                prep.finish(
+                    state,
+                    forward(x.primitive, weight.primitive, None, &options, false, None),
+                )
+            }
+            OpsKind::UnTracked(prep) => prep.finish(forward(
+                x.primitive,
+                weight.primitive,
+                None,
+                &options,
+                false,
+                None,
+            )),
+        },
+        Some(bias) => {
+            let bias = bias.into_primitive().tensor();
+            match Conv2dBiasBackward
+                .prepare::<NoCheckpointing>([
+                    x.node.clone(),
+                    weight.node.clone(),
+                    bias.node.clone(),
+                ])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(mut prep) => {
+                    let state = (
+                        prep.checkpoint(&x),
+                        prep.checkpoint(&weight),
+                        options.clone(),
+                    );
+                    let y = forward(
+                        x.primitive,
+                        weight.primitive,
+                        Some(bias.primitive),
+                        &options,
+                        false,
+                        None,
+                    );
+                    prep.finish(state, y)
+                }
+                OpsKind::UnTracked(prep) => prep.finish(forward(
+                    x.primitive,
+                    weight.primitive,
+                    Some(bias.primitive),
+                    &options,
+                    false,
+                    None,
+                )),
+            }
         }
-        OpsKind::UnTracked(prep) => prep.finish(forward(
-            x.primitive,
-            weight.primitive,
-            None,
-            &options,
-            false,
-            None,
-        )),
     };
     Tensor::from_primitive(TensorPrimitive::Float(out))
 }
 
+/// The backward step of a convolution without bias.
 #[derive(Debug)]
 struct Conv2dBackward;
 
+/// The backward step of a convolution with bias: the bias gradient is the output gradient
+/// summed over every sample and position of its channel.
+#[derive(Debug)]
+struct Conv2dBiasBackward;
+
+type ConvState = (NodeId, NodeId, ConvOptions<2>);
+
 impl Backward<Flex, 2> for Conv2dBackward {
-    type State = (NodeId, NodeId, ConvOptions<2>);
+    type State = ConvState;
 
     fn backward(
         self,
@@ -220,46 +281,82 @@ impl Backward<Flex, 2> for Conv2dBackward {
         grads: &mut Gradients,
         checkpointer: &mut Checkpointer,
     ) {
-        let [node_x, node_weight] = ops.parents;
+        let [x, weight] = ops.parents.map(|node| node.map(|n| n.id));
         let grad_out = grads.consume::<Flex>(&ops.node);
-        let (x_state, weight_state, options) = ops.state;
-        let x: FlexTensor = checkpointer.retrieve_node_output(x_state);
-        let weight: FlexTensor = checkpointer.retrieve_node_output(weight_state);
-        if [&x, &weight, &grad_out]
-            .iter()
-            .any(|t| t.dtype() != DType::F32)
-        {
-            // Our kernels are f32; other precisions take Burn's generic gradients.
-            if let Some(node) = node_x {
-                let g = Flex::conv2d_x_backward(
-                    x.clone(),
-                    weight.clone(),
-                    grad_out.clone(),
-                    options.clone(),
-                );
-                grads.register::<Flex>(node.id, g);
-            }
-            if let Some(node) = node_weight {
-                let g = Flex::conv2d_weight_backward(x, weight, grad_out, options);
-                grads.register::<Flex>(node.id, g);
-            }
-            return;
+        register_conv_grads([x, weight, None], grad_out, ops.state, grads, checkpointer);
+    }
+}
+
+impl Backward<Flex, 3> for Conv2dBiasBackward {
+    type State = ConvState;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 3>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let parents = ops.parents.map(|node| node.map(|n| n.id));
+        let grad_out = grads.consume::<Flex>(&ops.node);
+        register_conv_grads(parents, grad_out, ops.state, grads, checkpointer);
+    }
+}
+
+/// Registers the gradients of the parents (input, weight, bias) that need one.
+fn register_conv_grads(
+    [node_x, node_weight, node_bias]: [Option<NodeId>; 3],
+    grad_out: FlexTensor,
+    (x_state, weight_state, options): ConvState,
+    grads: &mut Gradients,
+    checkpointer: &mut Checkpointer,
+) {
+    let x: FlexTensor = checkpointer.retrieve_node_output(x_state);
+    let weight: FlexTensor = checkpointer.retrieve_node_output(weight_state);
+    if [&x, &weight, &grad_out]
+        .iter()
+        .any(|t| t.dtype() != DType::F32)
+    {
+        // Our kernels are f32; other precisions take Burn's generic gradients.
+        if let Some(node) = node_bias {
+            let [n, o, oh, ow] = dims4(&grad_out);
+            let g = Flex::float_swap_dims(grad_out.clone(), 0, 1);
+            let g = Flex::float_sum_dim(Flex::float_reshape(g, [o, n * oh * ow].into()), 1);
+            grads.register::<Flex>(node, Flex::float_reshape(g, [o].into()));
         }
-        let shape = geometry(&x, &weight, &options);
-        let [n, c, h, w] = dims4(&x);
-        let [o, _, kh, kw] = dims4(&weight);
-        let grad_out = contiguous(grad_out);
-        let grad_out = grad_out.as_slice::<f32>().expect("contiguous f32");
         if let Some(node) = node_x {
-            let weight = contiguous(weight.clone());
-            let g = conv2d_input_grad(&shape, weight.as_slice().expect("contiguous f32"), grad_out);
-            grads.register::<Flex>(node.id, flex(g, [n, c, h, w]));
+            let g = Flex::conv2d_x_backward(
+                x.clone(),
+                weight.clone(),
+                grad_out.clone(),
+                options.clone(),
+            );
+            grads.register::<Flex>(node, g);
         }
         if let Some(node) = node_weight {
-            let x = contiguous(x);
-            let g = conv2d_weight_grad(&shape, x.as_slice().expect("contiguous f32"), grad_out);
-            grads.register::<Flex>(node.id, flex(g, [o, c, kh, kw]));
+            let g = Flex::conv2d_weight_backward(x, weight, grad_out, options);
+            grads.register::<Flex>(node, g);
         }
+        return;
+    }
+    let shape = geometry(&x, &weight, &options);
+    let [n, c, h, w] = dims4(&x);
+    let [o, _, kh, kw] = dims4(&weight);
+    let grad_out = contiguous(grad_out);
+    let grad_out = grad_out.as_slice::<f32>().expect("contiguous f32");
+    if let Some(node) = node_bias {
+        let [oh, ow] = shape.out_size();
+        let g = channel_sums(grad_out, [n, o, oh * ow]);
+        grads.register::<Flex>(node, flex(g, [o]));
+    }
+    if let Some(node) = node_x {
+        let weight = contiguous(weight.clone());
+        let g = conv2d_input_grad(&shape, weight.as_slice().expect("contiguous f32"), grad_out);
+        grads.register::<Flex>(node, flex(g, [n, c, h, w]));
+    }
+    if let Some(node) = node_weight {
+        let x = contiguous(x);
+        let g = conv2d_weight_grad(&shape, x.as_slice().expect("contiguous f32"), grad_out);
+        grads.register::<Flex>(node, flex(g, [o, c, kh, kw]));
     }
 }
 
@@ -271,12 +368,13 @@ mod tests {
     use super::*;
     use crate::kernels::assert_close_to_burn;
 
-    /// Loss and both gradients of `sum(conv(x) ⊙ g)` through `forward`.
+    /// Output and the gradients (input, weight, bias if any) of `sum(conv(x) ⊙ g)` through
+    /// `forward`.
     fn grads(
         conv: &Conv2d<CpuAutodiff>,
         x: &Tensor<CpuAutodiff, 4>,
         forward: fn(&Conv2d<CpuAutodiff>, Tensor<CpuAutodiff, 4>) -> Tensor<CpuAutodiff, 4>,
-    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
         let x = x.clone().detach().require_grad();
         let y = forward(conv, x.clone());
         let g =
@@ -284,28 +382,34 @@ mod tests {
         let loss = (y.clone() * g.detach()).sum();
         let grads = loss.backward();
         let read = |t: Tensor<Flex, 4>| t.into_data().to_vec::<f32>().unwrap();
+        let bias = conv.bias.as_ref().map_or_else(Vec::new, |b| {
+            b.val().grad(&grads).unwrap().into_data().to_vec().unwrap()
+        });
         (
             y.into_data().to_vec::<f32>().unwrap(),
             read(x.grad(&grads).unwrap()),
             read(conv.weight.val().grad(&grads).unwrap()),
+            bias,
         )
     }
 
     /// Through a module, as the backbones call it: the same outputs and gradients as Burn's
-    /// `Conv2d::forward`, for the padding and stride forms the architectures use.
+    /// `Conv2d::forward`, for the padding, stride and bias forms the architectures use.
     #[test]
     fn the_custom_op_matches_conv2d_forward_and_its_gradients() {
         let device = Default::default();
-        for (padding, stride, k) in [
-            (PaddingConfig2d::Explicit(1, 1, 1, 1), [1, 1], 3),
-            (PaddingConfig2d::Explicit(1, 1, 1, 1), [2, 2], 3),
-            (PaddingConfig2d::Valid, [2, 2], 1),
-            (PaddingConfig2d::Explicit(3, 3, 3, 3), [2, 2], 7),
+        for (padding, stride, k, bias) in [
+            (PaddingConfig2d::Explicit(1, 1, 1, 1), [1, 1], 3, false),
+            (PaddingConfig2d::Explicit(1, 1, 1, 1), [1, 1], 3, true),
+            (PaddingConfig2d::Explicit(1, 1, 1, 1), [2, 2], 3, false),
+            (PaddingConfig2d::Valid, [2, 2], 1, false),
+            (PaddingConfig2d::Explicit(3, 3, 3, 3), [2, 2], 7, false),
+            (PaddingConfig2d::Explicit(3, 3, 3, 3), [2, 2], 7, true),
         ] {
             let conv: Conv2d<CpuAutodiff> = Conv2dConfig::new([3, 5], [k, k])
                 .with_padding(padding.clone())
                 .with_stride(stride)
-                .with_bias(false)
+                .with_bias(bias)
                 .init(&device);
             assert!(covered(&conv).is_some(), "{padding:?}");
             let x = Tensor::<CpuAutodiff, 4>::random(
@@ -313,13 +417,15 @@ mod tests {
                 Distribution::Normal(0.0, 1.0),
                 &device,
             );
-            let (y0, gx0, gw0) = grads(&conv, &x, |c, x| c.forward(x));
+            let (y0, gx0, gw0, gb0) = grads(&conv, &x, |c, x| c.forward(x));
             let before = FAST_CALLS.get();
-            let (y1, gx1, gw1) = grads(&conv, &x, conv2d_forward);
+            let (y1, gx1, gw1, gb1) = grads(&conv, &x, conv2d_forward);
             assert!(FAST_CALLS.get() > before, "the custom op did not run");
             assert_close_to_burn("output", &y1, &y0);
             assert_close_to_burn("input gradient", &gx1, &gx0);
             assert_close_to_burn("weight gradient", &gw1, &gw0);
+            assert_eq!(gb1.len(), if bias { 5 } else { 0 });
+            assert_close_to_burn("bias gradient", &gb1, &gb0);
         }
     }
 
@@ -335,14 +441,15 @@ mod tests {
             conv2d_forward(&grouped, x.clone()).into_data(),
             grouped.forward(x).into_data()
         );
-        // A biased convolution in training (the backbones have none) is Burn's op.
-        let biased: Conv2d<CpuAutodiff> = Conv2dConfig::new([2, 3], [3, 3]).init(&device);
+        // So is a grouped convolution in training.
+        let grouped: Conv2d<CpuAutodiff> = Conv2dConfig::new([4, 4], [3, 3])
+            .with_groups(2)
+            .init(&device);
         let x =
-            Tensor::<CpuAutodiff, 4>::random([1, 2, 6, 6], Distribution::Normal(0.0, 1.0), &device);
+            Tensor::<CpuAutodiff, 4>::random([1, 4, 6, 6], Distribution::Normal(0.0, 1.0), &device);
         let before = FAST_CALLS.get();
-        let (y0, gx0, gw0) = grads(&biased, &x, |c, x| c.forward(x));
-        let (y1, gx1, gw1) = grads(&biased, &x, conv2d_forward);
-        assert_eq!((y0, gx0, gw0), (y1, gx1, gw1));
+        let burn = grads(&grouped, &x, |c, x| c.forward(x));
+        assert_eq!(burn, grads(&grouped, &x, conv2d_forward));
         assert_eq!(FAST_CALLS.get(), before);
     }
 

@@ -11,9 +11,12 @@ use lortflow_lang::ir::{Backend, EvaluateSpec, Metric, StageSpec};
 use lortflow_runtime::{ConcreteStage, StageContext, StageError, StageExecutor, StageInput};
 use serde_json::{Value as Json, json};
 
-use super::common::{META_FILE, Meta, fail, read_json, write_json};
+use super::common::{
+    CLASSIFIER_FILE, META_FILE, Meta, TEST_FEATURES, fail, load_classifier, read_json, write_json,
+};
 use super::head::{HEAD_FILE, logits_file};
 use crate::dataset::{Boundary, ClassGroups, GroupMeans};
+use crate::gemm::{Mat, matmul};
 use crate::metric::{Logits, RsdOver, StdKind, TrialSummary, group_accuracy};
 use crate::report::{self, HeadPlot, SweepPoint};
 
@@ -69,7 +72,8 @@ impl Selected {
 impl StageExecutor for EvaluateStage {
     fn version(&self) -> &'static str {
         // 2: metrics by group, normalised magnitudes, plots, the `metrics` list respected.
-        "2"
+        // 3: the stage-1 rows.
+        "3"
     }
 
     fn uses_device(&self, _: &ConcreteStage, _: Backend) -> bool {
@@ -85,10 +89,24 @@ impl StageExecutor for EvaluateStage {
         let mut heads = Vec::new();
         let mut plots = Vec::new();
         let inputs: Vec<&StageInput<'_>> = cx.inputs_with_role("heads").collect();
-        let total = inputs.len() as u64;
+        let backbone_features = if spec.stage1 {
+            features_with_a_classifier(&inputs)
+        } else {
+            Vec::new()
+        };
+        let total = (backbone_features.len() + inputs.len()) as u64;
+        for (n, features) in backbone_features.iter().enumerate() {
+            cx.check_cancelled()?;
+            let name = stage1_name(features, backbone_features.len());
+            cx.progress(n as u64, total, "head", name.clone());
+            let (entry, plot) = evaluate_stage1(features, name, selected, over)?;
+            heads.push(entry);
+            plots.push(plot);
+        }
         for (n, input) in inputs.into_iter().enumerate() {
             cx.check_cancelled()?;
-            cx.progress(n as u64, total, "head", input.stage.name.clone());
+            let done = (backbone_features.len() + n) as u64;
+            cx.progress(done, total, "head", input.stage.name.clone());
             let (entry, plot) = evaluate_head(input, selected, over)?;
             heads.push(entry);
             plots.push(plot);
@@ -139,6 +157,127 @@ fn rsd_over_name(over: RsdOver) -> &'static str {
     }
 }
 
+/// The features stages (in the order the heads name them, each once) whose artifact holds the
+/// backbone's classifier: one stage-1 row each.
+fn features_with_a_classifier<'a>(heads: &[&'a StageInput<'a>]) -> Vec<&'a StageInput<'a>> {
+    let mut seen = Vec::new();
+    let mut found: Vec<&StageInput<'_>> = Vec::new();
+    for head in heads {
+        let Some(features) = head.find("features") else {
+            continue;
+        };
+        let key = features.artifact.key().to_string();
+        if seen.contains(&key) {
+            continue;
+        }
+        seen.push(key);
+        if features.artifact.file(CLASSIFIER_FILE).exists() {
+            found.push(features);
+        }
+    }
+    found
+}
+
+/// `stage-1`, or `stage-1 (FEATURES)` when the heads read more than one features stage.
+fn stage1_name(features: &StageInput<'_>, count: usize) -> String {
+    if count == 1 {
+        STAGE1.to_string()
+    } else {
+        format!("{STAGE1} ({})", features.stage.name)
+    }
+}
+
+/// The name of the backbone-classifier rows.
+const STAGE1: &str = "stage-1";
+
+/// What a `metrics.json` entry says about where its classifier comes from.
+struct Described {
+    name: String,
+    stage: String,
+    kind: &'static str,
+    sweep: Option<SweepPoint>,
+    method: Json,
+}
+
+/// One trial's test logits: a head's stored file, or computed here.
+enum TrialLogits {
+    Stored(crate::features::FeatureFile),
+    Computed { values: Vec<f32>, labels: Vec<u32> },
+}
+
+impl TrialLogits {
+    fn logits(&self, num_classes: usize) -> Result<Logits<'_>, StageError> {
+        let (values, labels) = match self {
+            TrialLogits::Stored(file) => (file.features(), file.labels()),
+            TrialLogits::Computed { values, labels } => (values.as_slice(), labels.as_slice()),
+        };
+        Logits::new(values, labels, num_classes).map_err(fail)
+    }
+}
+
+/// The stage-1 row of `features`: the backbone's classifier applied to its test features (which
+/// carry the stage's test-time augmentation, as the heads' inputs do).
+fn evaluate_stage1(
+    features: &StageInput<'_>,
+    name: String,
+    selected: Selected,
+    over: RsdOver,
+) -> Result<(Json, HeadPlot), StageError> {
+    let meta: Meta = read_json(&features.artifact.file(META_FILE))?;
+    let classifier = load_classifier(&features.artifact.file(CLASSIFIER_FILE))?;
+    let test =
+        crate::features::FeatureFile::open(&features.artifact.file(TEST_FEATURES)).map_err(fail)?;
+    let (rows, dim, k) = (test.rows(), test.dim(), meta.num_classes);
+    if classifier.weight.len() != k * dim || classifier.bias.len() != k {
+        return Err(StageError::failed(format!(
+            "the backbone classifier of `{}` is {}x{} but its features are {dim}-d with {k} classes",
+            features.stage.name,
+            classifier.bias.len(),
+            classifier.weight.len() / classifier.bias.len().max(1),
+        )));
+    }
+    let mut values = Vec::with_capacity(rows * k);
+    for _ in 0..rows {
+        values.extend_from_slice(&classifier.bias);
+    }
+    // logits = F·Wᵀ + b, with the bias already in place.
+    matmul(
+        &mut values,
+        Mat::dense(rows, k),
+        true,
+        test.features(),
+        Mat::dense(rows, dim),
+        &classifier.weight,
+        Mat::dense(k, dim).t(),
+    );
+    let logits = TrialLogits::Computed {
+        values,
+        labels: test.labels().to_vec(),
+    };
+    let norms = classifier
+        .row_norms()
+        .into_iter()
+        .map(|n| Some(f64::from(n)))
+        .collect();
+    let described = Described {
+        name,
+        stage: features.stage.name.clone(),
+        kind: STAGE1,
+        sweep: None,
+        method: json!("backbone classifier"),
+    };
+    let mut once = Some(logits);
+    evaluate_classifier(
+        described,
+        &meta,
+        1,
+        &mut |_| Ok(once.take().expect("stage-1 has one trial")),
+        norms,
+        selected,
+        over,
+    )
+}
+
 /// The `metrics.json` entry of one head and what its plots need.
 fn evaluate_head(
     input: &StageInput<'_>,
@@ -154,6 +293,46 @@ fn evaluate_head(
             input.stage.name
         )));
     }
+    let norms: Vec<Option<f64>> = head["trials"][0]["weight_norms"]
+        .as_array()
+        .map(|a| a.iter().map(Json::as_f64).collect())
+        .unwrap_or_default();
+    let described = Described {
+        name: input.stage.name.clone(),
+        stage: input.stage.declared.clone(),
+        kind: "head",
+        sweep: (!input.stage.suffix.is_empty()).then(|| SweepPoint {
+            sweep: input.stage.declared.clone(),
+            params: input.stage.suffix.clone(),
+        }),
+        method: head["method"].clone(),
+    };
+    evaluate_classifier(
+        described,
+        &meta,
+        trials,
+        &mut |t| {
+            crate::features::FeatureFile::open(&input.artifact.file(&logits_file(t)))
+                .map(TrialLogits::Stored)
+                .map_err(fail)
+        },
+        norms,
+        selected,
+        over,
+    )
+}
+
+/// The `metrics.json` entry and plot data of one classifier from its test logits per trial;
+/// `weight_norms` are those of trial 0.
+fn evaluate_classifier(
+    described: Described,
+    meta: &Meta,
+    trials: usize,
+    trial_logits: &mut dyn FnMut(usize) -> Result<TrialLogits, StageError>,
+    weight_norms: Vec<Option<f64>>,
+    selected: Selected,
+    over: RsdOver,
+) -> Result<(Json, HeadPlot), StageError> {
     let class_groups = ClassGroups {
         groups: meta.groups.clone(),
         many_threshold: meta.many_threshold,
@@ -169,9 +348,8 @@ fn evaluate_head(
     let mut per_class_accuracy = Vec::new();
     let (mut magnitude_groups, mut rsd_groups) = (None, None);
     for t in 0..trials {
-        let file = crate::features::FeatureFile::open(&input.artifact.file(&logits_file(t)))
-            .map_err(fail)?;
-        let logits = Logits::new(file.features(), file.labels(), meta.num_classes).map_err(fail)?;
+        let stored = trial_logits(t)?;
+        let logits = stored.logits(meta.num_classes)?;
         let per_class = logits.per_class_accuracy();
         per_trial.push((logits.top1(), group_accuracy(&class_groups, &per_class)));
         if t > 0 {
@@ -211,15 +389,11 @@ fn evaluate_head(
             );
         }
         if selected.weight_norm {
-            let norms: Vec<Option<f64>> = head["trials"][0]["weight_norms"]
-                .as_array()
-                .map(|a| a.iter().map(Json::as_f64).collect())
-                .unwrap_or_default();
             fields.insert(
                 "weight_norms".into(),
                 json!({
-                    "per_class": norms,
-                    "by_group": report::group_means(&norms, &meta.groups),
+                    "per_class": weight_norms,
+                    "by_group": report::group_means(&weight_norms, &meta.groups),
                 }),
             );
         }
@@ -247,13 +421,17 @@ fn evaluate_head(
             })
         })
     };
-    let sweep = (!input.stage.suffix.is_empty()).then(|| SweepPoint {
-        sweep: input.stage.declared.clone(),
-        params: input.stage.suffix.clone(),
-    });
+    let Described {
+        name,
+        stage,
+        kind,
+        sweep,
+        method,
+    } = described;
     let mut entry = json!({
-        "name": input.stage.name,
-        "stage": input.stage.declared,
+        "name": name,
+        "stage": stage,
+        "kind": kind,
         "sweep": sweep.as_ref().map(|s| json!({
             "name": s.sweep,
             "params": s.params.iter().map(|(k, v)| json!({
@@ -261,7 +439,7 @@ fn evaluate_head(
                 "value": v.parse::<f64>().map_or_else(|_| json!(v), |n| json!(n)),
             })).collect::<Vec<_>>(),
         })),
-        "method": head["method"],
+        "method": method,
         "trials": trials,
         "top1": summary(&|t| Some(t.0)),
         "many": summary(&|t| t.1.many),
@@ -274,7 +452,7 @@ fn evaluate_head(
         map.extend(fields);
     }
     let plot = HeadPlot {
-        name: input.stage.name.clone(),
+        name,
         sweep,
         top1: best(&|t| Some(t.0)).map_or(f64::NAN, |s| s.best),
         groups: GroupMeans {
@@ -284,8 +462,8 @@ fn evaluate_head(
         },
         trials,
         per_class_accuracy,
-        class_counts: meta.class_counts,
-        class_groups: meta.groups,
+        class_counts: meta.class_counts.clone(),
+        class_groups: meta.groups.clone(),
         magnitude: magnitude_groups,
         rsd: rsd_groups,
     };

@@ -64,12 +64,16 @@ pub fn check_backend(backend: lortflow_lang::ir::Backend) -> Result<(), String> 
 
 /// Writes the matrices of a features, feature-dataset or head artifact into `dir` as `.npy`
 /// (features `{split}_features.npy` float32 N×D, `{split}_labels.npy` int64; head test logits
-/// `test_logits_t{i}.npy`), plus `meta.json`. Returns the files written (none for other kinds).
+/// `test_logits_t{i}.npy`; the classifier a features stage or head holds, `classifier_weight.npy`
+/// float32 K×D in PyTorch's layout and `classifier_bias.npy` K), plus `meta.json`. Returns the
+/// files written (none for other kinds).
 pub fn export(
     artifact: &lortflow_runtime::Artifact,
     dir: &std::path::Path,
 ) -> Result<Vec<std::path::PathBuf>, lortflow_runtime::StageError> {
-    use crate::features::{FeatureFile, LabelDtype, write_npy_f32, write_npy_labels};
+    use crate::features::{
+        FeatureFile, LabelDtype, write_npy_f32, write_npy_f32_vector, write_npy_labels,
+    };
     use common::fail;
     let mut written = Vec::new();
     let mut export_file =
@@ -97,6 +101,17 @@ pub fn export(
             break;
         }
         export_file(&name, &format!("test_logits_t{t}"), false)?;
+    }
+    let classifier = artifact.file(common::CLASSIFIER_FILE);
+    if classifier.exists() {
+        // A features stage's is the backbone's fc; a head's, its trained classifier (trial 0).
+        let c = common::load_classifier(&classifier)?;
+        let k = c.bias.len();
+        let weight = dir.join("classifier_weight.npy");
+        write_npy_f32(&weight, &c.weight, k, c.weight.len() / k.max(1)).map_err(fail)?;
+        let bias = dir.join("classifier_bias.npy");
+        write_npy_f32_vector(&bias, &c.bias).map_err(fail)?;
+        written.extend([weight, bias]);
     }
     if !written.is_empty() {
         let meta = artifact.file(common::META_FILE);
