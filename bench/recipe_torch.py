@@ -13,7 +13,7 @@ classifier with
 and prints the test top-1 of the stage-1 classifier and of each recipe, for comparison with
 lortflow's table on the same features.
 
-    python bench/recipe_torch.py DIR [--wd 0.1] [--delta 0.98] [--seed 0]
+    python bench/recipe_torch.py DIR [--wd 0.1] [--delta 0.98] [--lort-lr 5e-4] [--seed 0]
 """
 import argparse
 import os
@@ -57,11 +57,18 @@ def main():
     p.add_argument("dir")
     p.add_argument("--wd", type=float, default=0.1)
     p.add_argument("--delta", type=float, default=0.98)
+    p.add_argument("--lort-lr", type=float, default=5e-4)
+    p.add_argument(
+        "--feature-scale", type=float, default=1.0,
+        help="multiply the features by c and the classifier weights by 1/c: the same stage-1 "
+             "logits, but weight steps c² times smaller relative to the weights",
+    )
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
     x, y = load(a.dir, "train_features.npy"), load(a.dir, "train_labels.npy")
     xt, yt = load(a.dir, "test_features.npy"), load(a.dir, "test_labels.npy")
     w0, b0 = load(a.dir, "classifier_weight.npy"), load(a.dir, "classifier_bias.npy")
+    x, xt, w0 = x * a.feature_scale, xt * a.feature_scale, w0 / a.feature_scale
     k = w0.shape[0]
     print(f"stage-1 {100 * accuracy(w0, b0, xt, yt):.2f}")
 
@@ -85,8 +92,8 @@ def main():
     w, b = train(w0, b0, x, y, cb_bce, 0.01, a.wd, 10, 64, a.seed, maxnorm)
     print(f"maxnorm (LTWB, wd {a.wd}) {100 * accuracy(w, b, xt, yt):.2f}")
     smoothed = lambda z, t: F.cross_entropy(z, t, label_smoothing=a.delta)
-    w, b = train(w0, b0, x, y, smoothed, 5e-4, 0.0, 20, 64, a.seed)
-    print(f"lort (δ {a.delta}) {100 * accuracy(w, b, xt, yt):.2f}")
+    w, b = train(w0, b0, x, y, smoothed, a.lort_lr, 0.0, 20, 64, a.seed)
+    print(f"lort (δ {a.delta}, lr {a.lort_lr}) {100 * accuracy(w, b, xt, yt):.2f}")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ fn settings() -> insta::Settings {
         (r"\(\d+(\.\d+)? (B|KiB|MiB|GiB)\)", "([SIZE])"),
         // Accuracy rows of a results table: their last digits may differ between CPUs.
         (
-            r"(?m)^(\S+ +\S+ +)\d+\.\d\d( +(\d+\.\d\d|-))* *$",
+            r"(?m)^(\S+ +\S+ +\S+ +\S+ +\S+ +)\d+\.\d\d( +(\d+\.\d\d|-))* *$",
             "$1[ACCURACIES]",
         ),
     ] {

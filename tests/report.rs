@@ -97,7 +97,7 @@ fn report_shows_the_smoke_results_in_every_format_with_plots() {
     assert!(md.stdout.contains("# Results of `table`"), "{}", md.stdout);
     assert!(
         md.stdout
-            .contains("| head | method | All | Many | Medium | Few |"),
+            .contains("| head | method | init | epochs | lr | All | Many | Medium | Few |"),
         "{}",
         md.stdout
     );
@@ -341,5 +341,29 @@ fn the_metrics_list_and_plots_flag_are_respected() {
             assert!(h.get(absent).is_none(), "{absent} in {h}");
         }
         assert!(h["top1"]["best"].is_number());
+        // Imported features have no backbone classifier, so no stage-1 row.
+        assert_eq!(h["kind"], "head", "{h}");
     }
+}
+
+#[test]
+fn stage_1_false_leaves_the_backbone_row_out() {
+    let smoke = std::fs::read_to_string(repo().join("pipelines/smoke.kdl")).unwrap();
+    let text = smoke.replace(
+        r#"metrics "top1" "logits-magnitude" "rsd" "weight-norm""#,
+        "metrics \"top1\"; stage-1 #false",
+    );
+    assert_ne!(text, smoke);
+    let t = Test::new().pipeline(&text);
+    let ran = t.args_run(["run", "pipeline.kdl"]).success();
+    assert!(!ran.stdout.contains("stage-1"), "{}", ran.stdout);
+    let out = json(
+        &t.args_run(["report", "pipeline.kdl", "--format", "json"])
+            .success()
+            .stdout,
+    );
+    let heads = out["evaluations"][0]["metrics"]["heads"]
+        .as_array()
+        .unwrap();
+    assert!(heads.iter().all(|h| h["kind"] == "head"), "{heads:?}");
 }

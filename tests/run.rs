@@ -127,12 +127,14 @@ fn assert_stage1_row_is_the_backbone_classifier(t: &Test, table: &str) {
         (top1 - recorded).abs() < 1e-6,
         "stage-1 {top1} vs the backbone's {recorded}"
     );
-    // The heads follow, each once.
-    assert_eq!(
-        metrics["heads"][1]["kind"], "head",
-        "{}",
-        metrics["heads"][1]
-    );
+    // The heads follow, each with the recipe its plan resolved (`ce`: `train epochs=30`
+    // over the preset's fresh head, lr 0.2).
+    let ce = &metrics["heads"][1];
+    assert_eq!(ce["kind"], "head", "{ce}");
+    assert_eq!(ce["name"], "ce", "{ce}");
+    assert_eq!(ce["recipe"]["epochs"], 30, "{ce}");
+    assert_eq!(ce["recipe"]["init"], "random", "{ce}");
+    assert_eq!(ce["recipe"]["lr"], 0.2, "{ce}");
 }
 
 #[test]

@@ -629,7 +629,17 @@ fn head_combinations(
     if h.init.value == Init::Backbone {
         if let Some(StageSpec::Dataset(_)) = pipeline.stage(&h.features.value).map(|s| &s.spec) {
             let by_default = stage.node.child("init").is_none();
-            let message = if by_default {
+            let from_budget = by_default
+                && pipeline
+                    .defaults
+                    .head
+                    .as_ref()
+                    .is_some_and(|b| b.child("init").is_some());
+            let message = if from_budget {
+                format!(
+                    "head `{name}` starts from the backbone's classifier (as `defaults {{ head {{ init … }} }}` says), but its features were imported"
+                )
+            } else if by_default {
                 format!(
                     "head `{name}` starts from the backbone's classifier (as `method \"{}\"` does by default), but its features were imported",
                     h.method.value

@@ -109,6 +109,10 @@ pub struct Defaults {
     pub backend: Spanned<Backend>,
     /// Base seed.
     pub seed: Spanned<u64>,
+    /// `head { … }`: the re-training budget every head takes before its preset's defaults (its
+    /// settings reach the heads' IR, which is what keys are made of).
+    #[serde(skip)]
+    pub head: Option<crate::ast::Node>,
 }
 
 /// One declared stage.

@@ -63,7 +63,12 @@ pub fn lower_defaults(node: Option<&Node>) -> Defaults {
     let seed = arg("seed").map_or(Spanned::new(0, Span::synthetic()), |a| {
         Spanned::new(a.value.as_i64().unwrap_or(0) as u64, a.span)
     });
-    Defaults { backend, seed }
+    let head = node.and_then(|n| n.child("head")).cloned();
+    Defaults {
+        backend,
+        seed,
+        head,
+    }
 }
 
 struct Lower<'a> {
@@ -513,25 +518,30 @@ impl Lower<'_> {
             Some(other) => return unknown("inference", other),
         };
 
-        let t = node.child("train");
-        let tv = |prop: &str| t.and_then(|t| t.prop(prop)).map(|p| p.value.value.clone());
+        // A setting is the head's own, else the pipeline's budget, else the preset's.
+        let budget = self.budget(node, method_node);
+        let written = |prop: &str| self.train_setting(node, method_node, prop);
+        let tv = |prop: &str| written(prop).map(|p| p.value.value.clone());
         let d = preset_train(preset, method_node);
         let train = HeadTrain {
             epochs: tv("epochs").map_or(d.epochs as u32, |v| u32_of(Some(v))),
             batch_size: tv("batch-size").map_or(d.batch_size as u32, |v| u32_of(Some(v))),
             lr: tv("lr").map_or(d.lr, |v| f64_of(Some(v))),
-            momentum: f64_of(value(t, node, "train", "momentum")),
+            momentum: f64_of(tv("momentum").or_else(|| value(None, node, "train", "momentum"))),
             weight_decay: tv("weight-decay").map_or(d.weight_decay, |v| f64_of(Some(v))),
             schedule: self.choice(
-                value(t, node, "train", "schedule"),
-                t.map_or(node.name_span, |t| t.prop_span("schedule")),
+                tv("schedule").or_else(|| value(None, node, "train", "schedule")),
+                written("schedule").map_or(node.name_span, |p| p.value.span),
                 "schedule",
                 Schedule::from_name,
             )?,
             seed: tv("seed").map_or(self.defaults.seed.value, |v| u64_of(Some(v))),
         };
 
-        let init = match node.child("init") {
+        let init = match node
+            .child("init")
+            .or_else(|| budget.and_then(|b| b.child("init")))
+        {
             Some(i) => {
                 let from = match i.args.first() {
                     Some(a) => self.choice(
@@ -577,7 +587,12 @@ impl Lower<'_> {
                 method_span,
             ),
         };
-        let trials = u32_of(self.arg(node, "trials").map(|a| a.value)).max(1);
+        let trials = node
+            .child("trials")
+            .or_else(|| budget.and_then(|b| b.child("trials")))
+            .and_then(|c| c.args.first())
+            .map_or(1, |a| u32_of(Some(a.value.clone())))
+            .max(1);
         let select = match self.arg(node, "select") {
             Some(a) => Spanned::new(
                 self.choice(
@@ -630,6 +645,32 @@ impl Lower<'_> {
         })
     }
 
+    /// The pipeline's `defaults { head { … } }`, when it applies to `head`: always, except to a
+    /// preset that only maps the stage-1 classifier (`epochs` 0: `tau-norm`, post-hoc
+    /// `logit-adjust`) while the head does not ask for epochs itself — a re-training budget
+    /// does not turn a map into a fine-tuning, and its trials would all be the same.
+    fn budget(&self, head: &Node, method_node: Option<&Node>) -> Option<&Node> {
+        let budget = self.defaults.head.as_ref()?;
+        let method = method_node.and_then(|m| m.variant.as_ref());
+        let preset = schema::preset(method.map_or("ce", |m| m.value.as_str()))?;
+        let maps_only = preset_train(preset, method_node).epochs == 0;
+        let own_epochs = head.child("train").and_then(|t| t.prop("epochs")).is_some();
+        (!maps_only || own_epochs).then_some(budget)
+    }
+
+    /// Where the `train` property `prop` of `head` is written: the head's own `train`, else the
+    /// budget's (`None`: the preset's default or the schema's applies).
+    fn train_setting<'n>(
+        &'n self,
+        head: &'n Node,
+        method_node: Option<&Node>,
+        prop: &str,
+    ) -> Option<&'n crate::ast::Prop> {
+        head.child("train")
+            .and_then(|t| t.prop(prop))
+            .or_else(|| self.budget(head, method_node)?.child("train")?.prop(prop))
+    }
+
     /// The component node a preset stands for in `slot`, built from the method's parameters.
     fn preset_component(
         &self,
@@ -650,9 +691,8 @@ impl Lower<'_> {
         let method_prop = |name: &str| -> Option<Value> {
             match method_prop(name) {
                 None if name == "drw-epoch" => {
-                    let epochs = head
-                        .child("train")
-                        .and_then(|t| t.prop("epochs"))
+                    let epochs = self
+                        .train_setting(head, method_node, "epochs")
                         .and_then(|p| p.value.value.as_i64())
                         .unwrap_or(preset_train(preset, method_node).epochs);
                     Some(Value::Int(epochs * 4 / 5))
@@ -778,6 +818,7 @@ fn preset_train(preset: &schema::HeadPreset, method_node: Option<&Node>) -> sche
 mod tests {
     use std::path::Path;
 
+    use crate::ir::Init;
     use crate::schema::{COMPONENTS, StageKind, stage_spec};
     use crate::{MemoryLoader, check_text};
 
@@ -808,5 +849,107 @@ mod tests {
                 );
             }
         }
+    }
+
+    fn heads(text: &str) -> Vec<(String, crate::ir::HeadSpec)> {
+        let checked = check_text(
+            Path::new("p.kdl"),
+            text.to_string(),
+            &MemoryLoader::default(),
+        );
+        assert!(!checked.has_errors(), "{:?}", checked.diagnostics);
+        checked
+            .pipeline
+            .stages
+            .iter()
+            .filter_map(|s| match &s.spec {
+                crate::ir::StageSpec::Head(h) => Some((s.name.value.clone(), (**h).clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    const BACKBONE: &str = "lortflow 1\n\
+        dataset \"d\" { source \"synthetic\" kind=\"images\" }\n\
+        backbone \"b\" { data \"d\"; arch \"small-cnn\"; train epochs=1 }\n\
+        features \"f\" { backbone \"b\" }\n\
+        evaluate \"t\" { heads \"*\" }\n";
+
+    /// `defaults { head { … } }` reaches every head, whatever its preset, and a head's own
+    /// setting wins one property at a time.
+    #[test]
+    fn a_budget_in_defaults_reaches_every_head_and_a_head_overrides_it() {
+        let text = format!(
+            "{BACKBONE}defaults {{\n    head {{\n        train epochs=7 lr=0.03 weight-decay=1e-4 batch-size=32 momentum=0.5\n        init \"backbone\"\n        trials 3\n    }}\n}}\n\
+             head \"ce\" {{ features \"f\" }}\n\
+             head \"crt\" {{ features \"f\"; method \"resample\" }}\n\
+             head \"lort\" {{ features \"f\"; method \"lort\" }}\n\
+             head \"own\" {{ features \"f\"; method \"lort\"; train lr=5e-4; init \"random\"; trials 1 }}\n"
+        );
+        for (name, h) in heads(&text) {
+            let own = name == "own";
+            assert_eq!(h.train.epochs, 7, "{name}");
+            assert_eq!(h.train.batch_size, 32, "{name}");
+            assert_eq!(h.train.weight_decay, 1e-4, "{name}");
+            assert_eq!(h.train.momentum, 0.5, "{name}");
+            assert_eq!(h.train.lr, if own { 5e-4 } else { 0.03 }, "{name}");
+            let init = if own { Init::Random } else { Init::Backbone };
+            assert_eq!(h.init.value, init, "{name}");
+            assert_eq!(h.trials, if own { 1 } else { 3 }, "{name}");
+        }
+    }
+
+    /// Heads that only map the stage-1 classifier keep doing so under a budget (unless they ask
+    /// for epochs themselves), and DRW's default start follows the budget's epochs.
+    #[test]
+    fn a_budget_leaves_maps_alone_and_moves_drw() {
+        let text = format!(
+            "{BACKBONE}defaults {{ head {{ train epochs=30 lr=0.05; init \"random\"; trials 4 }} }}\n\
+             head \"tau\" {{ features \"f\"; method \"tau-norm\" }}\n\
+             head \"tau-ft\" {{ features \"f\"; method \"tau-norm\"; train epochs=5; init \"backbone\" }}\n\
+             head \"drw\" {{ features \"f\"; method \"ldam-drw\" }}\n"
+        );
+        let heads: std::collections::BTreeMap<_, _> = heads(&text).into_iter().collect();
+        let tau = &heads["tau"];
+        assert_eq!(
+            (tau.train.epochs, &tau.init.value, tau.trials),
+            (0, &Init::Backbone, 1)
+        );
+        let ft = &heads["tau-ft"];
+        assert_eq!((ft.train.epochs, ft.train.lr, ft.trials), (5, 0.05, 4));
+        let crate::ir::Weighting::ClassBalanced { from_epoch, .. } = heads["drw"].weighting.value
+        else {
+            panic!("DRW weights classes");
+        };
+        assert_eq!((heads["drw"].train.epochs, from_epoch), (30, 24));
+    }
+
+    /// Without a budget the presets' recipes apply: τ-norm maps the backbone's classifier,
+    /// cRT trains a fresh head, DRW starts at 80% of the epochs.
+    #[test]
+    fn presets_bring_their_references_recipes() {
+        let text = format!(
+            "{BACKBONE}head \"tau\" {{ features \"f\"; method \"tau-norm\" }}\n\
+             head \"la\" {{ features \"f\"; method \"logit-adjust\" }}\n\
+             head \"la-loss\" {{ features \"f\"; method \"logit-adjust\" form=\"loss\" }}\n\
+             head \"crt\" {{ features \"f\"; method \"resample\" }}\n\
+             head \"drw\" {{ features \"f\"; method \"ldam-drw\"; train epochs=30 }}\n"
+        );
+        let heads: std::collections::BTreeMap<_, _> = heads(&text).into_iter().collect();
+        for map in ["tau", "la"] {
+            assert_eq!(heads[map].train.epochs, 0, "{map}");
+            assert_eq!(heads[map].init.value, Init::Backbone, "{map}");
+        }
+        assert_eq!(heads["la-loss"].train.epochs, 10);
+        assert_eq!(heads["la-loss"].init.value, Init::Random);
+        assert_eq!(
+            (heads["crt"].train.lr, heads["crt"].train.batch_size),
+            (0.2, 512)
+        );
+        let crate::ir::Weighting::ClassBalanced { from_epoch, .. } = heads["drw"].weighting.value
+        else {
+            panic!("DRW weights classes");
+        };
+        assert_eq!(from_epoch, 24);
     }
 }

@@ -61,7 +61,7 @@ const INCLUDE: NodeSpec = NodeSpec::new(
 
 const DEFAULTS: NodeSpec = NodeSpec::new(
     "defaults",
-    "Settings for the whole pipeline. Each can be overridden on the command line.",
+    "Settings for the whole pipeline (`lortflow run --backend` overrides the backend).",
 )
 .children(&[
     NodeSpec::new("backend", "The compute backend of training stages.").args(&[P::new(
@@ -79,8 +79,19 @@ const DEFAULTS: NodeSpec = NodeSpec::new(
         .range(Range::NON_NEGATIVE)
         .default(Int(0))
         .required()]),
+    NodeSpec::new(
+        "head",
+        "One re-training budget for every head: the `train` settings, `init` and `trials` written \
+         here replace the presets' defaults in every head (the paper's protocol, one \
+         implementation for all methods). A head's own `train` property, `init` or `trials` still \
+         wins, one setting at a time; what is not written here stays the preset's. Presets that \
+         only map the stage-1 classifier (`tau-norm`, post-hoc `logit-adjust`: 0 epochs) are left \
+         as they are unless the head gives its own `train epochs=`.",
+    )
+    .children(&[HEAD_TRAIN, BUDGET_INIT, TRIALS])
+    .example("head {\n    train epochs=20 batch-size=64 lr=0.01 weight-decay=5e-4\n    init \"backbone\"\n    trials 3\n}"),
 ])
-.example("defaults { backend \"cpu\"; seed 0 }");
+.example("defaults {\n    backend \"cpu\"\n    seed 0\n    head { trials 3 }\n}");
 
 // ---------------------------------------------------------------------------------------------
 // dataset
@@ -482,6 +493,25 @@ const INIT: NodeSpec = NodeSpec::new(
 )])
 .example("init \"backbone\"");
 
+/// `init` in `defaults { head { … } }`: every head can start from the backbone or afresh, not
+/// from one other head.
+const BUDGET_INIT: NodeSpec = NodeSpec::new(
+    "init",
+    "Where every head starts: re-initialised (`random`) or the backbone's own classifier \
+     (`backbone`).",
+)
+.args(&[P::new("from", T::Enum(&["random", "backbone"]), "Initialisation.").required()])
+.example("init \"backbone\"");
+
+const TRIALS: NodeSpec = NodeSpec::new(
+    "trials",
+    "Independent trials with seeds seed, seed+1, ...; reported as best and mean ± std.",
+)
+.args(&[P::new("count", T::Int, "Number of trials.")
+    .default(Int(1))
+    .range(Range::closed(1.0, 100.0))
+    .required()]);
+
 const HEAD: NodeSpec = NodeSpec::new(
     "head",
     "A classifier re-trained on frozen features. `method` picks a preset (default `ce`); the \
@@ -504,8 +534,7 @@ const HEAD: NodeSpec = NodeSpec::new(
     COMPONENT_INFERENCE,
     HEAD_TRAIN,
     INIT,
-    NodeSpec::new("trials", "Independent trials with seeds seed, seed+1, ...; reported as best and mean ± std.")
-        .args(&[P::new("count", T::Int, "Number of trials.").default(Int(1)).range(Range::closed(1.0, 100.0)).required()]),
+    TRIALS,
     NodeSpec::new(
         "select",
         "Which epoch of each trial is kept: the last (default), the best on a validation split \

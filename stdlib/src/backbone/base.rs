@@ -303,6 +303,51 @@ mod tests {
         assert!((std - (2.0f32 / 576.0).sqrt()).abs() < 0.005, "{std}");
     }
 
+    /// `conv-fc` starts where the same network written in PyTorch does: every weight and bias
+    /// `U(±1/√fan_in)`, biases included in the seeded draw (Burn's own init would make them
+    /// depend on its process-wide RNG).
+    #[test]
+    fn conv_fc_seeded_init_has_pytorch_bounds_for_weights_and_biases() {
+        let device = CpuDevice::default();
+        let config = BackboneConfig {
+            arch: Arch::ConvFc,
+            num_classes: 10,
+            in_channels: 1,
+            input_size: 28,
+        };
+        let params = |seed| -> Vec<(Vec<f32>, f64)> {
+            let Backbone::ConvFc(m) = config.init_seeded::<CpuBackend>(seed, &device).unwrap()
+            else {
+                unreachable!("a conv-fc config builds a ConvFc")
+            };
+            let read = |t: Tensor<CpuBackend, 1>| t.into_data().to_vec::<f32>().unwrap();
+            let flat = |t: Tensor<CpuBackend, 4>| read(t.flatten(0, 3));
+            vec![
+                (flat(m.conv2.weight.val()), 1.0 / (32.0f64 * 9.0).sqrt()),
+                (
+                    read(m.conv2.bias.as_ref().unwrap().val()),
+                    1.0 / (32.0f64 * 9.0).sqrt(),
+                ),
+                (read(m.conv1.bias.as_ref().unwrap().val()), 1.0 / 3.0),
+                (
+                    read(m.embed.bias.as_ref().unwrap().val()),
+                    1.0 / 3136f64.sqrt(),
+                ),
+            ]
+        };
+        let a = params(5);
+        assert_eq!(a, params(5));
+        assert_ne!(a[1].0, params(6)[1].0, "biases are drawn from the seed");
+        for (values, bound) in a {
+            let max = values.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+            // Uniform on ±bound: the largest of ≥ 32 draws is close to the bound.
+            assert!(
+                max <= bound && max > 0.8 * bound,
+                "max |v| {max}, bound {bound}"
+            );
+        }
+    }
+
     #[test]
     fn config_round_trips_through_json() {
         let config = BackboneConfig {

@@ -4,8 +4,8 @@
 //! for 28x28 inputs), fc(128)-ReLU → 128 features, then `fc`. No BatchNorm: with a flattened
 //! map the feature layer sees *where* a pattern is, which global average pooling (`small-cnn`)
 //! throws away; on Fashion-MNIST-LT this is worth ~12 points of stage-1 accuracy under the same
-//! recipe (`docs/reproducing-the-paper.md`, "Architectures for small images"). The embedding's input size follows the input size
-//! (`64·⌊s/4⌋²`), so the network is built for one input size.
+//! recipe (`docs/reproducing-the-paper.md`, §5). The feature layer's input size follows the
+//! image size (`64·⌊s/4⌋²`), so the network is built for one input size.
 
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};

@@ -128,8 +128,8 @@ pub fn batch_norm_train(
     }
 }
 
-/// `Σ x` over the `N·L` values of every channel of `x` (`[N, C, L]`): BatchNorm's mean, and
-/// the bias gradient of a convolution.
+/// `Σ x` over the `N·L` values of every channel of `x` (`[N, C, L]`): the bias gradient of a
+/// convolution from its output gradient.
 pub fn channel_sums(x: &[f32], [batch, channels, plane]: [usize; 3]) -> Vec<f32> {
     let shape = BnShape {
         batch,
@@ -140,7 +140,7 @@ pub fn channel_sums(x: &[f32], [batch, channels, plane]: [usize; 3]) -> Vec<f32>
     (0..channels)
         .into_par_iter()
         .map(|c| {
-            vectorized(ChannelSum {
+            vectorized(ChannelTotal {
                 shape: &shape,
                 x,
                 c,
@@ -151,7 +151,7 @@ pub fn channel_sums(x: &[f32], [batch, channels, plane]: [usize; 3]) -> Vec<f32>
 
 simd_kernel! {
     /// `Σ x` over channel `c`.
-    ChannelSum<'a> { shape: &'a BnShape, x: &'a [f32], c: usize } -> f64 {
+    ChannelTotal<'a> { shape: &'a BnShape, x: &'a [f32], c: usize } -> f64 {
         shape.rows(x, c).map(|row| lane_sum(row, |v| v)).sum::<f64>()
     }
 }

@@ -22,7 +22,7 @@ use super::conv::{
 use super::flex_glue::{CpuAutodiff, cast, cast_back, contiguous, dims4, flex, host};
 
 /// `conv.forward(x)`, on our kernels when `B` is the CPU backend and the convolution is one they
-/// cover (one group, symmetric padding; in training also no bias, as the backbones' are).
+/// cover (one group, symmetric padding; with or without bias).
 pub(crate) fn conv2d_forward<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     conv2d_forward_then(conv, x, Then::Nothing)
 }

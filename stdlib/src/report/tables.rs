@@ -84,7 +84,8 @@ fn name_cell(name: &str, style: Style) -> String {
     }
 }
 
-/// An accuracy summary (`{best, mean, std, values}`) as `best` or `best (mean±std)`, in %.
+/// An accuracy summary (`{best, mean, std, values}`) as `value` for one trial or `mean ± std`
+/// over several, in %: differences smaller than the spread of trials are not results.
 pub fn accuracy_cell(summary: &Json) -> String {
     let Some(best) = summary["best"].as_f64() else {
         return "n/a".into();
@@ -92,13 +93,21 @@ pub fn accuracy_cell(summary: &Json) -> String {
     let trials = summary["values"].as_array().map_or(0, Vec::len);
     if trials > 1 {
         format!(
-            "{:.2} ({:.2}±{:.2})",
-            100.0 * best,
+            "{:.2}±{:.2}",
             100.0 * summary["mean"].as_f64().unwrap_or(f64::NAN),
             100.0 * summary["std"].as_f64().unwrap_or(f64::NAN)
         )
     } else {
         format!("{:.2}", 100.0 * best)
+    }
+}
+
+/// `v` as written in a pipeline: `0.2`, `5e-4`.
+fn short_number(v: f64) -> String {
+    if v != 0.0 && v.abs() < 0.01 {
+        format!("{v:e}")
+    } else {
+        format!("{v}")
     }
 }
 
@@ -118,26 +127,50 @@ pub fn number(v: f64, decimals: usize) -> String {
     }
 }
 
-/// The accuracy table: head, method, All / Many / Medium / Few (%).
+/// The accuracy table: head, method, its recipe (init, epochs, lr), All / Many / Medium / Few
+/// (%). Rows without a recipe (stage-1, or results written before recipes were recorded) show
+/// `—`.
 pub fn accuracy_table(metrics: &Json, style: Style) -> String {
     let table = Table {
-        headers: ["head", "method", "All", "Many", "Medium", "Few"]
-            .map(String::from)
-            .to_vec(),
-        left: 2,
+        headers: [
+            "head", "method", "init", "epochs", "lr", "All", "Many", "Medium", "Few",
+        ]
+        .map(String::from)
+        .to_vec(),
+        left: 3,
         rows: heads(metrics)
             .iter()
             .map(|h| {
+                let recipe = &h["recipe"];
+                let or_dash = |cell: Option<String>| cell.unwrap_or_else(|| "—".into());
+                let epochs = recipe["epochs"].as_u64();
+                // A head with no epochs has no learning rate to speak of.
+                let lr = recipe["lr"].as_f64().filter(|_| epochs != Some(0));
                 let mut row = vec![
                     name_cell(h["name"].as_str().unwrap_or(""), style),
                     h["method"].as_str().unwrap_or("").to_string(),
+                    or_dash(recipe["init"].as_str().map(str::to_string)),
+                    or_dash(epochs.map(|e| e.to_string())),
+                    or_dash(lr.map(short_number)),
                 ];
                 row.extend(["top1", "many", "medium", "few"].map(|k| accuracy_cell(&h[k])));
                 row
             })
             .collect(),
     };
-    table.render(style)
+    let mut out = table.render(style);
+    let most_trials = heads(metrics)
+        .iter()
+        .filter_map(|h| h["top1"]["values"].as_array().map(Vec::len))
+        .max()
+        .unwrap_or(1);
+    if style == Style::Text && most_trials > 1 {
+        let _ = writeln!(
+            out,
+            "(mean±std over trials, population std; the best trial is in metrics.json)"
+        );
+    }
+    out
 }
 
 /// The by-group tables of the per-class metrics that were computed: `(title, table)` pairs.
@@ -197,7 +230,8 @@ fn group_tables(metrics: &Json, style: Style) -> Vec<(String, String)> {
 
 const ACCURACY_NOTE: &str = "Top-1 accuracy (%) on the balanced test split. Many / medium / few are \
      means of per-class accuracies over the classes of each group (groups from training counts); \
-     `n/a` marks an empty group. With several trials a cell reads `best (mean±std)`, population std.";
+     `n/a` marks an empty group. With several trials a cell reads `mean±std` over the trials \
+     (population std; the best trial is in `metrics.json`).";
 
 /// Everything, for a terminal: the accuracy table, then the group tables.
 pub fn text(metrics: &Json) -> String {
@@ -254,6 +288,7 @@ mod tests {
             "heads": [
                 {
                     "name": "ce", "method": "ce",
+                    "recipe": {"init": "random", "epochs": 10, "batch_size": 512, "lr": 0.2, "weight_decay": 5e-4},
                     "top1": {"best": 0.5, "mean": 0.5, "std": 0.0, "values": [0.5]},
                     "many": {"best": 0.75, "mean": 0.75, "std": 0.0, "values": [0.75]},
                     "medium": null,
@@ -277,25 +312,30 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[0],
-            "head  method                 All   Many  Medium    Few"
+            "head  method  init    epochs   lr         All   Many  Medium    Few"
         );
         assert_eq!(
             lines[1],
-            "ce    ce                   50.00  75.00     n/a  12.50"
+            "ce    ce      random      10  0.2       50.00  75.00     n/a  12.50"
         );
         assert_eq!(
             lines[2],
-            "lort  lort    60.00 (55.00±5.00)    n/a     n/a    n/a"
+            "lort  lort    —            —    —  55.00±5.00    n/a     n/a    n/a"
         );
+        assert!(lines[3].starts_with("(mean±std over trials"), "{text}");
+        assert_eq!(short_number(5e-4), "5e-4");
+        assert_eq!(short_number(0.2), "0.2");
         // Only heads with an RSD appear in its table.
         assert!(text.contains("σ over positive samples"), "{text}");
         assert!(text.contains("ce    0.250     n/a  1.500"), "{text}");
         assert_eq!(number(0.00123, 3), "1.23e-3");
         assert_eq!(number(-0.5, 4), "-0.5000");
         let md = markdown(&m, "");
-        assert!(md.starts_with("# Results of `table`\n\n| head | method | All |"));
         assert!(
-            md.contains("| `ce` | ce | 50.00 | 75.00 | n/a | 12.50 |"),
+            md.starts_with("# Results of `table`\n\n| head | method | init | epochs | lr | All |")
+        );
+        assert!(
+            md.contains("| `ce` | ce | random | 10 | 0.2 | 50.00 | 75.00 | n/a | 12.50 |"),
             "{md}"
         );
         assert!(md.contains("![plots/a.svg](plots/a.svg)"), "{md}");

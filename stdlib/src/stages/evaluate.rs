@@ -7,7 +7,7 @@
 //! head has, and the one later heads start from. Which of them are written follows the stage's
 //! `metrics` list; top-1 and the group accuracies always are.
 
-use lortflow_lang::ir::{Backend, EvaluateSpec, Metric, StageSpec};
+use lortflow_lang::ir::{Backend, EvaluateSpec, Init, Metric, StageSpec};
 use lortflow_runtime::{ConcreteStage, StageContext, StageError, StageExecutor, StageInput};
 use serde_json::{Value as Json, json};
 
@@ -72,8 +72,8 @@ impl Selected {
 impl StageExecutor for EvaluateStage {
     fn version(&self) -> &'static str {
         // 2: metrics by group, normalised magnitudes, plots, the `metrics` list respected.
-        // 3: the stage-1 rows.
-        "3"
+        // 3: the stage-1 rows. 4: each head's recipe, `mean±std` cells.
+        "4"
     }
 
     fn uses_device(&self, _: &ConcreteStage, _: Backend) -> bool {
@@ -197,6 +197,8 @@ struct Described {
     kind: &'static str,
     sweep: Option<SweepPoint>,
     method: Json,
+    /// How the classifier was (re-)trained: init, epochs, batch size, lr, weight decay.
+    recipe: Json,
 }
 
 /// One trial's test logits: a head's stored file, or computed here.
@@ -228,14 +230,12 @@ fn evaluate_stage1(
     let test =
         crate::features::FeatureFile::open(&features.artifact.file(TEST_FEATURES)).map_err(fail)?;
     let (rows, dim, k) = (test.rows(), test.dim(), meta.num_classes);
-    if classifier.weight.len() != k * dim || classifier.bias.len() != k {
-        return Err(StageError::failed(format!(
-            "the backbone classifier of `{}` is {}x{} but its features are {dim}-d with {k} classes",
-            features.stage.name,
-            classifier.bias.len(),
-            classifier.weight.len() / classifier.bias.len().max(1),
-        )));
-    }
+    classifier.check(k, dim).map_err(|e| {
+        StageError::failed(format!(
+            "the backbone classifier of `{}` does not fit its features: {e}",
+            features.stage.name
+        ))
+    })?;
     let mut values = Vec::with_capacity(rows * k);
     for _ in 0..rows {
         values.extend_from_slice(&classifier.bias);
@@ -259,12 +259,18 @@ fn evaluate_stage1(
         .into_iter()
         .map(|n| Some(f64::from(n)))
         .collect();
+    // A features stage copied by a sweep upstream (one backbone per first-stage loss, say)
+    // keeps its sweep point, so its row can be told from the others.
     let described = Described {
         name,
-        stage: features.stage.name.clone(),
+        stage: features.stage.declared.clone(),
         kind: STAGE1,
-        sweep: None,
+        sweep: (!features.stage.suffix.is_empty()).then(|| SweepPoint {
+            sweep: features.stage.declared.clone(),
+            params: features.stage.suffix.clone(),
+        }),
         method: json!("backbone classifier"),
+        recipe: Json::Null,
     };
     let mut once = Some(logits);
     evaluate_classifier(
@@ -306,6 +312,7 @@ fn evaluate_head(
             params: input.stage.suffix.clone(),
         }),
         method: head["method"].clone(),
+        recipe: recipe(input),
     };
     evaluate_classifier(
         described,
@@ -320,6 +327,26 @@ fn evaluate_head(
         selected,
         over,
     )
+}
+
+/// A head's re-training recipe as its plan resolved it (the preset's defaults, the pipeline's
+/// `defaults { head { … } }` and its own settings): what the table shows next to its accuracy.
+fn recipe(input: &StageInput<'_>) -> Json {
+    let StageSpec::Head(h) = &input.stage.stage.spec else {
+        return Json::Null;
+    };
+    let init = match &h.init.value {
+        Init::Random => "random".to_string(),
+        Init::Backbone => "backbone".to_string(),
+        Init::Head(from) => format!("head={}", from.value),
+    };
+    json!({
+        "init": init,
+        "epochs": h.train.epochs,
+        "batch_size": h.train.batch_size,
+        "lr": h.train.lr,
+        "weight_decay": h.train.weight_decay,
+    })
 }
 
 /// The `metrics.json` entry and plot data of one classifier from its test logits per trial;
@@ -427,6 +454,7 @@ fn evaluate_classifier(
         kind,
         sweep,
         method,
+        recipe,
     } = described;
     let mut entry = json!({
         "name": name,
@@ -440,6 +468,7 @@ fn evaluate_classifier(
             })).collect::<Vec<_>>(),
         })),
         "method": method,
+        "recipe": recipe,
         "trials": trials,
         "top1": summary(&|t| Some(t.0)),
         "many": summary(&|t| t.1.many),
