@@ -14,6 +14,7 @@ pub mod lock;
 pub mod manifest;
 pub mod plan;
 pub mod run_record;
+pub mod slurm;
 pub mod stage;
 pub mod staging;
 pub mod store;
