@@ -57,6 +57,9 @@ pub(crate) enum Command {
     Report(ReportArgs),
     /// Print the language reference (generated from the schema).
     Docs,
+    /// Run stages of a pipeline as a scheduler job does (`--executor slurm` submits this).
+    #[command(name = "stage-job", hide = true)]
+    StageJob(StageJobArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -152,9 +155,42 @@ pub(crate) struct RunArgs {
     /// Run only this stage and what it needs.
     #[arg(long, value_name = "STAGE")]
     pub(crate) only: Option<String>,
-    /// Stages run in parallel (default: the number of CPUs).
+    /// Stages run in parallel (default: the number of CPUs; with `--executor slurm`, every
+    /// ready stage).
     #[arg(short = 'j', long = "jobs", value_name = "N")]
     pub(crate) jobs: Option<usize>,
+    #[command(flatten)]
+    pub(crate) executor: ExecutorArgs,
+}
+
+/// Where stages run.
+#[derive(Debug, Args)]
+pub(crate) struct ExecutorArgs {
+    /// Run stages here (`local`) or as Slurm jobs against the same store (`slurm`).
+    #[arg(long, value_enum, default_value_t = ExecutorArg::Local)]
+    pub(crate) executor: ExecutorArg,
+    /// The Slurm profile (default: `lortflow-slurm.kdl` beside the pipeline, else
+    /// `~/.config/lortflow/slurm.kdl`; see docs/slurm.md).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) slurm_profile: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ExecutorArg {
+    Local,
+    Slurm,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StageJobArgs {
+    #[command(flatten)]
+    pub(crate) pipeline: PipelineArgs,
+    /// A stage to run and the key its submitter computed for it (repeatable: a batch group).
+    #[arg(long = "stage", value_name = "NAME=KEY", required = true)]
+    pub(crate) stages: Vec<String>,
+    /// Replace the cached artifacts (the submitting run was `--force`d).
+    #[arg(long)]
+    pub(crate) force: bool,
 }
 
 #[derive(Debug, Args)]

@@ -71,7 +71,12 @@ impl Reporter for CliReporter {
             if let Some((bar, _)) = self.state.lock().expect("reporter lock").get(stage) {
                 bar.set_length(p.total);
                 bar.set_position(p.done);
-                bar.set_message(format!("{}s {}", p.unit, p.message));
+                // A state without counts (a Slurm job's) is its message alone.
+                if p.total == 0 {
+                    bar.set_message(p.message.clone());
+                } else {
+                    bar.set_message(format!("{}s {}", p.unit, p.message));
+                }
             }
             return;
         }
@@ -85,15 +90,19 @@ impl Reporter for CliReporter {
         if due {
             last.insert(stage.to_string(), now);
             drop(last);
-            let of = if p.total > 0 {
-                format!("/{}", p.total)
+            if p.total == 0 && p.done == 0 {
+                self.line(&format!("           `{stage}` {}", p.message));
             } else {
-                String::new()
-            };
-            self.line(&format!(
-                "           `{stage}` {} {}{of} {}",
-                p.unit, p.done, p.message
-            ));
+                let of = if p.total > 0 {
+                    format!("/{}", p.total)
+                } else {
+                    String::new()
+                };
+                self.line(&format!(
+                    "           `{stage}` {} {}{of} {}",
+                    p.unit, p.done, p.message
+                ));
+            }
         }
     }
 

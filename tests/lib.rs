@@ -11,6 +11,7 @@ mod outputs;
 mod plugin;
 mod report;
 mod run;
+mod slurm;
 mod watch;
 
 // The plugin example's own unit tests (δ per class, gradient check), compiled here; its binary

@@ -24,7 +24,8 @@ pub mod watch;
 
 pub use artifact::Artifact;
 pub use engine::{
-    Engine, EngineError, Force, RunOptions, RunReport, RunRequest, RunSummary, StageStatus, State,
+    Engine, EngineError, Force, RemoteExecutor, RemoteStage, RunOptions, RunReport, RunRequest,
+    RunSummary, StageStatus, State,
 };
 pub use file_digest::{DigestStats, FileDigest, FileDigestCache, FileDigestError};
 pub use graph::StageGraph;

@@ -46,6 +46,8 @@ const REPLACED_PREFIX: &str = "replaced-";
 const STAGES_DIR: &str = "stages";
 const RUNS_DIR: &str = "runs";
 const WORK_DIR: &str = "work";
+/// Batch scripts, logs, records and staging directories of stages handed to a scheduler.
+const JOBS_DIR: &str = "jobs";
 
 /// Temporary files of atomic writes younger than this are left alone by
 /// [`Store::clean_tmp`]: a process that does not hold the lock (`status` saving the digest
@@ -141,6 +143,30 @@ impl Store {
 
     pub(crate) fn tmp_dir(&self) -> PathBuf {
         self.root.join(TMP_DIR)
+    }
+
+    /// Where the scheduler jobs of this store keep their scripts, logs and records.
+    pub fn jobs_dir(&self) -> PathBuf {
+        self.root.join(JOBS_DIR)
+    }
+
+    /// Starts building the artifact for `key` as a scheduler job does: staged under
+    /// `jobs/<key>/`, not `tmp/`, because the submitting run holds the lock and clears `tmp/`
+    /// when it starts (a re-run that adopts a job still running must not delete its work). What a
+    /// killed job left there is removed by the next job for the same key.
+    pub fn begin_job(&self, key: &CacheKey) -> Result<Staging, StoreError> {
+        let dir = self.jobs_dir().join(key.as_str());
+        fs::create_dir_all(&dir).map_err(io_error("create the directory", &dir))?;
+        for (name, path) in
+            fsutil::read_dir_sorted(&dir).map_err(io_error("list the directory", &dir))?
+        {
+            if name.starts_with("stage-") {
+                fsutil::remove_all(&path).map_err(io_error("delete the leftover", &path))?;
+            }
+        }
+        let staging = dir.join(fsutil::unique_name(&format!("stage-{}", key.short())));
+        fs::create_dir(&staging).map_err(io_error("create the staging directory", &staging))?;
+        Ok(Staging::new(self.clone(), key.clone(), staging))
     }
 
     /// Starts building the artifact for `key` in a fresh staging directory.

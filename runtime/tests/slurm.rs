@@ -32,7 +32,10 @@ fn wait(slurm: &Slurm, jobs: &[JobId], limit: Duration) -> Vec<Option<JobState>>
     let started = Instant::now();
     loop {
         let states = slurm.states(jobs).expect("squeue answers");
-        if jobs.iter().all(|j| states.get(j).is_none_or(JobState::is_terminal)) {
+        if jobs
+            .iter()
+            .all(|j| states.get(j).is_none_or(JobState::is_terminal))
+        {
             return jobs.iter().map(|j| states.get(j).cloned()).collect();
         }
         assert!(started.elapsed() < limit, "jobs still running: {states:?}");
@@ -61,8 +64,16 @@ fn jobs_complete_fail_and_cancel_on_a_real_cluster() {
     slurm.cancel(&[long]).unwrap();
     let states = wait(&slurm, &[ok, bad, long], Duration::from_secs(60));
     assert_eq!(states[0], Some(JobState::Completed), "{states:?}");
-    assert_eq!(states[1], Some(JobState::Ended(EndState::Failed)), "{states:?}");
-    assert_eq!(states[2], Some(JobState::Ended(EndState::Cancelled)), "{states:?}");
+    assert_eq!(
+        states[1],
+        Some(JobState::Ended(EndState::Failed)),
+        "{states:?}"
+    );
+    assert_eq!(
+        states[2],
+        Some(JobState::Ended(EndState::Cancelled)),
+        "{states:?}"
+    );
     let log = std::fs::read_to_string(dir.path().join("ok.log")).unwrap();
     assert!(log.contains("lortflow-ok"), "{log}");
     let log = std::fs::read_to_string(dir.path().join("bad.log")).unwrap();

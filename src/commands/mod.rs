@@ -8,6 +8,7 @@ mod inspect;
 mod lint;
 mod report;
 mod run;
+mod stage_job;
 mod status;
 mod watch;
 
@@ -32,6 +33,7 @@ pub(crate) fn run(args: Arguments) -> anyhow::Result<ExitCode> {
         Command::Graph(a) => graph::run(a),
         Command::Report(a) => report::run(a),
         Command::Docs => docs::run(),
+        Command::StageJob(a) => stage_job::run(a),
     }
 }
 

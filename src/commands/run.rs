@@ -9,10 +9,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 
-use lortflow_runtime::engine::{self, Force, RunRequest, State};
+use lortflow_runtime::engine::{self, Force, RemoteStage, RunRequest, State};
+use lortflow_runtime::slurm::{JobCommand, Slurm, SlurmExecutor, SlurmProfile};
 use lortflow_runtime::{CancelToken, ConcreteStage, RunReport, StageOutcome};
 
-use crate::cli::RunArgs;
+use crate::cli::{ExecutorArg, RunArgs};
 use crate::reporter::CliReporter;
 use crate::session::{Session, Start};
 
@@ -34,9 +35,16 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         Some(name) => Some(engine::with_upstream(session.plan(), &session.find(name)?)),
         None => None,
     };
+    let slurm = match args.executor.executor {
+        ExecutorArg::Local => None,
+        ExecutorArg::Slurm => Some(slurm_executor(&session, &args)?),
+    };
     if args.dry_run {
         let statuses = session.status(&force);
         print_plan(&session, &statuses, only.as_ref())?;
+        if let Some(slurm) = &slurm {
+            print_submissions(&session, &statuses, only.as_ref(), slurm)?;
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let mut request = RunRequest {
@@ -44,6 +52,11 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         only,
         ..RunRequest::default()
     };
+    if let Some(slurm) = slurm {
+        // The cluster queues the jobs; every ready stage is submitted at once.
+        request.jobs = session.plan().len().max(1);
+        request.remote = Some(slurm);
+    }
     if let Some(jobs) = args.jobs {
         request.jobs = jobs;
     }
@@ -88,6 +101,88 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         eprintln!("{summary}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The Slurm executor of this run: the profile named, found or default, and jobs that run this
+/// `lortflow` binary on the same pipeline, store, overrides and backend.
+fn slurm_executor(session: &Session, args: &RunArgs) -> anyhow::Result<Arc<SlurmExecutor>> {
+    let profile_path = args
+        .executor
+        .slurm_profile
+        .clone()
+        .or_else(|| SlurmProfile::find(&session.file));
+    let profile = match &profile_path {
+        Some(path) => SlurmProfile::load(path)?,
+        None => SlurmProfile::default(),
+    };
+    let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let p = &args.pipeline;
+    let mut job_args = vec![
+        "stage-job".to_string(),
+        absolute(&p.file).display().to_string(),
+        "--store".into(),
+        absolute(session.engine.store().root())
+            .display()
+            .to_string(),
+    ];
+    for set in &p.set {
+        job_args.extend(["--set".to_string(), set.clone()]);
+    }
+    if let Some(backend) = p.backend {
+        job_args.extend([
+            "--backend".to_string(),
+            match backend {
+                crate::cli::BackendArg::Cpu => "cpu",
+                crate::cli::BackendArg::Cuda => "cuda",
+            }
+            .into(),
+        ]);
+    }
+    let command = JobCommand {
+        program: std::env::current_exe().context("cannot find the lortflow executable")?,
+        args: job_args,
+        dir: std::env::current_dir().context("cannot read the working directory")?,
+    };
+    Ok(Arc::new(SlurmExecutor::new(
+        Slurm::default(),
+        profile,
+        session.engine.store().clone(),
+        command,
+    )))
+}
+
+/// `--dry-run --executor slurm`: the `sbatch` command each stale stage would get.
+fn print_submissions(
+    session: &Session,
+    statuses: &[lortflow_runtime::StageStatus],
+    selected: Option<&HashSet<usize>>,
+    slurm: &SlurmExecutor,
+) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "
+Slurm jobs (heads of one batch group share the first one's job):"
+    )?;
+    for (i, (stage, status)) in session.plan().iter().zip(statuses).enumerate() {
+        if selected.is_some_and(|s| !s.contains(&i)) || status.state != State::Stale {
+            continue;
+        }
+        let Some(key) = &status.key else { continue };
+        let task = [RemoteStage {
+            stage,
+            key: key.clone(),
+            forced: status.forced,
+        }];
+        let submission = slurm.submission(&task);
+        writeln!(
+            out,
+            "  {}: sbatch {}",
+            stage.name,
+            submission.args().join(" ")
+        )?;
+    }
+    Ok(())
 }
 
 /// Prints the table of every evaluation that finished (ran or cached) to stdout.

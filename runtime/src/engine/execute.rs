@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::Instant;
 
 use lortflow_lang::ir::Backend;
@@ -18,14 +18,52 @@ use crate::{
 };
 
 /// Options of a run.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RunOptions {
-    /// Parallel workers.
+    /// Parallel workers (tasks in flight, with a remote executor).
     pub jobs: usize,
     /// The backend.
     pub backend: Backend,
     /// The pipeline file, for the run record.
     pub pipeline: PathBuf,
+    /// Where tasks run: here (`None`), or handed to a scheduler.
+    pub remote: Option<Arc<dyn RemoteExecutor>>,
+}
+
+impl std::fmt::Debug for RunOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunOptions")
+            .field("jobs", &self.jobs)
+            .field("backend", &self.backend)
+            .field("pipeline", &self.pipeline)
+            .field("remote", &self.remote.is_some())
+            .finish()
+    }
+}
+
+/// One stage of a task handed to a [`RemoteExecutor`].
+#[derive(Debug, Clone)]
+pub struct RemoteStage<'p> {
+    /// The stage.
+    pub stage: &'p ConcreteStage,
+    /// The key its artifact must be committed under.
+    pub key: CacheKey,
+    /// Whether it re-runs although cached (`--force`): the job replaces the old artifact.
+    pub forced: bool,
+}
+
+/// Runs tasks somewhere else than in this process (a scheduler's jobs running `lortflow` against
+/// the same store). The engine keeps planning, keys and reasons; the remote side commits the
+/// artifacts with the same staging and verified rename, and the engine verifies them after.
+pub trait RemoteExecutor: Send + Sync {
+    /// Runs `task` (one stage, or a batch group) to its end. `Ok`: its artifacts are committed
+    /// in the store. Stops early with [`StageError::Cancelled`] when `cancel` is set.
+    fn run(
+        &self,
+        task: &[RemoteStage<'_>],
+        cancel: &CancelToken,
+        reporter: &dyn Reporter,
+    ) -> Result<(), StageError>;
 }
 
 /// The outcome of a run.
@@ -311,7 +349,9 @@ pub fn execute(
                     continue;
                 }
                 let executor = registry.get(plan[i].kind()).expect("checked above").clone();
-                let uses_device = executor.uses_device(&plan[i], options.backend);
+                // A remote task gets its own node's device.
+                let uses_device =
+                    options.remote.is_none() && executor.uses_device(&plan[i], options.backend);
                 if uses_device && device_busy {
                     continue;
                 }
@@ -348,14 +388,18 @@ pub fn execute(
                 let tx = tx.clone();
                 scope.spawn(move || {
                     let t = Instant::now();
-                    let results = run_batch(
-                        jobs,
-                        store,
-                        executor.as_ref(),
-                        options.backend,
-                        cancel,
-                        reporter,
-                    );
+                    let results = match &options.remote {
+                        None => run_batch(
+                            jobs,
+                            store,
+                            executor.as_ref(),
+                            options.backend,
+                            cancel,
+                            reporter,
+                            Store::begin,
+                        ),
+                        Some(remote) => run_remote(jobs, store, remote.as_ref(), cancel, reporter),
+                    };
                     let secs = t.elapsed().as_secs_f64() / results.len().max(1) as f64;
                     for (index, result) in results {
                         let result = result.map(|a| (a, secs)).map_err(|e| (e, secs));
@@ -370,9 +414,10 @@ pub fn execute(
                 break;
             };
             running.remove(&index);
-            if registry
-                .get(plan[index].kind())
-                .is_some_and(|e| e.uses_device(&plan[index], options.backend))
+            if options.remote.is_none()
+                && registry
+                    .get(plan[index].kind())
+                    .is_some_and(|e| e.uses_device(&plan[index], options.backend))
             {
                 device_busy = false;
             }
@@ -450,7 +495,158 @@ fn input_tree<'p>(
     }
 }
 
-/// Runs the stages of one task (one stage, or a batch group) and commits each artifact.
+/// Hands one task to `remote`, then verifies and records the artifacts its job committed.
+fn run_remote(
+    jobs: Vec<Job<'_>>,
+    store: &Store,
+    remote: &dyn RemoteExecutor,
+    cancel: &CancelToken,
+    reporter: &dyn Reporter,
+) -> Vec<(usize, Result<Artifact, StageError>)> {
+    let task: Vec<RemoteStage<'_>> = jobs
+        .iter()
+        .map(|job| RemoteStage {
+            stage: job.stage,
+            key: job.status.key.clone().expect("only unblocked stages run"),
+            forced: job.status.forced,
+        })
+        .collect();
+    let outcome = remote.run(&task, cancel, reporter);
+    task.iter()
+        .zip(&jobs)
+        .map(|(t, job)| {
+            let result = match &outcome {
+                Err(StageError::Cancelled) => Err(StageError::Cancelled),
+                Err(StageError::Failed { message }) => Err(StageError::failed(message.clone())),
+                Ok(()) => match store.get(&t.key) {
+                    Ok(Some(artifact)) => store
+                        .record_stage(&t.stage.name, &t.key)
+                        .map(|()| artifact)
+                        .map_err(|e| StageError::from_error(&e)),
+                    Ok(None) => Err(StageError::failed(format!(
+                        "its job ended but left no artifact under {}",
+                        t.key.short()
+                    ))),
+                    Err(e) => Err(StageError::failed(format!(
+                        "the artifact its job committed does not verify: {e}"
+                    ))),
+                },
+            };
+            (job.index, result)
+        })
+        .collect()
+}
+
+/// What a job's stages ended with, by stage name.
+pub type JobResults = Vec<(String, Result<Artifact, StageError>)>;
+
+/// Runs the stages of `names` here, as a scheduler job does for the run that submitted it: no
+/// lock (the submitting run holds it), the keys the submitter computed checked against this
+/// plan's, every input already in the store, staging under `jobs/` ([`Store::begin_job`]), and
+/// the same verified commit as a local run. `force`: replace the cached artifacts.
+#[allow(clippy::too_many_arguments)]
+pub fn execute_job(
+    plan: &[ConcreteStage],
+    statuses: &[StageStatus],
+    names: &[(String, CacheKey)],
+    store: &Store,
+    registry: &Registry,
+    backend: Backend,
+    cancel: &CancelToken,
+    reporter: &dyn Reporter,
+) -> Result<JobResults, StageError> {
+    let mut indices = Vec::new();
+    for (name, expected) in names {
+        let i = plan
+            .iter()
+            .position(|s| &s.name == name)
+            .ok_or_else(|| StageError::failed(format!("the pipeline has no stage `{name}` now")))?;
+        match &statuses[i].key {
+            Some(key) if key == expected => {}
+            Some(key) => {
+                return Err(StageError::failed(format!(
+                    "`{name}` would compute {} here but {} was submitted: the pipeline, its files or                      lortflow changed since the job was submitted; nothing was run",
+                    key.short(),
+                    expected.short()
+                )));
+            }
+            None => {
+                return Err(StageError::failed(format!(
+                    "`{name}` cannot run: {}",
+                    statuses[i].reasons.join("; ")
+                )));
+            }
+        }
+        indices.push(i);
+    }
+    // Every input of these stages, with its whole upstream, verified.
+    let mut artifacts: BTreeMap<usize, Artifact> = BTreeMap::new();
+    let mut stack: Vec<usize> = indices
+        .iter()
+        .flat_map(|&i| plan[i].inputs.iter().map(|&(_, j)| j))
+        .collect();
+    while let Some(j) = stack.pop() {
+        if artifacts.contains_key(&j) {
+            continue;
+        }
+        let key = statuses[j]
+            .key
+            .as_ref()
+            .ok_or_else(|| StageError::failed(format!("input `{}` has no key", plan[j].name)))?;
+        let artifact = store
+            .get(key)
+            .map_err(|e| StageError::from_error(&e))?
+            .ok_or_else(|| {
+                StageError::failed(format!(
+                    "input `{}` is not in the store; the submitting run should have made it first",
+                    plan[j].name
+                ))
+            })?;
+        artifacts.insert(j, artifact);
+        stack.extend(plan[j].inputs.iter().map(|&(_, k)| k));
+    }
+    let kind = plan[indices[0]].kind();
+    let executor = registry
+        .get(kind)
+        .ok_or_else(|| {
+            StageError::failed(format!(
+                "no implementation is registered for `{kind}` stages"
+            ))
+        })?
+        .clone();
+    let jobs: Vec<Job<'_>> = indices
+        .iter()
+        .map(|&i| Job {
+            index: i,
+            stage: &plan[i],
+            status: &statuses[i],
+            inputs: plan[i]
+                .inputs
+                .iter()
+                .map(|&(role, j)| input_tree(plan, &artifacts, role, j))
+                .collect(),
+        })
+        .collect();
+    for job in &jobs {
+        reporter.started(&job.stage.name, job.stage.kind());
+    }
+    let results = run_batch(
+        jobs,
+        store,
+        executor.as_ref(),
+        backend,
+        cancel,
+        reporter,
+        Store::begin_job,
+    );
+    Ok(results
+        .into_iter()
+        .map(|(i, r)| (plan[i].name.clone(), r))
+        .collect())
+}
+
+/// Runs the stages of one task (one stage, or a batch group) and commits each artifact, staged
+/// where `begin` puts it.
 fn run_batch(
     jobs: Vec<Job<'_>>,
     store: &Store,
@@ -458,6 +654,7 @@ fn run_batch(
     backend: Backend,
     cancel: &CancelToken,
     reporter: &dyn Reporter,
+    begin: fn(&Store, &CacheKey) -> Result<crate::Staging, StoreError>,
 ) -> Vec<(usize, Result<Artifact, StageError>)> {
     let io = |e: StoreError| StageError::from_error(&e);
     let started_at = Timestamp::now();
@@ -468,7 +665,7 @@ fn run_batch(
     for job in jobs {
         let key = job.status.key.clone().expect("only unblocked stages run");
         let work_dir = store.work_dir(&key);
-        let staging = match store.begin(&key) {
+        let staging = match begin(store, &key) {
             Ok(s) => s,
             Err(e) => {
                 results.push((job.index, Err(io(e))));

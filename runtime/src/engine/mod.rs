@@ -16,7 +16,10 @@ use lortflow_lang::ir::Backend;
 pub mod execute;
 pub mod status;
 
-pub use execute::{EngineError, RunOptions, RunReport, RunSummary, execute, with_upstream};
+pub use execute::{
+    EngineError, JobResults, RemoteExecutor, RemoteStage, RunOptions, RunReport, RunSummary,
+    execute, execute_job, with_upstream,
+};
 pub use status::{Force, StageStatus, State, diff_json, status};
 
 use crate::plan::ConcreteStage;
@@ -25,14 +28,27 @@ use crate::store::Store;
 use crate::{FileDigestCache, StoreLock};
 
 /// What a run executes.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RunRequest {
     /// Stages to re-run although cached.
     pub force: Force,
     /// Only these plan indices (they and their inputs: see [`with_upstream`]); `None`: all.
     pub only: Option<HashSet<usize>>,
-    /// Parallel workers.
+    /// Parallel workers (tasks in flight, with a remote executor).
     pub jobs: usize,
+    /// Hand every task to a scheduler instead of running it here.
+    pub remote: Option<Arc<dyn RemoteExecutor>>,
+}
+
+impl std::fmt::Debug for RunRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunRequest")
+            .field("force", &self.force)
+            .field("only", &self.only)
+            .field("jobs", &self.jobs)
+            .field("remote", &self.remote.is_some())
+            .finish()
+    }
 }
 
 impl Default for RunRequest {
@@ -42,6 +58,7 @@ impl Default for RunRequest {
             force: Force::None,
             only: None,
             jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            remote: None,
         }
     }
 }
@@ -177,6 +194,36 @@ impl Engine {
         self.execute_locked(statuses, request, cancel, reporter)
     }
 
+    /// Runs the stages `names` (with the keys their submitter computed) as a scheduler job:
+    /// see [`execute_job`]. Takes no lock; the backend must work on this node.
+    pub fn run_job(
+        &self,
+        names: &[(String, crate::CacheKey)],
+        force: bool,
+        cancel: &CancelToken,
+        reporter: &dyn Reporter,
+    ) -> Result<JobResults, crate::StageError> {
+        self.registry
+            .check_backend(self.backend)
+            .map_err(crate::StageError::failed)?;
+        let force = if force {
+            Force::Stages(names.iter().map(|(n, _)| n.clone()).collect())
+        } else {
+            Force::None
+        };
+        let statuses = self.status(&force);
+        execute_job(
+            &self.plan,
+            &statuses,
+            names,
+            &self.store,
+            &self.registry,
+            self.backend,
+            cancel,
+            reporter,
+        )
+    }
+
     /// What every run does first: the backend must work here, and what killed runs left in
     /// `tmp/` goes (an artifact set aside by an interrupted `--force` comes back).
     fn prepare(&self, lock: &StoreLock) -> Result<(), EngineError> {
@@ -198,6 +245,7 @@ impl Engine {
             jobs: request.jobs.max(1),
             backend: self.backend,
             pipeline: self.pipeline.clone(),
+            remote: request.remote.clone(),
         };
         execute(
             &self.plan,

@@ -45,7 +45,7 @@ pub struct StageStatus {
     pub(super) blocked_by_input: bool,
     /// Re-run on request (`--force`): the existing artifact of the same key is replaced.
     #[serde(skip)]
-    pub(super) forced: bool,
+    pub forced: bool,
     #[serde(skip)]
     pub(super) params: Json,
     #[serde(skip)]

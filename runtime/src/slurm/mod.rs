@@ -3,10 +3,12 @@
 //! what each kind of stage asks for. The executor that hands stages to it builds on these.
 
 mod client;
+mod executor;
 mod profile;
 mod state;
 
 pub use client::{Commands, Slurm, SlurmError, Submission};
+pub use executor::{JobCommand, SlurmExecutor};
 pub use profile::{ProfileError, STAGE_KINDS, SlurmProfile, StageResources};
 pub use state::{EndState, JobId, JobState};
 
