@@ -197,9 +197,12 @@ pub(crate) struct StageJobArgs {
 pub(crate) struct WatchArgs {
     #[command(flatten)]
     pub(crate) pipeline: PipelineArgs,
-    /// Stages run in parallel (default: the number of CPUs).
+    /// Stages run in parallel (default: the number of CPUs; with `--executor slurm`, every
+    /// ready stage).
     #[arg(short = 'j', long = "jobs", value_name = "N")]
     pub(crate) jobs: Option<usize>,
+    #[command(flatten)]
+    pub(crate) executor: ExecutorArgs,
 }
 
 #[derive(Debug, Args)]

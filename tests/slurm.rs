@@ -174,6 +174,19 @@ fn a_killed_submitter_rerun_waits_for_the_job_still_running() {
     let job = job_with_checkpoint(&t);
     child.kill().unwrap();
     let _ = child.wait();
+    // `status` shows the job still working on the backbone.
+    let status = t.args_run(["status", "pipeline.kdl"]).success();
+    let line = status
+        .stdout
+        .lines()
+        .find(|l| l.contains(" b "))
+        .unwrap_or_default();
+    assert!(
+        line.contains(&format!("[Slurm job {job} RUNNING]"))
+            || line.contains(&format!("[Slurm job {job} PENDING]")),
+        "{}",
+        status.stdout
+    );
     let rerun = t
         .args_run(["run", "pipeline.kdl", "--executor", "slurm"])
         .success();

@@ -67,3 +67,50 @@ pub(crate) fn load_valid(path: &Path) -> anyhow::Result<Option<Checked>> {
     }
     Ok(Some(checked))
 }
+
+/// The Slurm executor of a run (`--executor slurm`): the profile named, found beside the pipeline
+/// or in the user's config, or none; jobs run this `lortflow` binary on the same pipeline, store,
+/// overrides and backend.
+pub(crate) fn slurm_executor(
+    pipeline: &crate::cli::PipelineArgs,
+    executor: &crate::cli::ExecutorArgs,
+    store: &lortflow_runtime::Store,
+) -> anyhow::Result<std::sync::Arc<lortflow_runtime::slurm::SlurmExecutor>> {
+    use lortflow_runtime::slurm::{JobCommand, Slurm, SlurmExecutor, SlurmProfile};
+    let profile_path = executor
+        .slurm_profile
+        .clone()
+        .or_else(|| SlurmProfile::find(&pipeline.file));
+    let profile = match &profile_path {
+        Some(path) => SlurmProfile::load(path)?,
+        None => SlurmProfile::default(),
+    };
+    let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let mut args = vec![
+        "stage-job".to_string(),
+        absolute(&pipeline.file).display().to_string(),
+        "--store".into(),
+        absolute(store.root()).display().to_string(),
+    ];
+    for set in &pipeline.set {
+        args.extend(["--set".to_string(), set.clone()]);
+    }
+    if let Some(backend) = pipeline.backend {
+        let name = match backend {
+            crate::cli::BackendArg::Cpu => "cpu",
+            crate::cli::BackendArg::Cuda => "cuda",
+        };
+        args.extend(["--backend".to_string(), name.into()]);
+    }
+    let command = JobCommand {
+        program: std::env::current_exe().context("cannot find the lortflow executable")?,
+        args,
+        dir: std::env::current_dir().context("cannot read the working directory")?,
+    };
+    Ok(std::sync::Arc::new(SlurmExecutor::new(
+        Slurm::default(),
+        profile,
+        store.clone(),
+        command,
+    )))
+}

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Context;
 
 use lortflow_runtime::engine::{self, Force, RemoteStage, RunRequest, State};
-use lortflow_runtime::slurm::{JobCommand, Slurm, SlurmExecutor, SlurmProfile};
+use lortflow_runtime::slurm::SlurmExecutor;
 use lortflow_runtime::{CancelToken, ConcreteStage, RunReport, StageOutcome};
 
 use crate::cli::{ExecutorArg, RunArgs};
@@ -37,7 +37,11 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     };
     let slurm = match args.executor.executor {
         ExecutorArg::Local => None,
-        ExecutorArg::Slurm => Some(slurm_executor(&session, &args)?),
+        ExecutorArg::Slurm => Some(super::slurm_executor(
+            &args.pipeline,
+            &args.executor,
+            session.engine.store(),
+        )?),
     };
     if args.dry_run {
         let statuses = session.status(&force);
@@ -101,54 +105,6 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         eprintln!("{summary}");
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// The Slurm executor of this run: the profile named, found or default, and jobs that run this
-/// `lortflow` binary on the same pipeline, store, overrides and backend.
-fn slurm_executor(session: &Session, args: &RunArgs) -> anyhow::Result<Arc<SlurmExecutor>> {
-    let profile_path = args
-        .executor
-        .slurm_profile
-        .clone()
-        .or_else(|| SlurmProfile::find(&session.file));
-    let profile = match &profile_path {
-        Some(path) => SlurmProfile::load(path)?,
-        None => SlurmProfile::default(),
-    };
-    let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
-    let p = &args.pipeline;
-    let mut job_args = vec![
-        "stage-job".to_string(),
-        absolute(&p.file).display().to_string(),
-        "--store".into(),
-        absolute(session.engine.store().root())
-            .display()
-            .to_string(),
-    ];
-    for set in &p.set {
-        job_args.extend(["--set".to_string(), set.clone()]);
-    }
-    if let Some(backend) = p.backend {
-        job_args.extend([
-            "--backend".to_string(),
-            match backend {
-                crate::cli::BackendArg::Cpu => "cpu",
-                crate::cli::BackendArg::Cuda => "cuda",
-            }
-            .into(),
-        ]);
-    }
-    let command = JobCommand {
-        program: std::env::current_exe().context("cannot find the lortflow executable")?,
-        args: job_args,
-        dir: std::env::current_dir().context("cannot read the working directory")?,
-    };
-    Ok(Arc::new(SlurmExecutor::new(
-        Slurm::default(),
-        profile,
-        session.engine.store().clone(),
-        command,
-    )))
 }
 
 /// `--dry-run --executor slurm`: the `sbatch` command each stale stage would get.

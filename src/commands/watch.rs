@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context;
 use lortflow_lang::ir::Backend;
 use lortflow_lang::{FsLoader, SourceMap, StageKind};
-use lortflow_runtime::engine::{Engine, EngineError, Force, RunRequest, State};
+use lortflow_runtime::engine::{Engine, EngineError, Force, RemoteExecutor, RunRequest, State};
 use lortflow_runtime::watch::{Change, FileWatcher, WatchSet};
 use lortflow_runtime::{
     CacheKey, CancelToken, ConcreteStage, Override, Progress, Registry, RunReport, StageOutcome,
@@ -81,10 +81,24 @@ pub(crate) fn run(args: WatchArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         let _ = to_main.send(Msg::Changed(change));
     })?;
 
+    let remote: Option<Arc<dyn RemoteExecutor>> = match args.executor.executor {
+        crate::cli::ExecutorArg::Local => None,
+        crate::cli::ExecutorArg::Slurm => Some(super::slurm_executor(
+            &args.pipeline,
+            &args.executor,
+            &store,
+        )?),
+    };
     let mut watch = Watch {
-        jobs: args
-            .jobs
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        // The cluster queues jobs: every ready stage is submitted at once.
+        jobs: args.jobs.unwrap_or_else(|| {
+            if remote.is_some() {
+                usize::MAX
+            } else {
+                std::thread::available_parallelism().map_or(1, |n| n.get())
+            }
+        }),
+        remote,
         args,
         overrides,
         store,
@@ -141,6 +155,8 @@ struct Watch {
     tx: mpsc::Sender<Msg>,
     quiet: bool,
     jobs: usize,
+    /// Where stages run (`--executor slurm`), or here.
+    remote: Option<Arc<dyn RemoteExecutor>>,
     /// Cycles started so far (runs and edits that did not lint).
     cycle: u64,
     running: Option<Running>,
@@ -202,6 +218,7 @@ impl Watch {
         });
         let request = RunRequest {
             jobs: self.jobs,
+            remote: self.remote.clone(),
             ..RunRequest::default()
         };
         let thread = {
