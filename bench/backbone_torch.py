@@ -16,7 +16,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from stage1_torch import ConvFc
 
 BATCH = 128
 
@@ -28,6 +27,9 @@ class SmallCnn(nn.Module):
         self.conv2, self.bn2 = nn.Conv2d(32, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64)
         self.conv3, self.bn3 = nn.Conv2d(64, 128, 3, padding=1, bias=False), nn.BatchNorm2d(128)
         self.fc = nn.Linear(128, k)
+        # As lortflow's `small-cnn`: Kaiming normal, fan-out (bench/stage1_torch.py trains it).
+        for m in (self.conv1, self.conv2, self.conv3):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def features(self, x):
         x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 2)
@@ -126,6 +128,8 @@ if __name__ == "__main__":
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     print(f"torch {torch.__version__} {where}, batch {BATCH}")
     if only in (None, "conv-fc"):
+        from stage1_torch import ConvFc  # defined there, with the stage-1 reference
+
         bench("conv-fc", ConvFc(), (1, 28, 28), train_steps, infer_steps, device)
     if only in (None, "small-cnn"):
         bench("small-cnn", SmallCnn(), (1, 28, 28), train_steps, infer_steps, device)

@@ -30,6 +30,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from backbone_torch import SmallCnn
+
 
 def read_idx(path):
     with gzip.open(path, "rb") as f:
@@ -46,28 +48,6 @@ def long_tail_first(labels, num_classes=10, imbalance_ratio=100.0):
         n_c = int(n_max * (1.0 / imbalance_ratio) ** (c / (num_classes - 1)))
         ids.extend(np.nonzero(labels == c)[0][:n_c].tolist())
     return np.array(ids)
-
-
-class SmallCnn(nn.Module):
-    """`small-cnn`: conv3x3(32)-BN-ReLU-pool, conv3x3(64)-BN-ReLU-pool, conv3x3(128)-BN-ReLU, GAP."""
-
-    def __init__(self, c=1, k=10):
-        super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(c, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32)
-        self.conv2, self.bn2 = nn.Conv2d(32, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64)
-        self.conv3, self.bn3 = nn.Conv2d(64, 128, 3, padding=1, bias=False), nn.BatchNorm2d(128)
-        self.fc = nn.Linear(128, k)
-        for m in (self.conv1, self.conv2, self.conv3):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-
-    def features(self, x):
-        x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 2)
-        x = F.max_pool2d(F.relu(self.bn2(self.conv2(x))), 2)
-        x = F.relu(self.bn3(self.conv3(x)))
-        return x.mean((2, 3))
-
-    def forward(self, x):
-        return self.fc(self.features(x))
 
 
 class ConvFc(nn.Module):

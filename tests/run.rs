@@ -371,7 +371,8 @@ fn checkpointed(t: &Test) -> bool {
         .any(|p| p.ends_with("state.json"))
 }
 
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+/// Every file under `dir`, recursively (none when it does not exist).
+pub(crate) fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.flatten() {

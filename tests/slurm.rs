@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use crate::cli::{Test, repo};
+use crate::run::walk;
 
 fn enabled() -> bool {
     if std::env::var_os("LORTFLOW_TEST_SLURM").is_some_and(|v| v == "1") {
@@ -85,21 +86,6 @@ fn job_with_checkpoint(t: &Test) -> String {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }
 
 fn submit_in_background(t: &Test) -> std::process::Child {
