@@ -46,7 +46,7 @@ pub(crate) enum Command {
     /// Inspect and prune the artifact store.
     #[command(subcommand)]
     Cache(CacheCommand),
-    /// Write a features (or head) artifact out as `.npy` files for notebooks.
+    /// Write an artifact out: features or a head as `.npy` files, a backbone as PyTorch weights.
     Export(ExportArgs),
     /// Check pipeline files and report every problem.
     Lint(LintArgs),
@@ -259,7 +259,8 @@ pub(crate) enum CacheCommand {
 pub(crate) struct ExportArgs {
     #[command(flatten)]
     pub(crate) pipeline: PipelineArgs,
-    /// The stage to export (a features stage, a dataset of feature vectors, or a head).
+    /// The stage to export: a backbone (a PyTorch state dict), a features stage, a dataset of
+    /// feature vectors, or a head.
     pub(crate) stage: String,
     /// Output directory (created if missing).
     #[arg(long, value_name = "DIR")]

@@ -532,3 +532,93 @@ fn renaming_stages_or_moving_the_project_keeps_the_cache() {
     let ran = moved.args_run(["run", "pipeline.kdl"]).success();
     assert!(ran.stderr.contains("0 ran, 3 cached"), "{}", ran.stderr);
 }
+
+/// A pipeline that imports the PyTorch fixture `checkpoint` (small-cnn over 10 classes of
+/// 1 x 28 x 28 images) as backbone `b`.
+fn imported_backbone(checkpoint: &str, extra: &str) -> String {
+    format!(
+        r#"lortflow 1
+dataset "d" {{
+    source "synthetic" kind="images" classes=10 per-class=12 test-per-class=4 size=28 channels=1
+    long-tail "exp" imbalance-ratio=4
+}}
+backbone "b" {{
+    data "d"
+    arch "small-cnn"
+    checkpoint "{checkpoint}"
+    normalize "none"
+}}
+features "f" {{ backbone "b" }}
+head "h" {{ features "f"; train epochs=2 }}
+evaluate "t" {{ heads "*" }}
+{extra}
+"#
+    )
+}
+
+fn checkpoint_fixture(name: &str) -> String {
+    repo()
+        .join("stdlib/tests/fixtures/checkpoints")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+#[test]
+fn a_pytorch_checkpoint_runs_exports_and_reimports_to_the_same_backbone() {
+    let t = Test::new().pipeline(&imported_backbone(
+        &checkpoint_fixture("small_cnn_classifier_balancing.pth"),
+        "",
+    ));
+    let ran = t.args_run(["run", "pipeline.kdl"]).success();
+    assert!(ran.stderr.contains("0 failed"), "{}", ran.stderr);
+    let inspect = t.args_run(["inspect", "pipeline.kdl", "b"]).success();
+    assert!(
+        inspect.stdout.contains("state_dict.feat_model.module."),
+        "the import says where it found the network:\n{}",
+        inspect.stdout
+    );
+    // Out as PyTorch weights, and back in: the same backbone, so the same stage-1 accuracy.
+    t.args_run(["export", "pipeline.kdl", "b", "--to", "out"])
+        .success();
+    for file in [
+        "backbone.safetensors",
+        "normalization.json",
+        "backbone.json",
+    ] {
+        assert!(t.path(&format!("out/{file}")).is_file(), "{file}");
+    }
+    let again = Test::new().pipeline(&imported_backbone(
+        &t.path("out/backbone.safetensors").display().to_string(),
+        "",
+    ));
+    again.args_run(["run", "pipeline.kdl"]).success();
+    // Same weights, same features (the dataset is the same seeded synthetic one).
+    for t in [&t, &again] {
+        t.args_run(["export", "pipeline.kdl", "f", "--to", "features"])
+            .success();
+    }
+    let features = |t: &Test| std::fs::read(t.path("features/test_features.npy")).unwrap();
+    assert_eq!(features(&t), features(&again));
+}
+
+#[test]
+fn a_broken_checkpoint_fails_once_with_its_reason_and_path() {
+    let bytes = std::fs::read(checkpoint_fixture("small_cnn_legacy.pth")).expect("the fixture");
+    let t = Test::new().pipeline(&imported_backbone("cut.pth", ""));
+    std::fs::write(t.path("cut.pth"), &bytes[..bytes.len() / 2]).unwrap();
+    let run = t.args_run(["run", "pipeline.kdl"]).code(1);
+    let reason = format!("truncated at byte {}", bytes.len() / 2);
+    assert_eq!(
+        run.stderr.matches(&reason).count(),
+        1,
+        "the error once:\n{}",
+        run.stderr
+    );
+    assert_eq!(run.stderr.matches("cut.pth").count(), 1, "{}", run.stderr);
+    assert!(run.stderr.contains("failed: `b`"), "{}", run.stderr);
+    // A missing file: its path once too.
+    std::fs::remove_file(t.path("cut.pth")).unwrap();
+    let run = t.args_run(["run", "pipeline.kdl"]).code(1);
+    assert_eq!(run.stderr.matches("cut.pth").count(), 1, "{}", run.stderr);
+}

@@ -67,6 +67,7 @@ codes! {
     TestSelection = "test-selection", Warning, "Model selection on the test split inflates results.";
     DoubleBalancing = "double-balancing", Warning, "Two components that both correct the class prior.";
     UnusedSetting = "unused-setting", Warning, "A setting that has no effect in this configuration.";
+    CheckpointNormalize = "checkpoint-normalize", Warning, "A backbone checkpoint without the input normalisation it was trained with.";
 }
 
 impl fmt::Display for Code {

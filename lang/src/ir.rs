@@ -579,6 +579,26 @@ choice! {
 }
 
 choice! {
+    /// The stage-1 classifier of a checkpoint.
+    pub enum ClassifierKind {
+        /// From the file: a `weight` of `[K, D]` is a linear layer; `[D, K]` without a bias,
+        /// LDAM-DRW's `NormedLinear`.
+        Auto = "auto",
+        /// `nn.Linear(D, K)` (its bias may be absent: zeros).
+        Linear = "linear",
+        /// LDAM-DRW's `NormedLinear(D, K)`: cosine logits, weight `[D, K]`, no bias.
+        NormedLinear = "normed-linear",
+    }
+}
+
+impl ClassifierKind {
+    /// Whether it is left to the file.
+    pub fn is_auto(&self) -> bool {
+        *self == ClassifierKind::Auto
+    }
+}
+
+choice! {
     /// Learning-rate schedules.
     pub enum Schedule {
         /// Cosine annealing to zero.
@@ -628,6 +648,17 @@ pub enum Weights {
         path: PathValue,
         /// Its format.
         format: CheckpointFormat,
+        /// The dotted key prefix of the trunk's tensors (`module.`, `state_dict.feat_model.`);
+        /// found in the file when not written. Left out of the key when unset, so that
+        /// pipelines written before it keep theirs.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        trunk: Option<String>,
+        /// The prefix of the classifier's `weight` (and `bias`); found when not written.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        classifier: Option<String>,
+        /// What the classifier is.
+        #[serde(skip_serializing_if = "ClassifierKind::is_auto")]
+        classifier_kind: ClassifierKind,
     },
 }
 

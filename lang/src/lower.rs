@@ -35,7 +35,7 @@ pub fn lower_stage(
     };
     let spec = match kind {
         StageKind::Dataset => cx.dataset(node).map(StageSpec::Dataset),
-        StageKind::Backbone => cx.backbone(node).map(StageSpec::Backbone),
+        StageKind::Backbone => cx.backbone(node, diags).map(StageSpec::Backbone),
         StageKind::Features => cx.features(node).map(StageSpec::Features),
         StageKind::Head => cx.head(node, diags).map(|h| StageSpec::Head(Box::new(h))),
         StageKind::Sweep => cx.sweep(node).map(StageSpec::Sweep),
@@ -280,7 +280,7 @@ impl Lower<'_> {
         })
     }
 
-    fn backbone(&self, node: &Node) -> Option<BackboneSpec> {
+    fn backbone(&self, node: &Node, diags: &mut Vec<Diagnostic>) -> Option<BackboneSpec> {
         let data = self.ref_arg(node, "data")?;
         let arch_arg = self.arg(node, "arch")?;
         let arch = Spanned::new(
@@ -301,6 +301,20 @@ impl Lower<'_> {
                     ck.prop_span("format"),
                     "checkpoint format",
                     CheckpointFormat::from_name,
+                )?,
+                trunk: ck
+                    .prop("trunk")
+                    .and_then(|p| p.value.as_str())
+                    .map(str::to_string),
+                classifier: ck
+                    .prop("classifier")
+                    .and_then(|p| p.value.as_str())
+                    .map(str::to_string),
+                classifier_kind: self.choice(
+                    ck.prop_or_default("classifier-kind"),
+                    ck.prop_span("classifier-kind"),
+                    "classifier kind",
+                    ClassifierKind::from_name,
                 )?,
             }
         } else {
@@ -365,6 +379,32 @@ impl Lower<'_> {
             })
             .collect();
         let normalize_arg = self.arg(node, "normalize")?;
+        if let (Some(ck), None) = (node.child("checkpoint"), node.child("normalize")) {
+            // Weights were trained on inputs normalised their way; this dataset's own
+            // statistics are a guess that changes every feature silently.
+            diags.push(
+                Diagnostic::new(
+                    Code::CheckpointNormalize,
+                    format!(
+                        "backbone `{}` loads a checkpoint but does not say how its inputs were normalised",
+                        self.stage
+                    ),
+                    ck.span,
+                    "trained elsewhere, on inputs normalised its own way",
+                )
+                .with_help(format!(
+                    "state the normalisation it was trained with, e.g. `normalize \"{}\"` for the \
+                     usual CIFAR constants (one of {}); without it, lortflow normalises with this \
+                     dataset's statistics (`normalize \"dataset\"`)",
+                    Normalize::Cifar.name(),
+                    Normalize::NAMES
+                        .iter()
+                        .map(|n| format!("`{n}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+            );
+        }
         let normalize = self.choice(
             Some(normalize_arg.value),
             normalize_arg.span,

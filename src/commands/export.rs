@@ -1,6 +1,7 @@
 //! `lortflow export FILE STAGE --to DIR`: a cached artifact's matrices as `.npy` files (and
-//! its metadata as JSON) for notebooks. Features are also left as the artifact's safetensors
-//! files, which Python reads directly (`safetensors.numpy.load_file`).
+//! its metadata as JSON) for notebooks, and a backbone as a PyTorch state dict
+//! (`backbone.safetensors`, see `docs/checkpoints.md`). Features are also left as the artifact's
+//! safetensors files, which Python reads directly (`safetensors.numpy.load_file`).
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -49,7 +50,7 @@ pub(crate) fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
         lortflow_stdlib::stages::export(&artifact, &args.to).map_err(|e| anyhow::anyhow!("{e}"))?;
     if written.is_empty() {
         bail!(
-            "`{}` is a {} stage; only features, feature datasets and heads hold matrices to export",
+            "`{}` is a {} stage; only backbones, features, feature datasets and heads hold weights or matrices to export",
             stage.name,
             stage.kind()
         );

@@ -90,14 +90,16 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(130));
     }
     if report.failed() {
-        eprintln!("error: {summary}");
-        for s in report
-            .record
-            .stages
+        // Each failure was printed with its error as it happened (also with `--quiet`): name
+        // them here, once more would be noise.
+        let failed: Vec<String> = report
+            .stages_with(StageOutcome::Failed)
             .iter()
-            .filter(|s| s.outcome == StageOutcome::Failed)
-        {
-            eprintln!("  `{}`: {}", s.name, s.error.as_deref().unwrap_or("failed"));
+            .map(|n| format!("`{n}`"))
+            .collect();
+        eprintln!("error: {summary}");
+        if !failed.is_empty() {
+            eprintln!("  failed: {}", failed.join(", "));
         }
         return Ok(ExitCode::from(1));
     }

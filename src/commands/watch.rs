@@ -351,17 +351,10 @@ impl Watch {
         if !ran.is_empty() {
             eprintln!("  re-ran: {}", names(&ran));
         }
-        for s in report
-            .record
-            .stages
-            .iter()
-            .filter(|s| s.outcome == StageOutcome::Failed)
-        {
-            eprintln!(
-                "  failed: `{}`: {}",
-                s.name,
-                s.error.as_deref().unwrap_or("failed")
-            );
+        // Their errors were printed as they happened.
+        let failed = report.stages_with(StageOutcome::Failed);
+        if !failed.is_empty() {
+            eprintln!("  failed: {}", names(&failed));
         }
         let cancelled = report.stages_with(StageOutcome::Cancelled);
         if !cancelled.is_empty() {

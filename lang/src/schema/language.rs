@@ -33,8 +33,9 @@ const ANY_STAGE_REF: &[StageKind] = &[
 // Every choice list is the IR enum's names (`crate::choice`), so the checker, the docs and the
 // typed IR agree on each spelling.
 use crate::ir::{
-    Arch, BackboneSampler, Backend, CheckpointFormat, EpochSelect, FirstStageLoss, GroupRule,
-    InitFrom, Metric, Normalize, RsdOver, Schedule, SyntheticKind, TailProfile, TailSelect, Tta,
+    Arch, BackboneSampler, Backend, CheckpointFormat, ClassifierKind, EpochSelect, FirstStageLoss,
+    GroupRule, InitFrom, Metric, Normalize, RsdOver, Schedule, SyntheticKind, TailProfile,
+    TailSelect, Tta,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -310,9 +311,31 @@ const CHECKPOINT: NodeSpec = NodeSpec::new(
      torchvision layout, or a lortflow checkpoint.",
 )
 .args(&[P::new("path", T::Path, "The weights file.").required()])
-.props(&[P::new("format", T::Enum(CheckpointFormat::NAMES), "File format.").default(Str("auto"))])
+.props(&[
+    P::new("format", T::Enum(CheckpointFormat::NAMES), "File format: `auto` reads safetensors and PyTorch files by their contents, `burn` a lortflow record by its `.mpk` extension.").default(Str("auto")),
+    P::new(
+        "trunk",
+        T::String,
+        "Dotted key prefix of the network's tensors in the file, nested dicts included \
+         (`module.`, `state_dict.feat_model.module.`, `\"\"` for none). Found in the file when \
+         not written.",
+    ),
+    P::new(
+        "classifier",
+        T::String,
+        "Dotted key prefix of the stage-1 classifier's `weight` and `bias` \
+         (`state_dict.classifier.module.fc.`). Found in the file when not written.",
+    ),
+    P::new(
+        "classifier-kind",
+        T::Enum(ClassifierKind::NAMES),
+        "`linear` (`nn.Linear`, `weight` [K, D]), `normed-linear` (LDAM-DRW's `NormedLinear`, \
+         `weight` [D, K], no bias; imported as unit-norm class vectors) or `auto` (from the shapes).",
+    )
+    .default(Str("auto")),
+])
 .conflicts(&["train"])
-.example("checkpoint \"weights/r34-ltwb.safetensors\"");
+.example("checkpoint \"weights/r34-ltwb.safetensors\"\ncheckpoint \"crt/final_model_checkpoint.pth\" trunk=\"state_dict.feat_model.module.\" classifier=\"state_dict.classifier.module.fc.\"");
 
 const AUGMENT: NodeSpec = NodeSpec::new(
     "augment",

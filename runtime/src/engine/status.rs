@@ -188,10 +188,14 @@ fn missing_file_reason(stage: &ConcreteStage, written: &str, resolved: &Path) ->
         .missing_file_hint()
         .map(|h| format!("; {h}"))
         .unwrap_or_default();
-    format!(
-        "reads `{written}` ({}), which does not exist{hint}",
-        resolved.display()
-    )
+    // The resolved path only when it says more than the written one.
+    let resolved = resolved.display().to_string();
+    let at = if resolved == written {
+        String::new()
+    } else {
+        format!(" ({resolved})")
+    };
+    format!("reads `{written}`{at}, which does not exist{hint}")
 }
 
 /// Compares a stage with the last manifest recorded under its name.

@@ -73,11 +73,11 @@ pub enum BackboneError {
         message: String,
     },
     /// An imported state dict does not match the architecture.
-    #[error("`{}` does not fit `{arch}`:\n{details}", path.display())]
+    #[error("`{}` does not fit {arch}:\n{details}", path.display())]
     ImportMismatch {
         /// The file.
         path: PathBuf,
-        /// The architecture name.
+        /// The network it was imported into (`` `resnet32` with 10 classes ``).
         arch: String,
         /// One line per missing key, unexpected key and shape mismatch.
         details: String,

@@ -1,33 +1,36 @@
-//! Importing torchvision-layout state dicts (safetensors or PyTorch `.pth`) into our modules.
+//! Importing first-stage models trained in PyTorch: state dicts in the torchvision layout (and
+//! LDAM-DRW's, whose ResNet-32 calls its classifier `linear`), saved as `torch.save` files or
+//! safetensors, plain or nested in a training checkpoint.
 //!
-//! burn-store maps names and layouts (PyTorch's `[out, in]` linear weights are transposed;
-//! BatchNorm's `weight`/`bias` become `gamma`/`beta`); the key remapping below covers the rest:
-//! torchvision's `downsample.0`/`downsample.1` (an `nn.Sequential`) are our `downsample.conv`/
-//! `downsample.bn`, LDAM's ResNet-32 calls its classifier `linear`, and `nn.DataParallel`
-//! prefixes every key with `module.`. burn-store's own errors print a summary box and stop at the
-//! first kind of problem, so we load leniently and then check the result ourselves, listing every
-//! missing key, unexpected key and shape mismatch by name.
+//! The file is read by [`torch_file`](super::torch_file) (every byte checked, any float dtype).
+//! Our module's tensors are named the PyTorch way (`bn1.weight` for Burn's `gamma`,
+//! `downsample.0` for our `downsample.conv`) and looked up under two dotted prefixes: the trunk's
+//! (`module.`, `state_dict.feat_model.module.`, …) and the classifier's. Both are found in the file
+//! unless the pipeline states them. Everything that does not fit is reported at once, in the file's
+//! names, with a guess at the prefix when there is one.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+use burn::module::ParamId;
+use burn::tensor::TensorData;
 use burn::tensor::backend::Backend;
-use burn_store::{
-    ApplyError, ApplyResult, ModuleSnapshot, PyTorchToBurnAdapter, PytorchStore, SafetensorsStore,
-};
+use burn_store::{ModuleSnapshot, TensorSnapshot};
+use lortflow_lang::ir::ClassifierKind;
 
 use super::base::{Backbone, BackboneConfig, arch_name};
 use super::checkpoint::load_record_into;
 use super::error::BackboneError;
+use super::torch_file::{Dtype, FileKind, ReadError, WeightsFile};
 
 /// The format of a weights file (`checkpoint format=…`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CheckpointFormat {
-    /// By extension: `.safetensors`, `.pth`/`.pt`/`.bin`, `.mpk` (Burn).
+    /// A Burn record by its `.mpk` extension; anything else by its contents.
     Auto,
     /// A safetensors state dict.
     Safetensors,
-    /// A PyTorch pickle (`torch.save(model.state_dict())`, optionally nested under
-    /// `state_dict` or `model`).
+    /// A `torch.save` file (zip archive or legacy pickle).
     Pytorch,
     /// A Burn record written by lortflow (`backbone.mpk`).
     Burn,
@@ -45,34 +48,41 @@ impl From<lortflow_lang::ir::CheckpointFormat> for CheckpointFormat {
     }
 }
 
-impl CheckpointFormat {
-    fn resolve(self, path: &Path) -> Result<Self, BackboneError> {
-        if self != CheckpointFormat::Auto {
-            return Ok(self);
-        }
-        match path.extension().and_then(|e| e.to_str()) {
-            Some("safetensors") => Ok(CheckpointFormat::Safetensors),
-            Some("pth" | "pt" | "bin" | "tar") => Ok(CheckpointFormat::Pytorch),
-            Some("mpk") => Ok(CheckpointFormat::Burn),
-            _ => Err(BackboneError::Checkpoint {
-                path: path.to_path_buf(),
-                message: "cannot tell its format from the extension; set `format` to `safetensors`, `pytorch` or `burn`".into(),
-            }),
+/// Where the network's tensors are in the file (`checkpoint trunk=… classifier=…`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckpointMapping {
+    /// Dotted prefix of the trunk's tensors; found in the file when `None`.
+    pub trunk: Option<String>,
+    /// Dotted prefix of the classifier's `weight` and `bias`; found when `None`.
+    pub classifier: Option<String>,
+    /// `nn.Linear` or LDAM-DRW's `NormedLinear`; from the shapes when `Auto`.
+    pub classifier_kind: ClassifierKind,
+}
+
+impl Default for CheckpointMapping {
+    /// Everything found in the file.
+    fn default() -> Self {
+        Self {
+            trunk: None,
+            classifier: None,
+            classifier_kind: ClassifierKind::Auto,
         }
     }
 }
 
-/// Key renames from checkpoint names to our module paths.
-const REMAP: &[(&str, &str)] = &[
-    (r"^module\.", ""),
-    (r"\.downsample\.0\.", ".downsample.conv."),
-    (r"\.downsample\.1\.", ".downsample.bn."),
-    (r"^linear\.", "fc."),
-];
-
-/// Keys a torchvision state dict has and our modules deliberately do not.
-fn ignorable(key: &str) -> bool {
-    key.ends_with("num_batches_tracked")
+/// What an import found, for the log and the stage's summary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImportReport {
+    /// "a PyTorch archive", "a legacy PyTorch pickle", "a safetensors file", "a lortflow record".
+    pub file: &'static str,
+    /// The trunk prefix used.
+    pub trunk: String,
+    /// The classifier prefix used.
+    pub classifier: String,
+    /// `linear` or `normed-linear`.
+    pub classifier_kind: ClassifierKind,
+    /// Dtypes converted to float32 (`float16`, …), if any.
+    pub converted_from: Vec<&'static str>,
 }
 
 /// Loads the weights at `path` into a backbone of `config`.
@@ -80,134 +90,561 @@ pub fn import_backbone<B: Backend>(
     config: &BackboneConfig,
     path: &Path,
     format: CheckpointFormat,
+    mapping: &CheckpointMapping,
     device: &B::Device,
-) -> Result<Backbone<B>, BackboneError> {
-    if !path.exists() {
-        return Err(BackboneError::Io {
-            action: "read",
-            path: path.to_path_buf(),
-            source: std::io::Error::from(std::io::ErrorKind::NotFound),
-        });
+) -> Result<(Backbone<B>, ImportReport), BackboneError> {
+    let failed = |message: String| BackboneError::Checkpoint {
+        path: path.to_path_buf(),
+        message,
+    };
+    if !path.is_file() {
+        return Err(failed(if path.exists() {
+            "it is a directory, not a weights file".into()
+        } else {
+            "the file does not exist".into()
+        }));
     }
-    let format = format.resolve(path)?;
+    let is_record = path.extension().is_some_and(|e| e == "mpk");
     let model = config.init::<B>(device)?;
-    if format == CheckpointFormat::Burn {
-        return load_record_into(model, &path.with_extension(""), device);
+    if format == CheckpointFormat::Burn || (format == CheckpointFormat::Auto && is_record) {
+        let model = load_record_into(model, &path.with_extension(""), device)?;
+        let report = ImportReport {
+            file: "a lortflow record",
+            trunk: String::new(),
+            classifier: "fc.".into(),
+            classifier_kind: ClassifierKind::Linear,
+            converted_from: Vec::new(),
+        };
+        return Ok((model, report));
+    }
+    let file = WeightsFile::open(path).map_err(|e| failed(e.to_string()))?;
+    let contradicted = match (format, file.kind) {
+        (CheckpointFormat::Safetensors, FileKind::Safetensors)
+        | (CheckpointFormat::Pytorch, FileKind::TorchZip | FileKind::TorchLegacy)
+        | (CheckpointFormat::Auto | CheckpointFormat::Burn, _) => None,
+        (CheckpointFormat::Safetensors, _) => Some("safetensors"),
+        (CheckpointFormat::Pytorch, _) => Some("pytorch"),
+    };
+    if let Some(said) = contradicted {
+        return Err(failed(format!(
+            "`format=\"{said}\"` but it is {}; remove `format` (it is read by its contents)",
+            file.kind.describe()
+        )));
     }
     // Import into the concrete network: an enum would put its variant name into every path.
     Ok(match model {
         Backbone::ConvFc(mut m) => {
-            check(config, path, load_into(&mut m, path, format)?)?;
-            Backbone::ConvFc(m)
+            let report = import_into(&mut m, config, &file, path, mapping)?;
+            (Backbone::ConvFc(m), report)
         }
         Backbone::SmallCnn(mut m) => {
-            check(config, path, load_into(&mut m, path, format)?)?;
-            Backbone::SmallCnn(m)
+            let report = import_into(&mut m, config, &file, path, mapping)?;
+            (Backbone::SmallCnn(m), report)
         }
         Backbone::ResNet(mut m) => {
-            check(config, path, load_into(&mut m, path, format)?)?;
-            Backbone::ResNet(m)
+            let report = import_into(&mut m, config, &file, path, mapping)?;
+            (Backbone::ResNet(m), report)
         }
     })
 }
 
-fn load_into<B: Backend, M: ModuleSnapshot<B>>(
-    module: &mut M,
-    path: &Path,
-    format: CheckpointFormat,
-) -> Result<ApplyResult, BackboneError> {
-    let failed = |e: String| BackboneError::Checkpoint {
-        path: path.to_path_buf(),
-        message: e,
-    };
-    let remap = |mut store: SafetensorsStore| {
-        for (from, to) in REMAP {
-            store = store.with_key_remapping(*from, *to);
-        }
-        store
-    };
-    match format {
-        CheckpointFormat::Safetensors => {
-            let mut store = remap(
-                SafetensorsStore::from_file(path)
-                    .with_from_adapter(PyTorchToBurnAdapter)
-                    .validate(false)
-                    .allow_partial(true),
-            );
-            module
-                .load_from(&mut store)
-                .map_err(|e| failed(e.to_string()))
-        }
-        _ => {
-            // Training scripts often save `{"state_dict": …}` or `{"model": …}`; try the plain
-            // dict first, then those nestings, and keep the first that matched anything.
-            let mut first: Option<ApplyResult> = None;
-            for top in [None, Some("state_dict"), Some("model")] {
-                let mut store = PytorchStore::from_file(path)
-                    .validate(false)
-                    .allow_partial(true);
-                if let Some(key) = top {
-                    store = store.with_top_level_key(key);
-                }
-                for (from, to) in REMAP {
-                    store = store.with_key_remapping(*from, *to);
-                }
-                match module.load_from(&mut store) {
-                    Ok(result) if !result.applied.is_empty() => return Ok(result),
-                    Ok(result) => {
-                        first.get_or_insert(result);
-                    }
-                    Err(e) if top.is_none() => return Err(failed(e.to_string())),
-                    Err(_) => {}
-                }
-            }
-            Ok(first.expect("the plain state dict was tried"))
-        }
+/// One tensor of our module, named the PyTorch way.
+struct Wanted {
+    /// Our path (`layer1.0.bn1.gamma`).
+    burn: String,
+    /// PyTorch's, relative to its prefix (`layer1.0.bn1.weight`; `weight` for the classifier).
+    torch: String,
+    /// In PyTorch's layout.
+    shape: Vec<usize>,
+    /// A linear layer's weight: `[out, in]` in PyTorch, `[in, out]` in Burn.
+    transposed: bool,
+    container_stack: Vec<String>,
+    id: ParamId,
+}
+
+/// PyTorch's name of one of our tensors: BatchNorm's `weight`/`bias` are Burn's `gamma`/`beta`,
+/// torchvision's `downsample` is an `nn.Sequential` (`0` the convolution, `1` the norm).
+pub(crate) fn torch_name(burn: &str) -> String {
+    let name = burn
+        .replace(".downsample.conv.", ".downsample.0.")
+        .replace(".downsample.bn.", ".downsample.1.");
+    if let Some(stem) = name.strip_suffix(".gamma") {
+        format!("{stem}.weight")
+    } else if let Some(stem) = name.strip_suffix(".beta") {
+        format!("{stem}.bias")
+    } else {
+        name
     }
 }
 
-/// Turns a lenient load into an error listing every missing key, unexpected key and mismatch.
-fn check(config: &BackboneConfig, path: &Path, result: ApplyResult) -> Result<(), BackboneError> {
-    let mut lines = Vec::new();
-    for error in &result.errors {
-        lines.push(match error {
-            ApplyError::ShapeMismatch {
-                path,
-                expected,
-                found,
-            } => format!(
-                "  shape mismatch: `{path}` is {:?} in the model but {:?} in the file",
-                expected.as_slice(),
-                found.as_slice()
-            ),
-            other => format!("  {other}"),
+fn wanted<B: Backend, M: ModuleSnapshot<B>>(module: &M) -> (Vec<Wanted>, Vec<Wanted>) {
+    let mut trunk = Vec::new();
+    let mut classifier = Vec::new();
+    for s in module.collect(None, None, false) {
+        let burn = s.full_path();
+        let transposed = burn.ends_with(".weight")
+            && s.module_type().is_some_and(|t| t.ends_with(":Linear"))
+            && s.shape.num_dims() == 2;
+        let mut shape: Vec<usize> = s.shape.iter().copied().collect();
+        if transposed {
+            shape.reverse();
+        }
+        let (torch, list) = match burn.strip_prefix("fc.") {
+            Some(rest) => (rest.to_string(), &mut classifier),
+            None => (torch_name(&burn), &mut trunk),
+        };
+        list.push(Wanted {
+            burn,
+            torch,
+            shape,
+            transposed,
+            container_stack: s.container_stack.clone().unwrap_or_default(),
+            id: s.tensor_id.unwrap_or_default(),
         });
     }
-    for (key, _) in &result.missing {
-        lines.push(format!("  missing in the file: `{key}`"));
+    (trunk, classifier)
+}
+
+/// Prefixes `p` under which the file holds `p + name` with the shape of our tensor `name`, with
+/// their counts, most first (ties in file order). Shapes keep a block's `conv1` from passing for
+/// the stem's.
+fn prefix_counts<'a>(file: &'a WeightsFile, wanted: &[Wanted]) -> Vec<(&'a str, usize)> {
+    let mut counts: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+    for (order, key) in file.keys().enumerate() {
+        let shape = &file.get(key).expect("listed").shape;
+        for w in wanted {
+            if let Some(prefix) = key.strip_suffix(w.torch.as_str())
+                && (prefix.is_empty() || prefix.ends_with('.'))
+                && *shape == w.shape
+            {
+                counts.entry(prefix).or_insert((0, order)).0 += 1;
+            }
+        }
     }
-    // burn-store finds BatchNorm's `gamma`/`beta` under PyTorch's `weight`/`bias` but still lists
-    // the PyTorch names as unused; they were used when their Burn twin was applied.
-    let applied_twin = |key: &str| {
-        let twin = key
-            .strip_suffix(".weight")
-            .map(|p| format!("{p}.gamma"))
-            .or_else(|| key.strip_suffix(".bias").map(|p| format!("{p}.beta")));
-        twin.is_some_and(|t| result.applied.contains(&t))
-    };
-    for key in result
-        .unused
+    let mut counts: Vec<_> = counts.into_iter().collect();
+    counts.sort_by_key(|(_, (n, order))| (std::cmp::Reverse(*n), *order));
+    counts.into_iter().map(|(p, (n, _))| (p, n)).collect()
+}
+
+fn quote_list<'a>(items: impl IntoIterator<Item = &'a str>, limit: usize) -> String {
+    let items: Vec<&str> = items.into_iter().collect();
+    let mut text = items
         .iter()
-        .filter(|k| !ignorable(k) && !applied_twin(k))
-    {
-        lines.push(format!("  unexpected in the file: `{key}`"));
+        .take(limit)
+        .map(|k| format!("`{k}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if items.len() > limit {
+        text.push_str(&format!(" and {} more", items.len() - limit));
     }
-    if lines.is_empty() {
-        return Ok(());
+    text
+}
+
+/// A prefix as users write it: dotted, `""` for none.
+fn normalise_prefix(prefix: &str) -> String {
+    if prefix.is_empty() || prefix.ends_with('.') {
+        prefix.to_string()
+    } else {
+        format!("{prefix}.")
     }
-    Err(BackboneError::ImportMismatch {
+}
+
+fn shape_text(shape: &[usize]) -> String {
+    format!("{shape:?}")
+}
+
+fn import_into<B: Backend, M: ModuleSnapshot<B>>(
+    module: &mut M,
+    config: &BackboneConfig,
+    file: &WeightsFile,
+    path: &Path,
+    mapping: &CheckpointMapping,
+) -> Result<ImportReport, BackboneError> {
+    let arch = arch_name(config.arch);
+    let mismatch = |details: Vec<String>| BackboneError::ImportMismatch {
         path: path.to_path_buf(),
-        arch: arch_name(config.arch).to_string(),
-        details: lines.join("\n"),
+        arch: format!("`{arch}` with {} classes", config.num_classes),
+        details: details.join("\n"),
+    };
+    let first_keys = || {
+        let keys: Vec<String> = file
+            .keys()
+            .take(6)
+            .map(|k| format!("{k} {}", shape_text(&file.get(k).expect("listed").shape)))
+            .collect();
+        format!(
+            "the file's first tensors (of {}): {}",
+            file.len(),
+            quote_list(keys.iter().map(String::as_str), 6)
+        )
+    };
+    let (trunk_wanted, classifier_wanted) = wanted(module);
+    let trunk_names: Vec<&str> = trunk_wanted.iter().map(|w| w.torch.as_str()).collect();
+    let counts = prefix_counts(file, &trunk_wanted);
+
+    // The trunk's prefix.
+    let trunk = match &mapping.trunk {
+        Some(p) => normalise_prefix(p),
+        None => match counts.as_slice() {
+            [] => {
+                return Err(mismatch(vec![
+                    format!(
+                        "  none of {arch}'s tensors ({}, …) is in the file with its shape, under any prefix",
+                        trunk_wanted.first().map_or("?".into(), |w| format!(
+                            "`{}` {}",
+                            w.torch,
+                            shape_text(&w.shape)
+                        ))
+                    ),
+                    format!("  {}", first_keys()),
+                    "  is `arch` right? A file of another network cannot be imported".into(),
+                ]));
+            }
+            [(best, n), ..] if 2 * n < trunk_names.len() => {
+                // Not a near miss: another network, whose few shared names are noise.
+                return Err(mismatch(vec![
+                    format!(
+                        "  the file does not hold {arch}: at most {n} of its {} tensors are there (under `{best}`)",
+                        trunk_names.len()
+                    ),
+                    format!("  {}", first_keys()),
+                    "  is `arch` right?".into(),
+                ]));
+            }
+            [(best, n), rest @ ..] => {
+                let tied: Vec<&str> = rest
+                    .iter()
+                    .filter(|(_, m)| m == n)
+                    .map(|(p, _)| *p)
+                    .collect();
+                if !tied.is_empty() && *n == trunk_names.len() {
+                    return Err(mismatch(vec![format!(
+                        "  the file holds {arch} more than once: under {}; say which with `trunk=\"…\"`",
+                        quote_list(std::iter::once(*best).chain(tied), 6)
+                    )]));
+                }
+                best.to_string()
+            }
+        },
+    };
+
+    // Which tensors are there, with the right shape.
+    let mut missing = Vec::new();
+    let mut wrong_shape = Vec::new();
+    for w in &trunk_wanted {
+        let key = format!("{trunk}{}", w.torch);
+        match file.get(&key) {
+            None => missing.push(key),
+            Some(t) if t.shape != w.shape => wrong_shape.push(format!(
+                "  wrong shape: `{key}` is {} in the file, {} in {arch}",
+                shape_text(&t.shape),
+                shape_text(&w.shape)
+            )),
+            Some(_) => {}
+        }
+    }
+
+    // The classifier: its prefix and kind.
+    let (k, d) = (config.num_classes, config.feature_dim());
+    let classifier = match &mapping.classifier {
+        Some(p) => normalise_prefix(p),
+        None => match find_classifier(file, &trunk, k, d, mapping.classifier_kind) {
+            Ok(prefix) => prefix,
+            Err(lines) => {
+                // A classifier where the network keeps it, of another size: report its shape.
+                let usual = [super::export::classifier_name(config.arch), "fc", "linear"]
+                    .map(|name| format!("{trunk}{name}."));
+                match usual
+                    .into_iter()
+                    .find(|p| file.get(&format!("{p}weight")).is_some())
+                {
+                    Some(prefix) => prefix,
+                    None => {
+                        let mut details = lines;
+                        details.extend(missing_summary(&missing, &wrong_shape));
+                        return Err(mismatch(details));
+                    }
+                }
+            }
+        },
+    };
+    let weight_key = format!("{classifier}weight");
+    let bias_key = format!("{classifier}bias");
+    let weight = file.get(&weight_key);
+    let bias = file.get(&bias_key);
+    let kind = match (
+        mapping.classifier_kind,
+        weight.map(|w| w.shape.as_slice()),
+        bias,
+    ) {
+        (ClassifierKind::Auto, Some([rows, cols]), None) if *rows == d && *cols == k && d != k => {
+            ClassifierKind::NormedLinear
+        }
+        (ClassifierKind::Auto, Some([rows, _]), None) if *rows == d && d == k => {
+            return Err(mismatch(vec![format!(
+                "  `{weight_key}` is [{d}, {d}] without a bias: an `nn.Linear(bias=False)` or LDAM's \
+                 `NormedLinear`; say which with `classifier-kind=\"linear\"` or `\"normed-linear\"`"
+            )]));
+        }
+        (ClassifierKind::Auto, ..) => ClassifierKind::Linear,
+        (kind, ..) => kind,
+    };
+    let weight_shape = match kind {
+        ClassifierKind::NormedLinear => vec![d, k],
+        _ => vec![k, d],
+    };
+    match weight {
+        None => missing.push(weight_key.clone()),
+        Some(w) if w.shape != weight_shape => wrong_shape.push(format!(
+            "  wrong shape: `{weight_key}` is {} in the file; a {} classifier of {k} classes over {d} features is {}",
+            shape_text(&w.shape),
+            if kind == ClassifierKind::NormedLinear { "`NormedLinear`" } else { "linear" },
+            shape_text(&weight_shape)
+        )),
+        Some(_) => {}
+    }
+    if let Some(b) = bias
+        && kind != ClassifierKind::NormedLinear
+        && b.shape != [k]
+    {
+        wrong_shape.push(format!(
+            "  wrong shape: `{bias_key}` is {} in the file, [{k}] for {k} classes",
+            shape_text(&b.shape)
+        ));
+    }
+
+    // Tensors under the trunk's prefix that the network does not have.
+    let known: BTreeSet<String> = trunk_wanted
+        .iter()
+        .map(|w| format!("{trunk}{}", w.torch))
+        .chain([weight_key.clone(), bias_key.clone()])
+        .collect();
+    let unexpected: Vec<&str> = file
+        .keys()
+        .filter(|k| {
+            k.starts_with(trunk.as_str())
+                && !known.contains(*k)
+                && !k.ends_with("num_batches_tracked")
+        })
+        .collect();
+
+    if !missing.is_empty() || !wrong_shape.is_empty() || !unexpected.is_empty() {
+        let mut details = missing_summary(&missing, &wrong_shape);
+        let found = trunk_wanted.len() - missing.iter().filter(|m| m.starts_with(&trunk)).count();
+        match counts.first() {
+            Some((best, n)) if *best != trunk && *n > found => {
+                // The stated prefix is wrong; what lies under it is beside the point.
+                details.push(format!(
+                    "  the file's tensors fit better under `{best}` ({n} of {} are there); try `trunk=\"{best}\"`",
+                    trunk_names.len()
+                ));
+            }
+            _ => {
+                if !unexpected.is_empty() {
+                    details.push(format!(
+                        "  not in {arch}: {}",
+                        quote_list(unexpected.iter().copied(), 5)
+                    ));
+                }
+                if found == 0 {
+                    details.push(format!("  {}", first_keys()));
+                }
+                if !missing.is_empty() && !unexpected.is_empty() {
+                    details.push("  is `arch` right?".into());
+                }
+            }
+        }
+        return Err(mismatch(details));
+    }
+
+    // Read, convert and apply.
+    let read = |key: &str| -> Result<Vec<f32>, BackboneError> {
+        file.read_f32(key).map_err(|e| BackboneError::Checkpoint {
+            path: path.to_path_buf(),
+            message: match e {
+                ReadError::Truncated { .. } => e.to_string(),
+                other => format!("cannot read `{key}`: {other}"),
+            },
+        })
+    };
+    let mut converted = BTreeSet::new();
+    let mut snapshots = Vec::new();
+    let mut push = |w: &Wanted, key: &str, values: Vec<f32>| {
+        let mut shape = w.shape.clone();
+        let values = if w.transposed {
+            let (rows, cols) = (shape[0], shape[1]);
+            shape.reverse();
+            let mut t = vec![0.0; values.len()];
+            for r in 0..rows {
+                for c in 0..cols {
+                    t[c * rows + r] = values[r * cols + c];
+                }
+            }
+            t
+        } else {
+            values
+        };
+        if let Some(info) = file.get(key)
+            && info.dtype != Dtype::F32
+        {
+            converted.insert(info.dtype.name());
+        }
+        snapshots.push(TensorSnapshot::from_data(
+            TensorData::new(values, shape),
+            w.burn.split('.').map(str::to_string).collect(),
+            w.container_stack.clone(),
+            w.id,
+        ));
+    };
+    for w in &trunk_wanted {
+        let key = format!("{trunk}{}", w.torch);
+        let values = read(&key)?;
+        push(w, &key, values);
+    }
+    for w in &classifier_wanted {
+        match (w.torch.as_str(), kind) {
+            ("weight", ClassifierKind::NormedLinear) => {
+                // `F.normalize(weight, dim=0)`: unit-norm class columns, already `[in, out]`.
+                let mut values = read(&weight_key)?;
+                for c in 0..k {
+                    let norm = (0..d)
+                        .map(|r| values[r * k + c].powi(2))
+                        .sum::<f32>()
+                        .sqrt();
+                    for r in 0..d {
+                        values[r * k + c] /= norm.max(1e-12);
+                    }
+                }
+                let w = Wanted {
+                    transposed: false,
+                    shape: vec![d, k],
+                    burn: w.burn.clone(),
+                    torch: w.torch.clone(),
+                    container_stack: w.container_stack.clone(),
+                    id: w.id,
+                };
+                push(&w, &weight_key, values);
+            }
+            ("weight", _) => {
+                let values = read(&weight_key)?;
+                push(w, &weight_key, values);
+            }
+            (_, ClassifierKind::NormedLinear) => push(w, &bias_key, vec![0.0; k]),
+            _ => {
+                let values = if bias.is_some() {
+                    read(&bias_key)?
+                } else {
+                    vec![0.0; k]
+                };
+                push(w, &bias_key, values);
+            }
+        }
+    }
+    let result = module.apply(snapshots, None, None, false);
+    if !result.errors.is_empty() || !result.missing.is_empty() {
+        // The checks above cover every tensor; this is a bug of ours, not the file's.
+        return Err(BackboneError::InvalidConfig(format!(
+            "importing `{}` left {} tensors unset and {} errors: {:?}",
+            path.display(),
+            result.missing.len(),
+            result.errors.len(),
+            result.errors
+        )));
+    }
+    Ok(ImportReport {
+        file: file.kind.describe(),
+        trunk,
+        classifier,
+        classifier_kind: kind,
+        converted_from: converted.into_iter().collect(),
     })
+}
+
+fn missing_summary(missing: &[String], wrong_shape: &[String]) -> Vec<String> {
+    let mut lines = Vec::new();
+    if !missing.is_empty() {
+        lines.push(format!(
+            "  missing in the file: {}",
+            quote_list(missing.iter().map(String::as_str), 5)
+        ));
+    }
+    lines.extend(wrong_shape.iter().take(5).cloned());
+    if wrong_shape.len() > 5 {
+        lines.push(format!(
+            "  and {} more tensors of the wrong shape",
+            wrong_shape.len() - 5
+        ));
+    }
+    lines
+}
+
+/// The classifier's prefix: a `weight` of `[K, D]` (or `[D, K]`, a `NormedLinear`), preferring
+/// one under the trunk's prefix, then one called `fc`, `linear`, `classifier` or `head`.
+fn find_classifier(
+    file: &WeightsFile,
+    trunk: &str,
+    k: usize,
+    d: usize,
+    kind: ClassifierKind,
+) -> Result<String, Vec<String>> {
+    let fits = |shape: &[usize]| match kind {
+        ClassifierKind::Linear => shape == [k, d],
+        ClassifierKind::NormedLinear => shape == [d, k],
+        ClassifierKind::Auto => shape == [k, d] || shape == [d, k],
+    };
+    let mut candidates: Vec<&str> = file
+        .keys()
+        .filter_map(|key| key.strip_suffix("weight").map(|p| (key, p)))
+        .filter(|(key, p)| {
+            (p.is_empty() || p.ends_with('.')) && fits(&file.get(key).expect("listed").shape)
+        })
+        .map(|(_, p)| p)
+        .collect();
+    let named = |p: &str| {
+        let last = p.trim_end_matches('.').rsplit('.').next().unwrap_or("");
+        matches!(last, "fc" | "linear" | "classifier" | "head")
+    };
+    for narrow in [
+        &(|p: &str| p.starts_with(trunk)) as &dyn Fn(&str) -> bool,
+        &named,
+    ] {
+        if candidates.len() > 1 && candidates.iter().any(|p| narrow(p)) {
+            candidates.retain(|p| narrow(p));
+        }
+    }
+    match candidates.as_slice() {
+        [one] => Ok(one.to_string()),
+        [] => {
+            let matrices: Vec<String> = file
+                .keys()
+                .filter(|key| file.get(key).is_some_and(|t| t.shape.len() == 2))
+                .map(|key| {
+                    format!(
+                        "{key} {}",
+                        shape_text(&file.get(key).expect("listed").shape)
+                    )
+                })
+                .collect();
+            Err(if matrices.is_empty() {
+                vec![format!(
+                    "  no classifier: {k} classes over {d} features need a `weight` of [{k}, {d}], and the file has no matrix"
+                )]
+            } else {
+                vec![
+                    format!(
+                        "  no classifier: {k} classes over {d} features need a `weight` of [{k}, {d}] \
+                         ([{d}, {k}] for LDAM's `NormedLinear`); the file's matrices: {}",
+                        quote_list(matrices.iter().map(String::as_str), 5)
+                    ),
+                    "  does the dataset have the classes the checkpoint was trained on? Or point \
+                     `classifier=\"…\"` at it"
+                        .into(),
+                ]
+            })
+        }
+        many => Err(vec![format!(
+            "  several tensors could be the classifier: {}; say which with `classifier=\"…\"`",
+            quote_list(many.iter().copied(), 5)
+        )]),
+    }
 }

@@ -9,6 +9,7 @@ mod base;
 mod checkpoint;
 pub mod conv_fc;
 mod error;
+mod export;
 mod fast_bn;
 mod import;
 mod init;
@@ -16,6 +17,7 @@ pub mod loss;
 pub mod resnet;
 pub mod schedule;
 pub mod small_cnn;
+mod torch_file;
 mod train;
 
 pub use base::{Backbone, BackboneConfig, CIFAR_STEM_MAX_SIDE, arch_name};
@@ -23,7 +25,8 @@ pub use checkpoint::{
     BACKBONE_CONFIG, BACKBONE_RECORD, load_backbone, load_backbone_config, save_backbone,
 };
 pub use error::BackboneError;
-pub use import::{CheckpointFormat, import_backbone};
+pub use export::{TorchValues, classifier_name, export_torch, torch_state_dict};
+pub use import::{CheckpointFormat, CheckpointMapping, ImportReport, import_backbone};
 pub use loss::Stage1Loss;
 pub use schedule::LrSchedule;
 pub use train::{

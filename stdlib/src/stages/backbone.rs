@@ -11,8 +11,8 @@ use super::common::{
     load_split_images, official_downloads, read_json, write_json,
 };
 use crate::backbone::{
-    BackboneConfig, CheckpointFormat, TrainConfig, TrainData, evaluate_accuracy, import_backbone,
-    save_backbone, train_backbone,
+    BackboneConfig, CheckpointFormat, CheckpointMapping, TrainConfig, TrainData, evaluate_accuracy,
+    import_backbone, save_backbone, train_backbone,
 };
 use crate::data::{ImagePipeline, Normalization, Transform};
 use crate::dataset::Split;
@@ -60,6 +60,7 @@ impl StageExecutor for BackboneStage {
         let out_dir = cx.out_dir;
         let started = std::time::Instant::now();
         let mut last = (0.0f32, 0.0f32, 0.0f32);
+        let mut imported: Option<crate::backbone::ImportReport> = None;
         let result: Result<Json, StageError> =
             crate::with_backend!(backend_choice(cx.backend), |B, device| {
                 let model = match &spec.weights {
@@ -111,15 +112,38 @@ impl StageExecutor for BackboneStage {
                         })?;
                         crate::backbone::inference_model(&model)
                     }
-                    Weights::Checkpoint { path, format } => import_backbone::<
-                        <B as burn::tensor::backend::AutodiffBackend>::InnerBackend,
-                    >(
-                        &config,
-                        &path.resolved,
-                        CheckpointFormat::from(*format),
-                        &device,
-                    )
-                    .map_err(fail)?,
+                    Weights::Checkpoint {
+                        path,
+                        format,
+                        trunk,
+                        classifier,
+                        classifier_kind,
+                    } => {
+                        let mapping = CheckpointMapping {
+                            trunk: trunk.clone(),
+                            classifier: classifier.clone(),
+                            classifier_kind: *classifier_kind,
+                        };
+                        let (model, report) = import_backbone::<
+                            <B as burn::tensor::backend::AutodiffBackend>::InnerBackend,
+                        >(
+                            &config,
+                            &path.resolved,
+                            CheckpointFormat::from(*format),
+                            &mapping,
+                            &device,
+                        )
+                        .map_err(fail)?;
+                        if !report.converted_from.is_empty() {
+                            tracing::info!(
+                                stage = %cx.stage.name,
+                                from = %report.converted_from.join(", "),
+                                "converted the checkpoint's weights to float32"
+                            );
+                        }
+                        imported = Some(report);
+                        model
+                    }
                 };
                 cx.progress(0, 1, "step", "evaluating the backbone's own classifier");
                 let accuracy =
@@ -146,6 +170,15 @@ impl StageExecutor for BackboneStage {
             summary["images_per_sec"] = json!(last.2);
             summary["train_seconds"] = json!(started.elapsed().as_secs_f64());
         }
+        if let Some(report) = imported {
+            summary["checkpoint"] = json!({
+                "file": report.file,
+                "trunk": report.trunk,
+                "classifier": report.classifier,
+                "classifier_kind": report.classifier_kind.name(),
+                "converted_from": report.converted_from,
+            });
+        }
         Ok(summary)
     }
 }
@@ -170,4 +203,30 @@ pub(crate) fn read_normalization(
         mean: floats("mean"),
         std: floats("std"),
     })
+}
+
+/// The file `export` writes a backbone to: a PyTorch state dict.
+pub(crate) const EXPORTED_BACKBONE: &str = "backbone.safetensors";
+
+/// Writes a backbone artifact for PyTorch: `backbone.safetensors` (see
+/// [`crate::backbone::export_torch`]), `normalization.json` (the inputs' mean and std, which
+/// PyTorch needs to reproduce the features) and `backbone.json` (architecture, classes, input).
+pub(crate) fn export(
+    artifact: &lortflow_runtime::Artifact,
+    dir: &std::path::Path,
+) -> Result<Vec<std::path::PathBuf>, StageError> {
+    let (model, config) = crate::backbone::load_backbone::<crate::backend::CpuBackend>(
+        artifact.dir(),
+        &crate::backend::CpuDevice::default(),
+    )
+    .map_err(fail)?;
+    let target = dir.join(EXPORTED_BACKBONE);
+    crate::backbone::export_torch(&model, &config, &target).map_err(fail)?;
+    let mut written = vec![target];
+    for name in [NORMALIZATION_FILE, crate::backbone::BACKBONE_CONFIG] {
+        let to = dir.join(name);
+        std::fs::copy(artifact.file(name), &to).map_err(fail)?;
+        written.push(to);
+    }
+    Ok(written)
 }

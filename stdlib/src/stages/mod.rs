@@ -65,7 +65,9 @@ pub fn check_backend(backend: lortflow_lang::ir::Backend) -> Result<(), String> 
 /// Writes the matrices of a features, feature-dataset or head artifact into `dir` as `.npy`
 /// (features `{split}_features.npy` float32 N×D, `{split}_labels.npy` int64; head test logits
 /// `test_logits_t{i}.npy`; the classifier a features stage or head holds, `classifier_weight.npy`
-/// float32 K×D in PyTorch's layout and `classifier_bias.npy` K), plus `meta.json`. Returns the
+/// float32 K×D in PyTorch's layout and `classifier_bias.npy` K), plus `meta.json`. A backbone
+/// becomes `backbone.safetensors`, a PyTorch state dict (torchvision's names; LDAM-DRW's for
+/// ResNet-32) with its classifier, beside `normalization.json` and `backbone.json`. Returns the
 /// files written (none for other kinds).
 pub fn export(
     artifact: &lortflow_runtime::Artifact,
@@ -101,6 +103,9 @@ pub fn export(
             break;
         }
         export_file(&name, &format!("test_logits_t{t}"), false)?;
+    }
+    if artifact.file(crate::backbone::BACKBONE_CONFIG).exists() {
+        written.extend(backbone::export(artifact, dir)?);
     }
     let classifier = artifact.file(common::CLASSIFIER_FILE);
     if classifier.exists() {
