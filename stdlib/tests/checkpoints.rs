@@ -399,3 +399,39 @@ fn exported_weights_load_in_pytorch_with_strict_names() {
         "PyTorch could not load the export the same way"
     );
 }
+
+#[test]
+fn damaged_files_are_errors_never_panics() {
+    // Every cut, and bytes flipped all over, of each kind of file: an `Err`, or (for damage
+    // that only hits bytes no tensor uses, or a value inside a tensor) a model.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("damaged");
+    let auto = CheckpointMapping::default();
+    for name in [
+        "small_cnn_legacy.pth",
+        "small_cnn.pth",
+        "small_cnn.safetensors",
+    ] {
+        let bytes = std::fs::read(fixture(name)).unwrap();
+        for cut in (0..bytes.len()).step_by(bytes.len() / 97 + 1) {
+            std::fs::write(&path, &bytes[..cut]).unwrap();
+            assert!(
+                import(&small_cnn(), &path, &auto).is_err(),
+                "{name} cut at {cut}"
+            );
+        }
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..60 {
+            let mut damaged = bytes.clone();
+            for _ in 0..8 {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let at = (state % 2048.min(bytes.len() as u64)) as usize;
+                damaged[at] ^= (state >> 32) as u8 | 1;
+            }
+            std::fs::write(&path, &damaged).unwrap();
+            let _ = import(&small_cnn(), &path, &auto);
+        }
+    }
+}

@@ -134,7 +134,12 @@ impl WeightsFile {
                 convert(bytes, info.dtype, key)
             }
             Location::Torch(t) => {
-                let needed = t.storage_end() * t.storage.dtype.size();
+                if t.storage_end() > t.storage.numel {
+                    return Err(ReadError::Invalid(format!(
+                        "tensor `{key}` reads past the end of its storage"
+                    )));
+                }
+                let needed = t.storage_end().saturating_mul(t.storage.dtype.size());
                 let data: std::borrow::Cow<'_, [u8]> = match &self.storages {
                     Storages::Zip(entries) => {
                         let name = entries.get(&t.storage.key).ok_or_else(|| {
@@ -146,9 +151,11 @@ impl WeightsFile {
                         std::borrow::Cow::Owned(read_zip_entry(&self.bytes, name, key)?)
                     }
                     Storages::Legacy(starts) => match starts.get(&t.storage.key) {
-                        Some(Ok(start)) => {
-                            std::borrow::Cow::Borrowed(&self.bytes[*start..*start + needed])
-                        }
+                        Some(Ok(start)) => std::borrow::Cow::Borrowed(
+                            self.bytes
+                                .get(*start..start.saturating_add(needed))
+                                .unwrap_or(&[]),
+                        ),
                         Some(Err(end)) => {
                             return Err(truncated(format!(
                                 "tensor `{key}` needs bytes up to {end}"
@@ -250,8 +257,17 @@ impl WeightsFile {
             ) else {
                 return Err(invalid());
             };
-            let numel: usize = shape.iter().product();
-            if end < start || (end - start) as usize != numel * dtype.size() {
+            let bytes_needed = shape
+                .iter()
+                .try_fold(dtype.size(), |n, d| n.checked_mul(*d))
+                .ok_or_else(invalid)?;
+            let (Some(start), Some(end)) = (
+                header_end.checked_add(start as usize),
+                header_end.checked_add(end as usize),
+            ) else {
+                return Err(invalid());
+            };
+            if end < start || end - start != bytes_needed {
                 return Err(invalid());
             }
             tensors.push((
@@ -259,10 +275,7 @@ impl WeightsFile {
                 TensorInfo {
                     dtype,
                     shape,
-                    location: Location::Range(
-                        header_end + start as usize,
-                        header_end + end as usize,
-                    ),
+                    location: Location::Range(start, end),
                 },
             ));
         }

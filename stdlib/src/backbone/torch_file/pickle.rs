@@ -95,22 +95,21 @@ pub(crate) struct TensorRef {
 
 impl TensorRef {
     pub(crate) fn numel(&self) -> usize {
-        self.shape.iter().product()
+        self.shape.iter().fold(1, |n, d| n.saturating_mul(*d))
     }
 
-    /// One past the last storage element the view reads (0 for an empty tensor).
+    /// One past the last storage element the view reads (0 for an empty tensor); saturating, so
+    /// that a hostile file's sizes compare as too big rather than wrap.
     pub(crate) fn storage_end(&self) -> usize {
         if self.shape.contains(&0) {
             return 0;
         }
-        self.offset
-            + self
-                .shape
-                .iter()
-                .zip(&self.stride)
-                .map(|(n, s)| (n - 1) * s)
-                .sum::<usize>()
-            + 1
+        self.shape
+            .iter()
+            .zip(&self.stride)
+            .fold(self.offset.saturating_add(1), |end, (n, s)| {
+                end.saturating_add((n - 1).saturating_mul(*s))
+            })
     }
 }
 
