@@ -284,4 +284,9 @@ pub(crate) struct ReportArgs {
     /// Show what changed since an earlier run: a run id (as in `.lortflow/runs/`) or `previous`.
     #[arg(long, value_name = "RUN")]
     pub(crate) compare: Option<String>,
+    /// Write one self-contained HTML page instead (tables, plots, training curves, recipes,
+    /// provenance): to FILE, or beside the pipeline as `<pipeline>.report.html`.
+    #[arg(long, value_name = "FILE", num_args = 0..=1)]
+    #[allow(clippy::option_option)]
+    pub(crate) html: Option<Option<PathBuf>>,
 }

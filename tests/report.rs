@@ -367,3 +367,173 @@ fn stage_1_false_leaves_the_backbone_row_out() {
         .unwrap();
     assert!(heads.iter().all(|h| h["kind"] == "head"), "{heads:?}");
 }
+
+/// The elements of `html` that must nest: every opening tag has its closing tag, in order.
+fn assert_well_nested(html: &str) {
+    const CONTAINERS: &[&str] = &[
+        "html",
+        "head",
+        "body",
+        "table",
+        "thead",
+        "tbody",
+        "tr",
+        "th",
+        "td",
+        "figure",
+        "figcaption",
+        "dl",
+        "dt",
+        "dd",
+        "nav",
+        "h1",
+        "h2",
+        "h3",
+        "p",
+        "code",
+        "div",
+        "script",
+        "style",
+        "title",
+        "svg",
+    ];
+    let mut stack: Vec<String> = Vec::new();
+    let mut rest = html;
+    while let Some(at) = rest.find('<') {
+        rest = &rest[at + 1..];
+        let end = rest.find('>').expect("a tag is closed");
+        let tag = &rest[..end];
+        rest = &rest[end + 1..];
+        let closing = tag.starts_with('/');
+        let name: String = tag
+            .trim_start_matches('/')
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric())
+            .collect();
+        if tag.ends_with('/') || !CONTAINERS.contains(&name.as_str()) {
+            continue;
+        }
+        if closing {
+            assert_eq!(stack.pop().as_deref(), Some(name.as_str()), "at </{name}>");
+        } else {
+            stack.push(name.clone());
+            // Raw text: skip to the end of the element.
+            if name == "script" || name == "style" {
+                let close = format!("</{name}>");
+                let end = rest.find(&close).expect("raw text element is closed");
+                rest = &rest[end..];
+            }
+        }
+    }
+    assert!(stack.is_empty(), "unclosed: {stack:?}");
+}
+
+#[test]
+fn the_html_report_is_one_self_contained_page_with_every_section() {
+    let smoke = std::fs::read_to_string(repo().join("pipelines/smoke.kdl")).unwrap();
+    let t = Test::new().pipeline(&smoke);
+    t.args_run(["run", "pipeline.kdl"]).success();
+    // Beside the pipeline by default, or where asked.
+    let out = t.args_run(["report", "pipeline.kdl", "--html"]).success();
+    assert_eq!(out.stdout.trim(), "pipeline.report.html");
+    let html = std::fs::read_to_string(t.path("pipeline.report.html")).unwrap();
+    t.args_run(["report", "pipeline.kdl", "--html", "elsewhere.html"])
+        .success();
+    assert!(t.path("elsewhere.html").is_file());
+    assert!(html.starts_with("<!DOCTYPE html>"), "{}", &html[..100]);
+    assert_well_nested(&html);
+
+    // Nothing outside the file: no external scripts, styles, fonts, images or links.
+    for needle in [
+        "src=",
+        "<link",
+        "url(",
+        "@import",
+        "@font-face",
+        "http://",
+        "https://",
+    ] {
+        let hits: Vec<&str> = html
+            .match_indices(needle)
+            .map(|(i, _)| &html[i..(i + 60).min(html.len())])
+            .collect();
+        // SVG documents name their namespace with an http URI, which is not a reference.
+        let references: Vec<&&str> = hits
+            .iter()
+            .filter(|h| !h.starts_with("http://www.w3.org/"))
+            .collect();
+        assert!(references.is_empty(), "`{needle}`: {references:?}");
+    }
+    assert!(!html.contains("href=\"http"), "external link");
+
+    // The sections: results with the stage-1 row and recipes, group tables, every plot the
+    // evaluation made (inline SVG), the backbone's training curve, provenance.
+    for section in [
+        "<h2 id=\"eval-table\">",
+        "<tr class=\"stage1\"><td class=\"left\">stage-1</td>",
+        "<th>weight decay</th>",
+        "Logits Magnitude, normalised",
+        "Regularized Standard Deviation",
+        "<h2 id=\"backbones\">",
+        "Training of backbone `tiny`",
+        "<h2 id=\"provenance\">",
+        "pipeline digest",
+        "<h3>Stages of the run</h3>",
+    ] {
+        assert!(html.contains(section), "no `{section}`");
+    }
+    let report = json(
+        &t.args_run(["report", "pipeline.kdl", "--format", "json"])
+            .success()
+            .stdout,
+    );
+    let run_id = report["run"]["id"].as_str().unwrap();
+    assert!(html.contains(run_id), "the run id");
+    let digest = blake3_hex(&std::fs::read(t.path("pipeline.kdl")).unwrap());
+    assert!(html.contains(&digest), "the pipeline's digest");
+    let svgs: Vec<&str> = report["evaluations"][0]["metrics"]["plots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p.as_str())
+        .filter(|p| p.ends_with(".svg"))
+        .collect();
+    assert!(svgs.len() >= 4, "{svgs:?}");
+    for svg in &svgs {
+        let name = svg.trim_start_matches("plots/");
+        assert!(
+            html.contains(&format!("<code>{name}</code></figcaption>")),
+            "{name}"
+        );
+    }
+    // Each plot and the training curve, inline.
+    assert_eq!(html.matches("<svg class=\"plot\"").count(), svgs.len() + 1);
+    assert!(!html.contains("could not be drawn"));
+
+    // With `--compare`, the changes come first.
+    t.args_run(["run", "pipeline.kdl", "--set", "lort.delta=0.5"])
+        .success();
+    t.args_run([
+        "report",
+        "pipeline.kdl",
+        "--html",
+        "diff.html",
+        "--compare",
+        "previous",
+    ])
+    .success();
+    let diff = std::fs::read_to_string(t.path("diff.html")).unwrap();
+    assert_well_nested(&diff);
+    assert!(
+        diff.contains("<h2 id=\"changes\">Changes since run"),
+        "no changes section"
+    );
+    assert!(
+        diff.contains("<td class=\"left\">lort</td>"),
+        "the changed head"
+    );
+}
+
+fn blake3_hex(bytes: &[u8]) -> String {
+    blake3::hash(bytes).to_hex().to_string()
+}

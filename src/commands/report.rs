@@ -67,6 +67,14 @@ pub(crate) fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
             find_run(&runs, &reportable, wanted, &file)?,
         )?),
     };
+    if let Some(target) = &args.html {
+        let target = target.clone().unwrap_or_else(|| html_path(&session.file));
+        let page = html_page(&session, &current, earlier.as_ref(), &file)?;
+        std::fs::write(&target, page)
+            .with_context(|| format!("cannot write `{}`", target.display()))?;
+        println!("{}", target.display());
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut out = std::io::stdout().lock();
     let text = match (&earlier, args.format) {
         (None, ReportFormat::Human) => human(&current, &file),
@@ -93,6 +101,92 @@ pub(crate) fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
     };
     out.write_all(text.as_bytes())?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where `report --html` writes without a FILE: beside the pipeline, `<stem>.report.html`.
+fn html_path(pipeline: &Path) -> PathBuf {
+    let stem = pipeline
+        .file_stem()
+        .map_or("pipeline".into(), |s| s.to_string_lossy().into_owned());
+    pipeline.with_file_name(format!("{stem}.report.html"))
+}
+
+/// The HTML page of `current` (and its changes since `earlier`).
+fn html_page(
+    session: &Session,
+    current: &Results<'_>,
+    earlier: Option<&Results<'_>>,
+    file: &str,
+) -> anyhow::Result<String> {
+    let digest = std::fs::read(&session.file)
+        .map(|bytes| blake3::hash(&bytes).to_hex().to_string())
+        .unwrap_or_else(|e| format!("unreadable: {e}"));
+    let evaluations = current
+        .evaluations
+        .iter()
+        .map(|e| {
+            let plots = e.metrics["plots"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Json::as_str)
+                .filter(|p| p.ends_with(".svg"))
+                .filter_map(|p| {
+                    let svg = std::fs::read_to_string(e.dir.join(p)).ok()?;
+                    let name = Path::new(p).file_name()?.to_string_lossy().into_owned();
+                    Some((name, svg))
+                })
+                .collect();
+            report::HtmlEvaluation {
+                name: e.name.clone(),
+                metrics: e.metrics.clone(),
+                plots,
+            }
+        })
+        .collect();
+    let mut backbones = Vec::new();
+    for s in &current.run.stages {
+        if s.kind != StageKind::Backbone.as_str()
+            || !matches!(s.outcome, StageOutcome::Ran | StageOutcome::Cached)
+        {
+            continue;
+        }
+        let Some(key) = &s.key else { continue };
+        if let Some(artifact) = session.engine.store().get(key)? {
+            backbones.push(report::HtmlBackbone {
+                name: s.name.clone(),
+                summary: artifact.manifest().summary.clone(),
+            });
+        }
+    }
+    let page = report::HtmlReport {
+        pipeline: file,
+        pipeline_digest: digest,
+        version: env!("CARGO_PKG_VERSION"),
+        backend: session.engine.backend().name().to_string(),
+        run: report::RunInfo {
+            id: current.run.id.clone(),
+            started_at: current.run.started_at.to_string(),
+            duration_s: current.run.duration_s,
+            stages: current
+                .run
+                .stages
+                .iter()
+                .map(|s| {
+                    (
+                        s.name.clone(),
+                        s.kind.clone(),
+                        s.outcome.as_str().to_string(),
+                        s.duration_s,
+                    )
+                })
+                .collect(),
+        },
+        evaluations,
+        backbones,
+        compare: earlier.map(|old| (old.run.id.clone(), changes(old, current))),
+    };
+    Ok(report::html(&page))
 }
 
 /// Whether a run record is of this pipeline file. Records keep the path as given on the command

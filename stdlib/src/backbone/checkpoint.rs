@@ -111,6 +111,9 @@ pub(crate) struct TrainState {
     pub(crate) fingerprint: String,
     /// Loss of the last step.
     pub(crate) last_loss: f32,
+    /// Every completed epoch (absent in checkpoints of older versions).
+    #[serde(default)]
+    pub(crate) history: Vec<super::train::EpochStats>,
 }
 
 /// The `checkpoint/` directory of a training run: `model-E.mpk`, `optim-E.mpk` and
@@ -156,6 +159,14 @@ impl CheckpointDir {
             });
         }
         Ok(Some(state))
+    }
+
+    /// The training curve of the last complete checkpoint, whatever its configuration.
+    pub(crate) fn history(&self) -> Option<Vec<super::train::EpochStats>> {
+        let bytes = fs::read(self.dir.join(STATE_FILE)).ok()?;
+        serde_json::from_slice::<TrainState>(&bytes)
+            .ok()
+            .map(|s| s.history)
     }
 
     pub(crate) fn load_model<B: Backend>(

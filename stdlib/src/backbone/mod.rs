@@ -30,8 +30,8 @@ pub use import::{CheckpointFormat, CheckpointMapping, ImportReport, import_backb
 pub use loss::Stage1Loss;
 pub use schedule::LrSchedule;
 pub use train::{
-    DEFAULT_PREFETCH, TrainConfig, TrainData, TrainProgress, evaluate_accuracy, inference_model,
-    train_backbone,
+    DEFAULT_PREFETCH, EpochStats, TrainConfig, TrainData, TrainProgress, evaluate_accuracy,
+    inference_model, train_backbone, training_history,
 };
 
 #[cfg(test)]

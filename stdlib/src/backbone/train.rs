@@ -127,6 +127,30 @@ pub struct TrainData<'a> {
     pub pipeline: &'a ImagePipeline,
 }
 
+/// One epoch of first-stage training, as the training curve records it (kept in the checkpoint, so
+/// a resumed run's curve starts at epoch 1 too).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EpochStats {
+    /// 1-based.
+    pub epoch: usize,
+    /// Mean loss over the epoch's images.
+    pub loss: f32,
+    /// Training accuracy over the epoch (augmented images, the logits the loss saw).
+    pub train_acc: f32,
+    /// Learning rate of the epoch.
+    pub lr: f64,
+    /// Wall time of the epoch.
+    pub seconds: f32,
+}
+
+/// The training curve of the run checkpointed in `work_dir` (by [`train_backbone`]), one entry per
+/// completed epoch; empty when there is none.
+pub fn training_history(work_dir: &Path) -> Vec<EpochStats> {
+    CheckpointDir::new(work_dir.join("checkpoint"))
+        .history()
+        .unwrap_or_default()
+}
+
 /// Reported after every step.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct TrainProgress {
@@ -215,14 +239,21 @@ pub fn train_backbone<B: AutodiffBackend>(
 
     let checkpoints = CheckpointDir::new(work_dir.join("checkpoint"));
     let fingerprint = config.fingerprint(backbone, data.sample_ids.len());
-    let (mut model, start_epoch, mut last_finite) = match checkpoints.latest(&fingerprint)? {
+    let (mut model, start_epoch, mut last_finite, mut history) = match checkpoints
+        .latest(&fingerprint)?
+    {
         Some(state) => {
             info!(epoch = state.completed_epochs, "resuming from checkpoint");
             let model = checkpoints.load_model(model, state.completed_epochs, device)?;
             optim = checkpoints.load_optimizer::<B, _>(optim, state.completed_epochs, device)?;
-            (model, state.completed_epochs, state.last_loss)
+            (
+                model,
+                state.completed_epochs,
+                state.last_loss,
+                state.history,
+            )
         }
-        None => (model, 0, f32::NAN),
+        None => (model, 0, f32::NAN, Vec::new()),
     };
 
     let loss_fn = BoundLoss::<B>::new(config.loss, &class_counts, device);
@@ -242,7 +273,7 @@ pub fn train_backbone<B: AutodiffBackend>(
             .sampler
             .epoch_order(data.images, data.sample_ids, config.seed, epoch);
         let started = Instant::now();
-        let (mut seen, mut correct) = (0usize, 0i64);
+        let (mut seen, mut correct, mut loss_sum) = (0usize, 0i64, 0f64);
         let mut slot = Some(model);
         for_each_batch::<BackboneError>(
             data.images,
@@ -288,6 +319,7 @@ pub fn train_backbone<B: AutodiffBackend>(
                 slot = Some(optim.step(lr, model, grads));
                 seen += n;
                 correct += hits;
+                loss_sum += f64::from(value) * n as f64;
                 progress(&TrainProgress {
                     epoch,
                     epochs: config.epochs,
@@ -310,6 +342,13 @@ pub fn train_backbone<B: AutodiffBackend>(
             images_per_sec = seen as f32 / elapsed.max(1e-9),
             "epoch done"
         );
+        history.push(EpochStats {
+            epoch: epoch + 1,
+            loss: (loss_sum / seen.max(1) as f64) as f32,
+            train_acc: correct as f32 / seen.max(1) as f32,
+            lr,
+            seconds: elapsed,
+        });
         checkpoints.save(
             &model,
             &optim,
@@ -317,6 +356,7 @@ pub fn train_backbone<B: AutodiffBackend>(
                 completed_epochs: epoch + 1,
                 fingerprint: fingerprint.clone(),
                 last_loss: last_finite,
+                history: history.clone(),
             },
         )?;
     }

@@ -4,10 +4,12 @@
 
 mod derived;
 mod diff;
+mod html;
 mod plot;
 mod tables;
 
 pub use derived::{Normalised, defined, group_means, head_to_tail, normalise_mean_abs};
 pub use diff::{Change, diff, is_accuracy, scalars};
-pub use plot::{HeadPlot, PlotError, SweepPoint, write_plots};
+pub use html::{HtmlBackbone, HtmlEvaluation, HtmlReport, RunInfo, html};
+pub use plot::{CurvePoint, HeadPlot, PlotError, SweepPoint, training_curve_svg, write_plots};
 pub use tables::{Style, accuracy_cell, accuracy_table, markdown, number, text};

@@ -849,6 +849,76 @@ impl Figure for SweepHeatmap<'_> {
     }
 }
 
+/// One point of a backbone's training curve: `(epoch, mean loss, train accuracy as a fraction)`.
+pub type CurvePoint = (usize, f64, f64);
+
+/// A backbone's training curve as an SVG document: loss and train accuracy per epoch, one panel
+/// each (for `report --html`, which inlines it).
+pub fn training_curve_svg(backbone: &str, points: &[CurvePoint]) -> Result<String, PlotError> {
+    register_font();
+    let figure = TrainingCurve { backbone, points };
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (1200, 560)).into_drawing_area();
+        root.fill(&WHITE)?;
+        figure.draw(&root)?;
+        root.present()?;
+    }
+    Ok(svg)
+}
+
+struct TrainingCurve<'a> {
+    backbone: &'a str,
+    points: &'a [CurvePoint],
+}
+
+impl Figure for TrainingCurve<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), PlotError> {
+        let area = title(root, &format!("Training of backbone `{}`", self.backbone))?;
+        let panels = area.split_evenly((1, 2));
+        let last = self.points.iter().map(|p| p.0).max().unwrap_or(1).max(1);
+        type Pick = fn(&CurvePoint) -> f64;
+        let series: [(&str, RGBColor, Pick); 2] = [
+            ("mean loss per epoch", PALETTE[0], |p| p.1),
+            ("train accuracy (%)", PALETTE[1], |p| 100.0 * p.2),
+        ];
+        for (panel, (desc, color, pick)) in panels.iter().zip(series) {
+            let values: Vec<f64> = self.points.iter().map(pick).collect();
+            let (lo, hi) = values
+                .iter()
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+                    (a.min(*v), b.max(*v))
+                });
+            let (lo, hi) = if lo.is_finite() && hi > lo {
+                let pad = 0.05 * (hi - lo);
+                (lo - pad, hi + pad)
+            } else if lo.is_finite() {
+                (lo - 1.0, lo + 1.0)
+            } else {
+                (0.0, 1.0)
+            };
+            let mut chart = ChartBuilder::on(panel)
+                .margin(15)
+                .x_label_area_size(50)
+                .y_label_area_size(70)
+                .build_cartesian_2d(1f64..last as f64 + 0.001, lo..hi)?;
+            chart
+                .configure_mesh()
+                .x_desc("epoch")
+                .y_desc(desc)
+                .max_light_lines(1)
+                .axis_desc_style(font(18))
+                .label_style(font(15))
+                .x_label_formatter(&|x| format!("{x:.0}"))
+                .draw()?;
+            let p: Vec<(f64, f64)> = self.points.iter().map(|p| (p.0 as f64, pick(p))).collect();
+            chart.draw_series(LineSeries::new(p.clone(), color.stroke_width(3)))?;
+            chart.draw_series(p.iter().map(|p| Circle::new(*p, 4, color.filled())))?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

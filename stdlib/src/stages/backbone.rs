@@ -169,6 +169,8 @@ impl StageExecutor for BackboneStage {
             summary["final_train_acc"] = json!(last.1);
             summary["images_per_sec"] = json!(last.2);
             summary["train_seconds"] = json!(started.elapsed().as_secs_f64());
+            // The training curve: loss and train accuracy per epoch (`report --html` plots it).
+            summary["history"] = json!(crate::backbone::training_history(cx.work_dir));
         }
         if let Some(report) = imported {
             summary["checkpoint"] = json!({
