@@ -131,6 +131,12 @@ fn html_page(
                 .flatten()
                 .filter_map(Json::as_str)
                 .filter(|p| p.ends_with(".svg"))
+                // Only the artifact's own `plots/NAME.svg`, whatever metrics.json says.
+                .filter(|p| {
+                    Path::new(p)
+                        .components()
+                        .all(|c| matches!(c, std::path::Component::Normal(_)))
+                })
                 .filter_map(|p| {
                     let svg = std::fs::read_to_string(e.dir.join(p)).ok()?;
                     let name = Path::new(p).file_name()?.to_string_lossy().into_owned();

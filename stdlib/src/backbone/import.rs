@@ -348,7 +348,7 @@ fn import_into<B: Backend, M: ModuleSnapshot<B>>(
     let (k, d) = (config.num_classes, config.feature_dim());
     let classifier = match &mapping.classifier {
         Some(p) => normalise_prefix(p),
-        None => match find_classifier(file, &trunk, k, d, mapping.classifier_kind) {
+        None => match find_classifier(file, &trunk, &trunk_wanted, k, d, mapping.classifier_kind) {
             Ok(prefix) => prefix,
             Err(lines) => {
                 // A classifier where the network keeps it, of another size: report its shape.
@@ -430,7 +430,11 @@ fn import_into<B: Backend, M: ModuleSnapshot<B>>(
 
     if !missing.is_empty() || !wrong_shape.is_empty() || !unexpected.is_empty() {
         let mut details = missing_summary(&missing, &wrong_shape);
-        let found = trunk_wanted.len() - missing.iter().filter(|m| m.starts_with(&trunk)).count();
+        let trunk_missing = trunk_wanted
+            .iter()
+            .filter(|w| file.get(&format!("{trunk}{}", w.torch)).is_none())
+            .count();
+        let found = trunk_wanted.len() - trunk_missing;
         match counts.first() {
             Some((best, n)) if *best != trunk && *n > found => {
                 // The stated prefix is wrong; what lies under it is beside the point.
@@ -583,10 +587,16 @@ fn missing_summary(missing: &[String], wrong_shape: &[String]) -> Vec<String> {
 fn find_classifier(
     file: &WeightsFile,
     trunk: &str,
+    trunk_wanted: &[Wanted],
     k: usize,
     d: usize,
     kind: ClassifierKind,
 ) -> Result<String, Vec<String>> {
+    // A trunk layer of the same shape (conv-fc's `embed`, say) is not the classifier.
+    let trunk_keys: BTreeSet<String> = trunk_wanted
+        .iter()
+        .map(|w| format!("{trunk}{}", w.torch))
+        .collect();
     let fits = |shape: &[usize]| match kind {
         ClassifierKind::Linear => shape == [k, d],
         ClassifierKind::NormedLinear => shape == [d, k],
@@ -596,7 +606,9 @@ fn find_classifier(
         .keys()
         .filter_map(|key| key.strip_suffix("weight").map(|p| (key, p)))
         .filter(|(key, p)| {
-            (p.is_empty() || p.ends_with('.')) && fits(&file.get(key).expect("listed").shape)
+            (p.is_empty() || p.ends_with('.'))
+                && !trunk_keys.contains(*key)
+                && fits(&file.get(key).expect("listed").shape)
         })
         .map(|(_, p)| p)
         .collect();

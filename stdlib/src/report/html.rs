@@ -80,9 +80,10 @@ fn esc(text: &str) -> String {
 
 /// An SVG document as an inline element: no XML prolog, and width scaling with the page.
 fn inline_svg(svg: &str) -> String {
-    let start = svg.find("<svg").unwrap_or(0);
-    let svg = &svg[start..];
-    svg.replacen("<svg", "<svg class=\"plot\" role=\"img\"", 1)
+    match svg.find("<svg") {
+        Some(start) => svg[start..].replacen("<svg", "<svg class=\"plot\" role=\"img\"", 1),
+        None => "<p class=\"note\">(not an SVG document)</p>".into(),
+    }
 }
 
 const STYLE: &str = r#"

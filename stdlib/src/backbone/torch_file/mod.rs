@@ -79,8 +79,9 @@ enum Storages {
     None,
     /// Entry name of each storage key in the archive.
     Zip(HashMap<String, String>),
-    /// Per storage key: its first byte in the file, or where the file ended instead.
-    Legacy(HashMap<String, Result<usize, u64>>),
+    /// Per storage key: its first byte and element count in the file, or the byte it needs up
+    /// to (`None`: it lies after an earlier storage that was cut).
+    Legacy(HashMap<String, Result<(usize, usize), Option<u64>>>),
 }
 
 impl WeightsFile {
@@ -151,15 +152,25 @@ impl WeightsFile {
                         std::borrow::Cow::Owned(read_zip_entry(&self.bytes, name, key)?)
                     }
                     Storages::Legacy(starts) => match starts.get(&t.storage.key) {
-                        Some(Ok(start)) => std::borrow::Cow::Borrowed(
-                            self.bytes
-                                .get(*start..start.saturating_add(needed))
-                                .unwrap_or(&[]),
-                        ),
-                        Some(Err(end)) => {
+                        Some(Ok((start, count))) => {
+                            if t.storage_end() > *count {
+                                return Err(ReadError::Invalid(format!(
+                                    "tensor `{key}` reads past the {count} elements its storage has in the file"
+                                )));
+                            }
+                            std::borrow::Cow::Borrowed(
+                                self.bytes
+                                    .get(*start..start.saturating_add(needed))
+                                    .unwrap_or(&[]),
+                            )
+                        }
+                        Some(Err(Some(end))) => {
                             return Err(truncated(format!(
                                 "tensor `{key}` needs bytes up to {end}"
                             )));
+                        }
+                        Some(Err(None)) => {
+                            return Err(truncated(format!("tensor `{key}` lies after the cut")));
                         }
                         None => {
                             return Err(ReadError::Invalid(format!(
@@ -359,22 +370,24 @@ impl WeightsFile {
             other => ReadError::Invalid(format!("its {part} is damaged: {other}")),
         };
         let mut pos = 0;
-        let mut next = |part: &str| -> Result<Value, ReadError> {
-            let (value, used) = pickle::read(&bytes[pos..]).map_err(|e| damaged(part, e))?;
+        // Each part is one pickle after the other; the object's also lists every storage.
+        let mut next = |part: &str| -> Result<(Value, Vec<pickle::StorageRef>), ReadError> {
+            let (value, used, storages) =
+                pickle::read_with_storages(&bytes[pos..]).map_err(|e| damaged(part, e))?;
             pos += used;
-            Ok(value)
+            Ok((value, storages))
         };
         // 0x1950a86a20f9469cfc6c, little-endian: what `torch.save` writes first.
         const MAGIC: &[u8] = b"\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19";
-        if next("magic number")? != Value::BigInt(MAGIC.to_vec()) {
+        if next("magic number")?.0 != Value::BigInt(MAGIC.to_vec()) {
             return Err(ReadError::Invalid(
                 "it is a pickle but not one written by `torch.save`".into(),
             ));
         }
         next("protocol version")?;
         next("system info")?;
-        let root = next("object")?;
-        let keys = match next("storage list")? {
+        let (root, storages) = next("object")?;
+        let keys = match next("storage list")?.0 {
             Value::List(keys) => keys
                 .into_iter()
                 .map(|k| match k {
@@ -387,38 +400,42 @@ impl WeightsFile {
             _ => return Err(ReadError::Invalid("its storage list is missing".into())),
         };
         let tensors = flatten(root)?;
-        // Element sizes come from the tensors that name each storage.
-        let dtypes: HashMap<&str, Dtype> = tensors
-            .iter()
-            .filter_map(|(_, t)| match &t.location {
-                Location::Torch(t) => Some((t.storage.key.as_str(), t.storage.dtype)),
-                Location::Range(..) => None,
-            })
-            .collect();
+        // Element sizes come from the persistent ids that name each storage.
+        let dtypes: HashMap<&str, Dtype> =
+            storages.iter().map(|s| (s.key.as_str(), s.dtype)).collect();
         let mut starts = HashMap::new();
-        let mut at = pos;
+        let mut at = Some(pos);
         for key in &keys {
             let Some(dtype) = dtypes.get(key.as_str()) else {
-                // A storage no tensor uses (it has no size we know); nothing after it is usable.
+                // A storage nothing names (it has no size we know); nothing after it is usable.
                 break;
             };
-            let Some(count) = bytes.get(at..at + 8) else {
-                starts.insert(key.clone(), Err(at as u64 + 8));
-                at = usize::MAX / 2;
+            let Some(here) = at else {
+                starts.insert(key.clone(), Err(None));
                 continue;
             };
-            let count = u64::from_le_bytes(count.try_into().unwrap()) as usize;
-            let start = at + 8;
-            let end = start.saturating_add(count.saturating_mul(dtype.size()));
-            starts.insert(
-                key.clone(),
-                if end <= bytes.len() {
-                    Ok(start)
-                } else {
-                    Err(end as u64)
-                },
-            );
-            at = end;
+            let data_start = here.saturating_add(8);
+            let Some(count) = bytes.get(here..data_start) else {
+                starts.insert(key.clone(), Err(Some(data_start as u64)));
+                at = None;
+                continue;
+            };
+            let count = usize::try_from(u64::from_le_bytes(count.try_into().unwrap()))
+                .unwrap_or(usize::MAX);
+            let end = count
+                .checked_mul(dtype.size())
+                .and_then(|n| data_start.checked_add(n));
+            match end {
+                Some(end) if end <= bytes.len() => {
+                    starts.insert(key.clone(), Ok((data_start, count)));
+                    at = Some(end);
+                }
+                _ => {
+                    let needed = end.map_or(u64::MAX, |e| e as u64);
+                    starts.insert(key.clone(), Err(Some(needed)));
+                    at = None;
+                }
+            }
         }
         Ok(Self::new(
             FileKind::TorchLegacy,
@@ -435,7 +452,8 @@ fn read_zip_entry(bytes: &[u8], name: &str, tensor: &str) -> Result<Vec<u8>, Rea
     let mut entry = archive
         .by_name(name)
         .map_err(|e| ReadError::Invalid(format!("cannot find `{name}` in the archive: {e}")))?;
-    let mut data = Vec::with_capacity(entry.size() as usize);
+    // The entry's size is the file's claim: never allocate more than the file could hold.
+    let mut data = Vec::with_capacity((entry.size() as usize).min(bytes.len()));
     // The zip reader checks the entry's CRC at its end: damaged bytes are an error here.
     entry.read_to_end(&mut data).map_err(|e| {
         ReadError::Invalid(format!("the data of `{tensor}` (`{name}`) is damaged: {e}"))

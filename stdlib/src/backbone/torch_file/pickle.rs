@@ -154,15 +154,24 @@ pub(crate) enum PickleError {
 
 /// Decodes one pickle from `data`; returns it and the number of bytes it took.
 pub(crate) fn read(data: &[u8]) -> Result<(Value, usize), PickleError> {
+    read_with_storages(data).map(|(value, used, _)| (value, used))
+}
+
+/// [`read`], and every storage its persistent ids named (also those of tensors inside objects
+/// that [`Value`] trees are not walked into).
+pub(crate) fn read_with_storages(
+    data: &[u8],
+) -> Result<(Value, usize, Vec<StorageRef>), PickleError> {
     let mut vm = Machine {
         data,
         pos: 0,
         stack: Vec::new(),
         marks: Vec::new(),
         memo: HashMap::new(),
+        storages: Vec::new(),
     };
     let value = vm.run()?;
-    Ok((value, vm.pos))
+    Ok((value, vm.pos, vm.storages))
 }
 
 struct Machine<'a> {
@@ -171,6 +180,7 @@ struct Machine<'a> {
     stack: Vec<Value>,
     marks: Vec<usize>,
     memo: HashMap<u32, Value>,
+    storages: Vec<StorageRef>,
 }
 
 impl Machine<'_> {
@@ -563,7 +573,7 @@ impl Machine<'_> {
     }
 
     /// `('storage', storage_type, key, location, numel[, view_metadata])`.
-    fn persistent(&self, pid: Value) -> Result<Value, PickleError> {
+    fn persistent(&mut self, pid: Value) -> Result<Value, PickleError> {
         let Value::Tuple(items) = pid else {
             return Err(self.malformed("a persistent id that is not a tuple"));
         };
@@ -582,13 +592,17 @@ impl Machine<'_> {
                 };
                 let dtype = Dtype::from_torch_name(type_name)
                     .ok_or_else(|| self.malformed(format!("unknown storage type `{type_name}`")))?;
-                Ok(Value::Storage(StorageRef {
+                let storage = StorageRef {
                     key: key.clone(),
                     dtype,
                     numel: usize::try_from(*numel)
                         .map_err(|_| self.malformed("a negative storage size"))?,
-                }))
+                };
+                self.storages.push(storage.clone());
+                Ok(Value::Storage(storage))
             }
+            // `torch.save(model)` in the legacy format names each module's class this way.
+            [Value::Str(kind), class, ..] if kind == "module" => Ok(class.clone()),
             _ => Err(self.malformed("a persistent id that is not a storage")),
         }
     }
@@ -666,7 +680,11 @@ impl Machine<'_> {
             let dtype = Dtype::from_torch_name(dtype)
                 .ok_or_else(|| self.malformed(format!("unknown dtype `{dtype}`")))?;
             // An untyped storage counts bytes.
-            storage.numel = storage.numel * storage.dtype.size() / dtype.size();
+            storage.numel = storage
+                .numel
+                .checked_mul(storage.dtype.size())
+                .ok_or_else(|| self.malformed("a storage size that overflows"))?
+                / dtype.size();
             storage.dtype = dtype;
         }
         if shape.len() != stride.len() {
