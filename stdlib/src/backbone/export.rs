@@ -12,7 +12,7 @@ use safetensors::tensor::{Dtype, TensorView};
 
 use super::base::{Backbone, BackboneConfig};
 use super::error::BackboneError;
-use super::import::torch_name;
+use super::import::{is_linear_weight, torch_name, transpose};
 
 /// The name of the classifier in the reference code of `arch`: LDAM-DRW's ResNet-32 calls it
 /// `linear`, torchvision (and our other networks) `fc`.
@@ -47,19 +47,9 @@ pub fn torch_state_dict<B: Backend>(
             .to_vec()
             .map_err(|e| BackboneError::InvalidConfig(format!("tensor `{burn}`: {e:?}")))?;
         let mut shape: Vec<usize> = s.shape.iter().copied().collect();
-        let linear = burn.ends_with(".weight")
-            && s.module_type().is_some_and(|t| t.ends_with(":Linear"))
-            && shape.len() == 2;
-        if linear {
+        if is_linear_weight(&s) {
             // Burn's `[in, out]` is PyTorch's `[out, in]` transposed.
-            let (rows, cols) = (shape[0], shape[1]);
-            let mut t = vec![0.0; values.len()];
-            for r in 0..rows {
-                for c in 0..cols {
-                    t[c * rows + r] = values[r * cols + c];
-                }
-            }
-            values = t;
+            values = transpose(&values, shape[0], shape[1]);
             shape.reverse();
         }
         let name = match burn.strip_prefix("fc.") {

@@ -177,14 +177,31 @@ pub(crate) fn torch_name(burn: &str) -> String {
     }
 }
 
+/// Whether one of our tensors is a linear layer's weight, which PyTorch stores as `[out, in]`
+/// and Burn as `[in, out]`.
+pub(crate) fn is_linear_weight(s: &TensorSnapshot) -> bool {
+    s.full_path().ends_with(".weight")
+        && s.module_type().is_some_and(|t| t.ends_with(":Linear"))
+        && s.shape.num_dims() == 2
+}
+
+/// The row-major `[cols, rows]` transpose of a row-major `[rows, cols]` matrix.
+pub(crate) fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0.0; values.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = values[r * cols + c];
+        }
+    }
+    t
+}
+
 fn wanted<B: Backend, M: ModuleSnapshot<B>>(module: &M) -> (Vec<Wanted>, Vec<Wanted>) {
     let mut trunk = Vec::new();
     let mut classifier = Vec::new();
     for s in module.collect(None, None, false) {
         let burn = s.full_path();
-        let transposed = burn.ends_with(".weight")
-            && s.module_type().is_some_and(|t| t.ends_with(":Linear"))
-            && s.shape.num_dims() == 2;
+        let transposed = is_linear_weight(&s);
         let mut shape: Vec<usize> = s.shape.iter().copied().collect();
         if transposed {
             shape.reverse();
@@ -476,14 +493,8 @@ fn import_into<B: Backend, M: ModuleSnapshot<B>>(
     let mut push = |w: &Wanted, key: &str, values: Vec<f32>| {
         let mut shape = w.shape.clone();
         let values = if w.transposed {
-            let (rows, cols) = (shape[0], shape[1]);
+            let t = transpose(&values, shape[0], shape[1]);
             shape.reverse();
-            let mut t = vec![0.0; values.len()];
-            for r in 0..rows {
-                for c in 0..cols {
-                    t[c * rows + r] = values[r * cols + c];
-                }
-            }
             t
         } else {
             values
