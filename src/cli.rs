@@ -124,6 +124,17 @@ pub(crate) fn init_logging(args: &GlobalArgs) {
 pub(crate) enum BackendArg {
     Cpu,
     Cuda,
+    Wgpu,
+}
+
+impl From<BackendArg> for lortflow_lang::ir::Backend {
+    fn from(arg: BackendArg) -> Self {
+        match arg {
+            BackendArg::Cpu => Self::Cpu,
+            BackendArg::Cuda => Self::Cuda,
+            BackendArg::Wgpu => Self::Wgpu,
+        }
+    }
 }
 
 /// Arguments shared by the commands that plan a pipeline.

@@ -10,7 +10,7 @@ use lortflow_runtime::Store;
 use lortflow_runtime::engine::{Engine, Force, StageStatus};
 use lortflow_runtime::plan::{ConcreteStage, Override, expand};
 
-use crate::cli::{BackendArg, PipelineArgs};
+use crate::cli::PipelineArgs;
 use crate::render;
 
 /// A loaded, planned pipeline: the file as given on the command line and its engine.
@@ -133,11 +133,8 @@ pub(crate) fn plan(checked: &Checked, overrides: &[Override]) -> Option<Vec<Conc
 
 /// `--backend`, or the pipeline's `defaults backend`.
 pub(crate) fn backend(args: &PipelineArgs, checked: &Checked) -> Backend {
-    match args.backend {
-        Some(BackendArg::Cpu) => Backend::Cpu,
-        Some(BackendArg::Cuda) => Backend::Cuda,
-        None => checked.pipeline.defaults.backend.value,
-    }
+    args.backend
+        .map_or(checked.pipeline.defaults.backend.value, Backend::from)
 }
 
 fn strsim_like(candidate: &str, name: &str) -> bool {

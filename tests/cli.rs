@@ -45,6 +45,12 @@ impl Test {
         self
     }
 
+    /// Sets an environment variable for every run.
+    pub(crate) fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
     pub(crate) fn args<I: IntoIterator<Item = S>, S: AsRef<str>>(mut self, args: I) -> Self {
         self.args = args.into_iter().map(|a| a.as_ref().to_string()).collect();
         self

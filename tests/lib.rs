@@ -13,6 +13,7 @@ mod report;
 mod run;
 mod slurm;
 mod watch;
+mod wgpu;
 
 // The plugin example's own unit tests (δ per class, gradient check), compiled here; its binary
 // is run by `plugin`.

@@ -99,6 +99,16 @@ choice! {
         Cpu = "cpu",
         /// Burn's CUDA backend (cargo feature `cuda`).
         Cuda = "cuda",
+        /// Burn's wgpu backend: Vulkan (Metal on macOS), cargo feature `wgpu`.
+        Wgpu = "wgpu",
+    }
+}
+
+impl Backend {
+    /// Whether tensor work runs on an accelerator (a GPU, or a software one such as lavapipe)
+    /// rather than in host memory: such a device holds one training stage at a time.
+    pub fn uses_device(self) -> bool {
+        self != Backend::Cpu
     }
 }
 

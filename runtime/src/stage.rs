@@ -225,7 +225,7 @@ pub trait StageExecutor: Send + Sync {
     /// Whether the stage occupies the accelerator on this backend (the scheduler runs one such
     /// stage per device at a time).
     fn uses_device(&self, _stage: &ConcreteStage, backend: Backend) -> bool {
-        backend == Backend::Cuda
+        backend.uses_device()
     }
 
     /// Runs the stage, writing its files into `cx.out_dir`; returns the summary stored in the

@@ -92,10 +92,7 @@ fn gc(files: Vec<PathBuf>, store: Option<PathBuf>, dry_run: bool) -> anyhow::Res
         }
         dir = Some(this);
         // Keep the current artifacts of every backend the pipeline may run on.
-        for backend in [
-            lortflow_lang::ir::Backend::Cpu,
-            lortflow_lang::ir::Backend::Cuda,
-        ] {
+        for &backend in lortflow_lang::ir::Backend::ALL {
             session.engine = session.engine.with_backend(backend);
             keep.extend(
                 session

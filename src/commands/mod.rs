@@ -96,10 +96,7 @@ pub(crate) fn slurm_executor(
         args.extend(["--set".to_string(), set.clone()]);
     }
     if let Some(backend) = pipeline.backend {
-        let name = match backend {
-            crate::cli::BackendArg::Cpu => "cpu",
-            crate::cli::BackendArg::Cuda => "cuda",
-        };
+        let name = lortflow_lang::ir::Backend::from(backend).name();
         args.extend(["--backend".to_string(), name.into()]);
     }
     let command = JobCommand {

@@ -52,12 +52,8 @@ pub(crate) fn run(args: WatchArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     // checked each cycle, since an edit can change it.
     let registry = lortflow_stdlib::stages::registry();
     if let Some(arg) = args.pipeline.backend {
-        let backend = match arg {
-            crate::cli::BackendArg::Cpu => Backend::Cpu,
-            crate::cli::BackendArg::Cuda => Backend::Cuda,
-        };
         registry
-            .check_backend(backend)
+            .check_backend(Backend::from(arg))
             .map_err(anyhow::Error::msg)?;
     }
     let store = session::open_store(&file, args.pipeline.store.as_deref())?;

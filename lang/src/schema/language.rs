@@ -65,11 +65,15 @@ const DEFAULTS: NodeSpec = NodeSpec::new(
     "Settings for the whole pipeline (`lortflow run --backend` overrides the backend).",
 )
 .children(&[
-    NodeSpec::new("backend", "The compute backend of training stages.").args(&[P::new(
+    NodeSpec::new(
         "backend",
-        T::Enum(Backend::NAMES),
-        "Backend.",
+        "The compute backend of training stages: `cpu` (Burn's `flex`, always built), `cuda` \
+         (NVIDIA GPUs; a lortflow built with `--features cuda`) or `wgpu` (Vulkan: AMD, Intel and \
+         NVIDIA GPUs, Metal on macOS, or Mesa's software Vulkan on a CPU; built with \
+         `--features wgpu`). Numbers depend on the backend, so it is part of the keys of the stages \
+         that train or run a network.",
     )
+    .args(&[P::new("backend", T::Enum(Backend::NAMES), "Backend.")
     .default(Str("cpu"))
     .required()]),
     NodeSpec::new(

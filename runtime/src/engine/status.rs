@@ -73,10 +73,7 @@ pub fn status(
     backend: Backend,
     force: &Force,
 ) -> Vec<StageStatus> {
-    let backend_name = match backend {
-        Backend::Cpu => "cpu",
-        Backend::Cuda => "cuda",
-    };
+    let backend_name = backend.name();
     let mut out: Vec<StageStatus> = Vec::with_capacity(plan.len());
     for stage in plan {
         let mut reasons = Vec::new();

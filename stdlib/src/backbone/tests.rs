@@ -67,6 +67,17 @@ fn train(
     dir: &Path,
     cancel_after_epoch: Option<usize>,
 ) -> (Result<Backbone<CpuAutodiff>, BackboneError>, Vec<f32>) {
+    train_on::<CpuAutodiff>(data, config, dir, cancel_after_epoch, &CpuDevice::default())
+}
+
+/// [`train`] on any backend.
+fn train_on<B: burn::tensor::backend::AutodiffBackend>(
+    data: &LabeledImages,
+    config: &TrainConfig,
+    dir: &Path,
+    cancel_after_epoch: Option<usize>,
+    device: &B::Device,
+) -> (Result<Backbone<B>, BackboneError>, Vec<f32>) {
     let ids: Vec<u32> = (0..data.len() as u32).collect();
     let pipeline = pipeline(data, &ids);
     let cancel = AtomicBool::new(false);
@@ -77,7 +88,7 @@ fn train(
             cancel.store(true, Ordering::Relaxed);
         }
     };
-    let result = train_backbone::<CpuAutodiff>(
+    let result = train_backbone::<B>(
         &small_cnn(data),
         config,
         TrainData {
@@ -88,20 +99,30 @@ fn train(
         dir,
         &cancel,
         &mut progress,
-        &CpuDevice::default(),
+        device,
     );
     (result, losses)
 }
 
-fn weights(model: &Backbone<CpuAutodiff>) -> Vec<f32> {
-    let x = Tensor::<CpuBackend, 4>::from_data(
+/// The model's logits on two fixed 28 × 28 inputs, then its classifier's weights.
+fn weights<B: burn::tensor::backend::AutodiffBackend>(model: &Backbone<B>) -> Vec<f32> {
+    weights_at(model, 28)
+}
+
+/// [`weights`] with inputs of `side` × `side`.
+fn weights_at<B: burn::tensor::backend::AutodiffBackend>(
+    model: &Backbone<B>,
+    side: usize,
+) -> Vec<f32> {
+    let device = model.fc().weight.device();
+    let x = Tensor::<B::InnerBackend, 4>::from_data(
         TensorData::new(
-            (0..2 * 28 * 28)
+            (0..2 * side * side)
                 .map(|i| (i % 17) as f32 / 17.0)
                 .collect::<Vec<_>>(),
-            [2, 1, 28, 28],
+            [2, 1, side, side],
         ),
-        &CpuDevice::default(),
+        &device,
     );
     let mut out: Vec<f32> = model.valid().forward(x).into_data().to_vec().unwrap();
     out.extend(model.fc().weight.val().into_data().to_vec::<f32>().unwrap());
@@ -406,72 +427,241 @@ fn evaluation_uses_running_statistics() {
 #[test]
 fn every_architecture_on_the_kernels_matches_burns_ops() {
     let device = CpuDevice::default();
-    for (arch, channels, side, batch) in [
-        (Arch::ConvFc, 1, 28, 3),
-        (Arch::SmallCnn, 1, 28, 3),
-        (Arch::Resnet32, 3, 32, 4),
-        (Arch::Resnet50, 3, 64, 4),
-    ] {
-        let config = BackboneConfig {
-            arch,
-            num_classes: 5,
-            in_channels: channels,
-            input_size: side,
-        };
-        let model: Backbone<CpuAutodiff> = config.init_seeded(3, &device).unwrap();
-        let x = Tensor::<CpuAutodiff, 4>::from_data(
-            TensorData::new(
-                (0..batch * channels * side * side)
-                    .map(|i| ((i * 7919) % 997) as f32 / 500.0 - 1.0)
-                    .collect::<Vec<_>>(),
-                [batch, channels, side, side],
-            ),
-            &device,
-        );
+    for (arch, channels, side, batch) in ARCH_SHAPES {
         let run = |burn_only: bool| {
             crate::kernels::BURN_OPS_ONLY.with(|f| f.set(burn_only));
-            let x = x.clone().require_grad();
-            let logits = model.forward(x.clone());
-            let loss = (logits.clone() * logits.clone().sin().detach()).sum();
-            let grads = loss.backward();
+            let out = arch_outputs::<CpuAutodiff>(arch, channels, side, batch, &device);
             crate::kernels::BURN_OPS_ONLY.with(|f| f.set(false));
-            let read = |t: Tensor<CpuBackend, 2>| t.into_data().to_vec::<f32>().unwrap();
-            let input: Vec<f32> = x.grad(&grads).unwrap().into_data().to_vec().unwrap();
-            (
-                read(logits.inner()),
-                input,
-                read(model.fc().weight.val().grad(&grads).unwrap()),
-            )
+            out
         };
-        let (ours, burn) = (run(false), run(true));
-        // Inference (BatchNorm folded, ReLU and residual add fused into the convolutions).
-        let features = |burn_only: bool| {
-            crate::kernels::BURN_OPS_ONLY.with(|f| f.set(burn_only));
-            let y: Vec<f32> = model
-                .valid()
-                .forward_features(x.clone().inner())
-                .into_data()
-                .to_vec()
-                .unwrap();
-            crate::kernels::BURN_OPS_ONLY.with(|f| f.set(false));
-            y
-        };
-        let (ours_features, burn_features) = (features(false), features(true));
-        let mut compared = vec![
-            ("logits", &ours.0, &burn.0),
-            ("classifier gradient", &ours.2, &burn.2),
-            ("inference features", &ours_features, &burn_features),
-        ];
-        if arch != Arch::Resnet50 {
-            compared.push(("input gradient", &ours.1, &burn.1));
+        assert_outputs_agree(arch, &run(false), &run(true), "Burn");
+    }
+}
+
+/// Each architecture with its input channels, side and batch size (small: ResNet-50 at 64²).
+const ARCH_SHAPES: [(Arch, usize, usize, usize); 4] = [
+    (Arch::ConvFc, 1, 28, 3),
+    (Arch::SmallCnn, 1, 28, 3),
+    (Arch::Resnet32, 3, 32, 4),
+    (Arch::Resnet50, 3, 64, 4),
+];
+
+/// What a seeded `arch` computes on a fixed batch: logits, the gradient of a loss that weighs
+/// every logit differently with respect to the input (it crosses every layer) and to the
+/// classifier, and the inference features (BatchNorm folded, ReLU and residual add fused).
+struct ArchOutputs {
+    logits: Vec<f32>,
+    input_gradient: Vec<f32>,
+    classifier_gradient: Vec<f32>,
+    features: Vec<f32>,
+}
+
+fn arch_outputs<B: burn::tensor::backend::AutodiffBackend>(
+    arch: Arch,
+    channels: usize,
+    side: usize,
+    batch: usize,
+    device: &B::Device,
+) -> ArchOutputs {
+    let config = BackboneConfig {
+        arch,
+        num_classes: 5,
+        in_channels: channels,
+        input_size: side,
+    };
+    let model: Backbone<B> = config.init_seeded(3, device).unwrap();
+    let x = Tensor::<B, 4>::from_data(
+        TensorData::new(
+            (0..batch * channels * side * side)
+                .map(|i| ((i * 7919) % 997) as f32 / 500.0 - 1.0)
+                .collect::<Vec<_>>(),
+            [batch, channels, side, side],
+        ),
+        device,
+    )
+    .require_grad();
+    let logits = model.forward(x.clone());
+    let loss = (logits.clone() * logits.clone().sin().detach()).sum();
+    let grads = loss.backward();
+    let read2 = |t: Tensor<B::InnerBackend, 2>| t.into_data().to_vec::<f32>().unwrap();
+    ArchOutputs {
+        input_gradient: x.grad(&grads).unwrap().into_data().to_vec().unwrap(),
+        classifier_gradient: read2(model.fc().weight.val().grad(&grads).unwrap()),
+        logits: read2(logits.inner()),
+        features: model
+            .valid()
+            .forward_features(x.inner())
+            .into_data()
+            .to_vec()
+            .unwrap(),
+    }
+}
+
+/// Every output within 1e-3 of the reference's largest magnitude. ResNet-50's input gradient is
+/// left out (see [`every_architecture_on_the_kernels_matches_burns_ops`]).
+fn assert_outputs_agree(arch: Arch, ours: &ArchOutputs, reference: &ArchOutputs, name: &str) {
+    let mut compared = vec![
+        ("logits", &ours.logits, &reference.logits),
+        (
+            "classifier gradient",
+            &ours.classifier_gradient,
+            &reference.classifier_gradient,
+        ),
+        ("inference features", &ours.features, &reference.features),
+    ];
+    if arch != Arch::Resnet50 {
+        compared.push((
+            "input gradient",
+            &ours.input_gradient,
+            &reference.input_gradient,
+        ));
+    }
+    for (what, a, b) in compared {
+        assert_eq!(a.len(), b.len(), "{arch:?} {what}");
+        let scale = b.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+        for (i, (p, q)) in a.iter().zip(b).enumerate() {
+            assert!(
+                (p - q).abs() <= 1e-3 * scale,
+                "{arch:?} {what}[{i}]: {p} vs {name} {q}"
+            );
         }
-        for (what, a, b) in compared {
-            let scale = b.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
-            for (i, (p, q)) in a.iter().zip(b).enumerate() {
-                assert!(
-                    (p - q).abs() <= 1e-3 * scale,
-                    "{arch:?} {what}[{i}]: {p} vs Burn {q}"
+    }
+}
+
+/// The backbone on a real non-CPU backend (wgpu; on CI, Mesa's software Vulkan): Burn's CubeCL
+/// kernels, host-to-device uploads and downloads, against the CPU path users get by default (our
+/// kernels on `flex`).
+#[cfg(feature = "wgpu")]
+mod wgpu {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::backend::{WgpuAutodiff, WgpuBackend, test_wgpu_device};
+    use crate::features::{FeatureFile, Tta, extract_features};
+
+    #[test]
+    fn every_architecture_on_wgpu_matches_the_cpu() {
+        let Some(device) = test_wgpu_device() else {
+            return;
+        };
+        for (arch, channels, side, batch) in ARCH_SHAPES {
+            let cpu = arch_outputs::<CpuAutodiff>(arch, channels, side, batch, &Default::default());
+            let gpu = arch_outputs::<WgpuAutodiff>(arch, channels, side, batch, &device);
+            assert_outputs_agree(arch, &gpu, &cpu, "the CPU");
+        }
+    }
+
+    /// Seeded training (sampling, augmentation, SGD with momentum and weight decay, the cosine
+    /// schedule, BatchNorm's running statistics) takes the same steps on the device. On 12 × 12
+    /// images of a 3 × 3 pattern grid. On the 28 × 28 images of the CPU tests the losses agree
+    /// within 1e-6 for six steps, then drift apart, about 3x a step, to 1e-3 by step 13 and
+    /// 2e-3 at most over 50 steps (measured; the op that starts it was not found), so those are
+    /// not used here.
+    #[test]
+    fn training_on_wgpu_takes_the_cpus_steps() {
+        let Some(device) = test_wgpu_device() else {
+            return;
+        };
+        let data = PatternImagesConfig {
+            num_classes: 6,
+            height: 12,
+            width: 12,
+            grid: 3,
+            per_class: 16,
+            ..Default::default()
+        }
+        .generate()
+        .unwrap();
+        let config = train_config(4, Stage1Loss::Ce);
+        let (cpu_dir, gpu_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (cpu, cpu_losses) = train(&data, &config, cpu_dir.path(), None);
+        let (gpu, gpu_losses) =
+            train_on::<WgpuAutodiff>(&data, &config, gpu_dir.path(), None, &device);
+        assert_eq!(gpu_losses.len(), cpu_losses.len());
+        // Measured: every loss within 2.4e-7, the outputs and classifier within 7.2e-7.
+        for (step, (a, b)) in gpu_losses.iter().zip(&cpu_losses).enumerate() {
+            assert!(
+                (a - b).abs() < 1e-5,
+                "step {step}: loss {a} on wgpu, {b} on the CPU"
+            );
+        }
+        let (gpu, cpu) = (weights_at(&gpu.unwrap(), 12), weights_at(&cpu.unwrap(), 12));
+        let worst = gpu
+            .iter()
+            .zip(&cpu)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst < 1e-4, "outputs and classifier differ by {worst}");
+    }
+
+    /// Feature extraction (inference BatchNorm, a last batch smaller than the others, the
+    /// mirror-image TTA) writes the CPU's features, row for row.
+    #[test]
+    fn feature_extraction_on_wgpu_matches_the_cpu() {
+        let Some(device) = test_wgpu_device() else {
+            return;
+        };
+        let data = synthetic(3);
+        let ids: Vec<u32> = (0..data.len() as u32).rev().collect();
+        let pipeline = ImagePipeline::new(
+            vec![],
+            Normalization::from_data(&data, &ids).unwrap(),
+            data.images().shape(),
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cancel = AtomicBool::new(false);
+        for arch in [Arch::SmallCnn, Arch::ConvFc] {
+            let config = BackboneConfig {
+                arch,
+                ..small_cnn(&data)
+            };
+            for tta in [Tta::None, Tta::Hflip] {
+                let cpu_path = dir.path().join(format!("{arch:?}-{tta:?}-cpu.safetensors"));
+                let gpu_path = dir
+                    .path()
+                    .join(format!("{arch:?}-{tta:?}-wgpu.safetensors"));
+                let cpu_model = config.init_seeded::<CpuBackend>(5, &CpuDevice::default());
+                extract_features(
+                    &cpu_model.unwrap(),
+                    &data,
+                    &ids,
+                    &pipeline,
+                    tta,
+                    7,
+                    &cpu_path,
+                    &BTreeMap::new(),
+                    &cancel,
+                    &CpuDevice::default(),
+                )
+                .unwrap();
+                let gpu_model = config.init_seeded::<WgpuBackend>(5, &device);
+                extract_features(
+                    &gpu_model.unwrap(),
+                    &data,
+                    &ids,
+                    &pipeline,
+                    tta,
+                    7,
+                    &gpu_path,
+                    &BTreeMap::new(),
+                    &cancel,
+                    &device,
+                )
+                .unwrap();
+                let (cpu, gpu) = (
+                    FeatureFile::open(&cpu_path).unwrap(),
+                    FeatureFile::open(&gpu_path).unwrap(),
                 );
+                assert_eq!((gpu.rows(), gpu.dim()), (cpu.rows(), cpu.dim()));
+                assert_eq!(gpu.labels(), cpu.labels());
+                let scale = cpu.features().iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+                for (i, (a, b)) in gpu.features().iter().zip(cpu.features()).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 1e-4 * scale,
+                        "{arch:?} {tta:?}: feature {i} is {a} on wgpu, {b} on the CPU"
+                    );
+                }
             }
         }
     }

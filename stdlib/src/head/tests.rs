@@ -561,8 +561,13 @@ fn weights_close(a: &TrainedHead, b: &TrainedHead, tol: f32) -> bool {
 /// autodiff) train the same heads, and host and device inference give the same test logits.
 #[test]
 fn the_closed_form_gradient_matches_autodiff_on_host_and_device() {
-    let data = long_tailed(5, 8, 60, 10.0, 1.0);
-    let jobs = vec![
+    assert_step_paths_agree(&long_tailed(5, 8, 60, 10.0, 1.0), &three_path_jobs());
+}
+
+/// A head per closed-form component (margins, weighting, constraints, trials, selections,
+/// inference maps) and one that only autodiff trains.
+fn three_path_jobs() -> Vec<HeadJob> {
+    vec![
         job("ce", |_| {}),
         job("lort", |s| s.targets = sp(Targets::Smoothed { delta: 0.9 })),
         job("bs", |s| {
@@ -620,51 +625,67 @@ fn the_closed_form_gradient_matches_autodiff_on_host_and_device() {
         job("cosine", |s| {
             s.logits = sp(lortflow_lang::ir::Logits::Cosine { scale: 16.0 })
         }),
-    ];
-    assert_step_paths_agree(&data, &jobs);
+    ]
 }
 
 /// Trains `jobs` through the closed form in host memory (the CPU path), the closed form on the
 /// device and autodiff, and asserts the same weights, histories, selections and test logits.
 fn assert_step_paths_agree(data: &Data, jobs: &[HeadJob]) {
-    let run = |path| {
-        train_heads_with::<Ad>(
-            &dev(),
-            &data.view(),
-            None,
-            jobs,
-            &AtomicBool::new(false),
-            &mut |_| {},
-            path,
-        )
-        .unwrap()
-    };
-    let autodiff = run(StepPath::Autodiff);
+    let autodiff = train_on::<Ad>(&dev(), data, jobs, StepPath::Autodiff);
     for path in [StepPath::Auto, StepPath::Device] {
-        let closed = run(path);
-        for (a, b) in closed.iter().zip(&autodiff) {
-            assert_eq!(a.trials.len(), b.trials.len());
-            for (x, y) in a.trials.iter().zip(&b.trials) {
-                let name = format!("{} ({path:?})", a.name);
-                assert!(weights_close(x, y, 1e-5), "{name}");
-                for (p, q) in x.history.iter().zip(&y.history) {
-                    assert!((p.loss - q.loss).abs() < 1e-5, "{name}: {p:?} vs {q:?}");
-                    assert_eq!(p.train_accuracy, q.train_accuracy, "{name}");
-                    assert_eq!(p.val_accuracy, q.val_accuracy, "{name}");
-                    assert_eq!(p.test_accuracy, q.test_accuracy, "{name}");
-                }
-                assert_eq!(x.selected_epoch, y.selected_epoch, "{name}");
-                assert_eq!(x.test_logits.len(), y.test_logits.len(), "{name}");
-                let worst = x
-                    .test_logits
-                    .iter()
-                    .zip(&y.test_logits)
-                    .map(|(p, q)| (p - q).abs())
-                    .fold(0.0f32, f32::max);
-                assert!(worst < 1e-4, "{name}: test logits differ by {worst}");
+        let closed = train_on::<Ad>(&dev(), data, jobs, path);
+        assert_same_heads(&closed, &autodiff, &format!("{path:?}"));
+    }
+}
+
+/// Trains `jobs` on `B` through one step implementation.
+fn train_on<B: burn::tensor::backend::AutodiffBackend>(
+    device: &B::Device,
+    data: &Data,
+    jobs: &[HeadJob],
+    path: StepPath,
+) -> Vec<HeadResult> {
+    train_heads_with::<B>(
+        device,
+        &data.view(),
+        None,
+        jobs,
+        &AtomicBool::new(false),
+        &mut |_| {},
+        path,
+    )
+    .unwrap()
+}
+
+/// The tolerance of the three-path test: weights and losses within 1e-5, the same accuracies
+/// and selected epochs, test logits within 1e-4.
+fn assert_same_heads(results: &[HeadResult], reference: &[HeadResult], label: &str) {
+    assert_eq!(results.len(), reference.len(), "{label}");
+    for (a, b) in results.iter().zip(reference) {
+        assert_eq!(a.trials.len(), b.trials.len());
+        for (x, y) in a.trials.iter().zip(&b.trials) {
+            let name = format!("{} ({label})", a.name);
+            assert!(weights_close(x, y, 1e-5), "{name}");
+            assert_eq!(x.history.len(), y.history.len(), "{name}");
+            for (p, q) in x.history.iter().zip(&y.history) {
+                assert!((p.loss - q.loss).abs() < 1e-5, "{name}: {p:?} vs {q:?}");
+                assert_eq!(p.train_accuracy, q.train_accuracy, "{name}");
+                assert_eq!(p.val_accuracy, q.val_accuracy, "{name}");
+                assert_eq!(p.test_accuracy, q.test_accuracy, "{name}");
             }
+            assert_eq!(x.selected_epoch, y.selected_epoch, "{name}");
+            assert_eq!(x.test_logits.len(), y.test_logits.len(), "{name}");
+            let worst = max_difference(&x.test_logits, &y.test_logits);
+            assert!(worst < 1e-4, "{name}: test logits differ by {worst}");
         }
     }
+}
+
+fn max_difference(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(p, q)| (p - q).abs())
+        .fold(0.0f32, f32::max)
 }
 
 /// One head per variant of every component the schema lists, as the language lowers it (required
@@ -1150,16 +1171,9 @@ fn the_trainer_releases_the_feature_rows_it_is_done_with() {
     assert!(covered.iter().all(|&c| c >= 2 + 8), "{covered:?}");
 }
 
-/// Shapes large enough for the host path's parallel passes (per-sample loss over `B·H·K`, the
-/// SGD update over `D·H·K`) and for chunked test logits (more than one chunk), against the
-/// device path; the test split is released chunk by chunk.
-#[test]
-fn a_large_sweep_on_the_host_matches_the_device_and_releases_chunks() {
-    use std::sync::Mutex;
-    let data = long_tailed(40, 80, 60, 10.0, 1.0);
-    let n_test = data.test_labels.len();
-    assert!(n_test > 2048, "two chunks of test logits: {n_test}");
-    let jobs: Vec<HeadJob> = [0.01, 0.03, 0.1, 0.3, 1.0]
+/// A 5 × 5 sweep of learning rate and weight decay: 25 heads that train as one batched group.
+fn sweep_jobs() -> Vec<HeadJob> {
+    [0.01, 0.03, 0.1, 0.3, 1.0]
         .iter()
         .flat_map(|&lr| {
             [0.0, 1e-4, 5e-4, 1e-3, 5e-3].map(|wd| {
@@ -1172,7 +1186,19 @@ fn a_large_sweep_on_the_host_matches_the_device_and_releases_chunks() {
                 })
             })
         })
-        .collect();
+        .collect()
+}
+
+/// Shapes large enough for the host path's parallel passes (per-sample loss over `B·H·K`, the
+/// SGD update over `D·H·K`) and for chunked test logits (more than one chunk), against the
+/// device path; the test split is released chunk by chunk.
+#[test]
+fn a_large_sweep_on_the_host_matches_the_device_and_releases_chunks() {
+    use std::sync::Mutex;
+    let data = long_tailed(40, 80, 60, 10.0, 1.0);
+    let n_test = data.test_labels.len();
+    assert!(n_test > 2048, "two chunks of test logits: {n_test}");
+    let jobs = sweep_jobs();
     let calls: Mutex<Vec<(FeatureSplit, std::ops::Range<usize>)>> = Mutex::new(Vec::new());
     let record = |split: FeatureSplit, rows: std::ops::Range<usize>| {
         calls.lock().unwrap().push((split, rows));
@@ -1197,12 +1223,7 @@ fn a_large_sweep_on_the_host_matches_the_device_and_releases_chunks() {
     for (a, b) in host.iter().zip(&device) {
         let (x, y) = (&a.trials[0], &b.trials[0]);
         assert!(weights_close(x, y, 1e-4), "{}", a.name);
-        let worst = x
-            .test_logits
-            .iter()
-            .zip(&y.test_logits)
-            .map(|(p, q)| (p - q).abs())
-            .fold(0.0f32, f32::max);
+        let worst = max_difference(&x.test_logits, &y.test_logits);
         assert!(worst < 1e-3, "{}: test logits differ by {worst}", a.name);
         assert_eq!(x.test_logits.len(), n_test * data.k);
     }
@@ -1214,4 +1235,50 @@ fn a_large_sweep_on_the_host_matches_the_device_and_releases_chunks() {
         .map(|(_, r)| r)
         .collect();
     assert_eq!(tests, vec![0..2048, 2048..n_test]);
+}
+
+/// The device path on a real non-CPU backend (wgpu; on CI, Mesa's software Vulkan): every head
+/// the CPU trains in host memory, trained by the closed form on the device and by autodiff there.
+#[cfg(feature = "wgpu")]
+mod wgpu {
+    use super::*;
+    use crate::backend::{WgpuAutodiff, test_wgpu_device};
+
+    /// The three-path test's heads and tolerance, across backends: the host path on the CPU is
+    /// the reference for the device step and for autodiff on wgpu.
+    #[test]
+    fn the_device_step_and_autodiff_on_wgpu_match_the_host_path() {
+        let Some(device) = test_wgpu_device() else {
+            return;
+        };
+        let data = long_tailed(5, 8, 60, 10.0, 1.0);
+        let jobs = three_path_jobs();
+        let host = train_on::<Ad>(&dev(), &data, &jobs, StepPath::Auto);
+        for path in [StepPath::Auto, StepPath::Autodiff] {
+            let on_device = train_on::<WgpuAutodiff>(&device, &data, &jobs, path);
+            assert_same_heads(&on_device, &host, &format!("wgpu, {path:?}"));
+        }
+    }
+
+    /// A sweep's 25 heads train as one batched computation on the device, with test logits in
+    /// more than one chunk, and match the CPU's host path head by head.
+    #[test]
+    fn a_batched_sweep_on_wgpu_matches_the_host_path() {
+        let Some(device) = test_wgpu_device() else {
+            return;
+        };
+        let data = long_tailed(40, 80, 60, 10.0, 1.0);
+        let n_test = data.test_labels.len();
+        assert!(n_test > 2048, "two chunks of test logits: {n_test}");
+        let jobs = sweep_jobs();
+        let host = train_on::<Ad>(&dev(), &data, &jobs, StepPath::Auto);
+        let on_device = train_on::<WgpuAutodiff>(&device, &data, &jobs, StepPath::Auto);
+        for (a, b) in on_device.iter().zip(&host) {
+            let (x, y) = (&a.trials[0], &b.trials[0]);
+            assert!(weights_close(x, y, 1e-4), "{}", a.name);
+            let worst = max_difference(&x.test_logits, &y.test_logits);
+            assert!(worst < 1e-3, "{}: test logits differ by {worst}", a.name);
+            assert_eq!(x.test_logits.len(), n_test * data.k);
+        }
+    }
 }

@@ -82,6 +82,7 @@ pub(crate) fn backend_choice(backend: Backend) -> BackendChoice {
     match backend {
         Backend::Cpu => BackendChoice::Cpu,
         Backend::Cuda => BackendChoice::Cuda { index: 0 },
+        Backend::Wgpu => BackendChoice::Wgpu,
     }
 }
 

@@ -44,8 +44,8 @@ pub fn registry() -> Registry {
     registry
 }
 
-/// Fails with a clear message when the backend cannot run here (a build without the `cuda`
-/// feature, or no usable CUDA driver or device), before any work starts.
+/// Fails with a clear message when the backend cannot run here (a build without the `cuda` or
+/// `wgpu` feature, no usable CUDA driver or device, no Vulkan adapter), before any work starts.
 pub fn check_backend(backend: lortflow_lang::ir::Backend) -> Result<(), String> {
     match backend {
         lortflow_lang::ir::Backend::Cpu => Ok(()),
@@ -57,6 +57,22 @@ pub fn check_backend(backend: lortflow_lang::ir::Backend) -> Result<(), String> 
             }
             crate::backend::probe_cuda(0).map_err(|e| e.to_string())?;
             WORKS.store(true, std::sync::atomic::Ordering::Relaxed);
+            Ok(())
+        }
+        lortflow_lang::ir::Backend::Wgpu => {
+            // The probe answers once per process; say which adapter runs the work once too.
+            let adapter = crate::backend::probe_wgpu().map_err(|e| e.to_string())?;
+            static TOLD: std::sync::Once = std::sync::Once::new();
+            TOLD.call_once(|| {
+                if adapter.contains("software") {
+                    tracing::warn!(
+                        "wgpu runs on {adapter}: the numbers are a GPU run's, the speed is not \
+                         (`--backend cpu` is faster on this machine)"
+                    );
+                } else {
+                    tracing::info!("wgpu runs on {adapter}");
+                }
+            });
             Ok(())
         }
     }
