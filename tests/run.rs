@@ -54,7 +54,7 @@ fn smoke_pipeline_runs_end_to_end_then_is_fully_cached() {
 }
 
 /// An `.npy` file of little-endian f32 (format 1.0, as `export` writes): its values.
-fn read_npy_f32(path: &std::path::Path) -> Vec<f32> {
+pub(crate) fn read_npy_f32(path: &std::path::Path) -> Vec<f32> {
     let bytes = std::fs::read(path).unwrap();
     let header = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
     bytes[10 + header..]
@@ -535,7 +535,7 @@ fn renaming_stages_or_moving_the_project_keeps_the_cache() {
 
 /// A pipeline that imports the PyTorch fixture `checkpoint` (small-cnn over 10 classes of
 /// 1 x 28 x 28 images) as backbone `b`.
-fn imported_backbone(checkpoint: &str, extra: &str) -> String {
+pub(crate) fn imported_backbone(checkpoint: &str, extra: &str) -> String {
     format!(
         r#"lortflow 1
 dataset "d" {{
@@ -556,7 +556,7 @@ evaluate "t" {{ heads "*" }}
     )
 }
 
-fn checkpoint_fixture(name: &str) -> String {
+pub(crate) fn checkpoint_fixture(name: &str) -> String {
     repo()
         .join("stdlib/tests/fixtures/checkpoints")
         .join(name)

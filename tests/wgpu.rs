@@ -1,8 +1,6 @@
 //! `--backend wgpu` through the real CLI: the smoke pipeline end to end on the device path (on CI,
 //! Mesa's software Vulkan), against the CPU; and the errors of a machine or a build without it.
 
-use std::path::Path;
-
 use crate::cli::{Test, repo};
 
 fn smoke() -> String {
@@ -11,12 +9,14 @@ fn smoke() -> String {
 
 /// Whether the wgpu tests must run: `scripts/test` sets `LORTFLOW_TEST_WGPU=1` once Mesa's
 /// Vulkan drivers are installed. Elsewhere a machine without an adapter skips them.
+#[cfg(feature = "wgpu")]
 fn required() -> bool {
     std::env::var("LORTFLOW_TEST_WGPU").is_ok_and(|v| v == "1")
 }
 
 /// The evaluation's `metrics.json` in `store`.
-fn metrics(store: &Path) -> serde_json::Value {
+#[cfg(feature = "wgpu")]
+fn metrics(store: &std::path::Path) -> serde_json::Value {
     let path = crate::run::walk(&store.join("objects"))
         .into_iter()
         .find(|p| p.ends_with("metrics.json"))
@@ -76,6 +76,53 @@ fn the_smoke_pipeline_runs_on_wgpu_and_matches_the_cpu() {
     }
     let mean = total / gpu_heads.len() as f64;
     assert!(mean <= 0.01, "top-1 differs by {mean} on average");
+}
+
+/// A PyTorch checkpoint imported onto the device: its features are the CPU's (no training in
+/// between, so only rounding differs).
+#[cfg(feature = "wgpu")]
+#[test]
+fn a_pytorch_checkpoint_on_wgpu_gives_the_cpus_features() {
+    use crate::run::{checkpoint_fixture, imported_backbone, read_npy_f32};
+    let t = Test::new().pipeline(&imported_backbone(&checkpoint_fixture("small_cnn.pth"), ""));
+    for (backend, store) in [("wgpu", "gpu"), ("cpu", "cpu")] {
+        let ran = t.args_run([
+            "run",
+            "pipeline.kdl",
+            "--backend",
+            backend,
+            "--store",
+            store,
+        ]);
+        if ran.code != 0 && !required() && ran.stderr.contains("wgpu backend is not usable") {
+            eprintln!("skipped (no wgpu adapter): {}", ran.stderr);
+            return;
+        }
+        ran.success();
+        let to = format!("{store}-features");
+        t.args_run([
+            "export",
+            "pipeline.kdl",
+            "f",
+            "--backend",
+            backend,
+            "--store",
+            store,
+            "--to",
+            &to,
+        ])
+        .success();
+    }
+    let gpu = read_npy_f32(&t.path("gpu-features/test_features.npy"));
+    let cpu = read_npy_f32(&t.path("cpu-features/test_features.npy"));
+    assert_eq!(gpu.len(), cpu.len());
+    let scale = cpu.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+    for (i, (a, b)) in gpu.iter().zip(&cpu).enumerate() {
+        assert!(
+            (a - b).abs() <= 1e-4 * scale,
+            "feature {i}: {a} on wgpu, {b} on the CPU"
+        );
+    }
 }
 
 /// A machine whose Vulkan loader finds no driver: the run stops before any work with what to
