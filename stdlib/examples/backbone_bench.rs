@@ -3,7 +3,7 @@
 //! (32x32 colour) at batch 128. Compare with `bench/backbone_torch.py` on the same machine.
 //!
 //! `cargo run --release -p lortflow-stdlib --example backbone_bench [train_steps] [infer_steps]
-//! [--backend cpu|cuda] [--only conv-fc|small-cnn|resnet32]`
+//! [--backend cpu|cuda|wgpu] [--only conv-fc|small-cnn|resnet32]`
 
 use std::time::Instant;
 
@@ -97,7 +97,7 @@ fn main() {
     let backend: BackendChoice = value("--backend")
         .unwrap_or_else(|| "cpu".into())
         .parse()
-        .expect("--backend cpu|cuda|cuda:N");
+        .expect("--backend cpu|cuda|cuda:N|wgpu");
     let only = value("--only");
     let args: Vec<usize> = argv.iter().filter_map(|a| a.parse().ok()).collect();
     let train_steps = args.first().copied().unwrap_or(10);

@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! cargo run --release --example head_bench -p lortflow-stdlib [-- --skip-singles] [--skip-sweep]
-//!     [--backend cpu|cuda] [--samples N] [--test-samples N] [--dim D] [--classes K]
+//!     [--backend cpu|cuda|wgpu] [--samples N] [--test-samples N] [--dim D] [--classes K]
 //!     [--epochs E] [--batch B]
 //! ```
 
@@ -48,7 +48,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let backend: BackendChoice = flag(&args, "--backend", "cpu".to_string())
         .parse()
-        .expect("--backend cpu|cuda|cuda:N");
+        .expect("--backend cpu|cuda|cuda:N|wgpu");
     let config = Config {
         samples: flag(&args, "--samples", 10_847),
         test_samples: flag(&args, "--test-samples", 10_000),

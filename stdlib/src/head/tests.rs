@@ -1273,6 +1273,7 @@ mod wgpu {
         let jobs = sweep_jobs();
         let host = train_on::<Ad>(&dev(), &data, &jobs, StepPath::Auto);
         let on_device = train_on::<WgpuAutodiff>(&device, &data, &jobs, StepPath::Auto);
+        assert_eq!((on_device.len(), host.len()), (jobs.len(), jobs.len()));
         for (a, b) in on_device.iter().zip(&host) {
             let (x, y) = (&a.trials[0], &b.trials[0]);
             assert!(weights_close(x, y, 1e-4), "{}", a.name);
