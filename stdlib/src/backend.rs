@@ -198,6 +198,7 @@ pub fn probe_wgpu() -> Result<String, BackendError> {
                     let setup = init_setup::<AutoGraphicsApi>(&device, Default::default());
                     let info = setup.adapter.get_info();
                     check_sum::<WgpuBackend>(&device)?;
+                    // Burn does not re-export wgpu's `DeviceType`; its variant names are stable.
                     let kind = match format!("{:?}", info.device_type).as_str() {
                         "DiscreteGpu" => "a discrete GPU",
                         "IntegratedGpu" => "an integrated GPU",
