@@ -5,7 +5,6 @@ use std::collections::{HashMap, HashSet};
 
 use crate::diagnostic::{Code, Diagnostic};
 use crate::ir::*;
-use crate::load::RawStages;
 use crate::params;
 use crate::schema::{StageKind, ValueType, stage_spec};
 use crate::source::Spanned;
@@ -376,68 +375,6 @@ fn param_diag(e: params::ParamError, span: crate::source::Span) -> Diagnostic {
         d = d.with_help(h);
     }
     d
-}
-
-/// Whether `pattern` (with `*` and `?`) matches `name`.
-///
-/// Iterative, with one backtrack point (the last `*`): linear in practice and never worse than
-/// `pattern × name`, whatever the input (a recursive matcher is exponential in the number of
-/// `*`s and recurses once per character).
-pub fn glob_match(pattern: &str, name: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let n: Vec<char> = name.chars().collect();
-    let (mut pi, mut ni) = (0, 0);
-    // After the last `*` seen: the pattern position past it, and where in `name` it resumes.
-    let mut star: Option<(usize, usize)> = None;
-    while ni < n.len() {
-        match p.get(pi) {
-            Some('*') => {
-                star = Some((pi + 1, ni));
-                pi += 1;
-            }
-            Some(&c) if c == '?' || c == n[ni] => {
-                pi += 1;
-                ni += 1;
-            }
-            _ => match star {
-                // Let the last `*` swallow one more character and retry.
-                Some((after, resume)) => {
-                    pi = after;
-                    ni = resume + 1;
-                    star = Some((after, resume + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
-}
-
-/// The heads and head sweeps an `evaluate` stage selects, in declaration order.
-pub fn evaluated_stages<'p>(pipeline: &'p Pipeline, eval: &EvaluateSpec) -> Vec<&'p Stage> {
-    evaluable(pipeline)
-        .into_iter()
-        .filter(|c| {
-            eval.heads
-                .iter()
-                .any(|p| glob_match(&p.value, &c.name.value))
-        })
-        .collect()
-}
-
-/// The heads and head sweeps an evaluate pattern can select.
-fn evaluable(pipeline: &Pipeline) -> Vec<&Stage> {
-    pipeline
-        .stages
-        .iter()
-        .filter(|s| match &s.spec {
-            StageSpec::Head(_) => true,
-            StageSpec::Sweep(sw) => pipeline
-                .stage(&sw.base.value)
-                .is_some_and(|b| b.kind == StageKind::Head),
-            _ => false,
-        })
-        .collect()
 }
 
 fn evaluate_patterns(pipeline: &Pipeline, raw: &RawStages, diags: &mut Vec<Diagnostic>) {
@@ -923,5 +860,45 @@ fn unused(pipeline: &Pipeline, raw: &RawStages, diags: &mut Vec<Diagnostic>) {
             )
             .with_help(help),
         );
+    }
+}
+/// What the written stages declare and reference, including stages that failed to lower, so
+/// that one error does not cascade into "undefined" and "unused" reports about its neighbours.
+#[derive(Debug, Default)]
+pub(crate) struct RawStages {
+    /// Every declared stage name, with its kind.
+    pub(crate) declared: HashMap<String, crate::schema::StageKind>,
+    /// Every stage name some node refers to.
+    pub(crate) referenced: std::collections::HashSet<String>,
+}
+
+impl RawStages {
+    pub(crate) fn collect(nodes: &[(crate::ast::Node, crate::source::FileId)]) -> RawStages {
+        let mut raw = RawStages::default();
+        for (node, _) in nodes {
+            if let (Some(name), Some(kind)) = (
+                node.args.first().and_then(|a| a.value.as_str()),
+                node.spec.stage,
+            ) {
+                raw.declared.insert(name.to_string(), kind);
+            }
+            for child in &node.children {
+                for (i, arg) in child.args.iter().enumerate() {
+                    // Variadic arguments share the last argument's spec.
+                    let spec = child.spec.args.get(i).or(child.spec.args.last());
+                    if spec.is_some_and(|s| matches!(s.ty, crate::schema::ValueType::StageRef(_))) {
+                        if let Some(name) = arg.value.as_str() {
+                            raw.referenced.insert(name.to_string());
+                        }
+                    }
+                }
+                if let Some(p) = child.prop("head") {
+                    if let Some(name) = p.value.value.as_str() {
+                        raw.referenced.insert(name.to_string());
+                    }
+                }
+            }
+        }
+        raw
     }
 }

@@ -11,10 +11,9 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use crate::analyze::evaluated_stages;
 use crate::ast::{Node, Value};
 use crate::diagnostic::{Code, Diagnostic};
-use crate::ir::{Defaults, ParamTarget, Pipeline, Stage, StageSpec};
+use crate::ir::{Defaults, ParamTarget, Pipeline, Stage, StageSpec, evaluated_stages};
 use crate::lower::lower_stage;
 use crate::params;
 use crate::schema::StageKind;

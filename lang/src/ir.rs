@@ -83,7 +83,7 @@ impl Pipeline {
             .collect();
         if let StageSpec::Evaluate(eval) = &stage.spec {
             reads.extend(
-                crate::analyze::evaluated_stages(self, eval)
+                evaluated_stages(self, eval)
                     .into_iter()
                     .map(|s| ("heads", s.name.value.as_str())),
             );
@@ -1112,4 +1112,66 @@ choice! {
         /// Every other class's samples.
         Negative = "negative",
     }
+}
+
+/// Whether `pattern` (with `*` and `?`) matches `name`.
+///
+/// Iterative, with one backtrack point (the last `*`): linear in practice and never worse than
+/// `pattern × name`, whatever the input (a recursive matcher is exponential in the number of
+/// `*`s and recurses once per character).
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    let (mut pi, mut ni) = (0, 0);
+    // After the last `*` seen: the pattern position past it, and where in `name` it resumes.
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        match p.get(pi) {
+            Some('*') => {
+                star = Some((pi + 1, ni));
+                pi += 1;
+            }
+            Some(&c) if c == '?' || c == n[ni] => {
+                pi += 1;
+                ni += 1;
+            }
+            _ => match star {
+                // Let the last `*` swallow one more character and retry.
+                Some((after, resume)) => {
+                    pi = after;
+                    ni = resume + 1;
+                    star = Some((after, resume + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+/// The heads and head sweeps an `evaluate` stage selects, in declaration order.
+pub fn evaluated_stages<'p>(pipeline: &'p Pipeline, eval: &EvaluateSpec) -> Vec<&'p Stage> {
+    evaluable(pipeline)
+        .into_iter()
+        .filter(|c| {
+            eval.heads
+                .iter()
+                .any(|p| glob_match(&p.value, &c.name.value))
+        })
+        .collect()
+}
+
+/// The heads and head sweeps an evaluate pattern can select.
+pub(crate) fn evaluable(pipeline: &Pipeline) -> Vec<&Stage> {
+    pipeline
+        .stages
+        .iter()
+        .filter(|s| match &s.spec {
+            StageSpec::Head(_) => true,
+            StageSpec::Sweep(sw) => pipeline
+                .stage(&sw.base.value)
+                .is_some_and(|b| b.kind == StageKind::Head),
+            _ => false,
+        })
+        .collect()
 }

@@ -37,9 +37,10 @@ pub mod schema;
 pub mod source;
 mod suggest;
 
-pub use analyze::{check_stage_settings, evaluated_stages, glob_match};
+pub use analyze::check_stage_settings;
 pub use diagnostic::{Code, Diagnostic, Severity};
 pub use expand::{ConcreteStage, Override, expand};
+pub use ir::{evaluated_stages, glob_match};
 pub use load::{Checked, FileLoader, FsLoader, MemoryLoader, check_text, load};
 pub use lower::{lower_defaults, lower_stage};
 pub use schema::{LANGUAGE_VERSION, StageKind};

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::io;
 use std::path::{Component, Path, PathBuf};
 
-use crate::analyze::analyze;
+use crate::analyze::{RawStages, analyze};
 use crate::ast::Node;
 use crate::check::Checker;
 use crate::diagnostic::{Code, Diagnostic, Severity};
@@ -149,47 +149,6 @@ pub fn check_text(path: &Path, text: String, loader: &dyn FileLoader) -> Checked
     Checked {
         pipeline,
         diagnostics: diags,
-    }
-}
-
-/// What the written stages declare and reference, including stages that failed to lower, so
-/// that one error does not cascade into "undefined" and "unused" reports about its neighbours.
-#[derive(Debug, Default)]
-pub(crate) struct RawStages {
-    /// Every declared stage name, with its kind.
-    pub(crate) declared: HashMap<String, crate::schema::StageKind>,
-    /// Every stage name some node refers to.
-    pub(crate) referenced: std::collections::HashSet<String>,
-}
-
-impl RawStages {
-    fn collect(nodes: &[(Node, FileId)]) -> RawStages {
-        let mut raw = RawStages::default();
-        for (node, _) in nodes {
-            if let (Some(name), Some(kind)) = (
-                node.args.first().and_then(|a| a.value.as_str()),
-                node.spec.stage,
-            ) {
-                raw.declared.insert(name.to_string(), kind);
-            }
-            for child in &node.children {
-                for (i, arg) in child.args.iter().enumerate() {
-                    // Variadic arguments share the last argument's spec.
-                    let spec = child.spec.args.get(i).or(child.spec.args.last());
-                    if spec.is_some_and(|s| matches!(s.ty, crate::schema::ValueType::StageRef(_))) {
-                        if let Some(name) = arg.value.as_str() {
-                            raw.referenced.insert(name.to_string());
-                        }
-                    }
-                }
-                if let Some(p) = child.prop("head") {
-                    if let Some(name) = p.value.value.as_str() {
-                        raw.referenced.insert(name.to_string());
-                    }
-                }
-            }
-        }
-        raw
     }
 }
 
