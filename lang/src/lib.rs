@@ -36,6 +36,7 @@ pub mod params;
 pub mod schema;
 pub mod source;
 mod suggest;
+mod vocab;
 
 pub use analyze::check_stage_settings;
 pub use diagnostic::{Code, Diagnostic, Severity};

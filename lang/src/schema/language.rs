@@ -32,7 +32,7 @@ const ANY_STAGE_REF: &[StageKind] = &[
 
 // Every choice list is the IR enum's names (`crate::choice`), so the checker, the docs and the
 // typed IR agree on each spelling.
-use crate::ir::{
+use crate::vocab::{
     Arch, BackboneSampler, Backend, CheckpointFormat, ClassifierKind, EpochSelect, FirstStageLoss,
     GroupRule, InitFrom, Metric, Normalize, RsdOver, Schedule, SyntheticKind, TailProfile,
     TailSelect, Tta,

@@ -73,7 +73,7 @@ const PER_CLASS: P = P::new(
 .range(Range::AT_LEAST_ONE);
 const CB_LOSS: P = P::new(
     "loss",
-    T::Enum(crate::ir::BaseLoss::NAMES),
+    T::Enum(crate::vocab::BaseLoss::NAMES),
     "Base loss: BCE on the softmax (LTWB's port, the paper's CB-BCE), weighted softmax CE, or focal.",
 )
 .default(Str("bce"));
@@ -107,7 +107,7 @@ const RADIUS: P = P::new(
 .range(Range::POSITIVE);
 const EVERY: P = P::new(
     "every",
-    T::Enum(crate::ir::ConstraintEvery::NAMES),
+    T::Enum(crate::vocab::ConstraintEvery::NAMES),
     "Project after every step (the paper) or every epoch (the released code).",
 )
 .default(Str("step"));
@@ -417,7 +417,7 @@ pub struct TrainDefaults {
     /// Weight decay.
     pub weight_decay: f64,
     /// Initialisation (`random` or `backbone`).
-    pub init: crate::ir::InitFrom,
+    pub init: crate::vocab::InitFrom,
 }
 
 /// Kang et al.'s classifier re-training (cRT, `config/ImageNet_LT/cls_crt.yaml`): a re-initialised
@@ -429,7 +429,7 @@ const DECOUPLED: TrainDefaults = TrainDefaults {
     batch_size: 512,
     lr: 0.2,
     weight_decay: 5e-4,
-    init: crate::ir::InitFrom::Random,
+    init: crate::vocab::InitFrom::Random,
 };
 
 /// The stage-1 classifier used as it is, through an inference map only (no training).
@@ -438,7 +438,7 @@ const MAP_ONLY: TrainDefaults = TrainDefaults {
     batch_size: 512,
     lr: 0.2,
     weight_decay: 5e-4,
-    init: crate::ir::InitFrom::Backbone,
+    init: crate::vocab::InitFrom::Backbone,
 };
 
 /// LTWB's second stage (`demo2_second-stage-training.py`): fine-tune the stage-1 fc, SGD lr 0.01
@@ -448,7 +448,7 @@ const LTWB_STAGE2: TrainDefaults = TrainDefaults {
     batch_size: 64,
     lr: 0.01,
     weight_decay: 0.1,
-    init: crate::ir::InitFrom::Backbone,
+    init: crate::vocab::InitFrom::Backbone,
 };
 
 /// A named method: the components it stands for and its training defaults.
@@ -509,7 +509,7 @@ pub const HEAD_PRESETS: &[HeadPreset] = &[
             batch_size: 512,
             lr: 0.2,
             weight_decay: 5e-4,
-            init: crate::ir::InitFrom::Backbone,
+            init: crate::vocab::InitFrom::Backbone,
         },
         reference: "classifier-balancing `cls_lws.yaml`",
         train_when: None,
@@ -551,7 +551,7 @@ pub const HEAD_PRESETS: &[HeadPreset] = &[
             batch_size: 512,
             lr: 0.1,
             weight_decay: 5e-4,
-            init: crate::ir::InitFrom::Random,
+            init: crate::vocab::InitFrom::Random,
         },
         reference: "BALMS `decouple_balanced_softmax_imba200.yaml`: re-initialised head, 2000 iterations of 512 (= 108 epochs of its 9,502 images)",
         train_when: None,
@@ -641,7 +641,7 @@ pub const HEAD_PRESETS: &[HeadPreset] = &[
             batch_size: 64,
             lr: 5e-4,
             weight_decay: 0.0,
-            init: crate::ir::InitFrom::Backbone,
+            init: crate::vocab::InitFrom::Backbone,
         },
         reference: "official LOS code `main_stage2.py`: fine-tune the stage-1 fc, lr 5e-4, wd 0",
         train_when: None,
