@@ -25,8 +25,9 @@ macro_rules! choice {
             /// Every variant, in declaration order.
             pub const ALL: &'static [$enum] = &[$($enum::$variant),+];
 
-            /// The name as written in a pipeline.
-            pub fn name(self) -> &'static str {
+            /// The name as written in a pipeline (`const`, so that schema tables can name a
+            /// variant without spelling it again).
+            pub const fn name(self) -> &'static str {
                 match self {
                     $($enum::$variant => $name,)+
                 }
@@ -41,6 +42,12 @@ macro_rules! choice {
             }
         }
 
+        impl $crate::choice::Choice for $enum {
+            fn from_name(name: &str) -> Option<Self> {
+                $enum::from_name(name)
+            }
+        }
+
         impl std::fmt::Display for $enum {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str(self.name())
@@ -50,6 +57,12 @@ macro_rules! choice {
 }
 
 pub(crate) use choice;
+
+/// What every [`choice!`] enum is: lowering reads any of them through one generic accessor.
+pub(crate) trait Choice: Copy + 'static {
+    /// The variant written `name`.
+    fn from_name(name: &str) -> Option<Self>;
+}
 
 #[cfg(test)]
 #[allow(unreachable_pub)] // the macro declares public items; this one is the test's

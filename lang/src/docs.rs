@@ -197,32 +197,32 @@ fn presets(out: &mut String) {
          | --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     for p in HEAD_PRESETS {
-        let components = if p.name == "logit-adjust" {
-            "`inference \"logit-adjust\"` (`form=\"post-hoc\"`) or `margin \"logit-adjust\"` (`form=\"loss\"`)".to_string()
-        } else if p.components.is_empty() {
-            "—".to_string()
-        } else {
-            p.components
+        let mut components = String::new();
+        for (i, c) in p.components.iter().enumerate() {
+            if i > 0 {
+                // Settings of one condition's values are alternatives.
+                let prev = p.components[i - 1].when.map(|w| w.prop);
+                let alternative = prev.is_some() && prev == c.when.map(|w| w.prop);
+                components.push_str(if alternative { " or " } else { ", " });
+            }
+            let props: String = c
+                .props
                 .iter()
-                .map(|c| {
-                    let props: Vec<String> = c
-                        .props
-                        .iter()
-                        .map(|(name, v)| match v {
-                            PresetValue::Method(m) => format!("{name}=‹{m}›"),
-                            PresetValue::Lit(l) => format!("{name}={l}"),
-                        })
-                        .collect();
-                    let props = if props.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" {}", props.join(" "))
-                    };
-                    format!("`{} \"{}\"{props}`", c.node, c.variant)
+                .map(|(name, v)| match v {
+                    PresetValue::Method(m) | PresetValue::EpochFraction { prop: m, .. } => {
+                        format!(" {name}=‹{m}›")
+                    }
+                    PresetValue::Lit(l) => format!(" {name}={l}"),
                 })
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+                .collect();
+            let _ = write!(components, "`{} \"{}\"{props}`", c.node, c.variant);
+            if let Some(w) = c.when {
+                let _ = write!(components, " (`{}={}`)", w.prop, w.is);
+            }
+        }
+        if components.is_empty() {
+            components.push('—');
+        }
         let t = p.train;
         let reference = match p.train_when {
             Some((prop, value, alt, why)) => format!(

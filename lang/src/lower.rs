@@ -1,17 +1,24 @@
 //! Lowering: from schema-checked nodes to the typed IR, filling in schema and preset defaults.
 //!
-//! The checker has already validated names, types and ranges, so lowering only reads values;
-//! what it reports are problems that need more than one node to see (a preset's parameter
-//! overridden by an explicit component, `init "head"` without `head=`).
+//! The checker has already validated names, types and ranges, so lowering only reads values,
+//! each through the schema into its type ([`settings`]); variant names are matched as the
+//! vocabulary's enums, never as strings, and head presets are data (`schema::HEAD_PRESETS`).
+//! What it reports are problems that need more than one node to see (a preset's parameter
+//! overridden by an explicit component, `init "head"` without `head=`), and settings that have
+//! no value at all.
+
+mod settings;
 
 use std::cell::RefCell;
 use std::path::Path;
 
 use crate::ast::{Node, Value};
+use crate::choice::Choice;
 use crate::diagnostic::{Code, Diagnostic};
 use crate::ir::*;
-use crate::schema::{self, COMPONENTS, PresetValue, StageKind};
+use crate::schema::{self, COMPONENTS, DEFAULT_METHOD, HeadPreset, PresetValue, StageKind};
 use crate::source::{Span, Spanned};
+use settings::{Arg, Settings};
 
 /// Lowers one stage node. `dir` is the directory of the file it was written in; `defaults`
 /// supply pipeline-wide values (the seed).
@@ -31,7 +38,7 @@ pub fn lower_stage(
         dir,
         defaults,
         stage: &name.value,
-        unknown: RefCell::new(Vec::new()),
+        problems: RefCell::new(Vec::new()),
     };
     let spec = match kind {
         StageKind::Dataset => cx.dataset(node).map(StageSpec::Dataset),
@@ -41,7 +48,7 @@ pub fn lower_stage(
         StageKind::Sweep => cx.sweep(node).map(StageSpec::Sweep),
         StageKind::Evaluate => cx.evaluate(node).map(StageSpec::Evaluate),
     };
-    diags.extend(cx.unknown.into_inner());
+    diags.extend(cx.problems.into_inner());
     Some(Stage {
         name,
         kind,
@@ -56,7 +63,9 @@ pub fn lower_defaults(node: Option<&Node>) -> Defaults {
         node.and_then(|n| n.child(child))
             .and_then(|c| c.args.first().cloned())
     };
-    // The checker accepted only `Backend::NAMES`.
+    // The checker accepted only `Backend::NAMES`; absent, these are the schema's defaults (a
+    // pipeline without `defaults` has no node to read them from, and this has no stage to
+    // report on).
     let backend = arg("backend")
         .and_then(|a| Some(Spanned::new(Backend::from_name(a.value.as_str()?)?, a.span)))
         .unwrap_or(Spanned::new(Backend::Cpu, Span::synthetic()));
@@ -75,310 +84,179 @@ struct Lower<'a> {
     dir: &'a Path,
     defaults: &'a Defaults,
     stage: &'a str,
-    /// Names the IR has no variant for; the checker lets none through, so each is a bug
-    /// between the schema and the IR, reported rather than replaced by a default.
-    unknown: RefCell<Vec<Diagnostic>>,
-}
-
-/// A child's property (or its default), read through the schema.
-fn value(node: Option<&Node>, parent: &Node, child: &str, prop: &str) -> Option<Value> {
-    match node {
-        Some(n) => n.prop_or_default(prop),
-        None => parent
-            .spec
-            .child(child)?
-            .prop(None, prop)?
-            .default
-            .map(Value::from_lit),
-    }
-}
-
-fn f64_of(v: Option<Value>) -> f64 {
-    v.and_then(|v| v.as_f64()).unwrap_or(0.0)
-}
-fn u32_of(v: Option<Value>) -> u32 {
-    v.and_then(|v| v.as_i64())
-        .map_or(0, |v| v.clamp(0, u32::MAX as i64) as u32)
-}
-fn u64_of(v: Option<Value>) -> u64 {
-    v.and_then(|v| v.as_i64()).map_or(0, |v| v.max(0) as u64)
-}
-fn str_of(v: Option<Value>) -> String {
-    v.and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
-}
-fn bool_of(v: Option<Value>) -> bool {
-    v.and_then(|v| v.as_bool()).unwrap_or(false)
+    /// Settings without a value, and names the IR has no variant for (the checker lets none
+    /// through, so each is a bug between the schema and the IR), reported rather than replaced
+    /// by a default.
+    problems: RefCell<Vec<Diagnostic>>,
 }
 
 impl Lower<'_> {
-    /// The variant of a choice the checker accepted.
-    fn choice<T>(
-        &self,
-        value: Option<Value>,
-        span: Span,
-        what: &str,
-        from_name: fn(&str) -> Option<T>,
-    ) -> Option<T> {
-        let name = str_of(value);
-        let parsed = from_name(&name);
-        if parsed.is_none() {
-            self.unknown.borrow_mut().push(Diagnostic::new(
-                Code::UnknownValue,
-                format!(
-                    "stage `{}`: `{name}` is not a known {what} (a bug in lortflow: the schema \
-                     accepted a name its IR does not have; please report it)",
-                    self.stage
-                ),
-                span,
-                "here",
-            ));
-        }
-        parsed
+    /// The settings of a written node.
+    fn of<'n>(&'n self, node: &'n Node) -> Settings<'n> {
+        Settings::of(node, self.dir, self.stage, &self.problems)
     }
 
-    /// A component variant (`logits "cosine"`) the checker accepted, as `None` when unknown
-    /// (reported like [`Lower::choice`]).
-    fn unknown_variant(&self, slot: &str, name: &str, span: Span) {
-        self.unknown.borrow_mut().push(Diagnostic::new(
-            Code::UnknownValue,
-            format!(
-                "stage `{}`: `{slot} \"{name}\"` has no typed form (a bug in lortflow; please \
-                 report it)",
-                self.stage
-            ),
-            span,
-            "here",
-        ));
-    }
-
-    fn path(&self, node: &Node, prop: &str) -> Option<PathValue> {
-        let written = node.prop_or_default(prop)?.as_str()?.to_string();
-        Some(self.path_value(written, node.prop_span(prop)))
-    }
-
-    fn path_value(&self, written: String, span: Span) -> PathValue {
-        let resolved = self.dir.join(&written);
-        PathValue {
-            written,
-            resolved,
-            span,
-        }
-    }
-
-    /// The first argument of a child, or its default.
-    fn arg(&self, parent: &Node, child: &str) -> Option<Spanned<Value>> {
+    /// The settings of `parent`'s child `child`, written or not (then its defaults apply).
+    fn child<'n>(&'n self, parent: &'n Node, child: &str) -> Option<Settings<'n>> {
         match parent.child(child) {
-            Some(c) => c.args.first().cloned(),
-            None => parent
-                .spec
-                .child(child)?
-                .args
-                .first()?
-                .default
-                .map(|d| Spanned::new(Value::from_lit(d), parent.name_span)),
+            Some(c) => Some(self.of(c)),
+            None => Some(Settings::absent(
+                parent.spec.child(child)?,
+                parent.name_span,
+                self.dir,
+                self.stage,
+                &self.problems,
+            )),
         }
     }
 
-    fn ref_arg(&self, parent: &Node, child: &str) -> Option<Spanned<String>> {
-        let a = self.arg(parent, child)?;
-        Some(Spanned::new(a.value.as_str()?.to_string(), a.span))
+    /// A head component: its variant and settings, or the neutral variant when neither the
+    /// head nor its preset sets it.
+    fn component<'n, T: Choice>(
+        &'n self,
+        head: &'n Node,
+        slot: &str,
+        node: Option<&'n Node>,
+        neutral: T,
+    ) -> Option<(T, Settings<'n>)> {
+        match node {
+            Some(n) => {
+                let s = self.of(n);
+                Some((s.variant()?, s))
+            }
+            None => Some((neutral, self.child(head, slot)?)),
+        }
     }
 
     fn dataset(&self, node: &Node) -> Option<DatasetSpec> {
-        let src = node.child("source")?;
-        let format = src.variant.clone()?;
-        let p = |name: &str| src.prop_or_default(name);
-        let source = match format.value.as_str() {
-            "fashion-mnist" | "mnist" | "cifar10" | "cifar100" => {
-                let root = self.path(src, "root")?;
-                let download = bool_of(p("download"));
-                match format.value.as_str() {
-                    "fashion-mnist" => Source::FashionMnist { root, download },
-                    "mnist" => Source::Mnist { root, download },
-                    "cifar10" => Source::Cifar10 { root, download },
-                    _ => Source::Cifar100 { root, download },
-                }
-            }
-            "image-list" => Source::ImageList {
-                root: self.path(src, "root")?,
-                train: self.path(src, "train")?,
-                test: self.path(src, "test")?,
-                image_size: u32_of(p("image-size")),
-                resize: u32_of(p("resize")),
+        let src_node = node.child("source")?;
+        let src = self.of(src_node);
+        let source = match src.variant::<SourceFormat>()? {
+            SourceFormat::FashionMnist => Source::FashionMnist {
+                root: src.path("root")?,
+                download: src.flag("download")?,
             },
-            "inat2018" => Source::Inat2018 {
-                root: self.path(src, "root")?,
-                train: self.path(src, "train")?,
-                test: self.path(src, "test")?,
-                image_size: u32_of(p("image-size")),
+            SourceFormat::Mnist => Source::Mnist {
+                root: src.path("root")?,
+                download: src.flag("download")?,
             },
-            "features" => Source::Features {
-                train: self.path(src, "train")?,
-                test: self.path(src, "test")?,
-                train_labels: self.path(src, "train-labels"),
-                test_labels: self.path(src, "test-labels"),
+            SourceFormat::Cifar10 => Source::Cifar10 {
+                root: src.path("root")?,
+                download: src.flag("download")?,
             },
-            "synthetic" => Source::Synthetic {
-                kind: self.choice(
-                    p("kind"),
-                    src.prop_span("kind"),
-                    "synthetic kind",
-                    SyntheticKind::from_name,
-                )?,
-                classes: u32_of(p("classes")),
-                per_class: u32_of(p("per-class")),
-                test_per_class: u32_of(p("test-per-class")),
-                size: u32_of(p("size")),
-                channels: u32_of(p("channels")),
-                dim: u32_of(p("dim")),
-                noise: f64_of(p("noise")),
-                seed: u64_of(p("seed")),
+            SourceFormat::Cifar100 => Source::Cifar100 {
+                root: src.path("root")?,
+                download: src.flag("download")?,
             },
-            _ => return None,
+            SourceFormat::ImageList => Source::ImageList {
+                root: src.path("root")?,
+                train: src.path("train")?,
+                test: src.path("test")?,
+                image_size: src.int("image-size")?,
+                resize: src.int("resize")?,
+            },
+            SourceFormat::Inat2018 => Source::Inat2018 {
+                root: src.path("root")?,
+                train: src.path("train")?,
+                test: src.path("test")?,
+                image_size: src.int("image-size")?,
+            },
+            SourceFormat::Features => Source::Features {
+                train: src.path("train")?,
+                test: src.path("test")?,
+                train_labels: src.opt_path("train-labels"),
+                test_labels: src.opt_path("test-labels"),
+            },
+            SourceFormat::Synthetic => Source::Synthetic {
+                kind: src.choice("kind")?,
+                classes: src.int("classes")?,
+                per_class: src.int("per-class")?,
+                test_per_class: src.int("test-per-class")?,
+                size: src.int("size")?,
+                channels: src.int("channels")?,
+                dim: src.int("dim")?,
+                noise: src.float("noise")?,
+                seed: src.int("seed")?,
+            },
         };
-        let lt = node.child("long-tail");
+        let lt = self.child(node, "long-tail")?;
         let long_tail = LongTail {
-            profile: match lt.and_then(|l| l.args.first()) {
-                Some(a) => self.choice(
-                    Some(a.value.clone()),
-                    a.span,
-                    "long-tail profile",
-                    TailProfile::from_name,
-                )?,
+            // No `long-tail` (or one whose profile the checker rejected) keeps every sample.
+            profile: match lt.written(Arg(0)) {
+                Some(_) => lt.choice(Arg(0))?,
                 None => TailProfile::None,
             },
-            imbalance_ratio: f64_of(value(lt, node, "long-tail", "imbalance-ratio")),
-            max_per_class: lt
-                .and_then(|l| l.prop("max-per-class"))
-                .and_then(|p| p.value.as_i64())
-                .map(|v| v as u64),
-            select: self.choice(
-                value(lt, node, "long-tail", "select"),
-                lt.map_or(node.name_span, |l| l.prop_span("select")),
-                "long-tail selection",
-                TailSelect::from_name,
-            )?,
-            seed: u64_of(value(lt, node, "long-tail", "seed")),
+            imbalance_ratio: lt.float("imbalance-ratio")?,
+            max_per_class: lt.opt_int("max-per-class"),
+            select: lt.choice("select")?,
+            seed: lt.int("seed")?,
         };
-        let g = node.child("groups");
+        let g = self.child(node, "groups")?;
         let groups = Groups {
-            many: f64_of(value(g, node, "groups", "many")),
-            few: f64_of(value(g, node, "groups", "few")),
-            rule: self.choice(
-                value(g, node, "groups", "rule"),
-                g.map_or(node.name_span, |g| g.prop_span("rule")),
-                "group rule",
-                GroupRule::from_name,
-            )?,
-            relative: bool_of(value(g, node, "groups", "relative")),
+            many: g.float("many")?,
+            few: g.float("few")?,
+            rule: g.choice("rule")?,
+            relative: g.flag("relative")?,
         };
         Some(DatasetSpec {
-            source: Spanned::new(source, src.span),
+            source: Spanned::new(source, src_node.span),
             long_tail,
             groups,
         })
     }
 
     fn backbone(&self, node: &Node, diags: &mut Vec<Diagnostic>) -> Option<BackboneSpec> {
-        let data = self.ref_arg(node, "data")?;
-        let arch_arg = self.arg(node, "arch")?;
-        let arch = Spanned::new(
-            self.choice(
-                Some(arch_arg.value.clone()),
-                arch_arg.span,
-                "architecture",
-                Arch::from_name,
-            )?,
-            arch_arg.span,
-        );
+        let data = self.child(node, "data")?.name(Arg(0))?;
+        let arch = self.child(node, "arch")?.spanned_choice::<Arch>(Arg(0))?;
         let weights = if let Some(ck) = node.child("checkpoint") {
-            let path = ck.args.first()?;
+            let ck = self.of(ck);
             Weights::Checkpoint {
-                path: self.path_value(path.value.as_str()?.to_string(), path.span),
-                format: self.choice(
-                    ck.prop_or_default("format"),
-                    ck.prop_span("format"),
-                    "checkpoint format",
-                    CheckpointFormat::from_name,
-                )?,
-                trunk: ck
-                    .prop("trunk")
-                    .and_then(|p| p.value.as_str())
-                    .map(str::to_string),
-                classifier: ck
-                    .prop("classifier")
-                    .and_then(|p| p.value.as_str())
-                    .map(str::to_string),
-                classifier_kind: self.choice(
-                    ck.prop_or_default("classifier-kind"),
-                    ck.prop_span("classifier-kind"),
-                    "classifier kind",
-                    ClassifierKind::from_name,
-                )?,
+                path: ck.path(Arg(0))?,
+                format: ck.choice("format")?,
+                trunk: ck.opt_text("trunk"),
+                classifier: ck.opt_text("classifier"),
+                classifier_kind: ck.choice("classifier-kind")?,
             }
         } else {
-            let t = node.child("train");
-            let v = |prop: &str| value(t, node, "train", prop);
-            let span = |prop: &str| t.map_or(node.name_span, |t| t.prop_span(prop));
+            let t = self.child(node, "train")?;
             Weights::Train(BackboneTrain {
-                epochs: u32_of(v("epochs")),
-                batch_size: u32_of(v("batch-size")),
-                lr: f64_of(v("lr")),
-                momentum: f64_of(v("momentum")),
-                weight_decay: f64_of(v("weight-decay")),
-                schedule: self.choice(
-                    v("schedule"),
-                    span("schedule"),
-                    "schedule",
-                    Schedule::from_name,
-                )?,
-                warmup_epochs: u32_of(v("warmup-epochs")),
-                loss: self.choice(
-                    v("loss"),
-                    span("loss"),
-                    "first-stage loss",
-                    FirstStageLoss::from_name,
-                )?,
-                sampler: self.choice(
-                    v("sampler"),
-                    span("sampler"),
-                    "sampler",
-                    BackboneSampler::from_name,
-                )?,
-                seed: v("seed")
-                    .and_then(|s| s.as_i64())
-                    .map_or(self.defaults.seed.value, |s| s as u64),
+                epochs: t.int("epochs")?,
+                batch_size: t.int("batch-size")?,
+                lr: t.float("lr")?,
+                momentum: t.float("momentum")?,
+                weight_decay: t.float("weight-decay")?,
+                schedule: t.choice("schedule")?,
+                warmup_epochs: t.int("warmup-epochs")?,
+                loss: t.choice("loss")?,
+                sampler: t.choice("sampler")?,
+                // Unwritten, the pipeline's seed.
+                seed: t.opt_int("seed").unwrap_or(self.defaults.seed.value),
             })
         };
         let augment = node
             .children_named("augment")
             .filter_map(|a| {
-                let p = |name: &str| a.prop_or_default(name);
-                let name = a.variant_name()?;
-                Some(match name {
-                    "random-crop" => Augment::RandomCrop {
-                        padding: u32_of(p("padding")),
+                let s = self.of(a);
+                Some(match s.variant::<AugmentKind>()? {
+                    AugmentKind::RandomCrop => Augment::RandomCrop {
+                        padding: s.int("padding")?,
                     },
-                    "random-resized-crop" => Augment::RandomResizedCrop {
-                        size: u32_of(p("size")),
-                        min_scale: f64_of(p("min-scale")),
+                    AugmentKind::RandomResizedCrop => Augment::RandomResizedCrop {
+                        size: s.int("size")?,
+                        min_scale: s.float("min-scale")?,
                     },
-                    "hflip" => Augment::Hflip { p: f64_of(p("p")) },
-                    "color-jitter" => Augment::ColorJitter {
-                        brightness: f64_of(p("brightness")),
-                        contrast: f64_of(p("contrast")),
-                        saturation: f64_of(p("saturation")),
-                        hue: f64_of(p("hue")),
+                    AugmentKind::Hflip => Augment::Hflip { p: s.float("p")? },
+                    AugmentKind::ColorJitter => Augment::ColorJitter {
+                        brightness: s.float("brightness")?,
+                        contrast: s.float("contrast")?,
+                        saturation: s.float("saturation")?,
+                        hue: s.float("hue")?,
                     },
-                    other => {
-                        self.unknown_variant("augment", other, a.span);
-                        return None;
-                    }
                 })
             })
             .collect();
-        let normalize_arg = self.arg(node, "normalize")?;
+        let normalize = self.child(node, "normalize")?;
+        let normalize_stats = normalize.required(Arg(0))?;
         if let (Some(ck), None) = (node.child("checkpoint"), node.child("normalize")) {
             // Weights were trained on inputs normalised their way; this dataset's own
             // statistics are a guess that changes every feature silently.
@@ -395,22 +273,18 @@ impl Lower<'_> {
                 .with_help(format!(
                     "state the normalisation it was trained with, e.g. `normalize \"{}\"` for the \
                      usual CIFAR constants (one of {}); without it, lortflow normalises with this \
-                     dataset's statistics (`normalize \"dataset\"`)",
+                     dataset's statistics (`normalize \"{}\"`)",
                     Normalize::Cifar.name(),
                     Normalize::NAMES
                         .iter()
                         .map(|n| format!("`{n}`"))
                         .collect::<Vec<_>>()
-                        .join(", ")
+                        .join(", "),
+                    normalize_stats.value.as_str().unwrap_or_default(),
                 )),
             );
         }
-        let normalize = self.choice(
-            Some(normalize_arg.value),
-            normalize_arg.span,
-            "normalisation",
-            Normalize::from_name,
-        )?;
+        let normalize = normalize.choice(Arg(0))?;
         Some(BackboneSpec {
             data,
             arch,
@@ -421,20 +295,19 @@ impl Lower<'_> {
     }
 
     fn features(&self, node: &Node) -> Option<FeaturesSpec> {
-        let tta = self.arg(node, "tta")?;
         Some(FeaturesSpec {
-            backbone: self.ref_arg(node, "backbone")?,
-            tta: self.choice(Some(tta.value), tta.span, "TTA mode", Tta::from_name)?,
-            batch_size: u32_of(self.arg(node, "batch-size").map(|a| a.value)),
+            backbone: self.child(node, "backbone")?.name(Arg(0))?,
+            tta: self.child(node, "tta")?.choice(Arg(0))?,
+            batch_size: self.child(node, "batch-size")?.int(Arg(0))?,
         })
     }
 
     fn head(&self, node: &Node, diags: &mut Vec<Diagnostic>) -> Option<HeadSpec> {
-        let features = self.ref_arg(node, "features")?;
+        let features = self.child(node, "features")?.name(Arg(0))?;
         let method_node = node.child("method");
         let method = match method_node {
             Some(m) => m.variant.clone()?,
-            None => Spanned::new("ce".to_string(), node.name_span),
+            None => Spanned::new(DEFAULT_METHOD.to_string(), node.name_span),
         };
         let preset = schema::preset(&method.value)?;
         let method_span = method_node.map_or(node.name_span, |m| m.span);
@@ -443,8 +316,7 @@ impl Lower<'_> {
         let mut slots: Vec<Option<Node>> = Vec::with_capacity(COMPONENTS.len());
         for slot in COMPONENTS {
             let explicit = node.child(slot).cloned();
-            let from_preset =
-                self.preset_component(node, method_node, &method.value, slot, method_span);
+            let from_preset = self.preset_component(node, method_node, preset, slot, method_span);
             if let (Some(explicit), Some(_), Some(m)) = (&explicit, &from_preset, method_node) {
                 if !m.props.is_empty() {
                     diags.push(
@@ -472,110 +344,109 @@ impl Lower<'_> {
             .as_ref()
         };
         let span_of = |name: &str| slot(name).map_or(node.name_span, |n| n.span);
-        let p = |name: &str, prop: &str| slot(name).and_then(|n| n.prop_or_default(prop));
-        let variant = |name: &str| slot(name).and_then(|n| n.variant_name().map(str::to_string));
+        let component = |name: &str| slot(name);
 
-        // An absent component is the neutral one; every name the schema lists has its arm.
-        let unknown = |name: &str, other: &str| {
-            self.unknown_variant(name, other, span_of(name));
-            None
+        // An absent component is the neutral one; every variant has its arm (the match is on
+        // the vocabulary's enum, so a new name without one does not compile).
+        let logits =
+            match self.component(node, "logits", component("logits"), LogitsKind::Linear)? {
+                (LogitsKind::Linear, _) => Logits::Linear,
+                (LogitsKind::Cosine, s) => Logits::Cosine {
+                    scale: s.float("scale")?,
+                },
+                (LogitsKind::Lws, _) => Logits::Lws,
+            };
+        let targets =
+            match self.component(node, "targets", component("targets"), TargetsKind::OneHot)? {
+                (TargetsKind::OneHot, _) => Targets::OneHot,
+                (TargetsKind::Smoothed, s) => Targets::Smoothed {
+                    delta: s.float("delta")?,
+                },
+            };
+        let margin = match self.component(node, "margin", component("margin"), MarginKind::None)? {
+            (MarginKind::None, _) => Margin::None,
+            (MarginKind::Ldam, s) => Margin::Ldam {
+                max_m: s.float("max-m")?,
+            },
+            (MarginKind::BalancedSoftmax, _) => Margin::BalancedSoftmax,
+            (MarginKind::LogitAdjust, s) => Margin::LogitAdjust {
+                tau: s.float("tau")?,
+            },
         };
-        let logits = match variant("logits").as_deref() {
-            None | Some("linear") => Logits::Linear,
-            Some("cosine") => Logits::Cosine {
-                scale: f64_of(p("logits", "scale")),
+        let weighting = match self.component(
+            node,
+            "weighting",
+            component("weighting"),
+            WeightingKind::None,
+        )? {
+            (WeightingKind::None, _) => Weighting::None,
+            (WeightingKind::ClassBalanced, s) => Weighting::ClassBalanced {
+                beta: s.float("beta")?,
+                loss: s.choice("loss")?,
+                gamma: s.float("gamma")?,
+                from_epoch: s.int("from-epoch")?,
             },
-            Some("lws") => Logits::Lws,
-            Some(other) => return unknown("logits", other),
+            (WeightingKind::Focal, s) => Weighting::Focal {
+                gamma: s.float("gamma")?,
+            },
         };
-        let targets = match variant("targets").as_deref() {
-            None | Some("one-hot") => Targets::OneHot,
-            Some("smoothed") => Targets::Smoothed {
-                delta: f64_of(p("targets", "delta")),
+        let sampler =
+            match self.component(node, "sampler", component("sampler"), SamplerKind::Instance)? {
+                (SamplerKind::Instance, _) => Sampler::Instance,
+                (SamplerKind::ClassBalanced, s) => Sampler::ClassBalanced {
+                    per_class: s.int("per-class")?,
+                },
+                (SamplerKind::Sqrt, _) => Sampler::Sqrt,
+            };
+        let constraint = match self.component(
+            node,
+            "constraint",
+            component("constraint"),
+            ConstraintKind::None,
+        )? {
+            (ConstraintKind::None, _) => Constraint::None,
+            (ConstraintKind::Maxnorm, s) => Constraint::Maxnorm {
+                thresh: s.float("thresh")?,
+                radius: s.opt_float("radius"),
+                every: s.choice("every")?,
             },
-            Some(other) => return unknown("targets", other),
         };
-        let margin = match variant("margin").as_deref() {
-            None | Some("none") => Margin::None,
-            Some("ldam") => Margin::Ldam {
-                max_m: f64_of(p("margin", "max-m")),
+        let inference = match self.component(
+            node,
+            "inference",
+            component("inference"),
+            InferenceKind::None,
+        )? {
+            (InferenceKind::None, _) => Inference::None,
+            (InferenceKind::TauNorm, s) => Inference::TauNorm {
+                tau: s.float("tau")?,
+                bias: s.flag("bias")?,
             },
-            Some("balanced-softmax") => Margin::BalancedSoftmax,
-            Some("logit-adjust") => Margin::LogitAdjust {
-                tau: f64_of(p("margin", "tau")),
+            (InferenceKind::LogitAdjust, s) => Inference::LogitAdjust {
+                tau: s.float("tau")?,
             },
-            Some(other) => return unknown("margin", other),
-        };
-        let weighting = match variant("weighting").as_deref() {
-            None | Some("none") => Weighting::None,
-            Some("class-balanced") => Weighting::ClassBalanced {
-                beta: f64_of(p("weighting", "beta")),
-                loss: self.choice(
-                    p("weighting", "loss"),
-                    span_of("weighting"),
-                    "class-balanced base loss",
-                    BaseLoss::from_name,
-                )?,
-                gamma: f64_of(p("weighting", "gamma")),
-                from_epoch: u32_of(p("weighting", "from-epoch")),
-            },
-            Some("focal") => Weighting::Focal {
-                gamma: f64_of(p("weighting", "gamma")),
-            },
-            Some(other) => return unknown("weighting", other),
-        };
-        let sampler = match variant("sampler").as_deref() {
-            None | Some("instance") => Sampler::Instance,
-            Some("class-balanced") => Sampler::ClassBalanced {
-                per_class: u32_of(p("sampler", "per-class")),
-            },
-            Some("sqrt") => Sampler::Sqrt,
-            Some(other) => return unknown("sampler", other),
-        };
-        let constraint = match variant("constraint").as_deref() {
-            None | Some("none") => Constraint::None,
-            Some("maxnorm") => Constraint::Maxnorm {
-                thresh: f64_of(p("constraint", "thresh")),
-                radius: p("constraint", "radius").and_then(|v| v.as_f64()),
-                every: self.choice(
-                    p("constraint", "every"),
-                    span_of("constraint"),
-                    "constraint frequency",
-                    ConstraintEvery::from_name,
-                )?,
-            },
-            Some(other) => return unknown("constraint", other),
-        };
-        let inference = match variant("inference").as_deref() {
-            None | Some("none") => Inference::None,
-            Some("tau-norm") => Inference::TauNorm {
-                tau: f64_of(p("inference", "tau")),
-                bias: bool_of(p("inference", "bias")),
-            },
-            Some("logit-adjust") => Inference::LogitAdjust {
-                tau: f64_of(p("inference", "tau")),
-            },
-            Some(other) => return unknown("inference", other),
         };
 
-        // A setting is the head's own, else the pipeline's budget, else the preset's.
+        // A setting is the head's own, else the pipeline's budget, else the preset's, else the
+        // schema's.
         let budget = self.budget(node, method_node);
-        let written = |prop: &str| self.train_setting(node, method_node, prop);
-        let tv = |prop: &str| written(prop).map(|p| p.value.value.clone());
         let d = preset_train(preset, method_node);
+        let t = self
+            .child(node, "train")?
+            .or(budget.and_then(|b| b.child("train")))
+            .default("epochs", Value::Int(d.epochs))
+            .default("batch-size", Value::Int(d.batch_size))
+            .default("lr", Value::Float(d.lr))
+            .default("weight-decay", Value::Float(d.weight_decay));
         let train = HeadTrain {
-            epochs: tv("epochs").map_or(d.epochs as u32, |v| u32_of(Some(v))),
-            batch_size: tv("batch-size").map_or(d.batch_size as u32, |v| u32_of(Some(v))),
-            lr: tv("lr").map_or(d.lr, |v| f64_of(Some(v))),
-            momentum: f64_of(tv("momentum").or_else(|| value(None, node, "train", "momentum"))),
-            weight_decay: tv("weight-decay").map_or(d.weight_decay, |v| f64_of(Some(v))),
-            schedule: self.choice(
-                tv("schedule").or_else(|| value(None, node, "train", "schedule")),
-                written("schedule").map_or(node.name_span, |p| p.value.span),
-                "schedule",
-                Schedule::from_name,
-            )?,
-            seed: tv("seed").map_or(self.defaults.seed.value, |v| u64_of(Some(v))),
+            epochs: t.int("epochs")?,
+            batch_size: t.int("batch-size")?,
+            lr: t.float("lr")?,
+            momentum: t.float("momentum")?,
+            weight_decay: t.float("weight-decay")?,
+            schedule: t.choice("schedule")?,
+            // Unwritten, the pipeline's seed.
+            seed: t.opt_int("seed").unwrap_or(self.defaults.seed.value),
         };
 
         let init = match node
@@ -583,38 +454,35 @@ impl Lower<'_> {
             .or_else(|| budget.and_then(|b| b.child("init")))
         {
             Some(i) => {
-                let from = match i.args.first() {
-                    Some(a) => self.choice(
-                        Some(a.value.clone()),
-                        a.span,
-                        "initialisation",
-                        InitFrom::from_name,
-                    )?,
+                let s = self.of(i);
+                // Without its (required, so already reported) argument: a fresh classifier.
+                let from = match s.written(Arg(0)) {
+                    Some(_) => s.choice(Arg(0))?,
                     None => InitFrom::Random,
                 };
                 let v = match from {
                     InitFrom::Random => Init::Random,
                     InitFrom::Backbone => Init::Backbone,
-                    InitFrom::Head => {
-                        match i.prop("head") {
-                            Some(h) => Init::Head(Spanned::new(
-                                h.value.value.as_str()?.to_string(),
-                                h.value.span,
-                            )),
-                            None => {
-                                diags.push(
+                    InitFrom::Head => match s.written("head") {
+                        Some(_) => Init::Head(s.name("head")?),
+                        None => {
+                            diags.push(
                                 Diagnostic::new(
                                     Code::MissingRequired,
-                                    format!("head `{}` starts from another head but does not say which", self.stage),
+                                    format!(
+                                        "head `{}` starts from another head but does not say which",
+                                        self.stage
+                                    ),
                                     i.span,
                                     "missing `head=`",
                                 )
-                                .with_help("name the head to start from: `init \"head\" head=\"ce\"`"),
+                                .with_help(
+                                    "name the head to start from: `init \"head\" head=\"ce\"`",
+                                ),
                             );
-                                return None;
-                            }
+                            return None;
                         }
-                    }
+                    },
                 };
                 Spanned::new(v, i.span)
             }
@@ -627,45 +495,26 @@ impl Lower<'_> {
                 method_span,
             ),
         };
-        let trials = node
-            .child("trials")
-            .or_else(|| budget.and_then(|b| b.child("trials")))
-            .and_then(|c| c.args.first())
-            .map_or(1, |a| u32_of(Some(a.value.clone())))
+        let trials = self
+            .child(node, "trials")?
+            .or(budget.and_then(|b| b.child("trials")))
+            .int::<u32>(Arg(0))?
             .max(1);
-        let select = match self.arg(node, "select") {
-            Some(a) => Spanned::new(
-                self.choice(
-                    Some(a.value),
-                    a.span,
-                    "epoch selection",
-                    EpochSelect::from_name,
-                )?,
-                a.span,
-            ),
-            None => Spanned::new(EpochSelect::Last, node.name_span),
+        let select = self
+            .child(node, "select")?
+            .spanned_choice::<EpochSelect>(Arg(0))?;
+        let validation = match node.child("validation") {
+            Some(v) => {
+                let s = self.of(v);
+                Some(Validation {
+                    fraction: s.float("fraction")?,
+                    seed: s.int("seed")?,
+                })
+            }
+            None => None,
         };
-        let validation = node.child("validation").map(|v| Validation {
-            fraction: f64_of(v.prop_or_default("fraction")),
-            seed: u64_of(v.prop_or_default("seed")),
-        });
-        let loss = node.child("loss").and_then(|n| {
-            let name = n.variant_name()?;
-            let plugin = n.spec.plugin(name)?;
-            let params = n
-                .spec
-                .props_for(Some(name))
-                .map(|spec| (spec.name.to_string(), f64_of(n.prop_or_default(spec.name))))
-                .collect();
-            Some(Spanned::new(
-                PluginLoss {
-                    name: name.to_string(),
-                    version: plugin.version.to_string(),
-                    params,
-                },
-                n.span,
-            ))
-        });
+        // A loss no plugin registered is the checker's error; the head lowers without it.
+        let loss = node.child("loss").and_then(|n| self.plugin_loss(n));
         Some(HeadSpec {
             features,
             method,
@@ -685,6 +534,26 @@ impl Lower<'_> {
         })
     }
 
+    /// A plugin's loss with its parameters (numbers, read like any other setting).
+    fn plugin_loss(&self, n: &Node) -> Option<Spanned<PluginLoss>> {
+        let name = n.variant_name()?;
+        let plugin = n.spec.plugin(name)?;
+        let s = self.of(n);
+        let params = n
+            .spec
+            .props_for(Some(name))
+            .map(|spec| Some((spec.name.to_string(), s.float(spec.name)?)))
+            .collect::<Option<_>>()?;
+        Some(Spanned::new(
+            PluginLoss {
+                name: name.to_string(),
+                version: plugin.version.to_string(),
+                params,
+            },
+            n.span,
+        ))
+    }
+
     /// The pipeline's `defaults { head { … } }`, when it applies to `head`: always, except to a
     /// preset that only maps the stage-1 classifier (`epochs` 0: `tau-norm`, post-hoc
     /// `logit-adjust`) while the head does not ask for epochs itself — a re-training budget
@@ -692,94 +561,60 @@ impl Lower<'_> {
     fn budget(&self, head: &Node, method_node: Option<&Node>) -> Option<&Node> {
         let budget = self.defaults.head.as_ref()?;
         let method = method_node.and_then(|m| m.variant.as_ref());
-        let preset = schema::preset(method.map_or("ce", |m| m.value.as_str()))?;
+        let preset = schema::preset(method.map_or(DEFAULT_METHOD, |m| m.value.as_str()))?;
         let maps_only = preset_train(preset, method_node).epochs == 0;
         let own_epochs = head.child("train").and_then(|t| t.prop("epochs")).is_some();
         (!maps_only || own_epochs).then_some(budget)
     }
 
-    /// Where the `train` property `prop` of `head` is written: the head's own `train`, else the
-    /// budget's (`None`: the preset's default or the schema's applies).
-    fn train_setting<'n>(
-        &'n self,
-        head: &'n Node,
-        method_node: Option<&Node>,
-        prop: &str,
-    ) -> Option<&'n crate::ast::Prop> {
-        head.child("train")
-            .and_then(|t| t.prop(prop))
-            .or_else(|| self.budget(head, method_node)?.child("train")?.prop(prop))
-    }
-
-    /// The component node a preset stands for in `slot`, built from the method's parameters.
+    /// The component node a preset stands for in `slot`, built from the method's parameters:
+    /// the preset's first setting of that node whose condition on them holds.
     fn preset_component(
         &self,
         head: &Node,
         method_node: Option<&Node>,
-        method: &str,
+        preset: &HeadPreset,
         slot: &str,
         span: Span,
     ) -> Option<Node> {
-        let preset = schema::preset(method)?;
-        let method_prop = |name: &str| -> Option<Value> {
-            match method_node {
-                Some(m) => m.prop_or_default(name),
-                None => None,
-            }
-        };
-        // DRW starts at 80% of the epochs unless `drw-epoch` says otherwise (LDAM-DRW: 160/200).
-        let method_prop = |name: &str| -> Option<Value> {
-            match method_prop(name) {
-                None if name == "drw-epoch" => {
-                    let epochs = self
-                        .train_setting(head, method_node, "epochs")
-                        .and_then(|p| p.value.value.as_i64())
-                        .unwrap_or(preset_train(preset, method_node).epochs);
-                    Some(Value::Int(epochs * 4 / 5))
-                }
-                value => value,
-            }
-        };
-        // Two presets pick their components from their parameters.
-        let (variant, props): (&str, Vec<(&str, Option<Value>)>) = match (method, slot) {
-            ("logit-adjust", "inference") if str_of(method_prop("form")) != "loss" => {
-                ("logit-adjust", vec![("tau", method_prop("tau"))])
-            }
-            ("logit-adjust", "margin") if str_of(method_prop("form")) == "loss" => {
-                ("logit-adjust", vec![("tau", method_prop("tau"))])
-            }
-            ("ldam" | "ldam-drw", "logits")
-                if method_prop("normalized") == Some(Value::Bool(false)) =>
-            {
-                ("linear", vec![])
-            }
-            _ => {
-                let setting = preset.components.iter().find(|c| c.node == slot)?;
-                let props = setting
-                    .props
-                    .iter()
-                    .map(|(name, v)| {
-                        let value = match v {
-                            PresetValue::Method(m) => method_prop(m),
-                            PresetValue::Lit(l) => Some(Value::from_lit(*l)),
-                        };
-                        (*name, value)
-                    })
-                    .collect();
-                (setting.variant, props)
-            }
-        };
+        let method_prop = |name: &str| method_node.and_then(|m| m.prop_or_default(name));
+        let setting = preset.components.iter().find(|c| {
+            c.node == slot
+                && c.when
+                    .is_none_or(|w| method_prop(w.prop) == Some(Value::from_lit(w.is)))
+        })?;
         let spec = head.spec.child(slot)?;
         let mut node = Node {
             spec,
             name_span: span,
             span,
-            variant: Some(Spanned::new(variant.to_string(), span)),
-            args: vec![Spanned::new(Value::Str(variant.to_string()), span)],
+            variant: Some(Spanned::new(setting.variant.to_string(), span)),
+            args: vec![Spanned::new(Value::Str(setting.variant.to_string()), span)],
             props: Vec::new(),
             children: Vec::new(),
         };
-        for (name, value) in props {
+        for (name, v) in setting.props {
+            let value = match *v {
+                PresetValue::Method(m) => method_prop(m),
+                PresetValue::Lit(l) => Some(Value::from_lit(l)),
+                PresetValue::EpochFraction { prop, num, den } => {
+                    method_prop(prop).or_else(|| {
+                        // The epochs the head trains for: its own or its budget's, else the
+                        // preset's.
+                        let epochs = head
+                            .child("train")
+                            .and_then(|t| t.prop("epochs"))
+                            .or_else(|| {
+                                self.budget(head, method_node)?
+                                    .child("train")?
+                                    .prop("epochs")
+                            })
+                            .and_then(|p| p.value.value.as_i64())
+                            .unwrap_or(preset_train(preset, method_node).epochs);
+                        Some(Value::Int(epochs * num / den))
+                    })
+                }
+            };
             if let Some(value) = value {
                 node.set_prop(name, Spanned::new(value, span));
             }
@@ -788,65 +623,48 @@ impl Lower<'_> {
     }
 
     fn sweep(&self, node: &Node) -> Option<SweepSpec> {
-        let base = self.ref_arg(node, "base")?;
+        let base = self.child(node, "base")?.name(Arg(0))?;
         let vary = node
             .children_named("vary")
             .filter_map(|v| {
-                let param = v.args.first()?;
                 Some(Vary {
-                    param: Spanned::new(param.value.as_str()?.to_string(), param.span),
+                    param: self.of(v).name(Arg(0))?,
                     target: None,
-                    values: v.args[1..].to_vec(),
+                    // Typed later, like the parameter they vary.
+                    values: v.args.get(1..)?.to_vec(),
                 })
             })
             .collect();
         let trials = node
             .child("trials")
-            .and_then(|t| t.args.first())
-            .and_then(|a| a.value.as_i64())
-            .map(|v| v as u32);
+            .and_then(|t| self.of(t).opt_int(Arg(0)));
         Some(SweepSpec { base, vary, trials })
     }
 
     fn evaluate(&self, node: &Node) -> Option<EvaluateSpec> {
-        let heads = node
-            .child("heads")?
-            .args
-            .iter()
-            .filter_map(|a| Some(Spanned::new(a.value.as_str()?.to_string(), a.span)))
-            .collect();
+        let heads = node.child("heads")?;
+        let heads = (0..heads.args.len())
+            .map(|i| self.of(heads).name(Arg(i)))
+            .collect::<Option<_>>()?;
         let metrics = match node.child("metrics") {
-            Some(m) => m
-                .args
-                .iter()
-                .map(|a| self.choice(Some(a.value.clone()), a.span, "metric", Metric::from_name))
+            Some(m) => (0..m.args.len())
+                .map(|i| self.of(m).choice(Arg(i)))
                 .collect::<Option<Vec<_>>>()?,
+            // Top-1 is always reported.
             None => vec![Metric::Top1],
         };
-        let rsd = self.arg(node, "rsd")?;
         Some(EvaluateSpec {
             heads,
             metrics,
-            rsd_over: self.choice(
-                Some(rsd.value),
-                rsd.span,
-                "RSD sample set",
-                RsdOver::from_name,
-            )?,
-            plots: self
-                .arg(node, "plots")
-                .and_then(|a| a.value.as_bool())
-                .unwrap_or(true),
-            stage1: self
-                .arg(node, "stage-1")
-                .and_then(|a| a.value.as_bool())
-                .unwrap_or(true),
+            rsd_over: self.child(node, "rsd")?.choice(Arg(0))?,
+            plots: self.child(node, "plots")?.flag(Arg(0))?,
+            stage1: self.child(node, "stage-1")?.flag(Arg(0))?,
         })
     }
 }
 
 /// A preset's training defaults for the method's written properties.
-fn preset_train(preset: &schema::HeadPreset, method_node: Option<&Node>) -> schema::TrainDefaults {
+fn preset_train(preset: &HeadPreset, method_node: Option<&Node>) -> schema::TrainDefaults {
     preset.train_for(|prop| {
         method_node
             .and_then(|m| m.prop_or_default(prop))

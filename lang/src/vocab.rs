@@ -271,3 +271,134 @@ choice! {
         Negative = "negative",
     }
 }
+
+// Tags of the IR's data-carrying enums: the variant names that the schema lists and lowering
+// matches on. The IR's serde tags are the same names (checked in `ir`'s tests).
+
+choice! {
+    /// The format of a `source`: the variants of [`crate::ir::Source`].
+    pub enum SourceFormat {
+        /// Fashion-MNIST IDX files.
+        FashionMnist = "fashion-mnist",
+        /// MNIST IDX files.
+        Mnist = "mnist",
+        /// CIFAR-10 binary.
+        Cifar10 = "cifar10",
+        /// CIFAR-100 binary.
+        Cifar100 = "cifar100",
+        /// Root plus list files.
+        ImageList = "image-list",
+        /// iNaturalist 2018 JSON.
+        Inat2018 = "inat2018",
+        /// Precomputed features.
+        Features = "features",
+        /// Generated data.
+        Synthetic = "synthetic",
+    }
+}
+
+choice! {
+    /// An `augment` transform: the variants of [`crate::ir::Augment`].
+    pub enum AugmentKind {
+        /// Pad and crop.
+        RandomCrop = "random-crop",
+        /// Random area and aspect crop.
+        RandomResizedCrop = "random-resized-crop",
+        /// Horizontal flip.
+        Hflip = "hflip",
+        /// Colour jitter.
+        ColorJitter = "color-jitter",
+    }
+}
+
+choice! {
+    /// A `logits` component: the variants of [`crate::ir::Logits`].
+    pub enum LogitsKind {
+        /// W f + b.
+        Linear = "linear",
+        /// s · cos.
+        Cosine = "cosine",
+        /// c ⊙ (W f + b).
+        Lws = "lws",
+    }
+}
+
+choice! {
+    /// A `targets` component: the variants of [`crate::ir::Targets`].
+    pub enum TargetsKind {
+        /// One-hot.
+        OneHot = "one-hot",
+        /// Smoothed by δ.
+        Smoothed = "smoothed",
+    }
+}
+
+choice! {
+    /// A `margin` component: the variants of [`crate::ir::Margin`].
+    pub enum MarginKind {
+        /// None.
+        None = "none",
+        /// LDAM.
+        Ldam = "ldam",
+        /// + log n.
+        BalancedSoftmax = "balanced-softmax",
+        /// + τ log π.
+        LogitAdjust = "logit-adjust",
+    }
+}
+
+choice! {
+    /// A `weighting` component: the variants of [`crate::ir::Weighting`].
+    pub enum WeightingKind {
+        /// None.
+        None = "none",
+        /// Effective-number weights.
+        ClassBalanced = "class-balanced",
+        /// Focal.
+        Focal = "focal",
+    }
+}
+
+choice! {
+    /// A `sampler` component: the variants of [`crate::ir::Sampler`].
+    pub enum SamplerKind {
+        /// Instance-balanced.
+        Instance = "instance",
+        /// Class-aware round robin.
+        ClassBalanced = "class-balanced",
+        /// ∝ √n.
+        Sqrt = "sqrt",
+    }
+}
+
+choice! {
+    /// A `constraint` component: the variants of [`crate::ir::Constraint`].
+    pub enum ConstraintKind {
+        /// None.
+        None = "none",
+        /// ‖W_i‖ ≤ r.
+        Maxnorm = "maxnorm",
+    }
+}
+
+choice! {
+    /// An `inference` component: the variants of [`crate::ir::Inference`].
+    pub enum InferenceKind {
+        /// None.
+        None = "none",
+        /// τ-normalisation.
+        TauNorm = "tau-norm",
+        /// − τ log π.
+        LogitAdjust = "logit-adjust",
+    }
+}
+
+choice! {
+    /// Where `method "logit-adjust"` applies τ·log π.
+    pub enum LogitAdjustForm {
+        /// Subtracted at inference from a trained classifier's logits.
+        PostHoc = "post-hoc",
+        /// Added to the logits during training.
+        Loss = "loss",
+    }
+}

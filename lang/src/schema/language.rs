@@ -33,9 +33,9 @@ const ANY_STAGE_REF: &[StageKind] = &[
 // Every choice list is the IR enum's names (`crate::choice`), so the checker, the docs and the
 // typed IR agree on each spelling.
 use crate::vocab::{
-    Arch, BackboneSampler, Backend, CheckpointFormat, ClassifierKind, EpochSelect, FirstStageLoss,
-    GroupRule, InitFrom, Metric, Normalize, RsdOver, Schedule, SyntheticKind, TailProfile,
-    TailSelect, Tta,
+    Arch, AugmentKind, BackboneSampler, Backend, CheckpointFormat, ClassifierKind, EpochSelect,
+    FirstStageLoss, GroupRule, InitFrom, Metric, Normalize, RsdOver, Schedule, SourceFormat,
+    SyntheticKind, TailProfile, TailSelect, Tta,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -116,27 +116,27 @@ const SOURCE: NodeSpec = NodeSpec::new(
 .args(&[P::new("format", T::String, "The source format.").required()])
 .variants(&[
     V {
-        name: "fashion-mnist",
+        name: SourceFormat::FashionMnist.name(),
         doc: "Fashion-MNIST in IDX format (gzip or plain), 28x28 grey, 10 classes.",
         props: &[SOURCE_ROOT_OPT.default(Str("data/fashion-mnist")), DOWNLOAD],
     },
     V {
-        name: "mnist",
+        name: SourceFormat::Mnist.name(),
         doc: "MNIST in IDX format (gzip or plain), 28x28 grey, 10 classes.",
         props: &[SOURCE_ROOT_OPT.default(Str("data/mnist")), DOWNLOAD],
     },
     V {
-        name: "cifar10",
+        name: SourceFormat::Cifar10.name(),
         doc: "CIFAR-10, binary version (`data_batch_1.bin` ... `test_batch.bin`).",
         props: &[SOURCE_ROOT_OPT.default(Str("data/cifar-10-batches-bin")), DOWNLOAD],
     },
     V {
-        name: "cifar100",
+        name: SourceFormat::Cifar100.name(),
         doc: "CIFAR-100, binary version (`train.bin`, `test.bin`; fine labels).",
         props: &[SOURCE_ROOT_OPT.default(Str("data/cifar-100-binary")), DOWNLOAD],
     },
     V {
-        name: "image-list",
+        name: SourceFormat::ImageList.name(),
         doc: "A root folder plus list files of `relative/path label` lines (the ImageNet-LT format).",
         props: &[
             P::new("root", T::Path, "Image root the list paths are relative to.").required(),
@@ -153,7 +153,7 @@ const SOURCE: NodeSpec = NodeSpec::new(
         ],
     },
     V {
-        name: "inat2018",
+        name: SourceFormat::Inat2018.name(),
         doc: "iNaturalist 2018: the official JSON annotations plus the image root.",
         props: &[
             P::new("root", T::Path, "Image root the `file_name`s are relative to.").required(),
@@ -166,7 +166,7 @@ const SOURCE: NodeSpec = NodeSpec::new(
         ],
     },
     V {
-        name: "features",
+        name: SourceFormat::Features.name(),
         doc: "Precomputed features (`.npy` or `.safetensors`); heads can use this dataset directly.",
         props: &[
             P::new("train", T::Path, "Train feature matrix (N x D, f32).").required(),
@@ -176,7 +176,7 @@ const SOURCE: NodeSpec = NodeSpec::new(
         ],
     },
     V {
-        name: "synthetic",
+        name: SourceFormat::Synthetic.name(),
         doc: "Seeded class-conditional data, for trying stages in seconds.",
         props: &[
             P::new("kind", T::Enum(SyntheticKind::NAMES), "Small images or feature vectors.")
@@ -348,7 +348,7 @@ const AUGMENT: NodeSpec = NodeSpec::new(
 .args(&[P::new("kind", T::String, "The augmentation.").required()])
 .variants(&[
     V {
-        name: "random-crop",
+        name: AugmentKind::RandomCrop.name(),
         doc: "Pad then crop back to the input size at a random offset.",
         props: &[P::new("padding", T::Int, "Zero padding on each side.")
             .default(Int(4))
@@ -356,7 +356,7 @@ const AUGMENT: NodeSpec = NodeSpec::new(
             .unit("pixels")],
     },
     V {
-        name: "random-resized-crop",
+        name: AugmentKind::RandomResizedCrop.name(),
         doc: "Crop a random area and aspect ratio, resize to `size`.",
         props: &[
             P::new("size", T::Int, "Output side.")
@@ -369,14 +369,14 @@ const AUGMENT: NodeSpec = NodeSpec::new(
         ],
     },
     V {
-        name: "hflip",
+        name: AugmentKind::Hflip.name(),
         doc: "Horizontal flip.",
         props: &[P::new("p", T::Float, "Flip probability.")
             .default(Float(0.5))
             .range(Range::UNIT)],
     },
     V {
-        name: "color-jitter",
+        name: AugmentKind::ColorJitter.name(),
         doc: "Random brightness, contrast and saturation (ImageNet-LT recipe: 0.4 each).",
         props: &[
             P::new("brightness", T::Float, "Brightness factor range.")

@@ -9,6 +9,10 @@ use super::{
     Lit::{self, Bool, Float, Int, Str},
     NodeSpec, ParamSpec as P, Range, ValueType as T, VariantSpec as V,
 };
+use crate::vocab::{
+    ConstraintKind, InferenceKind, LogitAdjustForm, LogitsKind, MarginKind, SamplerKind,
+    TargetsKind, WeightingKind,
+};
 
 const DELTA: P = P::new(
     "delta",
@@ -113,10 +117,10 @@ const EVERY: P = P::new(
 .default(Str("step"));
 const LA_FORM: P = P::new(
     "form",
-    T::Enum(&["post-hoc", "loss"]),
+    T::Enum(LogitAdjustForm::NAMES),
     "Subtract τ·log π at inference (post-hoc) or add it to the logits during training (loss).",
 )
-.default(Str("post-hoc"));
+.default(Str(LogitAdjustForm::PostHoc.name()));
 const NORMALIZED: P = P::new(
     "normalized",
     T::Bool,
@@ -203,21 +207,21 @@ pub(crate) const METHOD: NodeSpec = NodeSpec::new(
 
 /// `logits`: how the head turns features into logits.
 pub(crate) const COMPONENT_LOGITS: NodeSpec =
-    NodeSpec::new("logits", "Component: the logit function g.")
+    NodeSpec::new(LOGITS, "Component: the logit function g.")
         .args(&[P::new("kind", T::String, "Logit function.").required()])
         .variants(&[
             V {
-                name: "linear",
+                name: LogitsKind::Linear.name(),
                 doc: "z = W f + b.",
                 props: &[],
             },
             V {
-                name: "cosine",
+                name: LogitsKind::Cosine.name(),
                 doc: "z = s · (W_i/‖W_i‖)ᵀ(f/‖f‖).",
                 props: &[COSINE_SCALE],
             },
             V {
-                name: "lws",
+                name: LogitsKind::Lws.name(),
                 doc: "z = c ⊙ (W f + b) with W, b frozen and c learned (init 1).",
                 props: &[],
             },
@@ -226,16 +230,16 @@ pub(crate) const COMPONENT_LOGITS: NodeSpec =
 
 /// `targets`: the training target distribution.
 pub(crate) const COMPONENT_TARGETS: NodeSpec =
-    NodeSpec::new("targets", "Component: the target distribution.")
+    NodeSpec::new(TARGETS, "Component: the target distribution.")
         .args(&[P::new("kind", T::String, "Target kind.").required()])
         .variants(&[
             V {
-                name: "one-hot",
+                name: TargetsKind::OneHot.name(),
                 doc: "The label only.",
                 props: &[],
             },
             V {
-                name: "smoothed",
+                name: TargetsKind::Smoothed.name(),
                 doc: "1-δ+δ/K on the label, δ/K elsewhere (LORT).",
                 props: &[DELTA],
             },
@@ -257,28 +261,28 @@ pub(crate) const COMPONENT_LOSS: NodeSpec = NodeSpec::new(
 
 /// `margin`: a per-class offset of the logits during training.
 pub(crate) const COMPONENT_MARGIN: NodeSpec = NodeSpec::new(
-    "margin",
+    MARGIN,
     "Component: a margin or prior added to the logits during training.",
 )
 .args(&[P::new("kind", T::String, "Margin kind.").required()])
 .variants(&[
     V {
-        name: "none",
+        name: MarginKind::None.name(),
         doc: "No margin.",
         props: &[],
     },
     V {
-        name: "ldam",
+        name: MarginKind::Ldam.name(),
         doc: "Subtract C/n_y^(1/4) from the true-class logit.",
         props: &[MAX_M],
     },
     V {
-        name: "balanced-softmax",
+        name: MarginKind::BalancedSoftmax.name(),
         doc: "Add log n_i to every logit.",
         props: &[],
     },
     V {
-        name: "logit-adjust",
+        name: MarginKind::LogitAdjust.name(),
         doc: "Add τ·log π_i to every logit (the loss form).",
         props: &[TAU_LA],
     },
@@ -287,21 +291,21 @@ pub(crate) const COMPONENT_MARGIN: NodeSpec = NodeSpec::new(
 
 /// `weighting`: per-sample loss weights r_w.
 pub(crate) const COMPONENT_WEIGHTING: NodeSpec =
-    NodeSpec::new("weighting", "Component: the per-sample loss weight r_w(y).")
+    NodeSpec::new(WEIGHTING, "Component: the per-sample loss weight r_w(y).")
         .args(&[P::new("kind", T::String, "Weighting kind.").required()])
         .variants(&[
             V {
-                name: "none",
+                name: WeightingKind::None.name(),
                 doc: "All samples weigh 1.",
                 props: &[],
             },
             V {
-                name: "class-balanced",
+                name: WeightingKind::ClassBalanced.name(),
                 doc: "(1-β)/(1-β^n_y), normalised to sum to K.",
                 props: &[BETA, CB_LOSS, GAMMA, FROM_EPOCH],
             },
             V {
-                name: "focal",
+                name: WeightingKind::Focal.name(),
                 doc: "(1-s_y)^γ.",
                 props: &[GAMMA],
             },
@@ -310,21 +314,21 @@ pub(crate) const COMPONENT_WEIGHTING: NodeSpec =
 
 /// `sampler`: how training samples are drawn.
 pub(crate) const COMPONENT_SAMPLER: NodeSpec =
-    NodeSpec::new("sampler", "Component: the sampler r_s.")
+    NodeSpec::new(SAMPLER, "Component: the sampler r_s.")
         .args(&[P::new("kind", T::String, "Sampler.").required()])
         .variants(&[
             V {
-                name: "instance",
+                name: SamplerKind::Instance.name(),
                 doc: "Every sample once per epoch, shuffled.",
                 props: &[],
             },
             V {
-                name: "class-balanced",
+                name: SamplerKind::ClassBalanced.name(),
                 doc: "Round-robin over shuffled classes (cRT's class-aware sampler).",
                 props: &[PER_CLASS],
             },
             V {
-                name: "sqrt",
+                name: SamplerKind::Sqrt.name(),
                 doc: "Sample class i with probability ∝ √n_i.",
                 props: &[],
             },
@@ -333,18 +337,18 @@ pub(crate) const COMPONENT_SAMPLER: NodeSpec =
 
 /// `constraint`: a projection applied to the weights.
 pub(crate) const COMPONENT_CONSTRAINT: NodeSpec = NodeSpec::new(
-    "constraint",
+    CONSTRAINT,
     "Component: a constraint on the classifier weights.",
 )
 .args(&[P::new("kind", T::String, "Constraint.").required()])
 .variants(&[
     V {
-        name: "none",
+        name: ConstraintKind::None.name(),
         doc: "Unconstrained.",
         props: &[],
     },
     V {
-        name: "maxnorm",
+        name: ConstraintKind::Maxnorm.name(),
         doc: "‖W_i‖ ≤ r by projection; the bias is free.",
         props: &[THRESH, RADIUS, EVERY],
     },
@@ -353,21 +357,21 @@ pub(crate) const COMPONENT_CONSTRAINT: NodeSpec = NodeSpec::new(
 
 /// `inference`: a map applied to the logits at test time.
 pub(crate) const COMPONENT_INFERENCE: NodeSpec =
-    NodeSpec::new("inference", "Component: the inference-time logit map h.")
+    NodeSpec::new(INFERENCE, "Component: the inference-time logit map h.")
         .args(&[P::new("kind", T::String, "Map.").required()])
         .variants(&[
             V {
-                name: "none",
+                name: InferenceKind::None.name(),
                 doc: "Raw logits.",
                 props: &[],
             },
             V {
-                name: "tau-norm",
+                name: InferenceKind::TauNorm.name(),
                 doc: "(W_i/‖W_i‖^τ)ᵀ f (+ b with `bias=#true`).",
                 props: &[TAU_NORM, TAU_NORM_BIAS],
             },
             V {
-                name: "logit-adjust",
+                name: InferenceKind::LogitAdjust.name(),
                 doc: "z_i − τ·log π_i.",
                 props: &[TAU_LA],
             },
@@ -376,14 +380,20 @@ pub(crate) const COMPONENT_INFERENCE: NodeSpec =
 
 /// The component nodes of a head, in the order of the unified form.
 pub const COMPONENTS: &[&str] = &[
-    "logits",
-    "targets",
-    "margin",
-    "weighting",
-    "sampler",
-    "constraint",
-    "inference",
+    LOGITS, TARGETS, MARGIN, WEIGHTING, SAMPLER, CONSTRAINT, INFERENCE,
 ];
+
+// The component node names, for the preset table.
+const LOGITS: &str = "logits";
+const TARGETS: &str = "targets";
+const MARGIN: &str = "margin";
+const WEIGHTING: &str = "weighting";
+const SAMPLER: &str = "sampler";
+const CONSTRAINT: &str = "constraint";
+const INFERENCE: &str = "inference";
+
+/// The method a head without a `method` node gets.
+pub const DEFAULT_METHOD: &str = "ce";
 
 /// A value a preset puts into a component property.
 #[derive(Debug, Clone, Copy)]
@@ -392,6 +402,25 @@ pub enum PresetValue {
     Method(&'static str),
     /// A fixed value.
     Lit(Lit),
+    /// The method's own property `prop` when written, else `num/den` of the head's training
+    /// epochs, rounded down (DRW starts at 80% of the epochs: LDAM-DRW's 160 of 200).
+    EpochFraction {
+        /// The method's property.
+        prop: &'static str,
+        /// Numerator of the fraction.
+        num: i64,
+        /// Denominator of the fraction.
+        den: i64,
+    },
+}
+
+/// A condition on a method's property (its written value or default).
+#[derive(Debug, Clone, Copy)]
+pub struct When {
+    /// The method's property.
+    pub prop: &'static str,
+    /// The value it must have.
+    pub is: Lit,
 }
 
 /// One component node a preset stands for.
@@ -403,6 +432,17 @@ pub struct ComponentSetting {
     pub variant: &'static str,
     /// Its properties.
     pub props: &'static [(&'static str, PresetValue)],
+    /// Only when the method's property has this value (`form="loss"`); a preset may then list
+    /// several settings of one node, each under its own condition.
+    pub when: Option<When>,
+}
+
+impl ComponentSetting {
+    /// Applies only when the method's property `prop` is `is`.
+    const fn when(mut self, prop: &'static str, is: Lit) -> ComponentSetting {
+        self.when = Some(When { prop, is });
+        self
+    }
 }
 
 /// Training defaults of a preset.
@@ -470,6 +510,13 @@ pub struct HeadPreset {
 
 use PresetValue::{Lit as L, Method as M};
 
+/// LDAM's logits: the reference code's scaled cosine, or with `normalized=#false` the paper's
+/// plain linear logits.
+const LDAM_COSINE: ComponentSetting =
+    c(LOGITS, LogitsKind::Cosine.name(), &[("scale", M("scale"))]).when("normalized", Bool(true));
+const LDAM_LINEAR: ComponentSetting =
+    c(LOGITS, LogitsKind::Linear.name(), &[]).when("normalized", Bool(false));
+
 const fn c(
     node: &'static str,
     variant: &'static str,
@@ -479,13 +526,14 @@ const fn c(
         node,
         variant,
         props,
+        when: None,
     }
 }
 
 /// Every preset of the `method` node, each with the recipe of its reference (file named).
 pub const HEAD_PRESETS: &[HeadPreset] = &[
     HeadPreset {
-        name: "ce",
+        name: DEFAULT_METHOD,
         components: &[],
         train: DECOUPLED,
         reference: "Kang et al. `cls_crt.yaml` optimiser with instance sampling (Vanilla FC of Tab. 1)",
@@ -493,7 +541,11 @@ pub const HEAD_PRESETS: &[HeadPreset] = &[
     },
     HeadPreset {
         name: "cosine",
-        components: &[c("logits", "cosine", &[("scale", M("scale"))])],
+        components: &[c(
+            LOGITS,
+            LogitsKind::Cosine.name(),
+            &[("scale", M("scale"))],
+        )],
         train: DECOUPLED,
         reference: "no re-training recipe published: `cls_crt.yaml` optimiser; scale as OLTR's `CosNormClassifier.py`",
         train_when: None,
@@ -501,8 +553,12 @@ pub const HEAD_PRESETS: &[HeadPreset] = &[
     HeadPreset {
         name: "lws",
         components: &[
-            c("logits", "lws", &[]),
-            c("sampler", "class-balanced", &[("per-class", L(Int(4)))]),
+            c(LOGITS, LogitsKind::Lws.name(), &[]),
+            c(
+                SAMPLER,
+                SamplerKind::ClassBalanced.name(),
+                &[("per-class", L(Int(4)))],
+            ),
         ],
         train: TrainDefaults {
             epochs: 5,
@@ -517,8 +573,9 @@ pub const HEAD_PRESETS: &[HeadPreset] = &[
     HeadPreset {
         name: "ldam",
         components: &[
-            c("logits", "cosine", &[("scale", M("scale"))]),
-            c("margin", "ldam", &[("max-m", M("max-m"))]),
+            LDAM_COSINE,
+            LDAM_LINEAR,
+            c(MARGIN, MarginKind::Ldam.name(), &[("max-m", M("max-m"))]),
         ],
         train: DECOUPLED,
         reference: "LDAM-DRW `losses.py` (max_m 0.5, s 30); no re-training recipe published: `cls_crt.yaml` optimiser",
@@ -527,15 +584,23 @@ pub const HEAD_PRESETS: &[HeadPreset] = &[
     HeadPreset {
         name: "ldam-drw",
         components: &[
-            c("logits", "cosine", &[("scale", M("scale"))]),
-            c("margin", "ldam", &[("max-m", M("max-m"))]),
+            LDAM_COSINE,
+            LDAM_LINEAR,
+            c(MARGIN, MarginKind::Ldam.name(), &[("max-m", M("max-m"))]),
             c(
-                "weighting",
-                "class-balanced",
+                WEIGHTING,
+                WeightingKind::ClassBalanced.name(),
                 &[
                     ("beta", M("beta")),
                     ("loss", L(Str("softmax"))),
-                    ("from-epoch", M("drw-epoch")),
+                    (
+                        "from-epoch",
+                        PresetValue::EpochFraction {
+                            prop: "drw-epoch",
+                            num: 4,
+                            den: 5,
+                        },
+                    ),
                 ],
             ),
         ],
@@ -545,7 +610,7 @@ pub const HEAD_PRESETS: &[HeadPreset] = &[
     },
     HeadPreset {
         name: "balanced-softmax",
-        components: &[c("margin", "balanced-softmax", &[])],
+        components: &[c(MARGIN, MarginKind::BalancedSoftmax.name(), &[])],
         train: TrainDefaults {
             epochs: 108,
             batch_size: 512,
@@ -559,8 +624,8 @@ pub const HEAD_PRESETS: &[HeadPreset] = &[
     HeadPreset {
         name: "resample",
         components: &[c(
-            "sampler",
-            "class-balanced",
+            SAMPLER,
+            SamplerKind::ClassBalanced.name(),
             &[("per-class", M("per-class"))],
         )],
         train: DECOUPLED,
@@ -569,7 +634,11 @@ pub const HEAD_PRESETS: &[HeadPreset] = &[
     },
     HeadPreset {
         name: "focal",
-        components: &[c("weighting", "focal", &[("gamma", M("gamma"))])],
+        components: &[c(
+            WEIGHTING,
+            WeightingKind::Focal.name(),
+            &[("gamma", M("gamma"))],
+        )],
         train: DECOUPLED,
         reference: "LDAM-DRW `losses.py` (γ 1); no re-training recipe published: `cls_crt.yaml` optimiser",
         train_when: None,
@@ -577,8 +646,8 @@ pub const HEAD_PRESETS: &[HeadPreset] = &[
     HeadPreset {
         name: "class-balanced",
         components: &[c(
-            "weighting",
-            "class-balanced",
+            WEIGHTING,
+            WeightingKind::ClassBalanced.name(),
             &[("beta", M("beta")), ("loss", M("loss"))],
         )],
         train: TrainDefaults {
@@ -592,8 +661,8 @@ pub const HEAD_PRESETS: &[HeadPreset] = &[
         name: "maxnorm",
         components: &[
             c(
-                "constraint",
-                "maxnorm",
+                CONSTRAINT,
+                ConstraintKind::Maxnorm.name(),
                 &[
                     ("thresh", M("thresh")),
                     ("radius", M("radius")),
@@ -601,8 +670,8 @@ pub const HEAD_PRESETS: &[HeadPreset] = &[
                 ],
             ),
             c(
-                "weighting",
-                "class-balanced",
+                WEIGHTING,
+                WeightingKind::ClassBalanced.name(),
                 &[("beta", L(Float(0.9999))), ("loss", L(Str("bce")))],
             ),
         ],
@@ -613,8 +682,8 @@ pub const HEAD_PRESETS: &[HeadPreset] = &[
     HeadPreset {
         name: "tau-norm",
         components: &[c(
-            "inference",
-            "tau-norm",
+            INFERENCE,
+            InferenceKind::TauNorm.name(),
             &[("tau", M("tau")), ("bias", M("bias"))],
         )],
         train: MAP_ONLY,
@@ -623,19 +692,32 @@ pub const HEAD_PRESETS: &[HeadPreset] = &[
     },
     HeadPreset {
         name: "logit-adjust",
-        components: &[],
+        components: &[
+            c(
+                INFERENCE,
+                InferenceKind::LogitAdjust.name(),
+                &[("tau", M("tau"))],
+            )
+            .when("form", Str(LogitAdjustForm::PostHoc.name())),
+            c(MARGIN, MarginKind::LogitAdjust.name(), &[("tau", M("tau"))])
+                .when("form", Str(LogitAdjustForm::Loss.name())),
+        ],
         train: MAP_ONLY,
         reference: "Menon et al. `logit_adjustment` (τ 1): post-hoc on the stage-1 classifier",
         train_when: Some((
             "form",
-            "loss",
+            LogitAdjustForm::Loss.name(),
             DECOUPLED,
             "Menon et al.'s loss form; no re-training recipe published: `cls_crt.yaml` optimiser",
         )),
     },
     HeadPreset {
         name: "lort",
-        components: &[c("targets", "smoothed", &[("delta", M("delta"))])],
+        components: &[c(
+            TARGETS,
+            TargetsKind::Smoothed.name(),
+            &[("delta", M("delta"))],
+        )],
         train: TrainDefaults {
             epochs: 20,
             batch_size: 64,

@@ -12,7 +12,8 @@ use std::fmt;
 
 pub use language::{LANGUAGE_VERSION, TOP_LEVEL, top_level};
 pub use methods::{
-    COMPONENTS, ComponentSetting, HEAD_PRESETS, HeadPreset, PresetValue, TrainDefaults, preset,
+    COMPONENTS, ComponentSetting, DEFAULT_METHOD, HEAD_PRESETS, HeadPreset, PresetValue,
+    TrainDefaults, When, preset,
 };
 
 /// A literal default value of a parameter.
