@@ -709,6 +709,163 @@ mod tests {
         }
     }
 
+    /// The schema lists exactly the vocabulary's variants, and the IR's serde tag of each is
+    /// its name: the spelling a cache key holds is the one a pipeline writes.
+    #[test]
+    fn schema_variants_ir_tags_and_vocabulary_agree() {
+        use crate::vocab::*;
+        let names = |spec: &crate::schema::NodeSpec| -> Vec<&str> {
+            spec.variants.iter().map(|v| v.name).collect()
+        };
+        let head = stage_spec(StageKind::Head);
+        let slot = |name: &str| names(head.child(name).expect("a component"));
+        assert_eq!(slot("logits"), LogitsKind::NAMES);
+        assert_eq!(slot("targets"), TargetsKind::NAMES);
+        assert_eq!(slot("margin"), MarginKind::NAMES);
+        assert_eq!(slot("weighting"), WeightingKind::NAMES);
+        assert_eq!(slot("sampler"), SamplerKind::NAMES);
+        assert_eq!(slot("constraint"), ConstraintKind::NAMES);
+        assert_eq!(slot("inference"), InferenceKind::NAMES);
+        let dataset = stage_spec(StageKind::Dataset);
+        assert_eq!(names(dataset.child("source").unwrap()), SourceFormat::NAMES);
+        let backbone = stage_spec(StageKind::Backbone);
+        assert_eq!(
+            names(backbone.child("augment").unwrap()),
+            AugmentKind::NAMES
+        );
+
+        // Every component variant, lowered: its serde `kind` is the name written.
+        for slot in COMPONENTS {
+            let Some(spec) = head.child(slot) else {
+                continue;
+            };
+            for variant in spec.variants {
+                let text = format!(
+                    "lortflow 1\ndataset \"d\" {{ source \"synthetic\" kind=\"vectors\" }}\n\
+                     head \"h\" {{ features \"d\"; {slot} \"{}\" }}\n",
+                    variant.name
+                );
+                let checked = check_text(Path::new("p.kdl"), text, &MemoryLoader::default());
+                let h = checked.pipeline.stage("h").expect("the head lowers");
+                let json = serde_json::to_value(&h.spec).unwrap();
+                assert_eq!(json[slot]["kind"], variant.name, "{slot}");
+            }
+        }
+        // Every source format and augmentation likewise (`format`, `kind`).
+        let mut text = String::from("lortflow 1\n");
+        for (i, v) in SourceFormat::NAMES.iter().enumerate() {
+            text.push_str(&format!(
+                "dataset \"d{i}\" {{ source \"{v}\" root=\"r\" train=\"a\" test=\"b\" }}\n"
+            ));
+        }
+        text.push_str("backbone \"b\" { data \"d7\"; arch \"small-cnn\"");
+        for v in AugmentKind::NAMES {
+            text.push_str(&format!("; augment \"{v}\""));
+        }
+        text.push_str(" }\n");
+        let checked = check_text(Path::new("p.kdl"), text, &MemoryLoader::default());
+        for (i, v) in SourceFormat::NAMES.iter().enumerate() {
+            let d = checked
+                .pipeline
+                .stage(&format!("d{i}"))
+                .expect("the dataset lowers");
+            let json = serde_json::to_value(&d.spec).unwrap();
+            assert_eq!(json["source"]["format"], *v);
+        }
+        let b = checked.pipeline.stage("b").expect("the backbone lowers");
+        let json = serde_json::to_value(&b.spec).unwrap();
+        let kinds: Vec<_> = json["augment"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["kind"].as_str().unwrap())
+            .collect();
+        assert_eq!(kinds, AugmentKind::NAMES);
+    }
+
+    /// Presets that pick their components from their parameters, from the table's conditions.
+    #[test]
+    fn presets_pick_components_by_their_parameters() {
+        use crate::ir::{Inference, Logits, Margin};
+        let text = format!(
+            "{BACKBONE}head \"la\" {{ features \"f\"; method \"logit-adjust\" tau=2 }}\n\
+             head \"la-loss\" {{ features \"f\"; method \"logit-adjust\" form=\"loss\" tau=0.5 }}\n\
+             head \"ldam\" {{ features \"f\"; method \"ldam\" scale=10 }}\n\
+             head \"ldam-lin\" {{ features \"f\"; method \"ldam-drw\" normalized=#false drw-epoch=3 }}\n"
+        );
+        let heads: std::collections::BTreeMap<_, _> = heads(&text).into_iter().collect();
+        let la = &heads["la"];
+        assert_eq!(la.inference.value, Inference::LogitAdjust { tau: 2.0 });
+        assert_eq!(la.margin.value, Margin::None);
+        let la = &heads["la-loss"];
+        assert_eq!(la.inference.value, Inference::None);
+        assert_eq!(la.margin.value, Margin::LogitAdjust { tau: 0.5 });
+        assert_eq!(heads["ldam"].logits.value, Logits::Cosine { scale: 10.0 });
+        let lin = &heads["ldam-lin"];
+        assert_eq!(lin.logits.value, Logits::Linear);
+        assert_eq!(lin.margin.value, Margin::Ldam { max_m: 0.5 });
+        let crate::ir::Weighting::ClassBalanced { from_epoch, .. } = lin.weighting.value else {
+            panic!("DRW weights classes");
+        };
+        assert_eq!(
+            from_epoch, 3,
+            "a written drw-epoch wins over 80% of the epochs"
+        );
+    }
+
+    /// The settings whose absence means something (lowering reads them as `Option`s or fills
+    /// them itself), as `node.setting`. Every other setting has a default or is required, so
+    /// that lowering never lacks a value: a new one without either fails here, not as a
+    /// `missing-required` error in someone's pipeline.
+    const UNSET_MEANS_SOMETHING: &[&str] = &[
+        "source.train-labels",
+        "source.test-labels",
+        "long-tail.max-per-class",
+        "train.seed",
+        // A head's `train` takes these from its preset.
+        "train.epochs",
+        "train.batch-size",
+        "train.lr",
+        "train.weight-decay",
+        "checkpoint.trunk",
+        "checkpoint.classifier",
+        "method.drw-epoch",
+        "method.radius",
+        "constraint.radius",
+        "init.head",
+    ];
+
+    #[test]
+    fn every_setting_has_a_default_or_is_required_or_is_meaningfully_unset() {
+        fn walk(spec: &'static crate::schema::NodeSpec, found: &mut Vec<String>) {
+            let variants = spec.all_variants();
+            let props = spec
+                .props
+                .iter()
+                .chain(variants.iter().flat_map(|v| v.props.iter()));
+            for p in spec.args.iter().chain(props) {
+                if p.default.is_none() && !p.required {
+                    found.push(format!("{}.{}", spec.name, p.name));
+                }
+            }
+            for child in spec.children {
+                walk(child, found);
+            }
+        }
+        let mut found = Vec::new();
+        for spec in crate::schema::TOP_LEVEL {
+            walk(spec, &mut found);
+        }
+        found.sort();
+        found.dedup();
+        let mut expected: Vec<String> = UNSET_MEANS_SOMETHING
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        expected.sort();
+        assert_eq!(found, expected);
+    }
+
     fn heads(text: &str) -> Vec<(String, crate::ir::HeadSpec)> {
         let checked = check_text(
             Path::new("p.kdl"),

@@ -379,3 +379,122 @@ fn path_value(dir: &Path, written: String, span: Span) -> PathValue {
         span,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ast::Prop;
+    use crate::diagnostic::Severity;
+    use crate::schema::{Lit, ValueType};
+
+    /// A node of a test-only schema: one setting of each kind lowering meets.
+    const PROBE: NodeSpec = NodeSpec::new("probe", "A test node.")
+        .args(&[
+            ParamSpec::new("mode", ValueType::Int, "An argument with a default.")
+                .default(Lit::Int(5))
+                .required(),
+        ])
+        .props(&[
+            ParamSpec::new("given", ValueType::Int, "Has a default.").default(Lit::Int(3)),
+            ParamSpec::new("needed", ValueType::Int, "No default, not required."),
+            ParamSpec::new(
+                "checked",
+                ValueType::Float,
+                "Required: the checker says so.",
+            )
+            .required(),
+        ]);
+
+    fn node(args: &[i64], props: &[(&str, i64)]) -> Node {
+        let at = Span::synthetic();
+        Node {
+            spec: &PROBE,
+            name_span: at,
+            span: at,
+            variant: None,
+            args: args
+                .iter()
+                .map(|&v| Spanned::new(Value::Int(v), at))
+                .collect(),
+            props: props
+                .iter()
+                .map(|&(name, v)| Prop {
+                    name: Spanned::new(name.to_string(), at),
+                    value: Spanned::new(Value::Int(v), at),
+                })
+                .collect(),
+            children: Vec::new(),
+        }
+    }
+
+    fn problems() -> RefCell<Vec<Diagnostic>> {
+        RefCell::new(Vec::new())
+    }
+
+    #[test]
+    fn a_setting_with_neither_value_nor_default_is_an_error_never_zero() {
+        let problems = problems();
+        let n = node(&[], &[]);
+        let s = Settings::of(&n, Path::new(""), "st", &problems);
+        assert_eq!(s.int::<u32>("needed"), None);
+        assert_eq!(s.float("needed"), None);
+        let problems = problems.into_inner();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        let d = &problems[0];
+        assert_eq!(
+            (d.code, d.severity),
+            (Code::MissingRequired, Severity::Error)
+        );
+        assert!(d.message.contains("`needed`"), "{}", d.message);
+        assert_eq!(
+            d.help.as_deref(),
+            Some("write it: `probe needed=…` (integer)")
+        );
+    }
+
+    #[test]
+    fn a_required_setting_the_checker_reported_is_not_reported_twice() {
+        let problems = problems();
+        let n = node(&[], &[]);
+        let s = Settings::of(&n, Path::new(""), "st", &problems);
+        assert_eq!(s.float("checked"), None);
+        // A written node without its required argument: the checker's error, not a default.
+        assert_eq!(s.int::<u32>(Arg(0)), None);
+        assert!(problems.into_inner().is_empty());
+    }
+
+    #[test]
+    fn written_then_lowering_default_then_schema_default() {
+        let problems = problems();
+        let (n, budget) = (node(&[], &[("given", 7)]), node(&[], &[("needed", 9)]));
+        let s = Settings::of(&n, Path::new(""), "st", &problems)
+            .or(Some(&budget))
+            .default("needed", Value::Int(1))
+            .default("given", Value::Int(2));
+        assert_eq!(s.int::<u32>("given"), Some(7), "written");
+        assert_eq!(
+            s.int::<u32>("needed"),
+            Some(9),
+            "written in the fallback node"
+        );
+        let s =
+            Settings::of(&budget, Path::new(""), "st", &problems).default("given", Value::Int(2));
+        assert_eq!(s.int::<u64>("given"), Some(2), "lowering's default");
+        let s = Settings::of(&budget, Path::new(""), "st", &problems);
+        assert_eq!(s.int::<u64>("given"), Some(3), "the schema's default");
+        assert_eq!(s.opt_int::<u32>("missing-on-purpose"), None);
+        assert!(problems.into_inner().is_empty());
+    }
+
+    #[test]
+    fn an_absent_node_takes_its_argument_default_and_counts_saturate() {
+        let problems = problems();
+        let s = Settings::absent(&PROBE, Span::synthetic(), Path::new(""), "st", &problems);
+        assert_eq!(s.int::<u32>(Arg(0)), Some(5));
+        let n = node(&[i64::MAX], &[]);
+        let s = Settings::of(&n, Path::new(""), "st", &problems);
+        assert_eq!(s.int::<u32>(Arg(0)), Some(u32::MAX));
+        assert_eq!(s.int::<u64>(Arg(0)), Some(i64::MAX as u64));
+        assert!(problems.into_inner().is_empty());
+    }
+}
