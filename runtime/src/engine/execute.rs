@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, mpsc};
+use std::thread::Scope;
 use std::time::Instant;
 
 use lortflow_lang::ir::Backend;
@@ -11,7 +12,9 @@ use lortflow_lang::ir::Backend;
 use super::downloads;
 use super::status::{StageStatus, State};
 use crate::plan::{ConcreteStage, external_files};
-use crate::stage::{CancelToken, Registry, Reporter, StageContext, StageError, StageInput};
+use crate::stage::{
+    CancelToken, Registry, Reporter, StageContext, StageError, StageExecutor, StageInput,
+};
 use crate::{
     Artifact, CacheKey, ExternalFile, FileDigestCache, InputRef, Manifest, RunRecord, StageOutcome,
     StageRun, Store, StoreError, Timestamp,
@@ -168,304 +171,473 @@ pub enum EngineError {
     Backend(String),
 }
 
-enum Event {
-    Done {
-        index: usize,
-        result: Result<(Artifact, f64), (StageError, f64)>,
-    },
+/// Everything a run reads and reports to, borrowed for its length.
+#[derive(Clone, Copy)]
+pub struct RunContext<'r> {
+    /// The concrete stages, in dependency order.
+    pub plan: &'r [ConcreteStage],
+    /// Their keys and states, by plan index.
+    pub statuses: &'r [StageStatus],
+    /// Only these plan indices (their inputs must then be cached or selected too); `None`: all.
+    pub selected: Option<&'r HashSet<usize>>,
+    /// The artifact store.
+    pub store: &'r Store,
+    /// The stage implementations.
+    pub registry: &'r Registry,
+    /// Workers, backend, pipeline file and where tasks run.
+    pub options: &'r RunOptions,
+    /// Stops the run: no task starts after it is set, and running ones are asked to stop.
+    pub cancel: &'r CancelToken,
+    /// Receives the run's events.
+    pub reporter: &'r dyn Reporter,
 }
 
-/// Executes the stale stages of a plan (`selected` limits the run to some stages; their inputs
-/// must then be cached or selected too).
-#[allow(clippy::too_many_arguments)]
-pub fn execute(
-    plan: &[ConcreteStage],
-    statuses: &[StageStatus],
-    selected: Option<&HashSet<usize>>,
-    store: &Store,
-    registry: &Registry,
-    options: &RunOptions,
-    cancel: &CancelToken,
-    reporter: &dyn Reporter,
-) -> Result<RunReport, EngineError> {
+impl RunContext<'_> {
+    fn in_run(&self, i: usize) -> bool {
+        self.selected.is_none_or(|s| s.contains(&i))
+    }
+
+    /// Whether stage `i` occupies this machine's accelerator (a remote task gets its own node's
+    /// device).
+    fn uses_device(&self, i: usize) -> bool {
+        self.options.remote.is_none()
+            && self
+                .registry
+                .get(self.plan[i].kind())
+                .is_some_and(|e| e.uses_device(&self.plan[i], self.options.backend))
+    }
+}
+
+/// Executes the stale stages of a plan: verifies what is cached, then starts every stage whose
+/// inputs are ready until nothing is left to start or the run is cancelled.
+pub fn execute(cx: RunContext<'_>) -> Result<RunReport, EngineError> {
     let started = Timestamp::now();
     let clock = Instant::now();
-    let mut record = RunRecord::new(options.pipeline.clone());
-    record.started_at = started;
-    record.id = RunRecord::make_id(started);
-    for stage in plan {
-        if registry.get(stage.kind()).is_none() {
-            return Err(EngineError::Unregistered(stage.kind().to_string()));
-        }
-    }
-    let n = plan.len();
-    let in_run = |i: usize| selected.is_none_or(|s| s.contains(&i));
-    let mut outcome: Vec<Option<(StageOutcome, f64, Option<String>)>> = vec![None; n];
-    let mut artifacts: BTreeMap<usize, Artifact> = BTreeMap::new();
-    let mut stale: Vec<bool> = statuses.iter().map(|s| s.state != State::Cached).collect();
-
-    // Cached artifacts are verified before anything reads them; a corrupt one is reported,
-    // evicted and rebuilt, and everything downstream runs again.
-    for i in 0..n {
-        if !in_run(i) {
-            continue;
-        }
-        if stale[i] || plan[i].inputs.iter().any(|&(_, j)| stale[j]) {
-            stale[i] = true;
-            continue;
-        }
-        let Some(key) = &statuses[i].key else {
-            continue;
-        };
-        match store.get(key) {
-            Ok(Some(a)) => {
-                artifacts.insert(i, a);
-            }
-            Ok(None) => stale[i] = true,
-            Err(e) if e.is_corrupt() => {
-                reporter.notice(&format!(
-                    "the cached artifact of `{}` is corrupt ({e}); rebuilding it",
-                    plan[i].name
-                ));
-                let _ = store.evict(key);
-                stale[i] = true;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-
-    // Two stages that compute the same thing (the same key under two names) run once: the
-    // later one waits for the earlier one's artifact. Running both would race on the key's
-    // work directory (a backbone's checkpoints).
-    let mut twin_of: Vec<Option<usize>> = vec![None; n];
-    let mut first_with_key: HashMap<&CacheKey, usize> = HashMap::new();
-    for i in (0..n).filter(|&i| stale[i] && in_run(i)) {
-        if let Some(key) = &statuses[i].key {
-            match first_with_key.get(key) {
-                Some(&j) => twin_of[i] = Some(j),
-                None => {
-                    first_with_key.insert(key, i);
-                }
-            }
-        }
-    }
-
-    let (tx, rx) = mpsc::channel::<Event>();
-    std::thread::scope(|scope| -> Result<(), EngineError> {
-        let mut running: HashSet<usize> = HashSet::new();
-        let mut device_busy = false;
+    let mut scheduler = Scheduler::new(cx)?;
+    let (tx, rx) = mpsc::channel::<Finished>();
+    std::thread::scope(|scope| {
         loop {
-            // Settle everything decidable without running.
-            let mut progressed = true;
-            while progressed {
-                progressed = false;
-                for i in 0..n {
-                    if outcome[i].is_some() || running.contains(&i) {
-                        continue;
-                    }
-                    if !in_run(i) {
-                        outcome[i] = Some((StageOutcome::Skipped, 0.0, None));
-                        progressed = true;
-                        continue;
-                    }
-                    if statuses[i].state == State::Blocked {
-                        // A stage that cannot run fails; what depends on it is skipped.
-                        let why = statuses[i].reasons.join("; ");
-                        let o = if statuses[i].blocked_by_input {
-                            StageOutcome::Skipped
-                        } else {
-                            StageOutcome::Failed
-                        };
-                        reporter.finished(&plan[i].name, o, 0.0, Some(&why));
-                        outcome[i] = Some((o, 0.0, Some(why)));
-                        progressed = true;
-                        continue;
-                    }
-                    // An input that has settled without an artifact failed, was skipped or was
-                    // cancelled: this stage cannot run.
-                    if let Some(&(_, j)) = plan[i]
-                        .inputs
-                        .iter()
-                        .find(|&&(_, j)| outcome[j].is_some() && !artifacts.contains_key(&j))
-                    {
-                        let why = format!("upstream `{}` did not finish", plan[j].name);
-                        reporter.finished(&plan[i].name, StageOutcome::Skipped, 0.0, Some(&why));
-                        outcome[i] = Some((StageOutcome::Skipped, 0.0, Some(why)));
-                        progressed = true;
-                        continue;
-                    }
-                    if let Some(j) = twin_of[i] {
-                        if outcome[j].is_none() {
-                            continue;
-                        }
-                        match artifacts.get(&j).cloned() {
-                            Some(artifact) => {
-                                remember_name(store, &plan[i].name, &artifact);
-                                artifacts.insert(i, artifact);
-                                reporter.finished(&plan[i].name, StageOutcome::Cached, 0.0, None);
-                                outcome[i] = Some((StageOutcome::Cached, 0.0, None));
-                            }
-                            None => {
-                                let why = format!(
-                                    "`{}`, the same computation, did not finish",
-                                    plan[j].name
-                                );
-                                reporter.finished(
-                                    &plan[i].name,
-                                    StageOutcome::Skipped,
-                                    0.0,
-                                    Some(&why),
-                                );
-                                outcome[i] = Some((StageOutcome::Skipped, 0.0, Some(why)));
-                            }
-                        }
-                        progressed = true;
-                        continue;
-                    }
-                    if !stale[i] && artifacts.contains_key(&i) {
-                        remember_name(store, &plan[i].name, &artifacts[&i]);
-                        reporter.finished(&plan[i].name, StageOutcome::Cached, 0.0, None);
-                        outcome[i] = Some((StageOutcome::Cached, 0.0, None));
-                        progressed = true;
-                    }
-                }
-            }
-            // Start ready stages; ready stages of one batch group start as one task.
-            let ready: Vec<usize> = (0..n)
-                .filter(|&i| outcome[i].is_none() && !running.contains(&i) && twin_of[i].is_none())
-                .filter(|&i| {
-                    plan[i]
-                        .inputs
-                        .iter()
-                        .all(|&(_, j)| artifacts.contains_key(&j) && outcome[j].is_some())
-                })
-                .collect();
-            let mut taken: HashSet<usize> = HashSet::new();
-            for &i in &ready {
-                if taken.contains(&i)
-                    || running.len() >= options.jobs.max(1)
-                    || cancel.is_cancelled()
-                {
-                    continue;
-                }
-                let executor = registry.get(plan[i].kind()).expect("checked above").clone();
-                // A remote task gets its own node's device.
-                let uses_device =
-                    options.remote.is_none() && executor.uses_device(&plan[i], options.backend);
-                if uses_device && device_busy {
-                    continue;
-                }
-                let members: Vec<usize> = match executor.batch_group(&plan[i]) {
-                    Some(group) => ready
-                        .iter()
-                        .copied()
-                        .filter(|&j| {
-                            !taken.contains(&j)
-                                && plan[j].kind() == plan[i].kind()
-                                && executor.batch_group(&plan[j]).as_deref() == Some(group.as_str())
-                        })
-                        .collect(),
-                    None => vec![i],
-                };
-                device_busy |= uses_device;
-                let mut jobs = Vec::with_capacity(members.len());
-                for &m in &members {
-                    taken.insert(m);
-                    running.insert(m);
-                    reporter.started(&plan[m].name, plan[m].kind());
-                    let inputs: Vec<StageInput<'_>> = plan[m]
-                        .inputs
-                        .iter()
-                        .map(|&(role, j)| input_tree(plan, &artifacts, role, j))
-                        .collect();
-                    jobs.push(Job {
-                        index: m,
-                        stage: &plan[m],
-                        status: &statuses[m],
-                        inputs,
-                    });
-                }
-                let tx = tx.clone();
-                scope.spawn(move || {
-                    let t = Instant::now();
-                    let results = match &options.remote {
-                        None => run_batch(
-                            jobs,
-                            store,
-                            executor.as_ref(),
-                            options.backend,
-                            cancel,
-                            reporter,
-                            Store::begin,
-                        ),
-                        Some(remote) => run_remote(jobs, store, remote.as_ref(), cancel, reporter),
-                    };
-                    let secs = t.elapsed().as_secs_f64() / results.len().max(1) as f64;
-                    for (index, result) in results {
-                        let result = result.map(|a| (a, secs)).map_err(|e| (e, secs));
-                        let _ = tx.send(Event::Done { index, result });
-                    }
-                });
-            }
-            if running.is_empty() {
+            scheduler.settle_without_running();
+            scheduler.start_ready(scope, &tx);
+            if scheduler.running.is_empty() {
                 break;
             }
-            let Ok(Event::Done { index, result }) = rx.recv() else {
+            let Ok(finished) = rx.recv() else {
                 break;
             };
-            running.remove(&index);
-            if options.remote.is_none()
-                && registry
-                    .get(plan[index].kind())
-                    .is_some_and(|e| e.uses_device(&plan[index], options.backend))
-            {
-                device_busy = false;
+            scheduler.collect(finished);
+        }
+    });
+    let report = scheduler.into_report(started, clock.elapsed().as_secs_f64());
+    cx.store.write_run_record(&report.record)?;
+    Ok(report)
+}
+
+/// What a task's thread sends back for each of its stages.
+struct Finished {
+    index: usize,
+    seconds: f64,
+    result: Result<Artifact, StageError>,
+}
+
+/// How a stage ended in this run.
+#[derive(Clone)]
+struct Settled {
+    outcome: StageOutcome,
+    seconds: f64,
+    error: Option<String>,
+}
+
+impl Settled {
+    fn now(outcome: StageOutcome, error: Option<String>) -> Self {
+        Settled {
+            outcome,
+            seconds: 0.0,
+            error,
+        }
+    }
+}
+
+/// The state of one run: which stages are settled and how, which are running, and the
+/// artifacts the settled ones left. Stages settle either without running (cached, blocked,
+/// downstream of a failure, the twin of another) or when their task's thread reports back.
+struct Scheduler<'r> {
+    cx: RunContext<'r>,
+    /// Stages that must run: not cached, or downstream of one that is not.
+    stale: Vec<bool>,
+    /// The earlier stage with the same key, whose artifact this one takes.
+    twin_of: Vec<Option<usize>>,
+    /// The results: how each settled stage ended, by plan index.
+    settled: Vec<Option<Settled>>,
+    /// The artifacts of the stages that settled with one, by plan index.
+    artifacts: BTreeMap<usize, Artifact>,
+    running: HashSet<usize>,
+    /// A running stage holds the accelerator (one at a time per device).
+    device_busy: bool,
+}
+
+impl<'r> Scheduler<'r> {
+    fn new(cx: RunContext<'r>) -> Result<Self, EngineError> {
+        for stage in cx.plan {
+            if cx.registry.get(stage.kind()).is_none() {
+                return Err(EngineError::Unregistered(stage.kind().to_string()));
             }
-            match result {
-                Ok((artifact, secs)) => {
-                    reporter.finished(&plan[index].name, StageOutcome::Ran, secs, None);
-                    artifacts.insert(index, artifact);
-                    outcome[index] = Some((StageOutcome::Ran, secs, None));
+        }
+        let n = cx.plan.len();
+        let mut scheduler = Scheduler {
+            cx,
+            stale: cx
+                .statuses
+                .iter()
+                .map(|s| s.state != State::Cached)
+                .collect(),
+            twin_of: vec![None; n],
+            settled: vec![None; n],
+            artifacts: BTreeMap::new(),
+            running: HashSet::new(),
+            device_busy: false,
+        };
+        scheduler.verify_cached()?;
+        scheduler.find_twins();
+        Ok(scheduler)
+    }
+
+    /// Cached artifacts are verified before anything reads them; a corrupt one is reported,
+    /// evicted and rebuilt, and everything downstream runs again.
+    fn verify_cached(&mut self) -> Result<(), EngineError> {
+        let cx = self.cx;
+        for i in 0..cx.plan.len() {
+            if !cx.in_run(i) {
+                continue;
+            }
+            if self.stale[i] || cx.plan[i].inputs.iter().any(|&(_, j)| self.stale[j]) {
+                self.stale[i] = true;
+                continue;
+            }
+            let Some(key) = &cx.statuses[i].key else {
+                continue;
+            };
+            match cx.store.get(key) {
+                Ok(Some(a)) => {
+                    self.artifacts.insert(i, a);
                 }
-                Err((StageError::Cancelled, secs)) => {
-                    reporter.finished(&plan[index].name, StageOutcome::Cancelled, secs, None);
-                    outcome[index] = Some((StageOutcome::Cancelled, secs, None));
+                Ok(None) => self.stale[i] = true,
+                Err(e) if e.is_corrupt() => {
+                    cx.reporter.notice(&format!(
+                        "the cached artifact of `{}` is corrupt ({e}); rebuilding it",
+                        cx.plan[i].name
+                    ));
+                    let _ = cx.store.evict(key);
+                    self.stale[i] = true;
                 }
-                Err((e, secs)) => {
-                    let message = e.to_string();
-                    reporter.finished(
-                        &plan[index].name,
-                        StageOutcome::Failed,
-                        secs,
-                        Some(&message),
-                    );
-                    outcome[index] = Some((StageOutcome::Failed, secs, Some(message)));
-                }
+                Err(e) => return Err(e.into()),
             }
         }
         Ok(())
-    })?;
+    }
 
-    for (i, stage) in plan.iter().enumerate() {
-        let (o, secs, error) = outcome[i]
-            .clone()
-            .unwrap_or((StageOutcome::Cancelled, 0.0, None));
-        record.stages.push(StageRun {
-            name: stage.name.clone(),
-            kind: stage.kind().to_string(),
-            key: statuses[i].key.clone(),
-            outcome: o,
-            duration_s: secs,
-            error,
+    /// Two stages that compute the same thing (the same key under two names) run once: the
+    /// later one waits for the earlier one's artifact. Running both would race on the key's
+    /// work directory (a backbone's checkpoints).
+    fn find_twins(&mut self) {
+        let cx = self.cx;
+        let mut first_with_key: HashMap<&CacheKey, usize> = HashMap::new();
+        for i in (0..cx.plan.len()).filter(|&i| self.stale[i] && cx.in_run(i)) {
+            if let Some(key) = &cx.statuses[i].key {
+                match first_with_key.get(key) {
+                    Some(&j) => self.twin_of[i] = Some(j),
+                    None => {
+                        first_with_key.insert(key, i);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Settles everything decidable without running, until nothing more is.
+    fn settle_without_running(&mut self) {
+        let mut progressed = true;
+        while progressed {
+            progressed = false;
+            for i in 0..self.cx.plan.len() {
+                if self.settled[i].is_none() && !self.running.contains(&i) {
+                    progressed |= self.settle_one(i);
+                }
+            }
+        }
+    }
+
+    /// Settles stage `i` if it can be without running; whether it was.
+    fn settle_one(&mut self, i: usize) -> bool {
+        if !self.cx.in_run(i) {
+            // Stages left out by `--only` are not news: nothing is reported.
+            self.settled[i] = Some(Settled::now(StageOutcome::Skipped, None));
+            return true;
+        }
+        if self.cx.statuses[i].state == State::Blocked {
+            self.settle_blocked(i);
+            return true;
+        }
+        if self.skip_if_upstream_unfinished(i) {
+            return true;
+        }
+        if let Some(j) = self.twin_of[i] {
+            return self.settle_twin(i, j);
+        }
+        if !self.stale[i] && self.artifacts.contains_key(&i) {
+            remember_name(self.cx.store, &self.cx.plan[i].name, &self.artifacts[&i]);
+            self.settle(i, StageOutcome::Cached, None);
+            return true;
+        }
+        false
+    }
+
+    /// A stage that cannot run fails; one whose input cannot run is skipped.
+    fn settle_blocked(&mut self, i: usize) {
+        let status = &self.cx.statuses[i];
+        let outcome = if status.blocked_by_input {
+            StageOutcome::Skipped
+        } else {
+            StageOutcome::Failed
+        };
+        self.settle(i, outcome, Some(status.reasons.join("; ")));
+    }
+
+    /// Fails the downstream of a failure: an input that settled without an artifact failed, was
+    /// skipped or was cancelled, so stage `i` cannot run and is skipped.
+    fn skip_if_upstream_unfinished(&mut self, i: usize) -> bool {
+        let plan = self.cx.plan;
+        let unfinished = plan[i]
+            .inputs
+            .iter()
+            .find(|&&(_, j)| self.settled[j].is_some() && !self.artifacts.contains_key(&j));
+        let Some(&(_, j)) = unfinished else {
+            return false;
+        };
+        let why = format!("upstream `{}` did not finish", plan[j].name);
+        self.settle(i, StageOutcome::Skipped, Some(why));
+        true
+    }
+
+    /// Stage `i` takes the artifact of its twin `j` once `j` has settled.
+    fn settle_twin(&mut self, i: usize, j: usize) -> bool {
+        if self.settled[j].is_none() {
+            return false;
+        }
+        match self.artifacts.get(&j).cloned() {
+            Some(artifact) => {
+                remember_name(self.cx.store, &self.cx.plan[i].name, &artifact);
+                self.artifacts.insert(i, artifact);
+                self.settle(i, StageOutcome::Cached, None);
+            }
+            None => {
+                let why = format!(
+                    "`{}`, the same computation, did not finish",
+                    self.cx.plan[j].name
+                );
+                self.settle(i, StageOutcome::Skipped, Some(why));
+            }
+        }
+        true
+    }
+
+    /// Records and reports how a stage that did not run ended.
+    fn settle(&mut self, i: usize, outcome: StageOutcome, why: Option<String>) {
+        self.cx
+            .reporter
+            .finished(&self.cx.plan[i].name, outcome, 0.0, why.as_deref());
+        self.settled[i] = Some(Settled::now(outcome, why));
+    }
+
+    /// The stages that can start: unsettled, not running, not waiting for a twin, every input
+    /// settled with an artifact.
+    fn ready(&self) -> Vec<usize> {
+        (0..self.cx.plan.len())
+            .filter(|&i| {
+                self.settled[i].is_none() && !self.running.contains(&i) && self.twin_of[i].is_none()
+            })
+            .filter(|&i| {
+                self.cx.plan[i]
+                    .inputs
+                    .iter()
+                    .all(|&(_, j)| self.artifacts.contains_key(&j) && self.settled[j].is_some())
+            })
+            .collect()
+    }
+
+    /// Starts tasks of ready stages while workers are free.
+    fn start_ready<'s>(&mut self, scope: &'s Scope<'s, '_>, tx: &mpsc::Sender<Finished>)
+    where
+        'r: 's,
+    {
+        let ready = self.ready();
+        while let Some(task) = self.pick(&ready) {
+            self.start(scope, tx, task);
+        }
+    }
+
+    /// The next task among `ready` that may start now: one stage, or the ready stages of its
+    /// batch group. `None` when every worker is busy, the run is cancelled, or what is left
+    /// waits for the accelerator.
+    fn pick(&mut self, ready: &[usize]) -> Option<Vec<usize>> {
+        let cx = self.cx;
+        if self.running.len() >= cx.options.jobs.max(1) || cx.cancel.is_cancelled() {
+            return None;
+        }
+        let waits_for_device = |i: usize| self.device_busy && cx.uses_device(i);
+        let i = ready
+            .iter()
+            .copied()
+            .find(|&i| !self.running.contains(&i) && !waits_for_device(i))?;
+        let executor = self.executor(i);
+        let members = match executor.batch_group(&cx.plan[i]) {
+            Some(group) => ready
+                .iter()
+                .copied()
+                .filter(|&j| {
+                    !self.running.contains(&j)
+                        && cx.plan[j].kind() == cx.plan[i].kind()
+                        && executor.batch_group(&cx.plan[j]).as_deref() == Some(group.as_str())
+                })
+                .collect(),
+            None => vec![i],
+        };
+        self.device_busy |= cx.uses_device(i);
+        Some(members)
+    }
+
+    /// Starts the task of `members` on a thread of `scope`; it reports to `tx`.
+    fn start<'s>(
+        &mut self,
+        scope: &'s Scope<'s, '_>,
+        tx: &mpsc::Sender<Finished>,
+        members: Vec<usize>,
+    ) where
+        'r: 's,
+    {
+        let cx = self.cx;
+        let executor = self.executor(members[0]);
+        let mut jobs = Vec::with_capacity(members.len());
+        for m in members {
+            self.running.insert(m);
+            cx.reporter.started(&cx.plan[m].name, cx.plan[m].kind());
+            let inputs: Vec<StageInput<'_>> = cx.plan[m]
+                .inputs
+                .iter()
+                .map(|&(role, j)| input_tree(cx.plan, &self.artifacts, role, j))
+                .collect();
+            jobs.push(Job {
+                index: m,
+                stage: &cx.plan[m],
+                status: &cx.statuses[m],
+                inputs,
+            });
+        }
+        let tx = tx.clone();
+        scope.spawn(move || {
+            let clock = Instant::now();
+            let results = match &cx.options.remote {
+                None => run_batch(
+                    jobs,
+                    cx.store,
+                    executor.as_ref(),
+                    cx.options.backend,
+                    cx.cancel,
+                    cx.reporter,
+                    Store::begin,
+                ),
+                Some(remote) => run_remote(jobs, cx.store, remote.as_ref(), cx.cancel, cx.reporter),
+            };
+            let seconds = clock.elapsed().as_secs_f64() / results.len().max(1) as f64;
+            for (index, result) in results {
+                let _ = tx.send(Finished {
+                    index,
+                    seconds,
+                    result,
+                });
+            }
         });
     }
-    record.duration_s = clock.elapsed().as_secs_f64();
-    store.write_run_record(&record)?;
-    Ok(RunReport {
-        record,
-        artifacts,
-        statuses: statuses.to_vec(),
-    })
+
+    fn executor(&self, i: usize) -> Arc<dyn StageExecutor> {
+        let kind = self.cx.plan[i].kind();
+        Arc::clone(
+            self.cx
+                .registry
+                .get(kind)
+                .expect("checked in Scheduler::new"),
+        )
+    }
+
+    /// Takes in a stage its task's thread finished: frees its worker (and the accelerator), and
+    /// records and reports how it ended.
+    fn collect(&mut self, finished: Finished) {
+        let Finished {
+            index,
+            seconds,
+            result,
+        } = finished;
+        self.running.remove(&index);
+        if self.cx.uses_device(index) {
+            self.device_busy = false;
+        }
+        let name = &self.cx.plan[index].name;
+        let settled = match result {
+            Ok(artifact) => {
+                self.artifacts.insert(index, artifact);
+                Settled {
+                    outcome: StageOutcome::Ran,
+                    seconds,
+                    error: None,
+                }
+            }
+            Err(StageError::Cancelled) => Settled {
+                outcome: StageOutcome::Cancelled,
+                seconds,
+                error: None,
+            },
+            Err(e) => Settled {
+                outcome: StageOutcome::Failed,
+                seconds,
+                error: Some(e.to_string()),
+            },
+        };
+        self.cx.reporter.finished(
+            name,
+            settled.outcome,
+            settled.seconds,
+            settled.error.as_deref(),
+        );
+        self.settled[index] = Some(settled);
+    }
+
+    /// The run's report; a stage that never settled was cancelled (the run stopped before it
+    /// could start).
+    fn into_report(self, started_at: Timestamp, duration_s: f64) -> RunReport {
+        let cx = self.cx;
+        let mut record = RunRecord::new(cx.options.pipeline.clone());
+        record.started_at = started_at;
+        record.id = RunRecord::make_id(started_at);
+        for (i, stage) in cx.plan.iter().enumerate() {
+            let settled = self.settled[i]
+                .clone()
+                .unwrap_or(Settled::now(StageOutcome::Cancelled, None));
+            record.stages.push(StageRun {
+                name: stage.name.clone(),
+                kind: stage.kind().to_string(),
+                key: cx.statuses[i].key.clone(),
+                outcome: settled.outcome,
+                duration_s: settled.seconds,
+                error: settled.error,
+            });
+        }
+        record.duration_s = duration_s;
+        RunReport {
+            record,
+            artifacts: self.artifacts,
+            statuses: cx.statuses.to_vec(),
+        }
+    }
 }
 
 /// One stage of a task: what it needs before its context exists.
@@ -650,7 +822,7 @@ pub fn execute_job(
 fn run_batch(
     jobs: Vec<Job<'_>>,
     store: &Store,
-    executor: &dyn crate::stage::StageExecutor,
+    executor: &dyn StageExecutor,
     backend: Backend,
     cancel: &CancelToken,
     reporter: &dyn Reporter,

@@ -17,8 +17,8 @@ pub mod execute;
 pub mod status;
 
 pub use execute::{
-    EngineError, JobResults, RemoteExecutor, RemoteStage, RunOptions, RunReport, RunSummary,
-    execute, execute_job, with_upstream,
+    EngineError, JobResults, RemoteExecutor, RemoteStage, RunContext, RunOptions, RunReport,
+    RunSummary, execute, execute_job, with_upstream,
 };
 pub use status::{Force, StageStatus, State, diff_json, status};
 
@@ -247,16 +247,16 @@ impl Engine {
             pipeline: self.pipeline.clone(),
             remote: request.remote.clone(),
         };
-        execute(
-            &self.plan,
-            &statuses,
-            request.only.as_ref(),
-            &self.store,
-            &self.registry,
-            &options,
+        execute(RunContext {
+            plan: &self.plan,
+            statuses: &statuses,
+            selected: request.only.as_ref(),
+            store: &self.store,
+            registry: &self.registry,
+            options: &options,
             cancel,
             reporter,
-        )
+        })
     }
 }
 
