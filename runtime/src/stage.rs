@@ -12,6 +12,7 @@ use serde_json::Value as Json;
 
 use crate::artifact::Artifact;
 use crate::plan::ConcreteStage;
+use crate::run_record::StageOutcome;
 
 /// A cooperative cancellation flag shared by the runtime and a running stage. Watch mode
 /// cancels stages whose inputs changed; a cancelled stage returns [`StageError::Cancelled`]
@@ -58,15 +59,19 @@ pub trait Reporter: Send + Sync {
     /// A running stage reports progress.
     fn progress(&self, stage: &str, progress: &Progress);
     /// A stage ended (ran, cached, failed, skipped or cancelled).
-    fn finished(
-        &self,
-        stage: &str,
-        outcome: crate::StageOutcome,
-        seconds: f64,
-        error: Option<&str>,
-    );
+    fn finished(&self, stage: &str, outcome: StageOutcome, seconds: f64, error: Option<&str>);
     /// A notice that is not tied to a stage's outcome (a corrupt artifact being rebuilt).
     fn notice(&self, message: &str);
+    /// A stage ran and failed with `error`. By default [`Reporter::finished`] with the error's
+    /// one-line text; a reporter that shows the causes one by one walks them from `error`.
+    fn failed(&self, stage: &str, seconds: f64, error: &StageError) {
+        self.finished(
+            stage,
+            StageOutcome::Failed,
+            seconds,
+            Some(&error.to_string()),
+        );
+    }
 }
 
 /// A reporter that drops everything (tests, `--quiet`).
@@ -76,7 +81,7 @@ pub struct SilentReporter;
 impl Reporter for SilentReporter {
     fn started(&self, _: &str, _: StageKind) {}
     fn progress(&self, _: &str, _: &Progress) {}
-    fn finished(&self, _: &str, _: crate::StageOutcome, _: f64, _: Option<&str>) {}
+    fn finished(&self, _: &str, _: StageOutcome, _: f64, _: Option<&str>) {}
     fn notice(&self, _: &str) {}
 }
 
@@ -179,40 +184,149 @@ impl<'a> StageContext<'a> {
 }
 
 /// Why a stage did not produce its artifact.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Display` is the failure on one line, causes included (`what failed: why: the io error`):
+/// what run records store and what the CLI prints by default. A failure made from an error
+/// ([`StageError::from_source`], [`StageError::with_source`]) also keeps that error, so
+/// [`std::error::Error::source`] walks its causes one by one (`lortflow run -v` prints them).
+#[derive(Debug, Clone)]
 pub enum StageError {
     /// The stage failed; the message says why and what to do.
-    #[error("{message}")]
     Failed {
-        /// The message, with its causes.
-        message: String,
+        /// The message, with the errors that caused it.
+        message: FailureMessage,
     },
     /// The run was cancelled.
-    #[error("cancelled")]
     Cancelled,
+}
+
+/// An error kept as the cause of a failure; shared, so that a failure can be cloned for every
+/// stage of a batch group without losing it.
+type Cause = Arc<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What a failed stage says: its own text, the error that caused it, or both.
+#[derive(Debug, Clone)]
+pub struct FailureMessage {
+    /// The stage's own words; `None` when the cause speaks for itself ([`StageError::from_source`]).
+    text: Option<String>,
+    cause: Option<Cause>,
+}
+
+impl FailureMessage {
+    /// The failure without its causes: the stage's own words, or its error's.
+    pub fn headline(&self) -> String {
+        match (&self.text, &self.cause) {
+            (Some(text), _) => text.clone(),
+            (None, Some(cause)) => cause.to_string(),
+            (None, None) => String::new(),
+        }
+    }
+
+    /// The first error below the headline.
+    fn first_cause(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        let cause = self.cause.as_deref()?;
+        match self.text {
+            Some(_) => Some(cause),
+            // The headline is the cause's own text: its causes come next.
+            None => cause.source(),
+        }
+    }
+}
+
+impl std::fmt::Display for FailureMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&one_line(self.headline(), self.first_cause()))
+    }
+}
+
+impl From<FailureMessage> for String {
+    fn from(message: FailureMessage) -> Self {
+        message.to_string()
+    }
+}
+
+/// `headline: cause: its cause…`, leaving out a cause whose text is already there (many errors
+/// repeat their source's text in their own).
+fn one_line(headline: String, mut cause: Option<&(dyn std::error::Error + 'static)>) -> String {
+    let mut line = headline;
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = c.source();
+    }
+    line
 }
 
 impl StageError {
     /// A failure with a message.
     pub fn failed(message: impl Into<String>) -> Self {
         StageError::Failed {
-            message: message.into(),
+            message: FailureMessage {
+                text: Some(message.into()),
+                cause: None,
+            },
         }
     }
 
-    /// A failure from an error, with its chain of causes.
+    /// A failure from a borrowed error: its chain of causes goes into the message as text.
+    /// [`StageError::from_source`] keeps the error itself.
     pub fn from_error(err: &dyn std::error::Error) -> Self {
-        let mut message = err.to_string();
-        let mut source = err.source();
-        while let Some(s) = source {
-            let text = s.to_string();
-            if !message.contains(&text) {
-                message.push_str(": ");
-                message.push_str(&text);
-            }
-            source = s.source();
+        StageError::failed(one_line(err.to_string(), err.source()))
+    }
+
+    /// A failure that is `err`, keeping it: the same text as [`StageError::from_error`], and
+    /// [`std::error::Error::source`] walks `err`'s causes.
+    pub fn from_source(err: impl std::error::Error + Send + Sync + 'static) -> Self {
+        StageError::Failed {
+            message: FailureMessage {
+                text: None,
+                cause: Some(Arc::new(err)),
+            },
         }
-        StageError::Failed { message }
+    }
+
+    /// A failure saying `message`, caused by `err` (kept: [`std::error::Error::source`] returns
+    /// it). The text is `message: err: its causes…`.
+    pub fn with_source(
+        message: impl Into<String>,
+        err: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        StageError::Failed {
+            message: FailureMessage {
+                text: Some(message.into()),
+                cause: Some(Arc::new(err)),
+            },
+        }
+    }
+
+    /// The failure without its causes (`cancelled` for a cancelled stage); with
+    /// [`std::error::Error::source`], what a reporter prints as one line per cause.
+    pub fn headline(&self) -> String {
+        match self {
+            StageError::Failed { message } => message.headline(),
+            StageError::Cancelled => self.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for StageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StageError::Failed { message } => message.fmt(f),
+            StageError::Cancelled => f.write_str("cancelled"),
+        }
+    }
+}
+
+impl std::error::Error for StageError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StageError::Failed { message } => message.first_cause(),
+            StageError::Cancelled => None,
+        }
     }
 }
 
@@ -298,5 +412,88 @@ impl Registry {
             Some(check) => check(backend),
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error;
+
+    use super::*;
+
+    /// `outer` caused by `inner`, the way error types built with `thiserror` nest.
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot read the checkpoint")]
+    struct Outer(#[source] std::io::Error);
+
+    fn nested() -> Outer {
+        Outer(std::io::Error::other("disk quota exceeded"))
+    }
+
+    /// The texts of the causes below `err`, walked with `Error::source`.
+    fn causes(err: &dyn Error) -> Vec<String> {
+        std::iter::successors(err.source(), |&e| e.source())
+            .map(|e| e.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn the_old_constructors_say_the_same_and_keep_no_source() {
+        let e = StageError::failed("no input");
+        assert_eq!(e.to_string(), "no input");
+        assert!(e.source().is_none());
+        let e = StageError::from_error(&nested());
+        assert_eq!(
+            e.to_string(),
+            "cannot read the checkpoint: disk quota exceeded"
+        );
+        assert!(e.source().is_none());
+        assert_eq!(StageError::Cancelled.to_string(), "cancelled");
+    }
+
+    #[test]
+    fn from_source_keeps_the_chain_with_the_text_of_from_error() {
+        let e = StageError::from_source(nested());
+        assert_eq!(e.to_string(), StageError::from_error(&nested()).to_string());
+        assert_eq!(e.headline(), "cannot read the checkpoint");
+        assert_eq!(causes(&e), ["disk quota exceeded"]);
+    }
+
+    #[test]
+    fn with_source_keeps_the_chain_under_its_own_message() {
+        let e = StageError::with_source("training stopped", nested());
+        assert_eq!(
+            e.to_string(),
+            "training stopped: cannot read the checkpoint: disk quota exceeded"
+        );
+        assert_eq!(e.headline(), "training stopped");
+        assert_eq!(
+            causes(&e),
+            ["cannot read the checkpoint", "disk quota exceeded"]
+        );
+        // A batch group's members each get the failure; the chain survives the copy.
+        assert_eq!(causes(&e.clone()), causes(&e));
+        let io = e.source().unwrap().source().unwrap();
+        assert!(io.downcast_ref::<std::io::Error>().is_some());
+    }
+
+    #[test]
+    fn a_cause_that_repeats_the_message_is_not_repeated_on_one_line() {
+        let e = StageError::with_source(
+            "disk quota exceeded",
+            std::io::Error::other("disk quota exceeded"),
+        );
+        assert_eq!(e.to_string(), "disk quota exceeded");
+        assert_eq!(causes(&e), ["disk quota exceeded"]);
+    }
+
+    #[test]
+    fn a_failure_message_converts_to_the_text_callers_stored_before() {
+        let StageError::Failed { message } = StageError::with_source("stopped", nested()) else {
+            unreachable!()
+        };
+        let text: String = message.clone().into();
+        assert_eq!(text, message.to_string());
+        assert_eq!(StageError::failed(message).to_string(), text);
     }
 }

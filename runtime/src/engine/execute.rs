@@ -582,32 +582,30 @@ impl<'r> Scheduler<'r> {
             self.device_busy = false;
         }
         let name = &self.cx.plan[index].name;
+        let settled = |outcome, error| Settled {
+            outcome,
+            seconds,
+            error,
+        };
         let settled = match result {
             Ok(artifact) => {
                 self.artifacts.insert(index, artifact);
-                Settled {
-                    outcome: StageOutcome::Ran,
-                    seconds,
-                    error: None,
-                }
+                self.cx
+                    .reporter
+                    .finished(name, StageOutcome::Ran, seconds, None);
+                settled(StageOutcome::Ran, None)
             }
-            Err(StageError::Cancelled) => Settled {
-                outcome: StageOutcome::Cancelled,
-                seconds,
-                error: None,
-            },
-            Err(e) => Settled {
-                outcome: StageOutcome::Failed,
-                seconds,
-                error: Some(e.to_string()),
-            },
+            Err(StageError::Cancelled) => {
+                self.cx
+                    .reporter
+                    .finished(name, StageOutcome::Cancelled, seconds, None);
+                settled(StageOutcome::Cancelled, None)
+            }
+            Err(e) => {
+                self.cx.reporter.failed(name, seconds, &e);
+                settled(StageOutcome::Failed, Some(e.to_string()))
+            }
         };
-        self.cx.reporter.finished(
-            name,
-            settled.outcome,
-            settled.seconds,
-            settled.error.as_deref(),
-        );
         self.settled[index] = Some(settled);
     }
 
@@ -688,13 +686,12 @@ fn run_remote(
         .zip(&jobs)
         .map(|(t, job)| {
             let result = match &outcome {
-                Err(StageError::Cancelled) => Err(StageError::Cancelled),
-                Err(StageError::Failed { message }) => Err(StageError::failed(message.clone())),
+                Err(e) => Err(e.clone()),
                 Ok(()) => match store.get(&t.key) {
                     Ok(Some(artifact)) => store
                         .record_stage(&t.stage.name, &t.key)
                         .map(|()| artifact)
-                        .map_err(|e| StageError::from_error(&e)),
+                        .map_err(StageError::from_source),
                     Ok(None) => Err(StageError::failed(format!(
                         "its job ended but left no artifact under {}",
                         t.key.short()
@@ -767,7 +764,7 @@ pub fn execute_job(
             .ok_or_else(|| StageError::failed(format!("input `{}` has no key", plan[j].name)))?;
         let artifact = store
             .get(key)
-            .map_err(|e| StageError::from_error(&e))?
+            .map_err(StageError::from_source)?
             .ok_or_else(|| {
                 StageError::failed(format!(
                     "input `{}` is not in the store; the submitting run should have made it first",
@@ -828,7 +825,7 @@ fn run_batch(
     reporter: &dyn Reporter,
     begin: fn(&Store, &CacheKey) -> Result<crate::Staging, StoreError>,
 ) -> Vec<(usize, Result<Artifact, StageError>)> {
-    let io = |e: StoreError| StageError::from_error(&e);
+    let io = StageError::from_source;
     let started_at = Timestamp::now();
     let clock = Instant::now();
     // Staging and work directories first; a job that cannot get them fails alone.
@@ -986,4 +983,123 @@ pub fn with_upstream(plan: &[ConcreteStage], targets: &[usize]) -> HashSet<usize
         }
     }
     keep
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error;
+    use std::sync::Mutex;
+
+    use lortflow_lang::{MemoryLoader, StageKind, check_text};
+    use serde_json::Value as Json;
+
+    use super::*;
+    use crate::engine::{Engine, RunRequest};
+    use crate::plan::expand;
+    use crate::stage::{Progress, StageExecutor};
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot read the checkpoint")]
+    struct Unreadable(#[source] std::io::Error);
+
+    /// Fails every stage named `fail…` with a nested error; the others write nothing and pass.
+    struct FailsWithCause;
+
+    impl StageExecutor for FailsWithCause {
+        fn version(&self) -> &'static str {
+            "test-1"
+        }
+        fn run(&self, cx: &StageContext<'_>) -> Result<Json, StageError> {
+            if cx.stage.name.starts_with("fail") {
+                let io = std::io::Error::other("disk quota exceeded");
+                return Err(StageError::with_source("training stopped", Unreadable(io)));
+            }
+            Ok(Json::Null)
+        }
+    }
+
+    /// Keeps what the reporter hooks were given for failed stages.
+    #[derive(Default)]
+    struct Failures {
+        /// `failed`: the headline and the causes, walked with `Error::source`.
+        chains: Mutex<Vec<Vec<String>>>,
+        /// `finished` with a failure: its text.
+        lines: Mutex<Vec<String>>,
+    }
+
+    impl Reporter for Failures {
+        fn started(&self, _: &str, _: StageKind) {}
+        fn progress(&self, _: &str, _: &Progress) {}
+        fn finished(&self, _: &str, outcome: StageOutcome, _: f64, error: Option<&str>) {
+            if outcome == StageOutcome::Failed {
+                self.lines.lock().unwrap().push(error.unwrap().to_string());
+            }
+        }
+        fn notice(&self, _: &str) {}
+        fn failed(&self, _: &str, _: f64, error: &StageError) {
+            let causes = std::iter::successors(error.source(), |&e| e.source());
+            let chain = std::iter::once(error.headline())
+                .chain(causes.map(|e| e.to_string()))
+                .collect();
+            self.chains.lock().unwrap().push(chain);
+        }
+    }
+
+    /// A reporter that leaves `failed` to its default.
+    #[derive(Default)]
+    struct LinesOnly(Failures);
+
+    impl Reporter for LinesOnly {
+        fn started(&self, _: &str, _: StageKind) {}
+        fn progress(&self, _: &str, _: &Progress) {}
+        fn finished(&self, stage: &str, outcome: StageOutcome, s: f64, error: Option<&str>) {
+            self.0.finished(stage, outcome, s, error);
+        }
+        fn notice(&self, _: &str) {}
+    }
+
+    fn engine(dir: &std::path::Path) -> Engine {
+        let text = r#"lortflow 1
+dataset "fail" { source "synthetic" kind="vectors" }
+"#;
+        let checked = check_text(&dir.join("p.kdl"), text.into(), &MemoryLoader::default());
+        assert!(!checked.has_errors(), "{:?}", checked.diagnostics);
+        let plan = expand(&checked.pipeline, &[]).unwrap();
+        let mut registry = Registry::new();
+        for kind in StageKind::ALL {
+            registry.register(kind, Arc::new(FailsWithCause));
+        }
+        let store = Store::open(&dir.join(".lortflow")).unwrap();
+        Engine::new(plan, store, registry, Backend::Cpu, "p.kdl")
+    }
+
+    #[test]
+    fn a_stage_failing_with_a_nested_error_keeps_the_chain_up_to_the_reporter() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine(dir.path());
+        let reporter = Failures::default();
+        let report = engine
+            .run(&RunRequest::default(), &CancelToken::new(), &reporter)
+            .unwrap();
+        assert_eq!(
+            *reporter.chains.lock().unwrap(),
+            [[
+                "training stopped",
+                "cannot read the checkpoint",
+                "disk quota exceeded"
+            ]]
+        );
+        // The run record keeps the one-line text, as before.
+        let line = "training stopped: cannot read the checkpoint: disk quota exceeded";
+        assert_eq!(report.record.stages[0].outcome, StageOutcome::Failed);
+        assert_eq!(report.record.stages[0].error.as_deref(), Some(line));
+        assert!(reporter.lines.lock().unwrap().is_empty());
+
+        // A reporter that does not look at causes gets the same line through `finished`.
+        let reporter = LinesOnly::default();
+        engine
+            .run(&RunRequest::default(), &CancelToken::new(), &reporter)
+            .unwrap();
+        assert_eq!(*reporter.0.lines.lock().unwrap(), [line]);
+    }
 }
