@@ -13,8 +13,8 @@ use crate::artifact::Artifact;
 use crate::fsutil;
 use crate::key::CacheKey;
 use crate::manifest::{FileEntry, MANIFEST_FILE, MANIFEST_FORMAT, Manifest};
-use crate::store::{Store, io_error};
-use crate::store_error::StoreError;
+use crate::store::Store;
+use crate::store_error::{StoreError, io_error};
 
 /// An artifact under construction, from [`Store::begin`].
 ///
@@ -27,6 +27,40 @@ pub struct Staging {
     /// Set once the directory has been renamed into `objects/` (or handed over), so Drop must
     /// leave it alone.
     committed: bool,
+}
+
+// Starting a staging directory is the store's operation but lives here, so that the store does
+// not depend on its staging (a staging directory commits into its store).
+impl Store {
+    /// Starts building the artifact for `key` as a scheduler job does: staged under
+    /// `jobs/<key>/`, not `tmp/`, because the submitting run holds the lock and clears `tmp/`
+    /// when it starts (a re-run that adopts a job still running must not delete its work). What a
+    /// killed job left there is removed by the next job for the same key.
+    pub fn begin_job(&self, key: &CacheKey) -> Result<Staging, StoreError> {
+        let dir = self.jobs_dir().join(key.as_str());
+        fs::create_dir_all(&dir).map_err(io_error("create the directory", &dir))?;
+        for (name, path) in
+            fsutil::read_dir_sorted(&dir).map_err(io_error("list the directory", &dir))?
+        {
+            if name.starts_with("stage-") {
+                fsutil::remove_all(&path).map_err(io_error("delete the leftover", &path))?;
+            }
+        }
+        let staging = dir.join(fsutil::unique_name(&format!("stage-{}", key.short())));
+        fs::create_dir(&staging).map_err(io_error("create the staging directory", &staging))?;
+        Ok(Staging::new(self.clone(), key.clone(), staging))
+    }
+
+    /// Starts building the artifact for `key` in a fresh staging directory.
+    pub fn begin(&self, key: &CacheKey) -> Result<Staging, StoreError> {
+        let tmp = self.tmp_dir();
+        // Recreate tmp/ in case someone deleted it while the store was open.
+        fs::create_dir_all(&tmp).map_err(io_error("create the directory", &tmp))?;
+        let dir = tmp.join(fsutil::unique_name(&format!("stage-{}", key.short())));
+        fs::create_dir(&dir).map_err(io_error("create the staging directory", &dir))?;
+        tracing::debug!(key = %key.short(), dir = %dir.display(), "staging artifact");
+        Ok(Staging::new(self.clone(), key.clone(), dir))
+    }
 }
 
 impl Staging {

@@ -35,8 +35,7 @@ use crate::key::CacheKey;
 use crate::lock::{LockError, StoreLock};
 use crate::manifest::{MANIFEST_FILE, Manifest};
 use crate::run_record::RunRecord;
-use crate::staging::Staging;
-use crate::store_error::StoreError;
+use crate::store_error::{StoreError, io_error};
 use crate::time::Timestamp;
 
 const OBJECTS_DIR: &str = "objects";
@@ -148,36 +147,6 @@ impl Store {
     /// Where the scheduler jobs of this store keep their scripts, logs and records.
     pub fn jobs_dir(&self) -> PathBuf {
         self.root.join(JOBS_DIR)
-    }
-
-    /// Starts building the artifact for `key` as a scheduler job does: staged under
-    /// `jobs/<key>/`, not `tmp/`, because the submitting run holds the lock and clears `tmp/`
-    /// when it starts (a re-run that adopts a job still running must not delete its work). What a
-    /// killed job left there is removed by the next job for the same key.
-    pub fn begin_job(&self, key: &CacheKey) -> Result<Staging, StoreError> {
-        let dir = self.jobs_dir().join(key.as_str());
-        fs::create_dir_all(&dir).map_err(io_error("create the directory", &dir))?;
-        for (name, path) in
-            fsutil::read_dir_sorted(&dir).map_err(io_error("list the directory", &dir))?
-        {
-            if name.starts_with("stage-") {
-                fsutil::remove_all(&path).map_err(io_error("delete the leftover", &path))?;
-            }
-        }
-        let staging = dir.join(fsutil::unique_name(&format!("stage-{}", key.short())));
-        fs::create_dir(&staging).map_err(io_error("create the staging directory", &staging))?;
-        Ok(Staging::new(self.clone(), key.clone(), staging))
-    }
-
-    /// Starts building the artifact for `key` in a fresh staging directory.
-    pub fn begin(&self, key: &CacheKey) -> Result<Staging, StoreError> {
-        let tmp = self.tmp_dir();
-        // Recreate tmp/ in case someone deleted it while the store was open.
-        fs::create_dir_all(&tmp).map_err(io_error("create the directory", &tmp))?;
-        let dir = tmp.join(fsutil::unique_name(&format!("stage-{}", key.short())));
-        fs::create_dir(&dir).map_err(io_error("create the staging directory", &dir))?;
-        tracing::debug!(key = %key.short(), dir = %dir.display(), "staging artifact");
-        Ok(Staging::new(self.clone(), key.clone(), dir))
     }
 
     /// The artifact with `key`, verified against its manifest; `None` when it is not in the
@@ -615,16 +584,6 @@ fn is_older_than(path: &Path, age: Duration) -> bool {
         .ok()
         .and_then(|modified| SystemTime::now().duration_since(modified).ok())
         .is_some_and(|elapsed| elapsed >= age)
-}
-
-/// Builds a `map_err` closure that wraps an `io::Error` with the action and path.
-pub(crate) fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StoreError {
-    let path = path.to_owned();
-    move |source| StoreError::Io {
-        action,
-        path,
-        source,
-    }
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! and the rest mean the store itself cannot be used, which is fatal for the run.
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::key::CacheKey;
 
@@ -118,5 +118,15 @@ impl StoreError {
     /// and rebuilding it.
     pub fn is_corrupt(&self) -> bool {
         matches!(self, Self::Corrupt { .. })
+    }
+}
+
+/// Builds a `map_err` closure that wraps an `io::Error` with the action and path.
+pub(crate) fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StoreError {
+    let path = path.to_owned();
+    move |source| StoreError::Io {
+        action,
+        path,
+        source,
     }
 }

@@ -9,16 +9,21 @@ use std::time::Instant;
 
 use lortflow_lang::ir::Backend;
 
-use super::downloads;
 use super::status::{StageStatus, State};
+use crate::artifact::Artifact;
+use crate::file_digest::FileDigestCache;
+use crate::key::CacheKey;
+use crate::lock::LockError;
+use crate::manifest::{ExternalFile, InputRef, Manifest};
 use crate::plan::{ConcreteStage, external_files};
+use crate::run_record::{RunRecord, StageOutcome, StageRun};
 use crate::stage::{
     CancelToken, Registry, Reporter, StageContext, StageError, StageExecutor, StageInput,
 };
-use crate::{
-    Artifact, CacheKey, ExternalFile, FileDigestCache, InputRef, Manifest, RunRecord, StageOutcome,
-    StageRun, Store, StoreError, Timestamp,
-};
+use crate::staging::Staging;
+use crate::store::Store;
+use crate::store_error::StoreError;
+use crate::time::Timestamp;
 
 /// Options of a run.
 #[derive(Clone)]
@@ -165,7 +170,7 @@ pub enum EngineError {
     Unregistered(String),
     /// Another run holds the store, or its lock cannot be taken.
     #[error(transparent)]
-    Lock(#[from] crate::LockError),
+    Lock(#[from] LockError),
     /// The backend cannot run here (no CUDA driver or device, a build without `cuda`).
     #[error("{0}")]
     Backend(String),
@@ -823,7 +828,7 @@ fn run_batch(
     backend: Backend,
     cancel: &CancelToken,
     reporter: &dyn Reporter,
-    begin: fn(&Store, &CacheKey) -> Result<crate::Staging, StoreError>,
+    begin: fn(&Store, &CacheKey) -> Result<Staging, StoreError>,
 ) -> Vec<(usize, Result<Artifact, StageError>)> {
     let io = StageError::from_source;
     let started_at = Timestamp::now();
@@ -942,7 +947,7 @@ fn inputs_unchanged(
     store: &Store,
 ) -> Result<(), StageError> {
     // A downloading stage writes its own files (verified against published checksums).
-    if keyed.is_empty() || downloads(stage) {
+    if keyed.is_empty() || stage.stage.downloads() {
         return Ok(());
     }
     // Unchanged files cost a `stat` each: their digests are cached by size and mtime.

@@ -4,8 +4,9 @@
 //! killed runs left behind. `lortflow run`, `lortflow watch`, the library example and the tests
 //! all go through it.
 //!
-//! The two halves are modules of their own: [`status`] (cache keys and staleness) and
-//! [`execute`] (the worker pool, batch groups, commits).
+//! The two halves are modules of their own: [`status`](mod@status) (cache keys and staleness)
+//! and [`execute`](mod@execute) (the scheduler: worker pool, batch groups, commits). Dependencies
+//! point one way: this module uses both, `execute` uses `status`, neither uses this module.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -22,10 +23,13 @@ pub use execute::{
 };
 pub use status::{Force, StageStatus, State, diff_json, status};
 
+use crate::file_digest::FileDigestCache;
+use crate::key::CacheKey;
+use crate::lock::StoreLock;
 use crate::plan::ConcreteStage;
+use crate::stage::StageError;
 use crate::stage::{CancelToken, Registry, Reporter};
 use crate::store::Store;
-use crate::{FileDigestCache, StoreLock};
 
 /// What a run executes.
 #[derive(Clone)]
@@ -198,14 +202,14 @@ impl Engine {
     /// see [`execute_job`]. Takes no lock; the backend must work on this node.
     pub fn run_job(
         &self,
-        names: &[(String, crate::CacheKey)],
+        names: &[(String, CacheKey)],
         force: bool,
         cancel: &CancelToken,
         reporter: &dyn Reporter,
-    ) -> Result<JobResults, crate::StageError> {
+    ) -> Result<JobResults, StageError> {
         self.registry
             .check_backend(self.backend)
-            .map_err(crate::StageError::failed)?;
+            .map_err(StageError::failed)?;
         let force = if force {
             Force::Stages(names.iter().map(|(n, _)| n.clone()).collect())
         } else {
@@ -258,10 +262,4 @@ impl Engine {
             reporter,
         })
     }
-}
-
-/// Whether the stage downloads its files when they are missing (official datasets with
-/// `download=#true`).
-fn downloads(stage: &ConcreteStage) -> bool {
-    stage.stage.downloads()
 }

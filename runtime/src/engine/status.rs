@@ -10,10 +10,12 @@ use lortflow_lang::ir::Backend;
 use serde::Serialize;
 use serde_json::Value as Json;
 
-use super::downloads;
+use crate::file_digest::FileDigestCache;
+use crate::key::{CacheKey, KeyBuilder};
+use crate::manifest::ExternalFile;
 use crate::plan::{ConcreteStage, external_files, key_params};
 use crate::stage::Registry;
-use crate::{CacheKey, ExternalFile, FileDigestCache, KeyBuilder, Store};
+use crate::store::Store;
 
 /// Whether a stage's artifact can be reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -101,7 +103,7 @@ pub fn status(
         // A source with `download=#true` reads the official files, verified against their
         // published checksums when they are fetched: its parameters alone make its key, so the
         // key is the same before the download and after it.
-        if !downloads(stage) {
+        if !stage.stage.downloads() {
             for (written, resolved) in external_files(stage) {
                 match digests.digest(&resolved) {
                     Ok(d) => {

@@ -15,7 +15,9 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{JobId, JobState, Slurm, SlurmError, SlurmProfile, Submission};
+use super::client::{Slurm, SlurmError, Submission};
+use super::profile::SlurmProfile;
+use super::state::{JobId, JobState};
 use crate::engine::{RemoteExecutor, RemoteStage};
 use crate::stage::{CancelToken, Progress, Reporter, StageError};
 use crate::store::Store;
