@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use lortflow_lang::Checked;
 use lortflow_lang::ir::Backend;
-use lortflow_runtime::Store;
 use lortflow_runtime::engine::{Engine, Force, StageStatus};
 use lortflow_runtime::plan::{ConcreteStage, Override, expand};
+use lortflow_runtime::{Registry, Store};
 
 use crate::cli::PipelineArgs;
 use crate::render;
@@ -35,19 +35,28 @@ impl Session {
         let Some(plan) = plan(&checked, &overrides) else {
             return Ok(Start::Invalid);
         };
-        let backend = backend(args, &checked);
         let store = open_store(&args.file, args.store.as_deref())?;
-        let engine = Engine::new(
-            plan,
-            store,
-            lortflow_stdlib::stages::registry(),
-            backend,
-            &args.file,
-        );
-        Ok(Start::Ready(Box::new(Session {
+        let registry = lortflow_stdlib::stages::registry();
+        Ok(Start::Ready(Box::new(Session::new(
+            args, &checked, plan, store, registry,
+        ))))
+    }
+
+    /// The session of a pipeline already loaded, checked and planned: what [`Session::start`]
+    /// ends with, and what each cycle of `watch` makes (it loads the pipeline itself, since an
+    /// edit that breaks it is not fatal there).
+    pub(crate) fn new(
+        args: &PipelineArgs,
+        checked: &Checked,
+        plan: Vec<ConcreteStage>,
+        store: Store,
+        registry: Registry,
+    ) -> Session {
+        let engine = Engine::new(plan, store, registry, backend(args, checked), &args.file);
+        Session {
             file: args.file.clone(),
             engine,
-        })))
+        }
     }
 
     /// Keys and states of every stage.
@@ -132,7 +141,7 @@ pub(crate) fn plan(checked: &Checked, overrides: &[Override]) -> Option<Vec<Conc
 }
 
 /// `--backend`, or the pipeline's `defaults backend`.
-pub(crate) fn backend(args: &PipelineArgs, checked: &Checked) -> Backend {
+fn backend(args: &PipelineArgs, checked: &Checked) -> Backend {
     args.backend
         .map_or(checked.pipeline.defaults.backend.value, Backend::from)
 }

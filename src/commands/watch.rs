@@ -30,7 +30,7 @@ use crate::cli::WatchArgs;
 use crate::commands::run::print_tables;
 use crate::render;
 use crate::reporter::CliReporter;
-use crate::session;
+use crate::session::{self, Session};
 
 /// Trailing-edge debounce of file events: long enough to merge an editor's write, rename and
 /// chmod into one change, short enough to stay well under the 300 ms save-to-run target.
@@ -388,19 +388,19 @@ impl Watch {
             self.refresh(Some(&checked.pipeline.sources), None)?;
             return Ok(None);
         };
-        self.refresh(Some(&checked.pipeline.sources), Some(&plan))?;
-        let backend = session::backend(&self.args.pipeline, &checked);
-        if let Err(e) = self.registry.check_backend(backend) {
-            eprintln!("error: {e}");
-            return Ok(None);
-        }
-        let engine = Engine::new(
+        let session = Session::new(
+            &self.args.pipeline,
+            &checked,
             plan,
             self.store.clone(),
             self.registry.clone(),
-            backend,
-            file,
         );
+        self.refresh(Some(&checked.pipeline.sources), Some(session.plan()))?;
+        if let Err(e) = self.registry.check_backend(session.engine.backend()) {
+            eprintln!("error: {e}");
+            return Ok(None);
+        }
+        let engine = session.engine;
         let statuses = engine.status(&Force::None);
         tracing::debug!(
             stale = statuses.iter().filter(|s| s.state != State::Cached).count(),
