@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use lortflow_lang::StageKind;
-use lortflow_runtime::{Progress, Reporter, StageOutcome};
+use lortflow_runtime::{Progress, Reporter, StageError, StageOutcome};
 
 /// Draws one bar per running stage when stderr is a terminal; prints lines otherwise.
 pub(crate) struct CliReporter {
@@ -15,6 +15,8 @@ pub(crate) struct CliReporter {
     state: Mutex<HashMap<String, (ProgressBar, Instant)>>,
     last_line: Mutex<HashMap<String, Instant>>,
     quiet: bool,
+    /// `-v`: a failed stage's error shows each of its causes on a line of its own.
+    causes: bool,
 }
 
 impl CliReporter {
@@ -27,7 +29,15 @@ impl CliReporter {
             state: Mutex::new(HashMap::new()),
             last_line: Mutex::new(HashMap::new()),
             quiet,
+            causes: false,
         }
+    }
+
+    /// With `show`, a failed stage's error is its headline and then one `caused by:` line per
+    /// cause, instead of the whole chain on one line.
+    pub(crate) fn show_causes(mut self, show: bool) -> Self {
+        self.causes = show;
+        self
     }
 
     fn line(&self, text: &str) {
@@ -133,4 +143,27 @@ impl Reporter for CliReporter {
     fn notice(&self, message: &str) {
         let _ = writeln!(std::io::stderr().lock(), "warning: {message}");
     }
+
+    fn failed(&self, stage: &str, seconds: f64, error: &StageError) {
+        self.finished(
+            stage,
+            StageOutcome::Failed,
+            seconds,
+            Some(&failure_text(error, self.causes)),
+        );
+    }
+}
+
+/// A failed stage's error: on one line (the default, as run records store it), or with `causes`
+/// its headline and one `caused by:` line per cause, like the CLI's own errors.
+fn failure_text(error: &StageError, causes: bool) -> String {
+    use std::error::Error;
+    if !causes || error.source().is_none() {
+        return error.to_string();
+    }
+    let mut text = error.headline();
+    for cause in std::iter::successors(error.source(), |&e| e.source()) {
+        text.push_str(&format!("\n  caused by: {cause}"));
+    }
+    text
 }

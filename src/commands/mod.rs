@@ -22,9 +22,11 @@ use crate::cli::{Arguments, Command};
 
 pub(crate) fn run(args: Arguments) -> anyhow::Result<ExitCode> {
     let quiet = args.global.quiet;
+    // `-v`: a failed stage's error shows its causes one per line.
+    let verbose = args.global.verbose > 0;
     match args.command {
-        Command::Run(a) => run::run(a, quiet),
-        Command::Watch(a) => watch::run(a, quiet),
+        Command::Run(a) => run::run(a, quiet, verbose),
+        Command::Watch(a) => watch::run(a, quiet, verbose),
         Command::Status(a) => status::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Cache(c) => cache::run(c),

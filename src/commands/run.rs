@@ -17,7 +17,7 @@ use crate::cli::{ExecutorArg, RunArgs};
 use crate::reporter::CliReporter;
 use crate::session::{Session, Start};
 
-pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(args: RunArgs, quiet: bool, verbose: bool) -> anyhow::Result<ExitCode> {
     let Start::Ready(session) = Session::start(&args.pipeline)? else {
         return Ok(ExitCode::from(1));
     };
@@ -64,7 +64,7 @@ pub(crate) fn run(args: RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     if let Some(jobs) = args.jobs {
         request.jobs = jobs;
     }
-    let reporter = CliReporter::new(quiet);
+    let reporter = CliReporter::new(quiet).show_causes(verbose);
     let cancel = CancelToken::new();
     let interrupted = Arc::new(AtomicBool::new(false));
     {

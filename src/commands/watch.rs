@@ -22,8 +22,8 @@ use lortflow_lang::{FsLoader, SourceMap, StageKind};
 use lortflow_runtime::engine::{Engine, EngineError, Force, RemoteExecutor, RunRequest, State};
 use lortflow_runtime::watch::{Change, FileWatcher, WatchSet};
 use lortflow_runtime::{
-    CacheKey, CancelToken, ConcreteStage, Override, Progress, Registry, RunReport, StageOutcome,
-    StageStatus, Store, StoreLock,
+    CacheKey, CancelToken, ConcreteStage, Override, Progress, Registry, RunReport, StageError,
+    StageOutcome, StageStatus, Store, StoreLock,
 };
 
 use crate::cli::WatchArgs;
@@ -42,7 +42,7 @@ enum Msg {
     Finished(Box<Result<RunReport, EngineError>>),
 }
 
-pub(crate) fn run(args: WatchArgs, quiet: bool) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(args: WatchArgs, quiet: bool, verbose: bool) -> anyhow::Result<ExitCode> {
     let file = args.pipeline.file.clone();
     // Fatal: without a readable file, a valid `--set` and a store of our own there is nothing to
     // watch. A pipeline with errors is not fatal: the user is about to fix it.
@@ -103,6 +103,7 @@ pub(crate) fn run(args: WatchArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         files,
         tx,
         quiet,
+        verbose,
         cycle: 0,
         running: None,
         pending: None,
@@ -150,6 +151,8 @@ struct Watch {
     files: FileWatcher,
     tx: mpsc::Sender<Msg>,
     quiet: bool,
+    /// `-v`: failed stages show their errors' causes.
+    verbose: bool,
     jobs: usize,
     /// Where stages run (`--executor slurm`), or here.
     remote: Option<Arc<dyn RemoteExecutor>>,
@@ -207,7 +210,7 @@ impl Watch {
             .collect();
         let cancel = CancelToken::new();
         let reporter = Arc::new(WatchReporter {
-            inner: CliReporter::new(self.quiet),
+            inner: CliReporter::new(self.quiet).show_causes(self.verbose),
             keys,
             cancel: cancel.clone(),
             state: Mutex::new(ReporterState::default()),
@@ -509,6 +512,15 @@ impl WatchReporter {
         stale
     }
 
+    /// `stage` no longer runs.
+    fn stopped(&self, stage: &str) {
+        self.state
+            .lock()
+            .expect("reporter state lock")
+            .running
+            .remove(stage);
+    }
+
     fn is_stale(&self, stage: &str, current: &HashSet<CacheKey>) -> bool {
         self.keys.get(stage).is_none_or(|k| !current.contains(k))
     }
@@ -535,14 +547,15 @@ impl lortflow_runtime::Reporter for WatchReporter {
     }
 
     fn finished(&self, stage: &str, outcome: StageOutcome, seconds: f64, error: Option<&str>) {
-        self.state
-            .lock()
-            .expect("reporter state lock")
-            .running
-            .remove(stage);
+        self.stopped(stage);
         if outcome != StageOutcome::Cached {
             self.inner.finished(stage, outcome, seconds, error);
         }
+    }
+
+    fn failed(&self, stage: &str, seconds: f64, error: &StageError) {
+        self.stopped(stage);
+        self.inner.failed(stage, seconds, error);
     }
 
     fn notice(&self, message: &str) {
