@@ -24,8 +24,8 @@ pub mod watch;
 
 pub use artifact::Artifact;
 pub use engine::{
-    Engine, EngineError, Force, RemoteExecutor, RemoteStage, RunOptions, RunReport, RunRequest,
-    RunSummary, StageStatus, State,
+    Engine, EngineError, Force, RemoteExecutor, RemoteStage, RunContext, RunOptions, RunReport,
+    RunRequest, RunSummary, StageStatus, State,
 };
 pub use file_digest::{DigestStats, FileDigest, FileDigestCache, FileDigestError};
 pub use graph::StageGraph;
@@ -35,8 +35,8 @@ pub use manifest::{ExternalFile, FileEntry, InputRef, MANIFEST_FILE, MANIFEST_FO
 pub use plan::{ConcreteStage, Override};
 pub use run_record::{RunRecord, StageOutcome, StageRun};
 pub use stage::{
-    CancelToken, Progress, Registry, Reporter, SilentReporter, StageContext, StageError,
-    StageExecutor, StageInput,
+    CancelToken, FailureMessage, Progress, Registry, Reporter, SilentReporter, StageContext,
+    StageError, StageExecutor, StageInput,
 };
 pub use staging::Staging;
 pub use store::{ArtifactInfo, GcReport, Store};

@@ -254,7 +254,8 @@ struct Settled {
 }
 
 impl Settled {
-    fn now(outcome: StageOutcome, error: Option<String>) -> Self {
+    /// A stage that settled without running takes no time.
+    fn without_running(outcome: StageOutcome, error: Option<String>) -> Self {
         Settled {
             outcome,
             seconds: 0.0,
@@ -276,6 +277,7 @@ struct Scheduler<'r> {
     settled: Vec<Option<Settled>>,
     /// The artifacts of the stages that settled with one, by plan index.
     artifacts: BTreeMap<usize, Artifact>,
+    /// Stages whose task is running.
     running: HashSet<usize>,
     /// A running stage holds the accelerator (one at a time per device).
     device_busy: bool,
@@ -376,7 +378,7 @@ impl<'r> Scheduler<'r> {
     fn settle_one(&mut self, i: usize) -> bool {
         if !self.cx.in_run(i) {
             // Stages left out by `--only` are not news: nothing is reported.
-            self.settled[i] = Some(Settled::now(StageOutcome::Skipped, None));
+            self.settled[i] = Some(Settled::without_running(StageOutcome::Skipped, None));
             return true;
         }
         if self.cx.statuses[i].state == State::Blocked {
@@ -451,7 +453,7 @@ impl<'r> Scheduler<'r> {
         self.cx
             .reporter
             .finished(&self.cx.plan[i].name, outcome, 0.0, why.as_deref());
-        self.settled[i] = Some(Settled::now(outcome, why));
+        self.settled[i] = Some(Settled::without_running(outcome, why));
     }
 
     /// The stages that can start: unsettled, not running, not waiting for a twin, every input
@@ -624,7 +626,7 @@ impl<'r> Scheduler<'r> {
         for (i, stage) in cx.plan.iter().enumerate() {
             let settled = self.settled[i]
                 .clone()
-                .unwrap_or(Settled::now(StageOutcome::Cancelled, None));
+                .unwrap_or(Settled::without_running(StageOutcome::Cancelled, None));
             record.stages.push(StageRun {
                 name: stage.name.clone(),
                 kind: stage.kind().to_string(),
