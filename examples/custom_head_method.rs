@@ -29,7 +29,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use lortflow_lang::schema::{Lit, ParamSpec, Range, ValueType, VariantSpec};
-use lortflow_stdlib::head::{LossPlugin, SampleLoss, register_loss};
+use lortflow_stdlib::head::SampleLoss;
+use lortflow_stdlib::stages::{LossPlugin, register_loss};
 
 /// The language side: `loss "label-aware-smoothing" delta-max=0.4 delta-min=0.1`.
 const VARIANT: VariantSpec = VariantSpec {

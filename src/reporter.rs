@@ -155,15 +155,69 @@ impl Reporter for CliReporter {
 }
 
 /// A failed stage's error: on one line (the default, as run records store it), or with `causes`
-/// its headline and one `caused by:` line per cause, like the CLI's own errors.
+/// its headline and one `caused by:` line per cause, like the CLI's own errors. A cause whose
+/// text the line above already says (an error that prints its source) is not repeated.
 fn failure_text(error: &StageError, causes: bool) -> String {
     use std::error::Error;
     if !causes || error.source().is_none() {
         return error.to_string();
     }
     let mut text = error.headline();
+    let mut above = text.clone();
     for cause in std::iter::successors(error.source(), |&e| e.source()) {
-        text.push_str(&format!("\n  caused by: {cause}"));
+        let line = cause.to_string();
+        if !above.contains(&line) {
+            text.push_str(&format!("\n  caused by: {line}"));
+        }
+        above = line;
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error with a cause, as a stage's library error wraps an I/O error.
+    #[derive(Debug)]
+    struct Wrapped(std::io::Error, bool);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            if self.1 {
+                write!(f, "cannot open the list: {}", self.0)
+            } else {
+                f.write_str("cannot open the list")
+            }
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    fn failure(prints_source: bool) -> StageError {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        StageError::with_source("dataset `d`", Wrapped(io, prints_source))
+    }
+
+    #[test]
+    fn verbose_failures_show_each_cause_once_on_its_own_line() {
+        assert_eq!(
+            failure_text(&failure(false), false),
+            "dataset `d`: cannot open the list: no such file"
+        );
+        assert_eq!(
+            failure_text(&failure(false), true),
+            "dataset `d`\n  caused by: cannot open the list\n  caused by: no such file"
+        );
+        // The cause's text already says its source: the source is not printed again.
+        assert_eq!(
+            failure_text(&failure(true), true),
+            "dataset `d`\n  caused by: cannot open the list: no such file"
+        );
+        assert_eq!(failure_text(&StageError::failed("plain"), true), "plain");
+    }
 }

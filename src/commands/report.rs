@@ -8,9 +8,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use lortflow_lang::StageKind;
+use lortflow_report::{self as report, Change};
 use lortflow_runtime::engine::Force;
 use lortflow_runtime::{RunRecord, StageOutcome};
-use lortflow_stdlib::report::{self, Change};
 use serde_json::{Value as Json, json};
 
 use crate::cli::{ReportArgs, ReportFormat};

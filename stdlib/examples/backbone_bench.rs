@@ -2,7 +2,7 @@
 //! feature-extraction images/s (inference mode) of the small CNN (28x28 grey) and ResNet-32
 //! (32x32 colour) at batch 128. Compare with `bench/backbone_torch.py` on the same machine.
 //!
-//! `cargo run --release -p lortflow-stdlib --example backbone_bench [train_steps] [infer_steps]
+//! `cargo run --release -p lortflow-stdlib --features benchmarks --example backbone_bench [train_steps] [infer_steps]
 //! [--backend cpu|cuda|wgpu] [--only conv-fc|small-cnn|resnet32]`
 
 use std::time::Instant;
@@ -14,8 +14,8 @@ use burn::optim::{GradientsParams, Optimizer, SgdConfig};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Distribution, Int, Tensor};
-use lortflow_lang::ir::Arch;
-use lortflow_stdlib::backbone::{Backbone, BackboneConfig};
+
+use lortflow_stdlib::backbone::{Arch, Backbone, BackboneConfig};
 use lortflow_stdlib::backend::BackendChoice;
 
 const BATCH: usize = 128;
@@ -80,7 +80,7 @@ fn bench<B: AutodiffBackend>(
     let infer = (infer_steps * BATCH) as f64 / t.elapsed().as_secs_f64();
     println!(
         "{:<10} train {:>8.1} img/s   features {:>8.1} img/s",
-        lortflow_stdlib::backbone::arch_name(arch),
+        arch.name(),
         train,
         infer
     );

@@ -7,7 +7,7 @@
 //! and the backend (`scripts/gpu-check.sh` runs 2048→1000 on 100k samples on CUDA).
 //!
 //! ```text
-//! cargo run --release --example head_bench -p lortflow-stdlib [-- --skip-singles] [--skip-sweep]
+//! cargo run --release -p lortflow-stdlib --features benchmarks --example head_bench [-- --skip-singles] [--skip-sweep]
 //!     [--backend cpu|cuda|wgpu] [--samples N] [--test-samples N] [--dim D] [--classes K]
 //!     [--epochs E] [--batch B]
 //! ```
@@ -16,9 +16,9 @@ use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use burn::tensor::backend::AutodiffBackend;
+use lortflow_data::dataset::Rng;
 use lortflow_stdlib::backend::BackendChoice;
-use lortflow_stdlib::dataset::Rng;
-use lortflow_stdlib::head::{FeatureView, HeadJob, HeadResult, test_spec, train_heads};
+use lortflow_stdlib::head::{FeatureView, HeadConfig, HeadJob, HeadResult, train_heads};
 
 /// The shape of the benchmark; flags override the CPU defaults.
 struct Config {
@@ -101,7 +101,7 @@ fn bench<B: AutodiffBackend>(device: &B::Device, config: &Config) {
         (start.elapsed().as_secs_f64(), out)
     };
     let spec = || {
-        let mut spec = test_spec();
+        let mut spec = HeadConfig::default();
         spec.train.epochs = config.epochs;
         spec.train.batch_size = config.batch as u32;
         spec
@@ -109,7 +109,7 @@ fn bench<B: AutodiffBackend>(device: &B::Device, config: &Config) {
 
     let single = HeadJob {
         name: "ce".into(),
-        spec: spec(),
+        config: spec(),
         seed: 0,
     };
     run(std::slice::from_ref(&single)); // warm-up: thread pool, allocator
@@ -134,7 +134,7 @@ fn bench<B: AutodiffBackend>(device: &B::Device, config: &Config) {
                 spec.train.weight_decay = wd;
                 HeadJob {
                     name: format!("lr{lr}-wd{wd}"),
-                    spec,
+                    config: spec,
                     seed: 0,
                 }
             })

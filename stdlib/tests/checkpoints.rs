@@ -5,10 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Tensor, TensorData};
-use lortflow_lang::ir::{Arch, ClassifierKind};
 use lortflow_stdlib::backbone::{
-    Backbone, BackboneConfig, BackboneError, CheckpointFormat, CheckpointMapping, ImportReport,
-    export_torch, import_backbone,
+    Arch, Backbone, BackboneConfig, BackboneError, CheckpointFormat, CheckpointMapping,
+    ClassifierKind, ImportReport, export_torch, import_backbone,
 };
 use lortflow_stdlib::backend::{CpuBackend, CpuDevice};
 

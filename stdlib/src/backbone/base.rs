@@ -5,9 +5,9 @@ use burn::module::Module;
 use burn::nn::Linear;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
-use lortflow_lang::ir::Arch;
 use serde::{Deserialize, Serialize};
 
+use super::arch::Arch;
 use super::conv_fc::{ConvFc, ConvFcConfig};
 use super::error::BackboneError;
 use super::init::{InitScheme, seeded_init};
@@ -22,8 +22,7 @@ pub const CIFAR_STEM_MAX_SIDE: usize = 64;
 /// checkpoint, because the module's shape is not part of a Burn record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackboneConfig {
-    /// The architecture, by its schema name (`small-cnn`, `resnet32`, …).
-    #[serde(with = "arch_name")]
+    /// The architecture, by its name (`small-cnn`, `resnet32`, …).
     pub arch: Arch,
     /// Classes of the stage-1 classifier.
     pub num_classes: usize,
@@ -33,35 +32,8 @@ pub struct BackboneConfig {
     pub input_size: usize,
 }
 
-/// The schema name of `arch` (the inverse of [`Arch::from_name`]).
-pub fn arch_name(arch: Arch) -> &'static str {
-    match arch {
-        Arch::ConvFc => "conv-fc",
-        Arch::SmallCnn => "small-cnn",
-        Arch::Resnet32 => "resnet32",
-        Arch::Resnet34 => "resnet34",
-        Arch::Resnet50 => "resnet50",
-        Arch::Resnext50 => "resnext50-32x4d",
-    }
-}
-
-mod arch_name {
-    use lortflow_lang::ir::Arch;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(arch: &Arch, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(super::arch_name(*arch))
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arch, D::Error> {
-        let name = String::deserialize(d)?;
-        Arch::from_name(&name)
-            .ok_or_else(|| serde::de::Error::custom(format!("unknown architecture `{name}`")))
-    }
-}
-
 impl BackboneConfig {
-    /// The feature dimension (`Arch::feature_dim`).
+    /// The feature dimension ([`Arch::feature_dim`]).
     pub fn feature_dim(&self) -> usize {
         self.arch.feature_dim()
     }
@@ -86,7 +58,7 @@ impl BackboneConfig {
         if self.num_classes == 0 || self.in_channels == 0 || self.input_size < min_side {
             return Err(BackboneError::InvalidConfig(format!(
                 "`{}` needs at least one class, one channel and inputs of at least {min_side}px; got {} classes, {} channels, {}px",
-                arch_name(self.arch),
+                self.arch.name(),
                 self.num_classes,
                 self.in_channels,
                 self.input_size

@@ -107,13 +107,29 @@ pub(crate) fn load_record_into<B: Backend>(
 pub(crate) struct TrainState {
     /// Epochs whose weights the checkpoint holds.
     pub(crate) completed_epochs: usize,
-    /// [`super::train::TrainConfig::fingerprint`] of the run.
+    /// The training configuration's fingerprint (`TrainConfig::fingerprint`).
     pub(crate) fingerprint: String,
     /// Loss of the last step.
     pub(crate) last_loss: f32,
     /// Every completed epoch (absent in checkpoints of older versions).
     #[serde(default)]
-    pub(crate) history: Vec<super::train::EpochStats>,
+    pub(crate) history: Vec<EpochStats>,
+}
+
+/// One epoch of first-stage training, as the training curve records it (kept in the checkpoint, so
+/// a resumed run's curve starts at epoch 1 too).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EpochStats {
+    /// 1-based.
+    pub epoch: usize,
+    /// Mean loss over the epoch's images.
+    pub loss: f32,
+    /// Training accuracy over the epoch (augmented images, the logits the loss saw).
+    pub train_acc: f32,
+    /// Learning rate of the epoch.
+    pub lr: f64,
+    /// Wall time of the epoch.
+    pub seconds: f32,
 }
 
 /// The `checkpoint/` directory of a training run: `model-E.mpk`, `optim-E.mpk` and
@@ -162,7 +178,7 @@ impl CheckpointDir {
     }
 
     /// The training curve of the last complete checkpoint, whatever its configuration.
-    pub(crate) fn history(&self) -> Option<Vec<super::train::EpochStats>> {
+    pub(crate) fn history(&self) -> Option<Vec<EpochStats>> {
         let bytes = fs::read(self.dir.join(STATE_FILE)).ok()?;
         serde_json::from_slice::<TrainState>(&bytes)
             .ok()

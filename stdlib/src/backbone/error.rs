@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
-use crate::data::DataError;
+use lortflow_data::input::DataError;
 
 /// What can go wrong with a backbone.
 #[derive(Debug, Error)]

@@ -7,21 +7,11 @@ use std::path::Path;
 
 use burn::tensor::backend::Backend;
 use burn_store::ModuleSnapshot;
-use lortflow_lang::ir::Arch;
 use safetensors::tensor::{Dtype, TensorView};
 
 use super::base::{Backbone, BackboneConfig};
 use super::error::BackboneError;
-use super::import::{is_linear_weight, torch_name, transpose};
-
-/// The name of the classifier in the reference code of `arch`: LDAM-DRW's ResNet-32 calls it
-/// `linear`, torchvision (and our other networks) `fc`.
-pub fn classifier_name(arch: Arch) -> &'static str {
-    match arch {
-        Arch::Resnet32 => "linear",
-        _ => "fc",
-    }
-}
+use super::torch_names::{classifier_name, is_linear_weight, torch_name, transpose};
 
 /// The backbone's tensors in PyTorch's names and layouts, in module order: `(name, shape,
 /// float32 values)`; BatchNorm layers also get PyTorch's `num_batches_tracked` (as int64 0),
@@ -115,10 +105,7 @@ pub fn export_torch<B: Backend>(
         .collect::<Result<Vec<_>, _>>()?;
     let metadata = std::collections::HashMap::from([
         ("format".to_string(), "pt".to_string()),
-        (
-            "lortflow_arch".to_string(),
-            super::base::arch_name(config.arch).to_string(),
-        ),
+        ("lortflow_arch".to_string(), config.arch.name().to_string()),
         ("num_classes".to_string(), config.num_classes.to_string()),
     ]);
     let tmp = path.with_extension("safetensors.tmp");

@@ -2,7 +2,7 @@
 //! LDAM-DRW's, whose ResNet-32 calls its classifier `linear`), saved as `torch.save` files or
 //! safetensors, plain or nested in a training checkpoint.
 //!
-//! The file is read by [`torch_file`](super::torch_file) (every byte checked, any float dtype).
+//! The file is read by [`torch_file`](lortflow_data::torch_file) (every byte checked, any float dtype).
 //! Our module's tensors are named the PyTorch way (`bn1.weight` for Burn's `gamma`,
 //! `downsample.0` for our `downsample.conv`) and looked up under two dotted prefixes: the trunk's
 //! (`module.`, `state_dict.feat_model.module.`, …) and the classifier's. Both are found in the file
@@ -16,12 +16,12 @@ use burn::module::ParamId;
 use burn::tensor::TensorData;
 use burn::tensor::backend::Backend;
 use burn_store::{ModuleSnapshot, TensorSnapshot};
-use lortflow_lang::ir::ClassifierKind;
 
-use super::base::{Backbone, BackboneConfig, arch_name};
+use super::base::{Backbone, BackboneConfig};
 use super::checkpoint::load_record_into;
 use super::error::BackboneError;
-use super::torch_file::{Dtype, FileKind, ReadError, WeightsFile};
+use super::torch_names::{classifier_name, is_linear_weight, torch_name, transpose};
+use lortflow_data::torch_file::{Dtype, FileKind, ReadError, WeightsFile};
 
 /// The format of a weights file (`checkpoint format=…`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,16 +36,16 @@ pub enum CheckpointFormat {
     Burn,
 }
 
-impl From<lortflow_lang::ir::CheckpointFormat> for CheckpointFormat {
-    fn from(format: lortflow_lang::ir::CheckpointFormat) -> Self {
-        use lortflow_lang::ir::CheckpointFormat as Ir;
-        match format {
-            Ir::Auto => CheckpointFormat::Auto,
-            Ir::Safetensors => CheckpointFormat::Safetensors,
-            Ir::Pytorch => CheckpointFormat::Pytorch,
-            Ir::Burn => CheckpointFormat::Burn,
-        }
-    }
+/// The stage-1 classifier of a checkpoint (`checkpoint classifier-kind=…`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClassifierKind {
+    /// From the file: a `weight` of `[K, D]` is a linear layer; `[D, K]` without a bias,
+    /// LDAM-DRW's `NormedLinear`.
+    Auto,
+    /// `nn.Linear(D, K)` (its bias may be absent: zeros).
+    Linear,
+    /// LDAM-DRW's `NormedLinear(D, K)`: cosine logits, weight `[D, K]`, no bias.
+    NormedLinear,
 }
 
 /// Where the network's tensors are in the file (`checkpoint trunk=… classifier=…`).
@@ -162,40 +162,6 @@ struct Wanted {
     id: ParamId,
 }
 
-/// PyTorch's name of one of our tensors: BatchNorm's `weight`/`bias` are Burn's `gamma`/`beta`,
-/// torchvision's `downsample` is an `nn.Sequential` (`0` the convolution, `1` the norm).
-pub(crate) fn torch_name(burn: &str) -> String {
-    let name = burn
-        .replace(".downsample.conv.", ".downsample.0.")
-        .replace(".downsample.bn.", ".downsample.1.");
-    if let Some(stem) = name.strip_suffix(".gamma") {
-        format!("{stem}.weight")
-    } else if let Some(stem) = name.strip_suffix(".beta") {
-        format!("{stem}.bias")
-    } else {
-        name
-    }
-}
-
-/// Whether one of our tensors is a linear layer's weight, which PyTorch stores as `[out, in]`
-/// and Burn as `[in, out]`.
-pub(crate) fn is_linear_weight(s: &TensorSnapshot) -> bool {
-    s.full_path().ends_with(".weight")
-        && s.module_type().is_some_and(|t| t.ends_with(":Linear"))
-        && s.shape.num_dims() == 2
-}
-
-/// The row-major `[cols, rows]` transpose of a row-major `[rows, cols]` matrix.
-pub(crate) fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut t = vec![0.0; values.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            t[c * rows + r] = values[r * cols + c];
-        }
-    }
-    t
-}
-
 fn wanted<B: Backend, M: ModuleSnapshot<B>>(module: &M) -> (Vec<Wanted>, Vec<Wanted>) {
     let mut trunk = Vec::new();
     let mut classifier = Vec::new();
@@ -277,7 +243,7 @@ fn import_into<B: Backend, M: ModuleSnapshot<B>>(
     path: &Path,
     mapping: &CheckpointMapping,
 ) -> Result<ImportReport, BackboneError> {
-    let arch = arch_name(config.arch);
+    let arch = config.arch.name();
     let mismatch = |details: Vec<String>| BackboneError::ImportMismatch {
         path: path.to_path_buf(),
         arch: format!("`{arch}` with {} classes", config.num_classes),
@@ -369,7 +335,7 @@ fn import_into<B: Backend, M: ModuleSnapshot<B>>(
             Ok(prefix) => prefix,
             Err(lines) => {
                 // A classifier where the network keeps it, of another size: report its shape.
-                let usual = [super::export::classifier_name(config.arch), "fc", "linear"]
+                let usual = [classifier_name(config.arch), "fc", "linear"]
                     .map(|name| format!("{trunk}{name}."));
                 match usual
                     .into_iter()

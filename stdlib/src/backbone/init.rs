@@ -3,7 +3,7 @@
 //! Burn's CPU backend keeps one RNG for the whole process (`B::seed` sets it), so any other work
 //! drawing random numbers at the same time (a head trained in parallel, another test) changes the
 //! weights a seed produces. Here every parameter is redrawn from its own stream of our
-//! [`Rng`](crate::dataset::Rng) (stream = the parameter's position in the module), which makes
+//! [`Rng`](lortflow_data::dataset::Rng) (stream = the parameter's position in the module), which makes
 //! the initial weights a pure function of `(architecture, seed)`, identical on every backend.
 //! The distributions are the ones the modules were configured with: Kaiming normal on
 //! convolutions (fan-out for torchvision layouts, fan-in for ResNet-32), and on linear layers
@@ -16,7 +16,7 @@ use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
-use crate::dataset::Rng;
+use lortflow_data::dataset::Rng;
 
 /// Which fan Kaiming-normal convolutions use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

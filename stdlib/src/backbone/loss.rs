@@ -6,8 +6,6 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 
-use lortflow_lang::ir::FirstStageLoss;
-
 /// LDAM's largest margin (`max_m`, LDAM-DRW `cifar_train.py`).
 pub const LDAM_MAX_M: f64 = 0.5;
 /// LDAM's logit scale `s`.
@@ -46,25 +44,28 @@ pub enum Stage1Loss {
 }
 
 impl Stage1Loss {
-    /// The loss a pipeline names, with the reference code's constants and DRW switching on at
-    /// 80% of `epochs`.
-    pub fn new(loss: FirstStageLoss, epochs: usize) -> Self {
-        let drw_epoch = (epochs as f64 * DRW_START_FRACTION).floor() as usize;
-        match loss {
-            FirstStageLoss::Ce => Stage1Loss::Ce,
-            FirstStageLoss::CeDrw => Stage1Loss::CeDrw {
-                drw_epoch,
-                beta: DRW_BETA,
-            },
-            FirstStageLoss::LdamDrw => Stage1Loss::LdamDrw {
-                drw_epoch,
-                beta: DRW_BETA,
-                max_m: LDAM_MAX_M,
-                scale: LDAM_SCALE,
-            },
-            FirstStageLoss::BalancedSoftmax => Stage1Loss::BalancedSoftmax,
+    /// Cross-entropy with DRW switching on at 80% of `epochs`, β of the reference code.
+    pub fn ce_drw(epochs: usize) -> Self {
+        Stage1Loss::CeDrw {
+            drw_epoch: drw_epoch(epochs),
+            beta: DRW_BETA,
         }
     }
+
+    /// LDAM-DRW with the reference code's margin, scale and β, DRW from 80% of `epochs`.
+    pub fn ldam_drw(epochs: usize) -> Self {
+        Stage1Loss::LdamDrw {
+            drw_epoch: drw_epoch(epochs),
+            beta: DRW_BETA,
+            max_m: LDAM_MAX_M,
+            scale: LDAM_SCALE,
+        }
+    }
+}
+
+/// The first 0-based epoch of DRW's weights: 80% of `epochs`, rounded down (160 of 200).
+fn drw_epoch(epochs: usize) -> usize {
+    (epochs as f64 * DRW_START_FRACTION).floor() as usize
 }
 
 /// Class-balanced weights `(1-β)/(1-β^{n_j})`, normalised to sum to K (LDAM-DRW's

@@ -2,9 +2,10 @@
 //! ([`train_backbone`]), Burn checkpoints ([`save_backbone`], [`load_backbone`]) and the import
 //! of torchvision-layout state dicts ([`import_backbone`]).
 //!
-//! Every backbone exposes `forward_features(x) -> [N, D]` (D = `Arch::feature_dim`: the
+//! Every backbone exposes `forward_features(x) -> [N, D]` (D = [`Arch::feature_dim`]: the
 //! global average pooled map, or `conv-fc`'s feature layer) and keeps its stage-1 classifier `fc`, so heads can start from it.
 
+mod arch;
 mod base;
 mod checkpoint;
 pub mod conv_fc;
@@ -17,21 +18,26 @@ pub mod loss;
 pub mod resnet;
 pub mod schedule;
 pub mod small_cnn;
-mod torch_file;
+mod torch_names;
 mod train;
 
-pub use base::{Backbone, BackboneConfig, CIFAR_STEM_MAX_SIDE, arch_name};
+pub use arch::Arch;
+pub use base::{Backbone, BackboneConfig, CIFAR_STEM_MAX_SIDE};
 pub use checkpoint::{
-    BACKBONE_CONFIG, BACKBONE_RECORD, load_backbone, load_backbone_config, save_backbone,
+    BACKBONE_CONFIG, BACKBONE_RECORD, EpochStats, load_backbone, load_backbone_config,
+    save_backbone,
 };
 pub use error::BackboneError;
-pub use export::{TorchValues, classifier_name, export_torch, torch_state_dict};
-pub use import::{CheckpointFormat, CheckpointMapping, ImportReport, import_backbone};
+pub use export::{TorchValues, export_torch, torch_state_dict};
+pub use import::{
+    CheckpointFormat, CheckpointMapping, ClassifierKind, ImportReport, import_backbone,
+};
 pub use loss::Stage1Loss;
-pub use schedule::LrSchedule;
+pub use schedule::BackboneSchedule;
+pub use torch_names::classifier_name;
 pub use train::{
-    DEFAULT_PREFETCH, EpochStats, TrainConfig, TrainData, TrainProgress, evaluate_accuracy,
-    inference_model, train_backbone, training_history,
+    DEFAULT_PREFETCH, TrainConfig, TrainData, TrainProgress, evaluate_accuracy, inference_model,
+    train_backbone, training_history,
 };
 
 #[cfg(test)]

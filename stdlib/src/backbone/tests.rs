@@ -7,12 +7,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use burn::module::{AutodiffModule, Module};
 use burn::tensor::{Tensor, TensorData};
 use burn_store::{BurnToPyTorchAdapter, ModuleSnapshot};
-use lortflow_lang::ir::Arch;
+use lortflow_data::dataset::{LabeledImages, PatternImagesConfig};
+use lortflow_data::input::{ImagePipeline, Normalization, SamplerKind, Transform};
 
 use super::*;
 use crate::backend::{CpuAutodiff, CpuBackend, CpuDevice};
-use crate::data::{ImagePipeline, Normalization, SamplerKind, Transform};
-use crate::dataset::{LabeledImages, PatternImagesConfig};
 
 fn synthetic(per_class: usize) -> LabeledImages {
     PatternImagesConfig {
@@ -39,7 +38,7 @@ fn train_config(epochs: usize, loss: Stage1Loss) -> TrainConfig {
         lr: 0.05,
         momentum: 0.9,
         weight_decay: 5e-4,
-        schedule: LrSchedule::Cosine,
+        schedule: BackboneSchedule::Cosine,
         warmup_epochs: 0,
         loss,
         sampler: SamplerKind::Instance,
@@ -171,18 +170,37 @@ fn fifty_steps_on_the_kernels_match_burns_ops() {
 #[test]
 fn every_first_stage_loss_trains() {
     let data = synthetic(8);
-    use lortflow_lang::ir::FirstStageLoss;
-    for name in [
-        FirstStageLoss::CeDrw,
-        FirstStageLoss::LdamDrw,
-        FirstStageLoss::BalancedSoftmax,
+    for loss in [
+        Stage1Loss::ce_drw(2),
+        Stage1Loss::ldam_drw(2),
+        Stage1Loss::BalancedSoftmax,
     ] {
         let dir = tempfile::tempdir().unwrap();
-        let loss = Stage1Loss::new(name, 2);
         let (model, losses) = train(&data, &train_config(2, loss), dir.path(), None);
-        model.unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert!(losses.iter().all(|l| l.is_finite()), "{name}: {losses:?}");
+        model.unwrap_or_else(|e| panic!("{loss:?}: {e}"));
+        assert!(losses.iter().all(|l| l.is_finite()), "{loss:?}: {losses:?}");
     }
+}
+
+/// A checkpoint resumes only under the fingerprint it was written with: renaming a type or
+/// variant that the fingerprint prints would make every interrupted run refuse to resume.
+#[test]
+fn the_checkpoint_fingerprint_does_not_change() {
+    let data = synthetic(1);
+    let config = TrainConfig {
+        schedule: BackboneSchedule::Step,
+        loss: Stage1Loss::ldam_drw(10),
+        sampler: SamplerKind::ClassBalanced { per_class: 4 },
+        ..train_config(10, Stage1Loss::Ce)
+    };
+    assert_eq!(
+        config.fingerprint(&small_cnn(&data), 123),
+        "TrainConfig { epochs: 10, batch_size: 16, lr: 0.05, momentum: 0.9, weight_decay: 0.0005, \
+         schedule: Step, warmup_epochs: 0, loss: LdamDrw { drw_epoch: 8, beta: 0.9999, max_m: 0.5, \
+         scale: 30.0 }, sampler: ClassBalanced { per_class: 4 }, seed: 7, prefetch: 2 }|\
+         BackboneConfig { arch: SmallCnn, num_classes: 10, in_channels: 1, input_size: 28 }|\
+         samples=123"
+    );
 }
 
 #[test]
@@ -537,7 +555,8 @@ mod wgpu {
 
     use super::*;
     use crate::backend::{WgpuAutodiff, WgpuBackend, test_wgpu_device};
-    use crate::features::{FeatureFile, Tta, extract_features};
+    use crate::features::{Tta, extract_features};
+    use lortflow_data::features::FeatureFile;
 
     #[test]
     fn every_architecture_on_wgpu_matches_the_cpu() {

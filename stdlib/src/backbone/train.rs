@@ -19,16 +19,17 @@ use burn::optim::momentum::MomentumConfig;
 use burn::optim::{GradientsParams, Optimizer, SgdConfig};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
-use lortflow_lang::ir::BackboneTrain;
+use lortflow_data::dataset::LabeledImages;
+use lortflow_data::input::{
+    Batch, BatchConfig, DataError, ImagePipeline, SamplerKind, for_each_batch,
+};
 use tracing::{debug, info};
 
 use super::base::{Backbone, BackboneConfig};
-use super::checkpoint::{CheckpointDir, TrainState};
+use super::checkpoint::{CheckpointDir, EpochStats, TrainState};
 use super::error::BackboneError;
 use super::loss::{BoundLoss, Stage1Loss};
-use super::schedule::LrSchedule;
-use crate::data::{Batch, BatchConfig, DataError, ImagePipeline, SamplerKind, for_each_batch};
-use crate::dataset::LabeledImages;
+use super::schedule::BackboneSchedule;
 
 /// Batches prepared ahead of the model by the data worker.
 pub const DEFAULT_PREFETCH: usize = 4;
@@ -47,7 +48,7 @@ pub struct TrainConfig {
     /// L2 weight decay on every parameter (PyTorch's `SGD(weight_decay=…)`, BatchNorm included).
     pub weight_decay: f64,
     /// Learning-rate schedule.
-    pub schedule: LrSchedule,
+    pub schedule: BackboneSchedule,
     /// Linear warm-up epochs.
     pub warmup_epochs: usize,
     /// The loss.
@@ -61,27 +62,6 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
-    /// From the IR's `train` node (already range-checked by the linter; checked again here
-    /// because the library may be called directly).
-    pub fn from_ir(train: &BackboneTrain) -> Result<Self, BackboneError> {
-        let epochs = train.epochs as usize;
-        let config = Self {
-            epochs,
-            batch_size: train.batch_size as usize,
-            lr: train.lr,
-            momentum: train.momentum,
-            weight_decay: train.weight_decay,
-            schedule: train.schedule.into(),
-            warmup_epochs: train.warmup_epochs as usize,
-            loss: Stage1Loss::new(train.loss, epochs),
-            sampler: train.sampler.into(),
-            seed: train.seed,
-            prefetch: DEFAULT_PREFETCH,
-        };
-        config.validate()?;
-        Ok(config)
-    }
-
     /// Checks ranges.
     pub fn validate(&self) -> Result<(), BackboneError> {
         let bad = |m: String| Err(BackboneError::InvalidTraining(m));
@@ -127,22 +107,6 @@ pub struct TrainData<'a> {
     pub pipeline: &'a ImagePipeline,
 }
 
-/// One epoch of first-stage training, as the training curve records it (kept in the checkpoint, so
-/// a resumed run's curve starts at epoch 1 too).
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct EpochStats {
-    /// 1-based.
-    pub epoch: usize,
-    /// Mean loss over the epoch's images.
-    pub loss: f32,
-    /// Training accuracy over the epoch (augmented images, the logits the loss saw).
-    pub train_acc: f32,
-    /// Learning rate of the epoch.
-    pub lr: f64,
-    /// Wall time of the epoch.
-    pub seconds: f32,
-}
-
 /// The training curve of the run checkpointed in `work_dir` (by [`train_backbone`]), one entry per
 /// completed epoch; empty when there is none.
 pub fn training_history(work_dir: &Path) -> Vec<EpochStats> {
@@ -178,7 +142,7 @@ pub struct TrainProgress {
 /// Stops with [`BackboneError::Cancelled`] when `cancel` is set (checked before every step; the
 /// checkpoints of completed epochs are kept) and with [`BackboneError::NonFiniteLoss`] when the
 /// loss is NaN or infinite. `progress` is called after every step.
-#[tracing::instrument(skip_all, fields(arch = super::base::arch_name(backbone.arch)))]
+#[tracing::instrument(skip_all, fields(arch = backbone.arch.name()))]
 pub fn train_backbone<B: AutodiffBackend>(
     backbone: &BackboneConfig,
     config: &TrainConfig,

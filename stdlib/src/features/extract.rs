@@ -8,11 +8,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
-use super::error::FeaturesError;
-use super::file::FeatureWriter;
+use lortflow_data::dataset::LabeledImages;
+use lortflow_data::features::FeatureWriter;
+use lortflow_data::input::{BatchConfig, ImagePipeline, for_each_batch};
+
+use super::error::ExtractError;
 use crate::backbone::Backbone;
-use crate::data::{BatchConfig, ImagePipeline, for_each_batch};
-use crate::dataset::LabeledImages;
 
 /// Test-time augmentation of features.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -22,15 +23,6 @@ pub enum Tta {
     None,
     /// The mean of the features of the image and of its mirror image (LTWB/LORT's flip TTA).
     Hflip,
-}
-
-impl From<lortflow_lang::ir::Tta> for Tta {
-    fn from(tta: lortflow_lang::ir::Tta) -> Self {
-        match tta {
-            lortflow_lang::ir::Tta::None => Tta::None,
-            lortflow_lang::ir::Tta::Hflip => Tta::Hflip,
-        }
-    }
 }
 
 impl Tta {
@@ -67,9 +59,9 @@ pub fn extract_features<B: Backend>(
     metadata: &BTreeMap<String, String>,
     cancel: &AtomicBool,
     device: &B::Device,
-) -> Result<(), FeaturesError> {
+) -> Result<(), ExtractError> {
     if B::ad_enabled(device) {
-        return Err(FeaturesError::AutodiffModel);
+        return Err(ExtractError::AutodiffModel);
     }
     let _keep = crate::heap::KeepFreedMemory::new();
     let dim = model.fc().weight.dims()[0];
@@ -77,7 +69,7 @@ pub fn extract_features<B: Backend>(
         .iter()
         .map(|&id| {
             images.labels().get(id as usize).copied().ok_or(
-                crate::data::DataError::SampleOutOfRange {
+                lortflow_data::input::DataError::SampleOutOfRange {
                     id,
                     len: images.len(),
                 },
@@ -94,9 +86,9 @@ pub fn extract_features<B: Backend>(
         train: false,
     };
     let mut rows = 0usize;
-    for_each_batch::<FeaturesError>(images, ids, pipeline, &config, 0, |batch| {
+    for_each_batch::<ExtractError>(images, ids, pipeline, &config, 0, |batch| {
         if cancel.load(Ordering::Relaxed) {
-            return Err(FeaturesError::Cancelled {
+            return Err(ExtractError::Cancelled {
                 rows,
                 total: ids.len(),
             });
@@ -117,7 +109,7 @@ pub fn extract_features<B: Backend>(
             .into_data()
             .convert::<f32>()
             .into_vec()
-            .map_err(|e| FeaturesError::Shape(format!("cannot read features back: {e:?}")))?;
+            .map_err(|e| ExtractError::Readback(format!("{e:?}")))?;
         writer.write_rows(&values)?;
         rows += n;
         Ok(ControlFlow::Continue(()))

@@ -6,8 +6,7 @@
 //! everything its inference map needs (logit function, LWS scales, log priors), so test logits can
 //! be recomputed from it alone.
 
-use lortflow_lang::ir::{HeadSpec, Inference, Logits};
-
+use super::config::{HeadConfig, Inference, Logits};
 use super::error::HeadError;
 use super::inference::{normalize_rows_in_place, tau_normalized};
 
@@ -190,13 +189,13 @@ impl Classifier {
     }
 }
 
-/// One head to train: a resolved head spec, its name and the seed of its first trial.
+/// One head to train: its name, what it is and the seed of its first trial.
 #[derive(Debug, Clone)]
 pub struct HeadJob {
     /// The head's name (used in errors and progress).
     pub name: String,
-    /// The resolved components and training settings.
-    pub spec: HeadSpec,
+    /// The components and training settings.
+    pub config: HeadConfig,
     /// Seed of trial 0; trial `t` uses `seed + t`.
     pub seed: u64,
 }

@@ -5,7 +5,7 @@
 //! All of them are plain functions of the training class counts, computed once per head in `f64`
 //! and handed to the device as `f32` tensors.
 
-use crate::dataset::Rng;
+use lortflow_data::dataset::Rng;
 
 /// LDAM margins `m_j = max_m · (n_min / n_j)^{1/4}`: the rarest class gets `max_m`.
 ///

@@ -1,4 +1,4 @@
-//! From head specs to trainable members and groups.
+//! From head configurations to trainable members and groups.
 //!
 //! Each (job, trial) becomes a [`Member`]: every component resolved to per-class numbers (margins,
 //! priors, weights, radius) and checked, so the training loop sees only tensors and flags.
@@ -15,19 +15,19 @@
 //! draws its own batches (its own seed's stream), gathered together into one `[H, B, D]` tensor.
 //! Either way a member's result is the same as when it trains alone.
 
-use lortflow_lang::ir::{
-    BaseLoss, Constraint, ConstraintEvery, EpochSelect, HeadSpec, Inference, Init, Logits, Margin,
-    Sampler, Targets, Weighting,
-};
+use lortflow_data::dataset::Rng;
 
 use super::base::{Classifier, FeatureView, HeadJob};
 use super::components::{
     balanced_softmax_prior, class_balanced_weights, ldam_margins, log_prior, random_linear,
     relative_radius,
 };
+use super::config::{
+    BaseLoss, Constraint, HeadSchedule, Holdout, Inference, Init, Logits, Margin, Sampler, Select,
+    Targets, Weighting,
+};
 use super::error::HeadError;
 use super::plugin::ResolvedLoss;
-use crate::dataset::Rng;
 
 /// Sub-stream of a member's seed that initialises a random head.
 pub(crate) const INIT_STREAM: u64 = 0x1417;
@@ -38,45 +38,20 @@ pub(crate) const VALIDATION_STREAM: u64 = 0x7A1D;
 /// Held-out fraction of `select "best-val"` without a `validation` node (the schema's default).
 pub(crate) const DEFAULT_VALIDATION_FRACTION: f64 = 0.1;
 
-/// Which epoch's weights a trial keeps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Select {
-    /// The last epoch's (no evaluation during training).
-    Last,
-    /// The epoch with the best balanced accuracy on a held-out part of the train split.
-    BestVal,
-    /// The epoch with the best balanced accuracy on the test split (the reference code's
-    /// protocol; it selects on the data it reports).
-    BestTest,
-}
-
-/// The held-out part of the train split for `select "best-val"`: a class-stratified `fraction`,
-/// drawn with `seed` (see [`super::select::stratified_split`]).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct Holdout {
-    pub fraction: f64,
-    pub seed: u64,
-}
-
 /// The selection rule of a job and, for `best-val`, its held-out split.
 pub(crate) fn selection(job: &HeadJob) -> Result<(Select, Option<Holdout>), HeadError> {
-    let spec = &job.spec;
+    let config = &job.config;
     let invalid = |message: String| HeadError::InvalidSpec {
         job: job.name.clone(),
         message,
     };
-    let select = match spec.select.value {
-        EpochSelect::Last => Select::Last,
-        EpochSelect::BestVal => Select::BestVal,
-        EpochSelect::BestTest => Select::BestTest,
-    };
+    let select = config.select;
     if select != Select::BestVal {
         // A `validation` node without `best-val` is linted; the head then trains on all samples.
         return Ok((select, None));
     }
-    let (fraction, seed) = spec
+    let (fraction, seed) = config
         .validation
-        .as_ref()
         .map_or((DEFAULT_VALIDATION_FRACTION, 0), |v| (v.fraction, v.seed));
     if !(fraction.is_finite() && fraction > 0.0 && fraction < 1.0) {
         return Err(invalid(format!(
@@ -106,43 +81,21 @@ pub(crate) enum LossForm {
     Bce,
 }
 
-/// Learning-rate schedules, stepped per epoch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Schedule {
-    /// `CosineAnnealingLR(T_max = epochs, eta_min = 0)`.
-    Cosine,
-    /// `StepLR(step_size = ⌈epochs/3⌉, gamma = 0.1)`.
-    Step,
-    /// Constant.
-    Constant,
-}
-
-impl From<lortflow_lang::ir::Schedule> for Schedule {
-    fn from(schedule: lortflow_lang::ir::Schedule) -> Self {
-        use lortflow_lang::ir::Schedule as Ir;
-        match schedule {
-            Ir::Cosine => Schedule::Cosine,
-            Ir::Step => Schedule::Step,
-            Ir::Constant => Schedule::Constant,
-        }
-    }
-}
-
 /// The learning rate of 0-based `epoch` out of `epochs`.
 ///
 /// Cosine is the closed form of PyTorch's `CosineAnnealingLR` with `eta_min = 0`, stepped once per
 /// epoch: `lr·(1 + cos(π·e/T))/2`. Step decays by 10 at one and two thirds of the run (OLTR's
 /// `StepLR(10, 0.1)` over 30 epochs).
-pub(crate) fn lr_at(schedule: Schedule, lr: f64, epoch: u32, epochs: u32) -> f64 {
+pub(crate) fn lr_at(schedule: HeadSchedule, lr: f64, epoch: u32, epochs: u32) -> f64 {
     match schedule {
-        Schedule::Cosine => {
+        HeadSchedule::Cosine => {
             lr * 0.5 * (1.0 + (std::f64::consts::PI * epoch as f64 / epochs.max(1) as f64).cos())
         }
-        Schedule::Step => {
+        HeadSchedule::StepThirds => {
             let step = epochs.div_ceil(3).max(1);
             lr * 0.1f64.powi((epoch / step) as i32)
         }
-        Schedule::Constant => lr,
+        HeadSchedule::Constant => lr,
     }
 }
 
@@ -176,7 +129,7 @@ pub(crate) struct Member {
     pub lr: f64,
     pub momentum: f64,
     pub weight_decay: f64,
-    pub schedule: Schedule,
+    pub schedule: HeadSchedule,
     pub epochs: u32,
     pub batch_size: usize,
     pub sampler: Sampler,
@@ -221,7 +174,7 @@ pub(crate) fn resolve(
 ) -> Result<Vec<Member>, HeadError> {
     let mut members = Vec::new();
     for (index, job) in jobs.iter().enumerate() {
-        let trials = job.spec.trials.max(1);
+        let trials = job.config.trials.max(1);
         for trial in 0..trials {
             members.push(resolve_one(
                 features,
@@ -256,7 +209,7 @@ fn resolve_one(
     trial: u32,
     counts: &[usize],
 ) -> Result<Member, HeadError> {
-    let spec: &HeadSpec = &job.spec;
+    let config = &job.config;
     let invalid = |message: String| HeadError::InvalidSpec {
         job: job.name.clone(),
         message,
@@ -284,16 +237,16 @@ fn resolve_one(
         };
 
     let (select, holdout) = selection(job)?;
-    let train = &spec.train;
+    let train = &config.train;
     if train.batch_size == 0 {
         return Err(invalid("`batch-size` must be at least 1".into()));
     }
     finite_in("lr", train.lr, 0.0, f64::MAX, false)?;
     finite_in("momentum", train.momentum, 0.0, 1.0, true)?;
     finite_in("weight-decay", train.weight_decay, 0.0, f64::MAX, false)?;
-    let schedule = Schedule::from(train.schedule);
+    let schedule = train.schedule;
 
-    let (kind, scale) = match spec.logits.value {
+    let (kind, scale) = match config.logits {
         Logits::Linear => (LogitKind::Linear, 1.0),
         Logits::Cosine { scale } => (
             LogitKind::Cosine,
@@ -301,12 +254,12 @@ fn resolve_one(
         ),
         Logits::Lws => (LogitKind::Lws, 1.0),
     };
-    let delta = match spec.targets.value {
+    let delta = match config.targets {
         Targets::OneHot => 0.0,
         Targets::Smoothed { delta } => finite_in("delta", delta, 0.0, 1.0, true)?,
     };
     let zeros = vec![0.0f32; k];
-    let (margin, prior) = match spec.margin.value {
+    let (margin, prior) = match config.margin {
         Margin::None => (zeros.clone(), zeros.clone()),
         Margin::Ldam { max_m } => {
             finite_in("max-m", max_m, 0.0, f64::MAX, false)?;
@@ -329,54 +282,48 @@ fn resolve_one(
         }
     };
     let ones = vec![1.0f32; k];
-    let (class_weight, weight_from, gamma, normalize_by_weight, loss_form) =
-        match &spec.weighting.value {
-            Weighting::None => (ones, 0, 0.0, true, LossForm::Softmax),
-            Weighting::Focal { gamma } => (
-                ones,
-                0,
-                finite_in("gamma", *gamma, 0.0, f64::MAX, false)?,
-                true,
-                LossForm::Softmax,
-            ),
-            Weighting::ClassBalanced {
-                beta,
-                loss,
-                gamma,
-                from_epoch,
-            } => {
-                finite_in("beta", *beta, 0.0, 1.0, true)?;
-                need_counts("class-balanced weighting")?;
-                let weights = to_f32(class_balanced_weights(counts, *beta));
-                match loss {
-                    BaseLoss::Softmax => (weights, *from_epoch, 0.0, true, LossForm::Softmax),
-                    BaseLoss::Bce => (weights, *from_epoch, 0.0, true, LossForm::Bce),
-                    // Weighted focal, mean over the batch like LDAM-DRW's `FocalLoss` (without its quirk of
-                    // taking s_y from the weighted CE).
-                    BaseLoss::Focal => (
-                        weights,
-                        *from_epoch,
-                        finite_in("gamma", *gamma, 0.0, f64::MAX, false)?,
-                        false,
-                        LossForm::Softmax,
-                    ),
-                }
+    let (class_weight, weight_from, gamma, normalize_by_weight, loss_form) = match &config.weighting
+    {
+        Weighting::None => (ones, 0, 0.0, true, LossForm::Softmax),
+        Weighting::Focal { gamma } => (
+            ones,
+            0,
+            finite_in("gamma", *gamma, 0.0, f64::MAX, false)?,
+            true,
+            LossForm::Softmax,
+        ),
+        Weighting::ClassBalanced {
+            beta,
+            loss,
+            gamma,
+            from_epoch,
+        } => {
+            finite_in("beta", *beta, 0.0, 1.0, true)?;
+            need_counts("class-balanced weighting")?;
+            let weights = to_f32(class_balanced_weights(counts, *beta));
+            match loss {
+                BaseLoss::Softmax => (weights, *from_epoch, 0.0, true, LossForm::Softmax),
+                BaseLoss::Bce => (weights, *from_epoch, 0.0, true, LossForm::Bce),
+                // Weighted focal, mean over the batch like LDAM-DRW's `FocalLoss` (without its quirk of
+                // taking s_y from the weighted CE).
+                BaseLoss::Focal => (
+                    weights,
+                    *from_epoch,
+                    finite_in("gamma", *gamma, 0.0, f64::MAX, false)?,
+                    false,
+                    LossForm::Softmax,
+                ),
             }
-        };
-    let plugin_loss = match &spec.loss {
+        }
+    };
+    let plugin_loss = match &config.plugin_loss {
         None => None,
         Some(loss) => {
-            let name = &loss.value.name;
-            let plugin = super::plugin::find(name).ok_or_else(|| {
-                invalid(format!(
-                    "the plugin loss `{name}` is not registered with the head trainer; register it \
-                     with `lortflow_stdlib::head::register_loss`"
-                ))
-            })?;
+            let name = &loss.name;
             let reshaped = loss_form != LossForm::Softmax || gamma != 0.0;
             if kind != LogitKind::Linear
                 || delta != 0.0
-                || spec.margin.value != Margin::None
+                || config.margin != Margin::None
                 || reshaped
             {
                 return Err(invalid(format!(
@@ -384,8 +331,7 @@ fn resolve_one(
                      and a softmax-weighted (or no) weighting"
                 )));
             }
-            let built = plugin
-                .build(&loss.value.params, counts)
+            let built = (loss.build)(&loss.params, counts)
                 .map_err(|message| invalid(format!("loss `{name}`: {message}")))?;
             Some(ResolvedLoss {
                 name: name.clone(),
@@ -393,17 +339,17 @@ fn resolve_one(
             })
         }
     };
-    if let Sampler::ClassBalanced { per_class: 0 } = spec.sampler.value {
+    if let Sampler::ClassBalanced { per_class: 0 } = config.sampler {
         return Err(invalid("`per-class` must be at least 1".into()));
     }
 
     let seed = job.seed.wrapping_add(u64::from(trial));
-    let (init_weight, mut init_bias) = match &spec.init.value {
+    let (init_weight, mut init_bias) = match &config.init {
         Init::Random => random_linear(k, d, &mut Rng::stream(seed, INIT_STREAM)),
         Init::Backbone | Init::Head(_) => {
             let Some(classifier) = init else {
-                let init = match &spec.init.value {
-                    Init::Head(name) => format!("head `{}`", name.value),
+                let init = match &config.init {
+                    Init::Head(name) => format!("head `{name}`"),
                     _ => "the backbone's classifier".to_string(),
                 };
                 return Err(HeadError::NoInitialClassifier {
@@ -419,12 +365,12 @@ fn resolve_one(
         init_bias = zeros.clone();
     }
 
-    let maxnorm = match &spec.constraint.value {
+    let maxnorm = match &config.constraint {
         Constraint::None => None,
         Constraint::Maxnorm {
             thresh,
             radius,
-            every,
+            every_step,
         } => {
             if kind == LogitKind::Lws {
                 return Err(invalid(
@@ -440,11 +386,10 @@ fn resolve_one(
                     relative_radius(&norms, f64::from(thresh)) as f32
                 }
             };
-            let every_step = *every == ConstraintEvery::Step;
-            Some((radius, every_step))
+            Some((radius, *every_step))
         }
     };
-    match spec.inference.value {
+    match config.inference {
         Inference::TauNorm { tau, .. } => {
             finite_in("tau", tau, 0.0, f64::MAX, false)?;
         }
@@ -458,7 +403,7 @@ fn resolve_one(
         job: job_index,
         trial,
         seed,
-        logits: spec.logits.value.clone(),
+        logits: config.logits.clone(),
         kind,
         loss_form,
         scale,
@@ -477,10 +422,10 @@ fn resolve_one(
         schedule,
         epochs: train.epochs,
         batch_size: train.batch_size as usize,
-        sampler: spec.sampler.value.clone(),
+        sampler: config.sampler.clone(),
         init_weight,
         init_bias,
-        inference: spec.inference.value.clone(),
+        inference: config.inference.clone(),
         select,
         holdout,
     })
@@ -497,16 +442,18 @@ mod tests {
     #[test]
     fn cosine_schedule_matches_cosine_annealing_lr() {
         // CosineAnnealingLR(T_max=4): 1, 0.8536, 0.5, 0.1464.
-        let lrs: Vec<f64> = (0..4).map(|e| lr_at(Schedule::Cosine, 1.0, e, 4)).collect();
+        let lrs: Vec<f64> = (0..4)
+            .map(|e| lr_at(HeadSchedule::Cosine, 1.0, e, 4))
+            .collect();
         for (got, want) in
             lrs.iter()
                 .zip([1.0, 0.853_553_390_593_273_8, 0.5, 0.146_446_609_406_726_24])
         {
             assert!((got - want).abs() < 1e-12);
         }
-        assert_eq!(lr_at(Schedule::Step, 1.0, 6, 20), 1.0);
-        assert!((lr_at(Schedule::Step, 1.0, 7, 20) - 0.1).abs() < 1e-15);
-        assert!((lr_at(Schedule::Step, 1.0, 19, 20) - 0.01).abs() < 1e-15);
-        assert_eq!(lr_at(Schedule::Constant, 0.3, 9, 10), 0.3);
+        assert_eq!(lr_at(HeadSchedule::StepThirds, 1.0, 6, 20), 1.0);
+        assert!((lr_at(HeadSchedule::StepThirds, 1.0, 7, 20) - 0.1).abs() < 1e-15);
+        assert!((lr_at(HeadSchedule::StepThirds, 1.0, 19, 20) - 0.01).abs() < 1e-15);
+        assert_eq!(lr_at(HeadSchedule::Constant, 0.3, 9, 10), 0.3);
     }
 }

@@ -8,13 +8,13 @@ use burn::tensor::{Tensor, TensorData};
 
 use super::base::EpochStats;
 use super::base::{FeatureSplit, FeatureView, HeadJob, TrainedClassifier, TrainedHead};
+use super::device_data::DeviceData;
 use super::error::HeadError;
 use super::host::InferenceWeights;
 use super::inference::NORM_EPS;
 use super::loss::mul_rows;
 use super::plan::{LogitKind, Member};
 use super::step::{HeadParams, per_head_rows, project, read, stack_transposed};
-use super::train::DeviceData;
 
 /// The classifiers of a group's heads from their host parameters.
 pub(crate) fn classifiers(

@@ -12,9 +12,9 @@
 //! Batches are consecutive runs of `batch_size` ids of an epoch's order; the last batch may be
 //! smaller (`drop_last = False`). All randomness comes from our portable [`Rng`].
 
-use lortflow_lang::ir::Sampler;
+use lortflow_data::dataset::Rng;
 
-use crate::dataset::Rng;
+use super::config::Sampler;
 
 /// A cycling iterator over a list that is reshuffled every time it starts over
 /// (`RandomCycleIter` of classifier-balancing).

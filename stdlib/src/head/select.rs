@@ -9,7 +9,7 @@
 //! share one split and can train together.
 
 use super::plan::VALIDATION_STREAM;
-use crate::dataset::Rng;
+use lortflow_data::dataset::Rng;
 
 /// A train split divided into the samples a head trains on and the held-out ones.
 #[derive(Debug, Clone, PartialEq)]

@@ -6,24 +6,15 @@ use std::sync::atomic::AtomicBool;
 
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::{Int, Tensor, TensorData};
-use lortflow_lang::ir::{
-    BaseLoss, Constraint, ConstraintEvery, EpochSelect, Inference, Init, Margin, Sampler, Schedule,
-    Targets, Weighting,
-};
-use lortflow_lang::source::{Span, Spanned};
+use lortflow_data::dataset::{GaussianClustersConfig, GroupConfig, LongTailConfig};
+use lortflow_report::metric::Logits as MetricLogits;
 
 use super::loss::{LossBatch, LossParams};
 use super::plan::LossForm;
 use super::train::{StepPath, train_heads_with};
 use super::*;
-use crate::dataset::{GaussianClustersConfig, GroupConfig, LongTailConfig};
-use crate::metric::Logits as MetricLogits;
 
 type Ad = Autodiff<Flex>;
-
-fn sp<T>(v: T) -> Spanned<T> {
-    Spanned::new(v, Span::synthetic())
-}
 
 fn dev() -> burn_flex::FlexDevice {
     Default::default()
@@ -229,7 +220,7 @@ fn weighted_ce_divides_by_the_sum_of_weights_and_bce_by_b_times_k() {
 // ---------------------------------------------------------------------------------------------
 // training
 
-struct Data {
+pub(crate) struct Data {
     train: Vec<f32>,
     labels: Vec<u32>,
     test: Vec<f32>,
@@ -257,7 +248,7 @@ impl Data {
 /// A long-tailed Gaussian-cluster feature set (imbalance ratio `ir`) with a balanced test split of 100 per class
 /// drawn from the same clusters (the generator interleaves classes, so the first `per_class·K`
 /// samples hold `per_class` of each class and the rest is the test split).
-fn long_tailed(k: usize, d: usize, per_class: usize, ir: f64, noise: f64) -> Data {
+pub(crate) fn long_tailed(k: usize, d: usize, per_class: usize, ir: f64, noise: f64) -> Data {
     let config = GaussianClustersConfig {
         num_classes: k,
         dim: d,
@@ -291,7 +282,7 @@ fn long_tailed(k: usize, d: usize, per_class: usize, ir: f64, noise: f64) -> Dat
     }
 }
 
-fn train(
+pub(crate) fn train(
     data: &Data,
     init: Option<&Classifier>,
     jobs: &[HeadJob],
@@ -306,15 +297,15 @@ fn train(
     )
 }
 
-fn job(name: &str, edit: impl FnOnce(&mut lortflow_lang::ir::HeadSpec)) -> HeadJob {
-    let mut spec = test_spec();
-    spec.train.epochs = 4;
-    spec.train.batch_size = 32;
-    spec.train.lr = 0.05;
-    edit(&mut spec);
+pub(crate) fn job(name: &str, edit: impl FnOnce(&mut HeadConfig)) -> HeadJob {
+    let mut config = HeadConfig::default();
+    config.train.epochs = 4;
+    config.train.batch_size = 32;
+    config.train.lr = 0.05;
+    edit(&mut config);
     HeadJob {
         name: name.into(),
-        spec,
+        config,
         seed: 7,
     }
 }
@@ -323,19 +314,19 @@ fn job(name: &str, edit: impl FnOnce(&mut lortflow_lang::ir::HeadSpec)) -> HeadJ
 fn a_batched_sweep_equals_separate_runs() {
     let data = long_tailed(5, 8, 60, 10.0, 1.0);
     let jobs = vec![
-        job("a", |s| s.targets = sp(Targets::Smoothed { delta: 0.5 })),
+        job("a", |s| s.targets = Targets::Smoothed { delta: 0.5 }),
         job("b", |s| s.train.lr = 0.01),
         job("c", |s| {
             s.train.weight_decay = 0.01;
-            s.margin = sp(Margin::BalancedSoftmax);
+            s.margin = Margin::BalancedSoftmax;
         }),
         job("d", |s| {
-            s.weighting = sp(Weighting::Focal { gamma: 2.0 });
-            s.constraint = sp(Constraint::Maxnorm {
+            s.weighting = Weighting::Focal { gamma: 2.0 };
+            s.constraint = Constraint::Maxnorm {
                 thresh: 0.5,
                 radius: None,
-                every: ConstraintEvery::Step,
-            });
+                every_step: true,
+            };
         }),
     ];
     let together = train(&data, None, &jobs).unwrap();
@@ -388,7 +379,7 @@ fn zero_epochs_apply_only_the_inference_map_and_tau_zero_is_the_identity() {
         Some(&init),
         &[job("raw", |s| {
             s.train.epochs = 0;
-            s.init = sp(Init::Backbone);
+            s.init = Init::Backbone;
         })],
     )
     .unwrap();
@@ -414,8 +405,8 @@ fn zero_epochs_apply_only_the_inference_map_and_tau_zero_is_the_identity() {
             Some(&init),
             &[job("map", |s| {
                 s.train.epochs = 0;
-                s.init = sp(Init::Backbone);
-                s.inference = sp(inference.clone());
+                s.init = Init::Backbone;
+                s.inference = inference.clone();
             })],
         )
         .unwrap();
@@ -433,8 +424,8 @@ fn zero_epochs_apply_only_the_inference_map_and_tau_zero_is_the_identity() {
         Some(&init),
         &[job("la", |s| {
             s.train.epochs = 0;
-            s.init = sp(Init::Backbone);
-            s.inference = sp(Inference::LogitAdjust { tau: 1.0 });
+            s.init = Init::Backbone;
+            s.inference = Inference::LogitAdjust { tau: 1.0 };
         })],
     )
     .unwrap();
@@ -454,7 +445,7 @@ fn zero_epochs_apply_only_the_inference_map_and_tau_zero_is_the_identity() {
 #[test]
 fn errors_name_the_problem() {
     let data = long_tailed(3, 4, 20, 10.0, 1.0);
-    let err = train(&data, None, &[job("ft", |s| s.init = sp(Init::Backbone))]).unwrap_err();
+    let err = train(&data, None, &[job("ft", |s| s.init = Init::Backbone)]).unwrap_err();
     assert_eq!(
         err.to_string(),
         "head `ft` starts from the backbone's classifier, but no initial classifier was given"
@@ -475,7 +466,7 @@ fn errors_name_the_problem() {
         None,
         &[job("big", |s| {
             s.train.lr = 1e30;
-            s.train.schedule = Schedule::Constant;
+            s.train.schedule = HeadSchedule::Constant;
         })],
     )
     .unwrap_err();
@@ -499,7 +490,7 @@ fn errors_name_the_problem() {
 fn rebalancing_methods_beat_ce_on_few_classes() {
     let data = long_tailed(10, 16, 200, 50.0, 1.6);
     let groups = GroupConfig {
-        thresholds: crate::dataset::Thresholds::Relative {
+        thresholds: lortflow_data::dataset::Thresholds::Relative {
             many: 0.2,
             few: 0.04 * 2.0,
         },
@@ -514,7 +505,7 @@ fn rebalancing_methods_beat_ce_on_few_classes() {
             .few
             .expect("the few group should not be empty")
     };
-    let base = |s: &mut lortflow_lang::ir::HeadSpec| {
+    let base = |s: &mut HeadConfig| {
         s.train.epochs = 10;
         s.train.lr = 0.1;
     };
@@ -522,15 +513,15 @@ fn rebalancing_methods_beat_ce_on_few_classes() {
         job("ce", base),
         job("bs", |s| {
             base(s);
-            s.margin = sp(Margin::BalancedSoftmax);
+            s.margin = Margin::BalancedSoftmax;
         }),
         job("la", |s| {
             base(s);
-            s.margin = sp(Margin::LogitAdjust { tau: 1.0 });
+            s.margin = Margin::LogitAdjust { tau: 1.0 };
         }),
         job("crt", |s| {
             base(s);
-            s.sampler = sp(Sampler::ClassBalanced { per_class: 4 });
+            s.sampler = Sampler::ClassBalanced { per_class: 4 };
         }),
     ];
     let out = train(&data, None, &jobs).unwrap();
@@ -569,68 +560,64 @@ fn the_closed_form_gradient_matches_autodiff_on_host_and_device() {
 fn three_path_jobs() -> Vec<HeadJob> {
     vec![
         job("ce", |_| {}),
-        job("lort", |s| s.targets = sp(Targets::Smoothed { delta: 0.9 })),
+        job("lort", |s| s.targets = Targets::Smoothed { delta: 0.9 }),
         job("bs", |s| {
-            s.margin = sp(Margin::BalancedSoftmax);
+            s.margin = Margin::BalancedSoftmax;
             s.train.lr = 0.02;
         }),
-        job("ldam-linear", |s| {
-            s.margin = sp(Margin::Ldam { max_m: 0.5 })
-        }),
+        job("ldam-linear", |s| s.margin = Margin::Ldam { max_m: 0.5 }),
         job("drw", |s| {
-            s.weighting = sp(Weighting::ClassBalanced {
+            s.weighting = Weighting::ClassBalanced {
                 beta: 0.999,
                 loss: BaseLoss::Softmax,
                 gamma: 0.0,
                 from_epoch: 2,
-            });
+            };
             s.train.weight_decay = 0.01;
-            s.train.schedule = Schedule::Step;
+            s.train.schedule = HeadSchedule::StepThirds;
         }),
         job("maxnorm", |s| {
-            s.constraint = sp(Constraint::Maxnorm {
+            s.constraint = Constraint::Maxnorm {
                 thresh: 0.5,
                 radius: None,
-                every: ConstraintEvery::Step,
-            });
+                every_step: true,
+            };
             s.train.momentum = 0.0;
         }),
         job("maxnorm-epoch", |s| {
-            s.constraint = sp(Constraint::Maxnorm {
+            s.constraint = Constraint::Maxnorm {
                 thresh: 0.3,
                 radius: None,
-                every: ConstraintEvery::Epoch,
-            });
+                every_step: false,
+            };
             s.train.weight_decay = 0.0;
         }),
         // Two trials: one batch stream per head (the `[H, B, ·]` layout).
         job("trials", |s| {
             s.trials = 2;
-            s.margin = sp(Margin::LogitAdjust { tau: 1.0 });
+            s.margin = Margin::LogitAdjust { tau: 1.0 };
         }),
         // Selection on a held-out split and on the test split (evaluated every epoch), and
         // inference maps.
         job("val", |s| {
-            s.select = sp(EpochSelect::BestVal);
-            s.inference = sp(Inference::TauNorm {
+            s.select = Select::BestVal;
+            s.inference = Inference::TauNorm {
                 tau: 1.0,
                 bias: false,
-            });
+            };
         }),
         job("test", |s| {
-            s.select = sp(EpochSelect::BestTest);
-            s.inference = sp(Inference::LogitAdjust { tau: 1.0 });
+            s.select = Select::BestTest;
+            s.inference = Inference::LogitAdjust { tau: 1.0 };
         }),
         // Autodiff on every path; its test logits come from host or device inference.
-        job("cosine", |s| {
-            s.logits = sp(lortflow_lang::ir::Logits::Cosine { scale: 16.0 })
-        }),
+        job("cosine", |s| s.logits = Logits::Cosine { scale: 16.0 }),
     ]
 }
 
 /// Trains `jobs` through the closed form in host memory (the CPU path), the closed form on the
 /// device and autodiff, and asserts the same weights, histories, selections and test logits.
-fn assert_step_paths_agree(data: &Data, jobs: &[HeadJob]) {
+pub(crate) fn assert_step_paths_agree(data: &Data, jobs: &[HeadJob]) {
     let autodiff = train_on::<Ad>(&dev(), data, jobs, StepPath::Autodiff);
     for path in [StepPath::Auto, StepPath::Device] {
         let closed = train_on::<Ad>(&dev(), data, jobs, path);
@@ -688,85 +675,13 @@ fn max_difference(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0f32, f32::max)
 }
 
-/// One head per variant of every component the schema lists, as the language lowers it (required
-/// properties given a value in range, the rest defaulted), so that a component or variant added
-/// to the schema is trained on every step path without anyone listing it here.
-fn every_component_variant() -> Vec<HeadJob> {
-    use lortflow_lang::ir::StageSpec;
-    use lortflow_lang::schema::{COMPONENTS, StageKind, ValueType, stage_spec};
-    let head = stage_spec(StageKind::Head);
-    // LWS only rescales a trained classifier: every head starts from `base` to lint.
-    let mut text = String::from(
-        "lortflow 1\ndataset \"d\" { source \"synthetic\" kind=\"vectors\" }\n\
-         head \"base\" { features \"d\" }\n",
-    );
-    let mut names = Vec::new();
-    for slot in COMPONENTS {
-        let node = head
-            .child(slot)
-            .unwrap_or_else(|| panic!("component `{slot}` is not a child of `head`"));
-        for variant in node.all_variants() {
-            let props: String = variant
-                .props
-                .iter()
-                .filter(|p| p.required && p.default.is_none())
-                .map(|p| match p.ty {
-                    ValueType::Float => format!(" {}=0.5", p.name),
-                    ValueType::Int => format!(" {}=2", p.name),
-                    ref other => panic!("give `{}` ({other:?}) an example value", p.name),
-                })
-                .collect();
-            let name = format!("{slot}-{}", variant.name);
-            text.push_str(&format!(
-                "head \"{name}\" {{ features \"d\"; {slot} \"{}\"{props}; init \"head\" head=\"base\" }}\n",
-                variant.name
-            ));
-            names.push((slot, name));
-        }
-    }
-    text.push_str("evaluate \"t\" { heads \"*\" }\n");
-    let checked = lortflow_lang::check_text(
-        std::path::Path::new("components.kdl"),
-        text,
-        &lortflow_lang::MemoryLoader::default(),
-    );
-    assert!(!checked.has_errors(), "{:#?}", checked.diagnostics);
-    names
-        .into_iter()
-        .map(|(slot, name)| {
-            let Some(StageSpec::Head(lowered)) =
-                checked.pipeline.stage(&name).map(|s| s.spec.clone())
-            else {
-                panic!("`{name}` did not lower to a head");
-            };
-            job(&name, |s| match *slot {
-                "logits" => s.logits = lowered.logits.clone(),
-                "targets" => s.targets = lowered.targets.clone(),
-                "margin" => s.margin = lowered.margin.clone(),
-                "weighting" => s.weighting = lowered.weighting.clone(),
-                "sampler" => s.sampler = lowered.sampler.clone(),
-                "constraint" => s.constraint = lowered.constraint.clone(),
-                "inference" => s.inference = lowered.inference.clone(),
-                other => panic!("copy the new component `{other}` into the test spec here"),
-            })
-        })
-        .collect()
-}
-
-#[test]
-fn every_component_variant_trains_the_same_on_every_step_path() {
-    let jobs = every_component_variant();
-    assert!(jobs.len() >= 15, "{} variants", jobs.len());
-    assert_step_paths_agree(&long_tailed(5, 8, 60, 10.0, 1.0), &jobs);
-}
-
 /// A noisy head: a large constant learning rate makes the test accuracy jump between epochs.
-fn noisy(name: &str, lr: f64, select: EpochSelect) -> HeadJob {
+fn noisy(name: &str, lr: f64, select: Select) -> HeadJob {
     job(name, |s| {
         s.train.epochs = 8;
         s.train.lr = lr;
-        s.train.schedule = Schedule::Constant;
-        s.select = sp(select);
+        s.train.schedule = HeadSchedule::Constant;
+        s.select = select;
     })
 }
 
@@ -794,8 +709,8 @@ fn balanced_test_accuracy(data: &Data, head: &TrainedHead) -> f64 {
 fn best_test_keeps_the_epoch_with_the_best_test_accuracy() {
     let data = long_tailed(5, 8, 60, 10.0, 2.0);
     let jobs = [
-        noisy("a", 3.0, EpochSelect::BestTest),
-        noisy("b", 1.0, EpochSelect::BestTest),
+        noisy("a", 3.0, Select::BestTest),
+        noisy("b", 1.0, Select::BestTest),
     ];
     let together = train(&data, None, &jobs).unwrap();
     for (job, result) in jobs.iter().zip(&together) {
@@ -820,8 +735,8 @@ fn best_test_keeps_the_epoch_with_the_best_test_accuracy() {
         // and it equals a run stopped after that epoch (a constant schedule has the same prefix).
         assert!((balanced_test_accuracy(&data, head) - accuracy[selected]).abs() < 1e-12);
         let mut stopped = job.clone();
-        stopped.spec.train.epochs = selected as u32 + 1;
-        stopped.spec.select = sp(EpochSelect::Last);
+        stopped.config.train.epochs = selected as u32 + 1;
+        stopped.config.select = Select::Last;
         let stopped = train(&data, None, &[stopped]).unwrap();
         assert!(
             weights_close(head, &stopped[0].trials[0], 1e-5),
@@ -841,7 +756,7 @@ fn best_test_keeps_the_epoch_with_the_best_test_accuracy() {
         head.history
     );
     // `last` keeps the last epoch and evaluates nothing.
-    let last = train(&data, None, &[noisy("a", 3.0, EpochSelect::Last)]).unwrap();
+    let last = train(&data, None, &[noisy("a", 3.0, Select::Last)]).unwrap();
     let last = &last[0].trials[0];
     assert_eq!(last.selected_epoch, Some(7));
     assert!(last.history.iter().all(|h| h.test_accuracy.is_none()));
@@ -849,16 +764,15 @@ fn best_test_keeps_the_epoch_with_the_best_test_accuracy() {
 
 #[test]
 fn best_val_never_looks_at_the_test_set_and_trains_without_the_held_out_samples() {
-    use lortflow_lang::ir::Validation;
     let data = long_tailed(5, 8, 60, 10.0, 2.0);
-    let validation = Validation {
+    let validation = Holdout {
         fraction: 0.2,
         seed: 5,
     };
     let best_val = |name: &str| {
-        let mut job = noisy(name, 3.0, EpochSelect::BestVal);
-        job.spec.validation = Some(validation.clone());
-        job.spec.margin = sp(Margin::BalancedSoftmax);
+        let mut job = noisy(name, 3.0, Select::BestVal);
+        job.config.validation = Some(validation);
+        job.config.margin = Margin::BalancedSoftmax;
         job
     };
     let out = train(&data, None, &[best_val("v")]).unwrap();
@@ -915,14 +829,14 @@ fn best_val_never_looks_at_the_test_set_and_trains_without_the_held_out_samples(
         d: data.d,
     };
     let mut last = best_val("v");
-    last.spec.select = sp(EpochSelect::Last);
-    last.spec.validation = None;
+    last.config.select = Select::Last;
+    last.config.validation = None;
     let last = train(&rest, None, &[last]).unwrap();
     assert_eq!(losses(&last[0].trials[0]), losses(head));
 
     // Trials share the split and train together; each keeps its own best epoch.
     let mut trials = best_val("t");
-    trials.spec.trials = 3;
+    trials.config.trials = 3;
     let out = train(&data, None, &[trials]).unwrap();
     for trial in &out[0].trials {
         let alone = train(
@@ -947,8 +861,8 @@ fn best_val_without_a_validation_node_holds_out_a_tenth_and_autodiff_heads_selec
         &data,
         None,
         &[job("cos", |s| {
-            s.logits = sp(lortflow_lang::ir::Logits::Cosine { scale: 16.0 });
-            s.select = sp(EpochSelect::BestVal);
+            s.logits = Logits::Cosine { scale: 16.0 };
+            s.select = Select::BestVal;
         })],
     )
     .unwrap();
@@ -960,11 +874,8 @@ fn best_val_without_a_validation_node_holds_out_a_tenth_and_autodiff_heads_selec
 // ---------------------------------------------------------------------------------------------
 // plugin losses
 
-/// Cross-entropy with an optional per-class logit offset, written as a plugin: it must train
-/// exactly like the built-in heads it mirrors.
-struct PluginCrossEntropy;
-
-/// The per-sample loss of [`PluginCrossEntropy`]: `−log softmax(z + offset)_y`.
+/// The per-sample loss of a plugin head that mirrors built-in heads: `−log softmax(z + offset)_y`,
+/// the offset `log n` with `balanced = 1` (balanced softmax), else zero (CE).
 struct OffsetCrossEntropy {
     offset: Vec<f32>,
 }
@@ -985,75 +896,50 @@ impl SampleLoss for OffsetCrossEntropy {
     }
 }
 
-const PLUGIN_CE: lortflow_lang::schema::VariantSpec = lortflow_lang::schema::VariantSpec {
-    name: "test-cross-entropy",
-    doc: "CE, optionally on z + log n (balanced softmax).",
-    props: &[lortflow_lang::schema::ParamSpec::new(
-        "balanced",
-        lortflow_lang::schema::ValueType::Int,
-        "1: add log n to the logits.",
-    )
-    .default(lortflow_lang::schema::Lit::Int(0))],
-};
-
-impl LossPlugin for PluginCrossEntropy {
-    fn variant(&self) -> &'static lortflow_lang::schema::VariantSpec {
-        &PLUGIN_CE
+fn build_offset_cross_entropy(
+    params: &std::collections::BTreeMap<String, f64>,
+    counts: &[usize],
+) -> Result<std::sync::Arc<dyn SampleLoss>, String> {
+    if counts.contains(&0) {
+        return Err("every class needs a training sample".into());
     }
-    fn version(&self) -> &'static str {
-        "1"
-    }
-    fn build(
-        &self,
-        params: &std::collections::BTreeMap<String, f64>,
-        counts: &[usize],
-    ) -> Result<std::sync::Arc<dyn SampleLoss>, String> {
-        if counts.contains(&0) {
-            return Err("every class needs a training sample".into());
-        }
-        let balanced = params["balanced"] != 0.0;
-        Ok(std::sync::Arc::new(OffsetCrossEntropy {
-            offset: counts
-                .iter()
-                .map(|&n| if balanced { (n as f32).ln() } else { 0.0 })
-                .collect(),
-        }))
-    }
+    let balanced = params["balanced"] != 0.0;
+    Ok(std::sync::Arc::new(OffsetCrossEntropy {
+        offset: counts
+            .iter()
+            .map(|&n| if balanced { (n as f32).ln() } else { 0.0 })
+            .collect(),
+    }))
 }
 
-fn plugin_job(
-    name: &str,
-    balanced: bool,
-    edit: impl FnOnce(&mut lortflow_lang::ir::HeadSpec),
-) -> HeadJob {
+fn plugin_job(name: &str, balanced: bool, edit: impl FnOnce(&mut HeadConfig)) -> HeadJob {
     job(name, |s| {
-        s.loss = Some(sp(lortflow_lang::ir::PluginLoss {
+        s.plugin_loss = Some(PluginLoss {
             name: "test-cross-entropy".into(),
-            version: "1".into(),
             params: [("balanced".to_string(), f64::from(u8::from(balanced)))].into(),
-        }));
+            build: std::sync::Arc::new(build_offset_cross_entropy),
+        });
         edit(s);
     })
 }
 
 #[test]
 fn a_plugin_loss_trains_like_the_built_in_loss_it_mirrors() {
-    register_loss(&PluginCrossEntropy).unwrap();
     let data = long_tailed(5, 8, 60, 10.0, 1.0);
-    let weights = |s: &mut lortflow_lang::ir::HeadSpec| {
-        s.weighting = sp(Weighting::ClassBalanced {
+    let weights = |s: &mut HeadConfig| {
+        s.weighting = Weighting::ClassBalanced {
             beta: 0.99,
             loss: BaseLoss::Softmax,
             gamma: 0.0,
             from_epoch: 1,
-        });
+        };
     };
     let built_in = train(
         &data,
         None,
         &[
             job("ce", |_| {}),
-            job("bs", |s| s.margin = sp(Margin::BalancedSoftmax)),
+            job("bs", |s| s.margin = Margin::BalancedSoftmax),
             job("cb", weights),
             job("trials", |s| s.trials = 2),
         ],
@@ -1099,17 +985,6 @@ fn a_plugin_loss_trains_like_the_built_in_loss_it_mirrors() {
 }
 
 #[test]
-fn a_plugin_loss_the_trainer_does_not_know_is_an_error() {
-    let data = long_tailed(5, 8, 60, 10.0, 1.0);
-    let mut unknown = plugin_job("mystery", false, |_| {});
-    if let Some(loss) = &mut unknown.spec.loss {
-        loss.value.name = "not-registered".into();
-    }
-    let err = train(&data, None, &[unknown]).unwrap_err();
-    assert!(err.to_string().contains("not registered"), "{err}");
-}
-
-#[test]
 fn check_gradient_catches_a_wrong_gradient() {
     struct Wrong;
     impl SampleLoss for Wrong {
@@ -1137,7 +1012,7 @@ fn the_trainer_releases_the_feature_rows_it_is_done_with() {
     };
     let mut view = data.view();
     view.release = Some(&record);
-    let jobs = [job("ce", |_| {}), noisy("sel", 1.0, EpochSelect::BestTest)];
+    let jobs = [job("ce", |_| {}), noisy("sel", 1.0, Select::BestTest)];
     train_heads::<Ad>(
         &dev(),
         &view,
@@ -1182,7 +1057,7 @@ fn sweep_jobs() -> Vec<HeadJob> {
                     s.train.batch_size = 128;
                     s.train.lr = lr;
                     s.train.weight_decay = wd;
-                    s.targets = sp(Targets::Smoothed { delta: 0.5 });
+                    s.targets = Targets::Smoothed { delta: 0.5 };
                 })
             })
         })

@@ -36,11 +36,11 @@
 //! never evaluated during training.
 
 use std::borrow::Cow;
-use std::cell::OnceCell;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Tensor, TensorData};
+use lortflow_data::dataset::Rng;
 
 use super::analytic::{AnalyticHeads, Layout};
 use super::autodiff::AutodiffHeads;
@@ -48,15 +48,16 @@ use super::base::{
     EpochStats, FeatureSplit, FeatureView, HeadJob, HeadProgress, HeadResult, TrainedHead,
 };
 use super::components::log_prior;
+use super::config::{Holdout, Select};
+use super::device_data::DeviceData;
 use super::error::HeadError;
+use super::heads::Heads;
 use super::host::HostHeads;
-use super::inference::NORM_EPS;
-use super::plan::{self, Holdout, LogitKind, Member, SAMPLER_STREAM, Select};
+use super::plan::{self, LogitKind, Member, SAMPLER_STREAM};
 use super::predict::{Logits, classifiers, finish_group, predict, predict_host};
 use super::sampler::EpochSampler;
 use super::select::{Split, balanced_accuracy, stratified_split};
-use super::step::{Factor, FactorLayout, HeadParams, Heads, SgdState, StepInput};
-use crate::dataset::Rng;
+use super::step::{Factor, FactorLayout, HeadParams, SgdState, StepInput};
 use crate::head::Classifier;
 
 /// Trains every trial of every job and returns them per job, in job order.
@@ -202,126 +203,6 @@ pub(crate) fn train_heads_with<B: AutodiffBackend>(
             .push(head.expect("every member should belong to a group"));
     }
     Ok(results)
-}
-
-/// The feature matrices on the device, each uploaded on first use and then shared by all groups
-/// of the call: the train matrix as is (autodiff path), with a constant-1 column (analytic path,
-/// which folds the bias into the matmul), row-normalised (cosine heads), and the test matrix.
-pub(crate) struct DeviceData<'f, B: Backend> {
-    device: B::Device,
-    features: FeatureView<'f>,
-    train: OnceCell<Tensor<B, 2>>,
-    train_augmented: OnceCell<Tensor<B, 2>>,
-    train_normalized: OnceCell<Tensor<B, 2>>,
-    test: OnceCell<Tensor<B, 2>>,
-    test_normalized: OnceCell<Tensor<B, 2>>,
-}
-
-impl<'f, B: Backend> DeviceData<'f, B> {
-    fn new(device: &B::Device, features: &FeatureView<'f>) -> Self {
-        Self {
-            device: device.clone(),
-            features: *features,
-            train: OnceCell::new(),
-            train_augmented: OnceCell::new(),
-            train_normalized: OnceCell::new(),
-            test: OnceCell::new(),
-            test_normalized: OnceCell::new(),
-        }
-    }
-
-    fn upload(&self, values: &[f32], rows: usize, cols: usize) -> Tensor<B, 2> {
-        Tensor::from_data(TensorData::new(values.to_vec(), [rows, cols]), &self.device)
-    }
-
-    fn train(&self, normalized: bool) -> Tensor<B, 2> {
-        let f = &self.features;
-        self.split(
-            &self.train,
-            &self.train_normalized,
-            f.train,
-            f.num_train(),
-            normalized,
-        )
-    }
-
-    /// A split uploaded once (and row-normalised once, for cosine heads), on first use.
-    fn split(
-        &self,
-        plain: &OnceCell<Tensor<B, 2>>,
-        normalized_cell: &OnceCell<Tensor<B, 2>>,
-        values: &[f32],
-        rows: usize,
-        normalized: bool,
-    ) -> Tensor<B, 2> {
-        let plain = || {
-            plain
-                .get_or_init(|| self.upload(values, rows, self.features.dim))
-                .clone()
-        };
-        if normalized {
-            normalized_cell
-                .get_or_init(|| normalize_rows(plain()))
-                .clone()
-        } else {
-            plain()
-        }
-    }
-
-    /// `[N, D+1]`: every row followed by a 1.
-    fn train_augmented(&self) -> Tensor<B, 2> {
-        self.train_augmented
-            .get_or_init(|| {
-                let f = &self.features;
-                let values: Vec<f32> = f
-                    .train
-                    .chunks(f.dim)
-                    .flat_map(|row| row.iter().copied().chain([1.0]))
-                    .collect();
-                Tensor::from_data(
-                    TensorData::new(values, [f.num_train(), f.dim + 1]),
-                    &self.device,
-                )
-            })
-            .clone()
-    }
-
-    pub(crate) fn test(&self, normalized: bool) -> Tensor<B, 2> {
-        let f = &self.features;
-        self.split(
-            &self.test,
-            &self.test_normalized,
-            f.test,
-            f.num_test(),
-            normalized,
-        )
-    }
-
-    /// Rows `ids` of the train features, `[ids.len(), D]` (normalised for cosine heads).
-    fn train_rows(&self, ids: &[u32], normalized: bool) -> Tensor<B, 2> {
-        let f = &self.features;
-        let d = f.dim;
-        let values: Vec<f32> = ids
-            .iter()
-            .flat_map(|&i| {
-                f.train[i as usize * d..(i as usize + 1) * d]
-                    .iter()
-                    .copied()
-            })
-            .collect();
-        let rows = self.upload(&values, ids.len(), d);
-        if normalized {
-            normalize_rows(rows)
-        } else {
-            rows
-        }
-    }
-}
-
-/// Rows scaled to unit norm (`F.normalize(x, dim=-1)`), for any rank.
-fn normalize_rows<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    let norm = x.clone().square().sum_dim(D - 1).sqrt().clamp_min(NORM_EPS);
-    x / norm
 }
 
 struct GroupContext<'a, 'f, B: AutodiffBackend> {

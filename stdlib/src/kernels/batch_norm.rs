@@ -386,8 +386,8 @@ mod tests {
     use burn_flex::Flex;
 
     use super::*;
-    use crate::dataset::Rng;
     use crate::kernels::assert_close_to_burn;
+    use lortflow_data::dataset::Rng;
 
     type B = Autodiff<Flex>;
 

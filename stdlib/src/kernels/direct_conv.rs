@@ -25,7 +25,7 @@ use std::mem::MaybeUninit;
 use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 
-use super::conv::{Conv2dShape, Epilogue};
+use super::conv_shape::{Conv2dShape, Epilogue};
 
 /// Bytes of one chunk's input grid in the weight gradient: well inside the L2 cache of the
 /// CPUs we run on (512 KB to 2 MB per core).
@@ -648,8 +648,8 @@ impl WeightGrad<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataset::Rng;
     use crate::kernels::assert_close_to_burn;
+    use lortflow_data::dataset::Rng;
 
     fn values(rng: &mut Rng, len: usize) -> Vec<f32> {
         (0..len)

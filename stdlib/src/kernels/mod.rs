@@ -20,6 +20,7 @@ pub mod batch_norm;
 mod bn_op;
 pub mod conv;
 mod conv_op;
+mod conv_shape;
 pub mod direct_conv;
 mod flex_glue;
 pub mod pool;

@@ -289,7 +289,7 @@ mod tests {
     use burn_flex::Flex;
 
     use super::*;
-    use crate::dataset::Rng;
+    use lortflow_data::dataset::Rng;
 
     type B = Autodiff<Flex>;
 

@@ -2,20 +2,21 @@
 //! test accuracy. The artifact keeps the model with its classifier, and the input normalisation
 //! the features stage must reuse.
 
+use lortflow_data::dataset::Split;
+use lortflow_data::input::{ImagePipeline, Normalization};
 use lortflow_lang::ir::{StageSpec, Weights};
 use lortflow_runtime::{StageContext, StageError, StageExecutor};
 use serde_json::{Value as Json, json};
 
 use super::common::{
-    DatasetIndex, INDEX_FILE, backend_choice, dataset_spec, ensure_source_files, fail,
-    load_split_images, official_downloads, read_json, write_json,
+    DatasetIndex, INDEX_FILE, dataset_spec, ensure_source_files, fail, load_split_images,
+    official_downloads, read_json, write_json,
 };
+use super::convert::backbone as convert;
 use crate::backbone::{
-    BackboneConfig, CheckpointFormat, CheckpointMapping, TrainConfig, TrainData, evaluate_accuracy,
-    import_backbone, save_backbone, train_backbone,
+    BackboneConfig, CheckpointMapping, TrainData, evaluate_accuracy, import_backbone,
+    save_backbone, train_backbone,
 };
-use crate::data::{ImagePipeline, Normalization, Transform};
-use crate::dataset::Split;
 
 pub(crate) const NORMALIZATION_FILE: &str = "normalization.json";
 
@@ -46,13 +47,13 @@ impl StageExecutor for BackboneStage {
             )));
         }
         let config = BackboneConfig {
-            arch: spec.arch.value,
+            arch: convert::arch(spec.arch.value),
             num_classes: index.meta.num_classes,
             in_channels: channels,
             input_size: height,
         };
         let normalization =
-            Normalization::preset(spec.normalize, &train, &index.train_ids).map_err(fail)?;
+            convert::normalization(spec.normalize, &train, &index.train_ids).map_err(fail)?;
         let test_pipeline =
             ImagePipeline::new(vec![], normalization.clone(), train.images().shape())
                 .map_err(fail)?;
@@ -62,18 +63,16 @@ impl StageExecutor for BackboneStage {
         let mut last = (0.0f32, 0.0f32, 0.0f32);
         let mut imported: Option<crate::backbone::ImportReport> = None;
         let result: Result<Json, StageError> =
-            crate::with_backend!(backend_choice(cx.backend), |B, device| {
+            crate::with_backend!(super::convert::backend(cx.backend), |B, device| {
                 let model = match &spec.weights {
                     Weights::Train(t) => {
-                        let transforms: Vec<Transform> =
-                            spec.augment.iter().map(Transform::from).collect();
                         let pipeline = ImagePipeline::new(
-                            transforms,
+                            convert::transforms(&spec.augment),
                             normalization.clone(),
                             train.images().shape(),
                         )
                         .map_err(fail)?;
-                        let train_config = TrainConfig::from_ir(t).map_err(fail)?;
+                        let train_config = convert::train_config(t).map_err(fail)?;
                         let data = TrainData {
                             images: &train,
                             sample_ids: &index.train_ids,
@@ -122,14 +121,14 @@ impl StageExecutor for BackboneStage {
                         let mapping = CheckpointMapping {
                             trunk: trunk.clone(),
                             classifier: classifier.clone(),
-                            classifier_kind: *classifier_kind,
+                            classifier_kind: convert::classifier_kind(*classifier_kind),
                         };
                         let (model, report) = import_backbone::<
                             <B as burn::tensor::backend::AutodiffBackend>::InnerBackend,
                         >(
                             &config,
                             &path.resolved,
-                            CheckpointFormat::from(*format),
+                            convert::checkpoint_format(*format),
                             &mapping,
                             &device,
                         )
@@ -151,7 +150,7 @@ impl StageExecutor for BackboneStage {
                         .map_err(fail)?;
                 save_backbone(&model, &config, out_dir).map_err(fail)?;
                 Ok(json!({
-                    "arch": crate::backbone::arch_name(config.arch),
+                    "arch": config.arch.name(),
                     "feature_dim": config.feature_dim(),
                     "parameters": model.num_trainable_params(),
                     "input": [channels, height, width],
@@ -177,7 +176,7 @@ impl StageExecutor for BackboneStage {
                 "file": report.file,
                 "trunk": report.trunk,
                 "classifier": report.classifier,
-                "classifier_kind": report.classifier_kind.name(),
+                "classifier_kind": convert::classifier_kind_name(report.classifier_kind),
                 "converted_from": report.converted_from,
             });
         }

@@ -8,8 +8,7 @@ use lortflow_runtime::{StageContext, StageError, StageExecutor, StageInput};
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
-use crate::backend::BackendChoice;
-use crate::dataset::{
+use lortflow_data::dataset::{
     DownloadProgress, DownloadSpec, Group, ImageDataset, ImageListSource, Inat2018Source,
     LabeledImages, PatternImagesConfig, ResizeCrop, Split, ensure_downloaded,
 };
@@ -51,19 +50,19 @@ pub(crate) struct DatasetIndex {
 
 pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, StageError> {
     let bytes = std::fs::read(path)
-        .map_err(|e| StageError::failed(format!("cannot read `{}`: {e}", path.display())))?;
+        .map_err(|e| StageError::with_source(format!("cannot read `{}`", path.display()), e))?;
     serde_json::from_slice(&bytes)
-        .map_err(|e| StageError::failed(format!("`{}` is not valid: {e}", path.display())))
+        .map_err(|e| StageError::with_source(format!("`{}` is not valid", path.display()), e))
 }
 
 pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StageError> {
     let text = serde_json::to_vec_pretty(value).map_err(|e| StageError::failed(e.to_string()))?;
     std::fs::write(path, text)
-        .map_err(|e| StageError::failed(format!("cannot write `{}`: {e}", path.display())))
+        .map_err(|e| StageError::with_source(format!("cannot write `{}`", path.display()), e))
 }
 
-pub(crate) fn fail(err: impl std::error::Error) -> StageError {
-    StageError::from_error(&err)
+pub(crate) fn fail(err: impl std::error::Error + Send + Sync + 'static) -> StageError {
+    StageError::from_source(err)
 }
 
 /// The dataset spec of a dataset stage input.
@@ -74,15 +73,6 @@ pub(crate) fn dataset_spec<'a>(input: &'a StageInput<'_>) -> Result<&'a DatasetS
             "`{}` is not a dataset",
             input.stage.name
         ))),
-    }
-}
-
-/// The backend choice of a run.
-pub(crate) fn backend_choice(backend: Backend) -> BackendChoice {
-    match backend {
-        Backend::Cpu => BackendChoice::Cpu,
-        Backend::Cuda => BackendChoice::Cuda { index: 0 },
-        Backend::Wgpu => BackendChoice::Wgpu,
     }
 }
 
@@ -264,7 +254,7 @@ pub(crate) fn save_classifier(
 /// Reads a classifier written by [`save_classifier`].
 pub(crate) fn load_classifier(path: &Path) -> Result<crate::head::Classifier, StageError> {
     let bytes = std::fs::read(path)
-        .map_err(|e| StageError::failed(format!("cannot read `{}`: {e}", path.display())))?;
+        .map_err(|e| StageError::with_source(format!("cannot read `{}`", path.display()), e))?;
     let tensors = safetensors::SafeTensors::deserialize(&bytes).map_err(fail)?;
     let floats = |name: &str| -> Result<Vec<f32>, StageError> {
         let t = tensors.tensor(name).map_err(|_| {

@@ -2,9 +2,9 @@
 //! many / medium / few groups. Its artifact is an index, not a copy of the images; feature
 //! sources also store their (long-tailed) matrices so heads can read them like a features stage.
 
-use lortflow_lang::ir::{
-    Backend, DatasetSpec, GroupRule, Source, StageSpec, SyntheticKind, TailProfile, TailSelect,
-};
+use lortflow_data::dataset::{GaussianClustersConfig, Group, Split};
+use lortflow_data::features::{NpyFile, write_features};
+use lortflow_lang::ir::{Backend, DatasetSpec, Source, StageSpec, SyntheticKind};
 use lortflow_runtime::{ConcreteStage, StageContext, StageError, StageExecutor};
 use serde_json::{Value as Json, json};
 
@@ -13,11 +13,7 @@ use super::common::{
     ensure_source_files, fail, load_split_images, official_downloads, read_json, split_ids,
     write_json,
 };
-use crate::dataset::{
-    Boundary, ClassOrder, GaussianClustersConfig, Group, GroupConfig, ImbalanceProfile,
-    LongTailConfig, SampleSelection, Split, Thresholds,
-};
-use crate::features::{NpyFile, write_features};
+use super::convert::dataset as convert;
 
 pub(crate) struct DatasetStage {
     /// Where `download=#true` fetches from.
@@ -65,7 +61,7 @@ impl StageExecutor for DatasetStage {
         cx.progress(1, 2, "step", "building the long-tailed index");
         let index = long_tail(spec, &train_labels, num_classes)
             .map_err(|e| StageError::failed(format!("dataset `{}`: {e}", cx.stage.name)))?;
-        let groups = group_config(spec)
+        let groups = convert::groups(spec)
             .assign(&index.class_counts)
             .map_err(fail)?;
         let meta = Meta {
@@ -149,28 +145,11 @@ fn long_tail(
     spec: &DatasetSpec,
     labels: &[u32],
     num_classes: usize,
-) -> Result<crate::dataset::LongTailIndex, String> {
-    let lt = &spec.long_tail;
-    let profile = match lt.profile {
-        TailProfile::Exp => ImbalanceProfile::Exp,
-        TailProfile::Step => ImbalanceProfile::Step,
-        TailProfile::None => {
-            return keep_everything(labels, num_classes);
-        }
-    };
-    let selection = match lt.select {
-        TailSelect::Shuffle => SampleSelection::Shuffle { seed: lt.seed },
-        TailSelect::First => SampleSelection::First,
-    };
-    let config = LongTailConfig {
-        profile,
-        imbalance_ratio: lt.imbalance_ratio,
-        n_max: lt.max_per_class.map(|m| m as usize),
-        max_per_class: None,
-        class_order: ClassOrder::Labels,
-        selection,
-    };
-    config.build(labels, num_classes).map_err(|e| e.to_string())
+) -> Result<lortflow_data::dataset::LongTailIndex, String> {
+    match convert::long_tail(spec) {
+        Some(config) => config.build(labels, num_classes).map_err(|e| e.to_string()),
+        None => keep_everything(labels, num_classes),
+    }
 }
 
 /// The index of a split kept whole: the data is long-tailed already (ImageNet-LT lists,
@@ -179,7 +158,7 @@ fn long_tail(
 fn keep_everything(
     labels: &[u32],
     num_classes: usize,
-) -> Result<crate::dataset::LongTailIndex, String> {
+) -> Result<lortflow_data::dataset::LongTailIndex, String> {
     let mut class_counts = vec![0usize; num_classes];
     for &y in labels {
         if let Some(c) = class_counts.get_mut(y as usize) {
@@ -189,35 +168,12 @@ fn keep_everything(
     if let Some(empty) = class_counts.iter().position(|&c| c == 0) {
         return Err(format!("class {empty} has no training samples"));
     }
-    Ok(crate::dataset::LongTailIndex {
+    Ok(lortflow_data::dataset::LongTailIndex {
         sample_ids: (0..labels.len() as u32).collect(),
         labels: labels.to_vec(),
         class_counts,
         num_classes,
     })
-}
-
-fn group_config(spec: &DatasetSpec) -> GroupConfig {
-    let g = &spec.groups;
-    let thresholds = if g.relative {
-        Thresholds::Relative {
-            many: g.many,
-            few: g.few,
-        }
-    } else {
-        Thresholds::Absolute {
-            many: g.many.round() as usize,
-            few: g.few.round() as usize,
-        }
-    };
-    let boundary = match g.rule {
-        GroupRule::Inclusive => Boundary::Oltr,
-        GroupRule::Strict => Boundary::Strict,
-    };
-    GroupConfig {
-        thresholds,
-        boundary,
-    }
 }
 
 /// Feature vectors of a `features` or `synthetic kind="vectors"` source.
@@ -349,7 +305,7 @@ fn check_labels(
              e.g. with `numpy.unique(labels, return_inverse=True)`"
         )));
     }
-    let counts = crate::dataset::class_counts(train, num_classes);
+    let counts = lortflow_data::dataset::class_counts(train, num_classes);
     let missing: Vec<usize> = (0..num_classes).filter(|&c| counts[c] == 0).collect();
     if !missing.is_empty() {
         let listed: Vec<String> = missing.iter().take(5).map(|c| c.to_string()).collect();
@@ -424,7 +380,7 @@ fn read_matrix_file(
 ) -> Result<(Vec<f32>, usize, Vec<u32>), StageError> {
     let is_npy = path.extension().is_some_and(|e| e == "npy");
     if !is_npy {
-        let file = crate::features::FeatureFile::read(path).map_err(fail)?;
+        let file = lortflow_data::features::FeatureFile::read(path).map_err(fail)?;
         return Ok((file.features().to_vec(), file.dim(), file.labels().to_vec()));
     }
     let matrix = NpyFile::open(path)
@@ -470,8 +426,8 @@ mod tests {
     };
 
     use super::*;
-    use crate::dataset::download::tests::{cifar10_archive_of, md5_hex, resource, server};
-    use crate::dataset::{DownloadSpec, RemoteFile};
+    use lortflow_data::dataset::test_support::{cifar10_archive_of, md5_hex, resource, server};
+    use lortflow_data::dataset::{DownloadSpec, RemoteFile};
 
     /// The first run downloads (from a loopback server standing in for the official mirror) and
     /// builds the index; the second finds the same key in the store and downloads nothing.

@@ -7,18 +7,19 @@
 //! head has, and the one later heads start from. Which of them are written follows the stage's
 //! `metrics` list; top-1 and the group accuracies always are.
 
-use lortflow_lang::ir::{Backend, EvaluateSpec, Init, Metric, StageSpec};
+use lortflow_data::dataset::{Boundary, ClassGroups, GroupMeans};
+use lortflow_lang::ir::{Backend, Init, Metric, StageSpec};
+use lortflow_report::metric::{Logits, RsdOver, StdKind, TrialSummary, group_accuracy};
+use lortflow_report::{self as report, HeadPlot, SweepPoint};
 use lortflow_runtime::{ConcreteStage, StageContext, StageError, StageExecutor, StageInput};
 use serde_json::{Value as Json, json};
 
 use super::common::{
     CLASSIFIER_FILE, META_FILE, Meta, TEST_FEATURES, fail, load_classifier, read_json, write_json,
 };
+use super::convert::evaluate as convert;
 use super::head::{HEAD_FILE, logits_file};
-use crate::dataset::{Boundary, ClassGroups, GroupMeans};
 use crate::gemm::{Mat, matmul};
-use crate::metric::{Logits, RsdOver, StdKind, TrialSummary, group_accuracy};
-use crate::report::{self, HeadPlot, SweepPoint};
 
 /// The version of the `metrics.json` layout (documented in `docs/metrics.md`).
 pub(crate) const METRICS_SCHEMA: &str = "lortflow.metrics.v1";
@@ -85,7 +86,7 @@ impl StageExecutor for EvaluateStage {
             return Err(StageError::failed("not an evaluate stage"));
         };
         let selected = Selected::new(&spec.metrics);
-        let over = rsd_over(spec);
+        let over = convert::rsd_over(spec.rsd_over);
         let mut heads = Vec::new();
         let mut plots = Vec::new();
         let inputs: Vec<&StageInput<'_>> = cx.inputs_with_role("heads").collect();
@@ -122,7 +123,7 @@ impl StageExecutor for EvaluateStage {
             "evaluate": cx.stage.name,
             "metrics": selected.names(),
             "split": "test",
-            "rsd_over": rsd_over_name(over),
+            "rsd_over": convert::rsd_over_name(over),
             "std": "population",
             "per_class_trial": 0,
             "magnitude_normaliser": NORMALISER,
@@ -131,29 +132,13 @@ impl StageExecutor for EvaluateStage {
         });
         write_json(&cx.out_dir.join("metrics.json"), &metrics)?;
         std::fs::write(cx.out_dir.join("report.md"), report::markdown(&metrics, ""))
-            .map_err(|e| StageError::failed(format!("cannot write `report.md`: {e}")))?;
+            .map_err(|e| StageError::with_source("cannot write `report.md`", e))?;
         cx.progress(total, total, "head", "done");
         Ok(json!({
             "heads": heads.len(),
             "table": report::accuracy_table(&metrics, report::Style::Text),
             "plots": metrics["plots"],
         }))
-    }
-}
-
-fn rsd_over(spec: &EvaluateSpec) -> RsdOver {
-    match spec.rsd_over {
-        lortflow_lang::ir::RsdOver::Positive => RsdOver::Positive,
-        lortflow_lang::ir::RsdOver::All => RsdOver::All,
-        lortflow_lang::ir::RsdOver::Negative => RsdOver::Negative,
-    }
-}
-
-fn rsd_over_name(over: RsdOver) -> &'static str {
-    match over {
-        RsdOver::Positive => "positive",
-        RsdOver::Negative => "negative",
-        RsdOver::All => "all",
     }
 }
 
@@ -203,7 +188,7 @@ struct Described {
 
 /// One trial's test logits: a head's stored file, or computed here.
 enum TrialLogits {
-    Stored(crate::features::FeatureFile),
+    Stored(lortflow_data::features::FeatureFile),
     Computed { values: Vec<f32>, labels: Vec<u32> },
 }
 
@@ -227,8 +212,8 @@ fn evaluate_stage1(
 ) -> Result<(Json, HeadPlot), StageError> {
     let meta: Meta = read_json(&features.artifact.file(META_FILE))?;
     let classifier = load_classifier(&features.artifact.file(CLASSIFIER_FILE))?;
-    let test =
-        crate::features::FeatureFile::open(&features.artifact.file(TEST_FEATURES)).map_err(fail)?;
+    let test = lortflow_data::features::FeatureFile::open(&features.artifact.file(TEST_FEATURES))
+        .map_err(fail)?;
     let (rows, dim, k) = (test.rows(), test.dim(), meta.num_classes);
     classifier.check(k, dim).map_err(|e| {
         StageError::failed(format!(
@@ -319,7 +304,7 @@ fn evaluate_head(
         &meta,
         trials,
         &mut |t| {
-            crate::features::FeatureFile::open(&input.artifact.file(&logits_file(t)))
+            lortflow_data::features::FeatureFile::open(&input.artifact.file(&logits_file(t)))
                 .map(TrialLogits::Stored)
                 .map_err(fail)
         },

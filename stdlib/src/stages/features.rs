@@ -4,6 +4,9 @@
 
 use std::collections::BTreeMap;
 
+use lortflow_data::dataset::Split;
+use lortflow_data::features::FeatureFile;
+use lortflow_data::input::ImagePipeline;
 use lortflow_lang::ir::StageSpec;
 use lortflow_runtime::{StageContext, StageError, StageExecutor};
 use serde_json::{Value as Json, json};
@@ -11,13 +14,12 @@ use serde_json::{Value as Json, json};
 use super::backbone::read_normalization;
 use super::common::{
     CLASSIFIER_FILE, DatasetIndex, INDEX_FILE, META_FILE, TEST_FEATURES, TRAIN_FEATURES,
-    backend_choice, dataset_spec, ensure_source_files, fail, load_split_images, official_downloads,
-    read_json, save_classifier, write_json,
+    dataset_spec, ensure_source_files, fail, load_split_images, official_downloads, read_json,
+    save_classifier, write_json,
 };
+use super::convert::features as convert;
 use crate::backbone::load_backbone;
-use crate::data::ImagePipeline;
-use crate::dataset::Split;
-use crate::features::{FeatureFile, Tta, extract_features};
+use crate::features::extract_features;
 
 pub(crate) struct FeaturesStage;
 
@@ -40,7 +42,7 @@ impl StageExecutor for FeaturesStage {
         let dataset = dataset_spec(data)?;
         let index: DatasetIndex = read_json(&data.artifact.file(INDEX_FILE))?;
         ensure_source_files(cx, dataset, &official_downloads())?;
-        let tta = Tta::from(spec.tta);
+        let tta = convert::tta(spec.tta);
         let normalization = read_normalization(&backbone.artifact)?;
         let batch = spec.batch_size as usize;
         let mut metadata = BTreeMap::new();
@@ -50,78 +52,79 @@ impl StageExecutor for FeaturesStage {
             backbone.artifact.key().to_string(),
         );
         let out = cx.out_dir;
-        let (dim, classifier) = crate::with_backend!(backend_choice(cx.backend), |B, device| {
-            type Inner = <B as burn::tensor::backend::AutodiffBackend>::InnerBackend;
-            let (model, _config) =
-                load_backbone::<Inner>(backbone.artifact.dir(), &device).map_err(fail)?;
-            for (split, ids_of, file, step) in [
-                (Split::Train, true, TRAIN_FEATURES, 0u64),
-                (Split::Test, false, TEST_FEATURES, 1),
-            ] {
-                cx.check_cancelled()?;
-                cx.progress(
-                    step,
-                    2,
-                    "split",
-                    format!(
-                        "extracting {} features",
-                        if ids_of { "train" } else { "test" }
-                    ),
-                );
-                let images = load_split_images(dataset, split)?;
-                let ids: Vec<u32> = if ids_of {
-                    index.train_ids.clone()
-                } else {
-                    (0..images.len() as u32).collect()
-                };
-                let pipeline =
-                    ImagePipeline::new(vec![], normalization.clone(), images.images().shape())
-                        .map_err(fail)?;
-                extract_features(
-                    &model,
-                    &images,
-                    &ids,
-                    &pipeline,
-                    tta,
-                    batch,
-                    &out.join(file),
-                    &metadata,
-                    cx.cancel.flag(),
-                    &device,
-                )
-                .map_err(|e| match e {
-                    crate::features::FeaturesError::Cancelled { .. } => StageError::Cancelled,
-                    other => fail(other),
-                })?;
-            }
-            // Burn's Linear stores its weight as [D, K]; heads use the [K, D] of PyTorch.
-            let fc = model.fc();
-            let [dim, k] = fc.weight.dims();
-            let w: Vec<f32> = fc
-                .weight
-                .val()
-                .into_data()
-                .convert::<f32>()
-                .to_vec()
-                .map_err(|e| StageError::failed(format!("{e:?}")))?;
-            let mut weight = vec![0.0f32; dim * k];
-            for i in 0..dim {
-                for j in 0..k {
-                    weight[j * dim + i] = w[i * k + j];
+        let (dim, classifier) =
+            crate::with_backend!(super::convert::backend(cx.backend), |B, device| {
+                type Inner = <B as burn::tensor::backend::AutodiffBackend>::InnerBackend;
+                let (model, _config) =
+                    load_backbone::<Inner>(backbone.artifact.dir(), &device).map_err(fail)?;
+                for (split, ids_of, file, step) in [
+                    (Split::Train, true, TRAIN_FEATURES, 0u64),
+                    (Split::Test, false, TEST_FEATURES, 1),
+                ] {
+                    cx.check_cancelled()?;
+                    cx.progress(
+                        step,
+                        2,
+                        "split",
+                        format!(
+                            "extracting {} features",
+                            if ids_of { "train" } else { "test" }
+                        ),
+                    );
+                    let images = load_split_images(dataset, split)?;
+                    let ids: Vec<u32> = if ids_of {
+                        index.train_ids.clone()
+                    } else {
+                        (0..images.len() as u32).collect()
+                    };
+                    let pipeline =
+                        ImagePipeline::new(vec![], normalization.clone(), images.images().shape())
+                            .map_err(fail)?;
+                    extract_features(
+                        &model,
+                        &images,
+                        &ids,
+                        &pipeline,
+                        tta,
+                        batch,
+                        &out.join(file),
+                        &metadata,
+                        cx.cancel.flag(),
+                        &device,
+                    )
+                    .map_err(|e| match e {
+                        crate::features::ExtractError::Cancelled { .. } => StageError::Cancelled,
+                        other => fail(other),
+                    })?;
                 }
-            }
-            let bias: Vec<f32> = match &fc.bias {
-                Some(b) => b
+                // Burn's Linear stores its weight as [D, K]; heads use the [K, D] of PyTorch.
+                let fc = model.fc();
+                let [dim, k] = fc.weight.dims();
+                let w: Vec<f32> = fc
+                    .weight
                     .val()
                     .into_data()
                     .convert::<f32>()
                     .to_vec()
-                    .map_err(|e| StageError::failed(format!("{e:?}")))?,
-                None => vec![0.0; k],
-            };
-            Ok::<_, StageError>((dim, (weight, bias, k)))
-        })
-        .map_err(fail)??;
+                    .map_err(|e| StageError::failed(format!("{e:?}")))?;
+                let mut weight = vec![0.0f32; dim * k];
+                for i in 0..dim {
+                    for j in 0..k {
+                        weight[j * dim + i] = w[i * k + j];
+                    }
+                }
+                let bias: Vec<f32> = match &fc.bias {
+                    Some(b) => b
+                        .val()
+                        .into_data()
+                        .convert::<f32>()
+                        .to_vec()
+                        .map_err(|e| StageError::failed(format!("{e:?}")))?,
+                    None => vec![0.0; k],
+                };
+                Ok::<_, StageError>((dim, (weight, bias, k)))
+            })
+            .map_err(fail)??;
         save_classifier(
             &out.join(CLASSIFIER_FILE),
             &classifier.0,

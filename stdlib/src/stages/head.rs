@@ -2,6 +2,7 @@
 //! and the same initial classifier form one batch group, so a sweep (or the many heads of a
 //! Tab. 1 pipeline) trains as one batched computation that reads each batch of features once.
 
+use lortflow_data::features::{FeatureFile, write_features};
 use lortflow_lang::ir::{HeadSpec, Init, StageSpec};
 use lortflow_runtime::{ConcreteStage, StageContext, StageError, StageExecutor};
 use serde_json::{Value as Json, json};
@@ -10,7 +11,7 @@ use super::common::{
     CLASSIFIER_FILE, META_FILE, Meta, TEST_FEATURES, TRAIN_FEATURES, fail, load_classifier,
     read_json, save_classifier, write_json,
 };
-use crate::features::{FeatureFile, write_features};
+use super::convert::head as convert;
 use crate::head::{
     Classifier, FeatureSplit, FeatureView, HeadError, HeadJob, HeadResult, train_heads,
 };
@@ -61,15 +62,8 @@ impl StageExecutor for HeadStage {
     fn run_batch(&self, contexts: &[StageContext<'_>]) -> Vec<Result<Json, StageError>> {
         match train_group(contexts) {
             Ok(results) => results,
-            Err(e) => contexts.iter().map(|_| Err(clone_error(&e))).collect(),
+            Err(e) => contexts.iter().map(|_| Err(e.clone())).collect(),
         }
-    }
-}
-
-fn clone_error(e: &StageError) -> StageError {
-    match e {
-        StageError::Cancelled => StageError::Cancelled,
-        StageError::Failed { message } => StageError::failed(message.clone()),
     }
 }
 
@@ -121,12 +115,8 @@ fn train_group(contexts: &[StageContext<'_>]) -> Result<Vec<Result<Json, StageEr
     let jobs: Vec<HeadJob> = contexts
         .iter()
         .zip(&specs)
-        .map(|(cx, spec)| HeadJob {
-            name: cx.stage.name.clone(),
-            spec: (*spec).clone(),
-            seed: spec.train.seed,
-        })
-        .collect();
+        .map(|(cx, spec)| convert::head_job(&cx.stage.name, spec).map_err(StageError::failed))
+        .collect::<Result<_, _>>()?;
     let backend = first.backend;
     let cancel = first.cancel;
     let mut report = |p: crate::head::HeadProgress| {
@@ -149,7 +139,7 @@ fn train_group(contexts: &[StageContext<'_>]) -> Result<Vec<Result<Json, StageEr
         }
     };
     let results: Vec<HeadResult> =
-        crate::with_backend!(super::common::backend_choice(backend), |B, device| {
+        crate::with_backend!(super::convert::backend(backend), |B, device| {
             train_heads::<B>(
                 &device,
                 &view,
@@ -255,7 +245,7 @@ fn write_head(
 
 /// The method a head reports: its plugin loss when it has one (the preset then only supplies
 /// the training defaults), else its preset.
-fn method_label(spec: &lortflow_lang::ir::HeadSpec) -> String {
+fn method_label(spec: &HeadSpec) -> String {
     spec.loss
         .as_ref()
         .map_or_else(|| spec.method.value.clone(), |loss| loss.value.name.clone())

@@ -14,10 +14,12 @@
 
 mod backbone;
 mod common;
+mod convert;
 mod dataset;
 mod evaluate;
 mod features;
 mod head;
+mod plugin;
 
 use std::sync::Arc;
 
@@ -25,6 +27,7 @@ use lortflow_lang::StageKind;
 use lortflow_runtime::Registry;
 
 pub use common::{Meta, load_split_images};
+pub use plugin::{LossPlugin, register_loss};
 
 /// Every stage implementation, by kind.
 pub fn registry() -> Registry {
@@ -89,10 +92,10 @@ pub fn export(
     artifact: &lortflow_runtime::Artifact,
     dir: &std::path::Path,
 ) -> Result<Vec<std::path::PathBuf>, lortflow_runtime::StageError> {
-    use crate::features::{
+    use common::fail;
+    use lortflow_data::features::{
         FeatureFile, LabelDtype, write_npy_f32, write_npy_f32_vector, write_npy_labels,
     };
-    use common::fail;
     let mut written = Vec::new();
     let mut export_file =
         |name: &str, stem: &str, labels_too: bool| -> Result<(), lortflow_runtime::StageError> {

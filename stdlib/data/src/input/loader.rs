@@ -145,8 +145,8 @@ fn prepare(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::{Normalization, SamplerKind, Transform};
     use crate::dataset::PatternImagesConfig;
+    use crate::input::{Normalization, SamplerKind, Transform};
 
     fn run(prefetch: usize, stop_after: Option<usize>) -> Vec<Batch> {
         let data = PatternImagesConfig {

@@ -14,16 +14,26 @@ use std::collections::HashMap;
 
 /// Element types of PyTorch storages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Dtype {
+pub enum Dtype {
+    /// float64.
     F64,
+    /// float32.
     F32,
+    /// float16.
     F16,
+    /// bfloat16.
     Bf16,
+    /// int64.
     I64,
+    /// int32.
     I32,
+    /// int16.
     I16,
+    /// int8.
     I8,
+    /// uint8.
     U8,
+    /// bool.
     Bool,
 }
 
@@ -46,7 +56,7 @@ impl Dtype {
     }
 
     /// Bytes per element.
-    pub(crate) fn size(self) -> usize {
+    pub fn size(self) -> usize {
         match self {
             Dtype::F64 | Dtype::I64 => 8,
             Dtype::F32 | Dtype::I32 => 4,
@@ -56,7 +66,7 @@ impl Dtype {
     }
 
     /// PyTorch's name, for messages.
-    pub(crate) fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Dtype::F64 => "float64",
             Dtype::F32 => "float32",
@@ -76,21 +86,21 @@ impl Dtype {
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct StorageRef {
     /// The key of its bytes (`data/<key>` in a zip archive; the order key in a legacy file).
-    pub(crate) key: String,
-    pub(crate) dtype: Dtype,
+    pub key: String,
+    pub dtype: Dtype,
     /// Elements in the whole storage.
-    pub(crate) numel: usize,
+    pub numel: usize,
 }
 
 /// A tensor: a strided view of a storage.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct TensorRef {
-    pub(crate) storage: StorageRef,
+    pub storage: StorageRef,
     /// In elements.
-    pub(crate) offset: usize,
-    pub(crate) shape: Vec<usize>,
+    pub offset: usize,
+    pub shape: Vec<usize>,
     /// In elements.
-    pub(crate) stride: Vec<usize>,
+    pub stride: Vec<usize>,
 }
 
 impl TensorRef {

@@ -15,14 +15,14 @@ use std::fs;
 use std::io::Read;
 use std::path::Path;
 
-pub(crate) use pickle::Dtype;
+pub use pickle::Dtype;
 #[cfg(test)]
 use pickle::StorageRef;
 use pickle::{TensorRef, Value};
 
 /// A problem with a weights file. The caller adds the file's path.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum ReadError {
+pub enum ReadError {
     #[error("{0}")]
     Io(#[from] std::io::Error),
     /// Bytes a tensor (or the file's index) needs are past the end of the file.
@@ -34,9 +34,9 @@ pub(crate) enum ReadError {
 
 /// A tensor as the file describes it.
 #[derive(Clone, Debug)]
-pub(crate) struct TensorInfo {
-    pub(crate) dtype: Dtype,
-    pub(crate) shape: Vec<usize>,
+pub struct TensorInfo {
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
     location: Location,
 }
 
@@ -50,14 +50,14 @@ enum Location {
 
 /// The kind of file, for messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum FileKind {
+pub enum FileKind {
     TorchZip,
     TorchLegacy,
     Safetensors,
 }
 
 impl FileKind {
-    pub(crate) fn describe(self) -> &'static str {
+    pub fn describe(self) -> &'static str {
         match self {
             FileKind::TorchZip => "a PyTorch archive",
             FileKind::TorchLegacy => "a legacy PyTorch pickle",
@@ -67,8 +67,8 @@ impl FileKind {
 }
 
 /// The tensors of a weights file, by dotted path, in file order.
-pub(crate) struct WeightsFile {
-    pub(crate) kind: FileKind,
+pub struct WeightsFile {
+    pub kind: FileKind,
     tensors: Vec<(String, TensorInfo)>,
     index: HashMap<String, usize>,
     bytes: Vec<u8>,
@@ -86,7 +86,7 @@ enum Storages {
 
 impl WeightsFile {
     /// Opens `path`, telling the format by its first bytes.
-    pub(crate) fn open(path: &Path) -> Result<Self, ReadError> {
+    pub fn open(path: &Path) -> Result<Self, ReadError> {
         let bytes = fs::read(path)?;
         // safetensors: an 8-byte header length, then the JSON header (byte 8 of a zip archive
         // or a `torch.save` pickle is never `{`).
@@ -105,20 +105,26 @@ impl WeightsFile {
     }
 
     /// Tensor paths in file order.
-    pub(crate) fn keys(&self) -> impl Iterator<Item = &str> {
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
         self.tensors.iter().map(|(k, _)| k.as_str())
     }
 
-    pub(crate) fn get(&self, key: &str) -> Option<&TensorInfo> {
+    pub fn get(&self, key: &str) -> Option<&TensorInfo> {
         self.index.get(key).map(|&i| &self.tensors[i].1)
     }
 
-    pub(crate) fn len(&self) -> usize {
+    /// How many tensors the file holds.
+    pub fn len(&self) -> usize {
         self.tensors.len()
     }
 
+    /// Whether the file holds no tensor.
+    pub fn is_empty(&self) -> bool {
+        self.tensors.is_empty()
+    }
+
     /// The values of tensor `key` as float32, row-major.
-    pub(crate) fn read_f32(&self, key: &str) -> Result<Vec<f32>, ReadError> {
+    pub fn read_f32(&self, key: &str) -> Result<Vec<f32>, ReadError> {
         let info = self
             .get(key)
             .ok_or_else(|| ReadError::Invalid(format!("no tensor `{key}`")))?;

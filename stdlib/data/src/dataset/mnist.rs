@@ -164,7 +164,7 @@ mod tests {
     }
 
     fn vendored() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/fashion-mnist")
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/fashion-mnist")
     }
 
     #[test]

@@ -370,7 +370,7 @@ fn check_labels(labels: &[u32], num_classes: usize) -> Result<(), DatasetError> 
 }
 
 /// Counts per class; the caller has checked that every label is below `num_classes`.
-pub(crate) fn class_counts(labels: &[u32], num_classes: usize) -> Vec<usize> {
+pub fn class_counts(labels: &[u32], num_classes: usize) -> Vec<usize> {
     let mut counts = vec![0; num_classes];
     for &label in labels {
         counts[label as usize] += 1;

@@ -20,7 +20,7 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::derived::head_to_tail;
-use crate::dataset::{Group, GroupMeans};
+use lortflow_data::dataset::{Group, GroupMeans};
 
 /// What the plots need of one evaluated head.
 #[derive(Debug, Clone, PartialEq)]
@@ -94,7 +94,7 @@ fn register_font() {
         let _ = plotters::style::register_font(
             FONT,
             FontStyle::Normal,
-            include_bytes!("../../assets/DejaVuSans.ttf"),
+            include_bytes!("../assets/DejaVuSans.ttf"),
         );
     });
 }

@@ -8,8 +8,8 @@
 //! uninterrupted run would have seen.
 //!
 //! ```
-//! use lortflow_stdlib::data::{BatchConfig, ImagePipeline, Normalization, SamplerKind, Transform, for_each_batch};
-//! use lortflow_stdlib::dataset::PatternImagesConfig;
+//! use lortflow_data::input::{BatchConfig, ImagePipeline, Normalization, SamplerKind, Transform, for_each_batch};
+//! use lortflow_data::dataset::PatternImagesConfig;
 //!
 //! let data = PatternImagesConfig { per_class: 8, ..Default::default() }.generate()?;
 //! let ids: Vec<u32> = (0..data.len() as u32).collect();
@@ -23,7 +23,7 @@
 //! let mut seen = 0;
 //! for_each_batch(&data, &order, &pipeline, &config, 0, |batch| {
 //!     seen += batch.labels.len();
-//!     Ok::<_, lortflow_stdlib::data::DataError>(std::ops::ControlFlow::Continue(()))
+//!     Ok::<_, lortflow_data::input::DataError>(std::ops::ControlFlow::Continue(()))
 //! })?;
 //! assert_eq!(seen, data.len());
 //! # Ok::<(), Box<dyn std::error::Error>>(())

@@ -9,7 +9,7 @@
 //! of kept sample ids; [`GroupConfig::assign`] turns its class counts into [`ClassGroups`].
 //!
 //! ```
-//! use lortflow_stdlib::dataset::{GroupConfig, LongTailConfig, PatternImagesConfig};
+//! use lortflow_data::dataset::{GroupConfig, LongTailConfig, PatternImagesConfig};
 //!
 //! let train = PatternImagesConfig { per_class: 50, ..Default::default() }.generate()?;
 //! let config = LongTailConfig { imbalance_ratio: 10.0, ..Default::default() };
@@ -35,8 +35,10 @@ mod mnist;
 pub mod rng;
 mod source;
 mod synthetic;
+#[cfg(any(test, feature = "test-support"))]
+pub mod test_support;
 
-pub(crate) use base::class_counts;
+pub use base::class_counts;
 pub use base::{ImageTensorU8, LabeledFeatures, LabeledImages, Split};
 pub use cifar::{CIFAR_IMAGE_BYTES, CifarVariant, load_cifar, read_cifar_files};
 pub use download::{

@@ -1,10 +1,12 @@
-//! Reports of an evaluation: metrics derived by class group, the text and Markdown tables of a
-//! `metrics.json` (schema `lortflow.metrics.v1`, documented in `docs/metrics.md`), the
-//! differences between two runs, and the plots.
+//! lortflow's reports, without a tensor library: the evaluation [`metric`]s computed from test
+//! logits (accuracy by class group, Logits Magnitude, RSD), metrics derived by class group, the
+//! text and Markdown tables of a `metrics.json` (schema `lortflow.metrics.v1`, documented in
+//! `docs/metrics.md`), the differences between two runs, the plots and the HTML page.
 
 mod derived;
 mod diff;
 mod html;
+pub mod metric;
 mod plot;
 mod tables;
 

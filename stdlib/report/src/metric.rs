@@ -18,7 +18,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::dataset::{ClassGroups, GroupConfig, GroupMeans, LongTailError};
+use lortflow_data::dataset::{ClassGroups, GroupConfig, GroupMeans, LongTailError};
 
 /// An error in the inputs of a metric.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -294,7 +294,7 @@ pub struct Evaluation {
 /// Many/medium/few means of the per-class accuracies; classes without test samples are skipped, a
 /// group left empty is `None`.
 pub fn group_accuracy(groups: &ClassGroups, per_class: &[Option<f64>]) -> GroupMeans {
-    use crate::dataset::Group;
+    use lortflow_data::dataset::Group;
     let mean = |group: Group| {
         let values: Vec<f64> = groups
             .groups

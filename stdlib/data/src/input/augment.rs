@@ -6,8 +6,6 @@
 //! pixels scaled to `[0, 1]` in the order the pipeline lists them, so that padding is black as in
 //! torchvision (padding happens before normalisation). Images are `C×H×W`, channel-major.
 
-use lortflow_lang::ir::{Augment, Normalize};
-
 use super::error::DataError;
 use crate::dataset::{LabeledImages, Rng};
 
@@ -43,32 +41,6 @@ pub enum Transform {
         /// Hue shift drawn from `[-h, h]` (fraction of the colour wheel, ≤ 0.5).
         hue: f64,
     },
-}
-
-impl From<&Augment> for Transform {
-    fn from(augment: &Augment) -> Self {
-        match *augment {
-            Augment::RandomCrop { padding } => Transform::RandomCrop {
-                padding: padding as usize,
-            },
-            Augment::RandomResizedCrop { size, min_scale } => Transform::RandomResizedCrop {
-                size: size as usize,
-                min_scale,
-            },
-            Augment::Hflip { p } => Transform::Hflip { p },
-            Augment::ColorJitter {
-                brightness,
-                contrast,
-                saturation,
-                hue,
-            } => Transform::ColorJitter {
-                brightness,
-                contrast,
-                saturation,
-                hue,
-            },
-        }
-    }
 }
 
 /// Per-channel mean and standard deviation of pixels in `[0, 1]`.
@@ -138,31 +110,39 @@ impl Normalization {
         Ok(Self { mean, std })
     }
 
-    /// The statistics a pipeline's `normalize` node names: `dataset` (computed on `ids`),
-    /// `cifar`, `imagenet`, `inat` or `none`.
-    pub fn preset(preset: Normalize, data: &LabeledImages, ids: &[u32]) -> Result<Self, DataError> {
-        let name = preset.name();
-        let channels = data.images().channels();
-        let fixed = |(mean, std): ([f32; 3], [f32; 3])| {
-            if channels != 3 {
-                return Err(DataError::ChannelMismatch {
-                    name: name.to_string(),
-                    stats: 3,
-                    images: channels,
-                });
-            }
-            Ok(Self {
-                mean: mean.to_vec(),
-                std: std.to_vec(),
-            })
-        };
-        match preset {
-            Normalize::Dataset => Self::from_data(data, ids),
-            Normalize::Cifar => fixed(CIFAR),
-            Normalize::Imagenet => fixed(IMAGENET),
-            Normalize::Inat => fixed(INAT),
-            Normalize::None => Ok(Self::none(channels)),
+    /// CIFAR's statistics as LTWB uses them.
+    pub fn cifar() -> Self {
+        Self::fixed(CIFAR)
+    }
+
+    /// torchvision's ImageNet statistics.
+    pub fn imagenet() -> Self {
+        Self::fixed(IMAGENET)
+    }
+
+    /// iNaturalist 2018's statistics as the Decoupling code uses them.
+    pub fn inat() -> Self {
+        Self::fixed(INAT)
+    }
+
+    fn fixed((mean, std): ([f32; 3], [f32; 3])) -> Self {
+        Self {
+            mean: mean.to_vec(),
+            std: std.to_vec(),
         }
+    }
+
+    /// These statistics for images of `channels` channels, or an error that names them
+    /// (`name`, as the pipeline calls them) when the channel counts differ.
+    pub fn for_channels(self, name: &str, channels: usize) -> Result<Self, DataError> {
+        if self.mean.len() != channels {
+            return Err(DataError::ChannelMismatch {
+                name: name.to_string(),
+                stats: self.mean.len(),
+                images: channels,
+            });
+        }
+        Ok(self)
     }
 }
 
@@ -600,7 +580,7 @@ mod tests {
     }
 
     #[test]
-    fn normalization_presets() {
+    fn published_statistics_refuse_images_of_other_channel_counts() {
         let data = crate::dataset::PatternImagesConfig {
             per_class: 2,
             ..Default::default()
@@ -608,12 +588,24 @@ mod tests {
         .generate()
         .unwrap();
         let ids: Vec<u32> = (0..data.len() as u32).collect();
-        let stats = Normalization::preset(Normalize::Dataset, &data, &ids).unwrap();
+        let stats = Normalization::from_data(&data, &ids).unwrap();
         assert_eq!(stats.mean.len(), data.images().channels());
         assert!(stats.std[0] > 0.0);
-        let err = Normalization::preset(Normalize::Cifar, &data, &ids);
-        if data.images().channels() != 3 {
-            assert!(matches!(err, Err(DataError::ChannelMismatch { .. })));
-        }
+        let grey = data.images().channels();
+        assert_eq!(grey, 1);
+        let err = Normalization::cifar()
+            .for_channels("cifar", grey)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "normalisation `cifar` has 3 channels but the images have 1"
+        );
+        assert_eq!(
+            Normalization::imagenet()
+                .for_channels("imagenet", 3)
+                .unwrap()
+                .mean,
+            [0.485, 0.456, 0.406]
+        );
     }
 }

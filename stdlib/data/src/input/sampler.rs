@@ -26,18 +26,6 @@ pub enum SamplerKind {
     Sqrt,
 }
 
-impl From<lortflow_lang::ir::BackboneSampler> for SamplerKind {
-    /// `class-balanced` draws 4 per visit, as cRT.
-    fn from(sampler: lortflow_lang::ir::BackboneSampler) -> Self {
-        use lortflow_lang::ir::BackboneSampler;
-        match sampler {
-            BackboneSampler::Instance => SamplerKind::Instance,
-            BackboneSampler::ClassBalanced => SamplerKind::ClassBalanced { per_class: 4 },
-            BackboneSampler::Sqrt => SamplerKind::Sqrt,
-        }
-    }
-}
-
 impl SamplerKind {
     /// The sample ids (elements of `ids`) epoch `epoch` visits, in order.
     ///

@@ -6,7 +6,7 @@
 
 use serde::Serialize;
 
-use crate::dataset::{Group, GroupMeans};
+use lortflow_data::dataset::{Group, GroupMeans};
 
 /// The mean of the defined values of each group's classes; a group without any is `None`.
 pub fn group_means(values: &[Option<f64>], groups: &[Group]) -> GroupMeans {

@@ -1,7 +1,7 @@
 //! Times the data layer on the vendored Fashion-MNIST: decode the 60,000 gzip IDX training images
 //! and build the IR-100 long-tailed index, the first two steps of the default pipeline.
 //!
-//! Run with `cargo run --release -p lortflow-stdlib --example bench_load`. The target is under one
+//! Run with `cargo run --release -p lortflow-data --example bench_load`. The target is under one
 //! second in total, so that a cold run of the default pipeline is dominated by training, not I/O.
 
 use std::path::Path;
@@ -10,10 +10,10 @@ use std::time::Instant;
 
 use std::ops::ControlFlow;
 
-use lortflow_stdlib::data::{
+use lortflow_data::dataset::{LongTailConfig, Split, load_mnist_like};
+use lortflow_data::input::{
     BatchConfig, DataError, ImagePipeline, Normalization, Transform, for_each_batch,
 };
-use lortflow_stdlib::dataset::{LongTailConfig, Split, load_mnist_like};
 
 fn main() -> ExitCode {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/fashion-mnist");
