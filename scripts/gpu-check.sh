@@ -32,7 +32,7 @@ if [[ "${1:-}" == "--build" ]]; then
     set -e
     export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}"
     cargo build --release --locked --features cuda --bin lortflow
-    cargo build --release --locked -p lortflow-stdlib --features cuda \
+    cargo build --release --locked -p lortflow-stdlib --features cuda,benchmarks \
         --example head_bench --example backbone_bench
     mkdir -p "$BIN" pipelines/expected
     cp "$CARGO_TARGET_DIR/release/lortflow" "$CARGO_TARGET_DIR/release/examples/head_bench" \
