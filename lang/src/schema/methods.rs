@@ -744,3 +744,18 @@ impl HeadPreset {
 pub fn preset(name: &str) -> Option<&'static HeadPreset> {
     HEAD_PRESETS.iter().find(|p| p.name == name)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `method` node's variants and the preset table name the same methods, in the same
+    /// order: a method the checker accepts always has its recipe, and every recipe is reachable.
+    #[test]
+    fn every_method_has_a_preset_and_every_preset_a_method() {
+        let methods: Vec<&str> = METHOD.variants.iter().map(|v| v.name).collect();
+        let presets: Vec<&str> = HEAD_PRESETS.iter().map(|p| p.name).collect();
+        assert_eq!(methods, presets);
+        assert!(preset(DEFAULT_METHOD).is_some());
+    }
+}
