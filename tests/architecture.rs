@@ -157,12 +157,22 @@ fn sibling_imports(text: &str, parent: &str, siblings: &BTreeSet<String>) -> BTr
     } else {
         format!("crate::{parent}::")
     };
+    let mut test_only = false;
     for line in text.lines() {
         let code = line.trim_start();
-        if code.starts_with("#[cfg(test)]") {
-            break;
+        if code.is_empty() || code.starts_with("//") {
+            continue;
         }
-        if code.starts_with("//") {
+        if code.starts_with("#[cfg(test)]") {
+            test_only = true;
+            continue;
+        }
+        if std::mem::take(&mut test_only) {
+            // A `#[cfg(test)]` module ends what the module's code imports; a test-only item
+            // (an import, a helper) is skipped.
+            if code.starts_with("mod ") || code.starts_with("pub(crate) mod ") {
+                break;
+            }
             continue;
         }
         for prefix in ["super::", crate_prefix.as_str()] {
