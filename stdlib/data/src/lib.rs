@@ -3,6 +3,8 @@
 //!
 //! - [`dataset`]: the sources (IDX, CIFAR, image lists, iNaturalist, synthetic), their downloads,
 //!   long-tailed subsets and many/medium/few class groups;
+//! - [`images`]: JPEG/PNG decoding as PIL does it, and the packed split (encoded images in one
+//!   memory-mapped file) written in bounded memory;
 //! - [`input`]: the training input pipeline: samplers, augmentation and the batch loader;
 //! - [`features`]: feature files (`features.safetensors`, memory-mapped, and `.npy`);
 //! - [`torch_file`]: PyTorch's weight files (`torch.save` archives, legacy pickles,
@@ -13,5 +15,6 @@
 
 pub mod dataset;
 pub mod features;
+pub mod images;
 pub mod input;
 pub mod torch_file;

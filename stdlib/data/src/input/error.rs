@@ -34,6 +34,26 @@ pub enum DataError {
     /// The batch worker died.
     #[error("the batch preparation thread panicked: {0}")]
     WorkerPanicked(String),
+    /// An image of a pack that no longer decodes (the pack was checked when written).
+    #[error("image {index} of `{pack}` (row {row} of its source) cannot be decoded: {problem}")]
+    PackedImage {
+        /// The pack file.
+        pack: std::path::PathBuf,
+        /// Its index in the pack.
+        index: usize,
+        /// Where the source named it.
+        row: u32,
+        /// The decoder's words.
+        problem: String,
+    },
+    /// The decode thread pool could not start.
+    #[error("cannot start {workers} decode threads: {message}")]
+    Pool {
+        /// Threads asked for.
+        workers: usize,
+        /// The cause.
+        message: String,
+    },
     /// The dataset layer failed.
     #[error(transparent)]
     Dataset(#[from] DatasetError),

@@ -14,7 +14,7 @@ use super::error::DataError;
 use crate::dataset::{LabeledImages, Rng};
 
 /// Stream of [`Rng::stream`] reserved for augmentation draws.
-const AUGMENT_STREAM: u64 = 0x4155_474D_0000_0000;
+pub(crate) const AUGMENT_STREAM: u64 = 0x4155_474D_0000_0000;
 
 /// How batches are formed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

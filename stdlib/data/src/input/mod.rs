@@ -33,8 +33,12 @@ pub mod augment;
 mod error;
 pub mod loader;
 pub mod sampler;
+pub mod stream;
+pub mod vision;
 
 pub use augment::{ImagePipeline, Normalization, Transform};
 pub use error::DataError;
 pub use loader::{Batch, BatchConfig, for_each_batch};
 pub use sampler::SamplerKind;
+pub use stream::{BatchOutput, PixelBatch, StreamConfig, stream_batches};
+pub use vision::{Geometry, VisionPipeline};
