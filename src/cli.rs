@@ -25,6 +25,10 @@ pub(crate) struct GlobalArgs {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub(crate) log_format: LogFormat,
+    /// Threads that decode and transform images for training and extraction (default: every
+    /// core; `LORTFLOW_WORKERS` for scheduler jobs). Results do not depend on it.
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) workers: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -57,9 +61,35 @@ pub(crate) enum Command {
     Report(ReportArgs),
     /// Print the language reference (generated from the schema).
     Docs,
+    /// Measure one part of a pipeline on its own.
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Run stages of a pipeline as a scheduler job does (`--executor slurm` submits this).
     #[command(name = "stage-job", hide = true)]
     StageJob(StageJobArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum BenchCommand {
+    /// Stream a backbone's input without the model: packs the dataset if needed (as `run`
+    /// would), then reads the training view (`--eval`: the extraction view) through the real
+    /// loader and prints img/s and peak memory.
+    Input(BenchInputArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchInputArgs {
+    #[command(flatten)]
+    pub(crate) pipeline: PipelineArgs,
+    /// The backbone whose input is streamed (needed when the pipeline has several).
+    #[arg(long, value_name = "BACKBONE")]
+    pub(crate) stage: Option<String>,
+    /// Epochs to stream.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) epochs: u64,
+    /// The extraction view (Resize + CenterCrop) of the training split instead of training's.
+    #[arg(long)]
+    pub(crate) eval: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -19,6 +19,9 @@ use clap::Parser;
 pub fn run_cli() -> ExitCode {
     let args = cli::Arguments::parse();
     cli::init_logging(&args.global);
+    if let Some(workers) = args.global.workers {
+        lortflow_data::images::set_default_workers(workers as usize);
+    }
     match commands::run(args) {
         Ok(code) => code,
         Err(err) => {

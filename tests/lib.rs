@@ -5,6 +5,7 @@ mod architecture;
 mod cli;
 mod graph;
 mod hostile;
+mod images;
 mod keys;
 mod lint;
 mod outputs;

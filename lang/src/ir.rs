@@ -203,6 +203,9 @@ impl StageSpec {
                 Source::Inat2018 { .. } => {
                     Some("the iNaturalist 2018 JSON files and images go there")
                 }
+                Source::ImageFolder { .. } => {
+                    Some("each split is a folder with one subfolder of images per class")
+                }
                 Source::Features { .. } | Source::Synthetic { .. } => None,
             },
             StageSpec::Backbone(_) => Some("point `checkpoint` at an existing weights file"),
@@ -315,6 +318,10 @@ pub enum Source {
         image_size: u32,
         /// Resize side.
         resize: u32,
+        /// Longer side above which images are shrunk when packed.
+        max_side: Option<u32>,
+        /// Leave out (and list) files that do not decode.
+        skip_bad_images: bool,
     },
     /// iNaturalist 2018 JSON.
     Inat2018 {
@@ -326,6 +333,25 @@ pub enum Source {
         test: PathValue,
         /// Crop side.
         image_size: u32,
+        /// Longer side above which images are shrunk when packed.
+        max_side: Option<u32>,
+        /// Leave out (and list) files that do not decode.
+        skip_bad_images: bool,
+    },
+    /// One folder per split, one subfolder per class (torchvision's `ImageFolder`).
+    ImageFolder {
+        /// Train folder.
+        train: PathValue,
+        /// Test folder.
+        test: PathValue,
+        /// Crop side.
+        image_size: u32,
+        /// Resize side.
+        resize: u32,
+        /// Longer side above which images are shrunk when packed.
+        max_side: Option<u32>,
+        /// Leave out (and list) files that do not decode.
+        skip_bad_images: bool,
     },
     /// Precomputed features.
     Features {
@@ -377,6 +403,7 @@ impl Source {
             } => {
                 vec![root, train, test]
             }
+            Source::ImageFolder { train, test, .. } => vec![train, test],
             Source::Features {
                 train,
                 test,

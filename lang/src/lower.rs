@@ -154,12 +154,24 @@ impl Lower<'_> {
                 test: src.path("test")?,
                 image_size: src.int("image-size")?,
                 resize: src.int("resize")?,
+                max_side: src.opt_int("max-side"),
+                skip_bad_images: src.flag("skip-bad-images")?,
             },
             SourceFormat::Inat2018 => Source::Inat2018 {
                 root: src.path("root")?,
                 train: src.path("train")?,
                 test: src.path("test")?,
                 image_size: src.int("image-size")?,
+                max_side: src.opt_int("max-side"),
+                skip_bad_images: src.flag("skip-bad-images")?,
+            },
+            SourceFormat::ImageFolder => Source::ImageFolder {
+                train: src.path("train")?,
+                test: src.path("test")?,
+                image_size: src.int("image-size")?,
+                resize: src.int("resize")?,
+                max_side: src.opt_int("max-side"),
+                skip_bad_images: src.flag("skip-bad-images")?,
             },
             SourceFormat::Features => Source::Features {
                 train: src.path("train")?,
@@ -819,6 +831,7 @@ mod tests {
     /// `missing-required` error in someone's pipeline.
     const UNSET_MEANS_SOMETHING: &[&str] = &[
         "source.train-labels",
+        "source.max-side",
         "source.test-labels",
         "long-tail.max-per-class",
         "train.seed",

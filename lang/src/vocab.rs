@@ -290,6 +290,8 @@ choice! {
         ImageList = "image-list",
         /// iNaturalist 2018 JSON.
         Inat2018 = "inat2018",
+        /// torchvision's ImageFolder layout.
+        ImageFolder = "image-folder",
         /// Precomputed features.
         Features = "features",
         /// Generated data.

@@ -389,7 +389,10 @@ impl FileDigestCache {
             }
             child.extend_from_slice(entry.file_name().as_encoded_bytes());
             let meta = fs::metadata(&path).map_err(|source| read_error(&path, source))?;
-            if meta.is_dir() {
+            if meta.is_dir() && is_tagged_cache(&path) {
+                // A lortflow store (or any tagged cache) inside a dataset folder is not data.
+                tracing::debug!(path = %path.display(), "skipping tagged cache directory");
+            } else if meta.is_dir() {
                 self.walk(&path, child, visited, files)?;
             } else if meta.is_file() {
                 let digest = self.digest_file(&path, &meta)?;
@@ -401,6 +404,15 @@ impl FileDigestCache {
         }
         Ok(())
     }
+}
+
+/// Whether `dir` holds a `CACHEDIR.TAG` with the standard signature.
+fn is_tagged_cache(dir: &Path) -> bool {
+    let signature = fsutil::CACHEDIR_SIGNATURE.as_bytes();
+    let mut head = [0u8; 43];
+    fs::File::open(dir.join(fsutil::CACHEDIR_TAG))
+        .and_then(|mut f| io::Read::read_exact(&mut f, &mut head))
+        .is_ok_and(|()| head[..] == signature[..])
 }
 
 fn put_bytes(hasher: &mut blake3::Hasher, bytes: &[u8]) {
@@ -432,6 +444,28 @@ mod tests {
             .unwrap()
             .set_modified(old)
             .unwrap();
+    }
+
+    #[test]
+    fn a_store_inside_a_dataset_folder_is_not_part_of_its_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("images");
+        fs::create_dir_all(root.join("cat")).unwrap();
+        write_old(&root.join("cat/1.jpg"), b"pixels", 60);
+        let mut cache = FileDigestCache::load(dir.path().join("cache.json"));
+        let before = cache.digest(&root).unwrap();
+        // The store writes its tag when opened, then artifacts appear in it.
+        let store = crate::Store::open(&root.join(".lortflow")).unwrap();
+        fs::write(store.root().join("objects/artifact.bin"), b"new").unwrap();
+        assert_eq!(cache.digest(&root).unwrap(), before);
+        // An untagged folder is data, and a fake tag does not hide one.
+        fs::create_dir_all(root.join("dog")).unwrap();
+        write_old(
+            &root.join("dog/CACHEDIR.TAG"),
+            b"Signature: not the real one",
+            60,
+        );
+        assert_ne!(cache.digest(&root).unwrap(), before);
     }
 
     #[test]

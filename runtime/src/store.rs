@@ -30,7 +30,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::artifact::Artifact;
-use crate::fsutil;
+use crate::fsutil::{self, CACHEDIR_SIGNATURE, CACHEDIR_TAG};
 use crate::key::CacheKey;
 use crate::lock::{LockError, StoreLock};
 use crate::manifest::{MANIFEST_FILE, Manifest};
@@ -112,6 +112,13 @@ impl Store {
         for dir in [OBJECTS_DIR, TMP_DIR, STAGES_DIR, RUNS_DIR] {
             let path = root.join(dir);
             fs::create_dir_all(&path).map_err(io_error("create the directory", &path))?;
+        }
+        let tag = root.join(CACHEDIR_TAG);
+        if !tag.exists() {
+            let text = format!(
+                "{CACHEDIR_SIGNATURE}\n# This is a lortflow artifact store: caches that can be rebuilt.\n# For information about cache directory tags, see https://bford.info/cachedir/\n"
+            );
+            fs::write(&tag, text).map_err(io_error("write", &tag))?;
         }
         // A canonical root makes lock checks and error paths independent of how the store was
         // named (relative path, symlink).

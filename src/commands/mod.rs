@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+mod bench;
 mod cache;
 mod docs;
 mod export;
@@ -35,6 +36,7 @@ pub(crate) fn run(args: Arguments) -> anyhow::Result<ExitCode> {
         Command::Graph(a) => graph::run(a),
         Command::Report(a) => report::run(a),
         Command::Docs => docs::run(),
+        Command::Bench(c) => bench::run(c, quiet),
         Command::StageJob(a) => stage_job::run(a),
     }
 }

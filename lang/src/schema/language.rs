@@ -109,6 +109,45 @@ const DOWNLOAD: P = P::new(
 )
 .default(Bool(false));
 
+// Settings of every source of image files: they are packed once into the dataset's artifact.
+const IMAGE_SIZE: P = P::new(
+    "image-size",
+    T::Int,
+    "Side of the square the backbone sees: the evaluation and extraction view crops the centre \
+     `image-size` square (torchvision's `CenterCrop`); training uses the backbone's `augment` \
+     (`random-resized-crop size=` first, or this view).",
+)
+.default(Int(224))
+.range(Range::AT_LEAST_ONE)
+.unit("pixels");
+const RESIZE: P = P::new(
+    "resize",
+    T::Int,
+    "Shorter side the evaluation and extraction view resizes to before the centre crop \
+     (torchvision's `Resize`, antialiased bilinear).",
+)
+.default(Int(256))
+.range(Range::AT_LEAST_ONE)
+.unit("pixels");
+const MAX_SIDE: P = P::new(
+    "max-side",
+    T::Int,
+    "Images whose longer side exceeds this are shrunk to it (antialiased bilinear) and stored as \
+     JPEG of quality 90 when the split is packed; smaller ones are stored as they are. Unset \
+     (the default): every image is kept as it is. FFCV uses 512 for ImageNet; a cap speeds up \
+     decoding and shrinks the pack, at the price of detail in small random crops.",
+)
+.range(Range::AT_LEAST_ONE)
+.unit("pixels");
+const SKIP_BAD_IMAGES: P = P::new(
+    "skip-bad-images",
+    T::Bool,
+    "Leave out files that cannot be read or decoded (truncated, corrupt, empty, too large) \
+     instead of failing on the first; every one is listed in the run's output and in the \
+     dataset's artifact, and counted in its summary.",
+)
+.default(Bool(false));
+
 const SOURCE: NodeSpec = NodeSpec::new(
     "source",
     "Where the images (or features) come from. The first argument is the format.",
@@ -137,19 +176,17 @@ const SOURCE: NodeSpec = NodeSpec::new(
     },
     V {
         name: SourceFormat::ImageList.name(),
-        doc: "A root folder plus list files of `relative/path label` lines (the ImageNet-LT format).",
+        doc: "A root folder plus list files of `relative/path label` lines (the ImageNet-LT format). \
+              Each split is packed once into the dataset's artifact, still encoded; stages stream \
+              from it, so memory does not grow with the number of images.",
         props: &[
             P::new("root", T::Path, "Image root the list paths are relative to.").required(),
             P::new("train", T::Path, "List file of the training split.").required(),
             P::new("test", T::Path, "List file of the test split.").required(),
-            P::new("image-size", T::Int, "Side of the square crop fed to the backbone.")
-                .default(Int(224))
-                .range(Range::AT_LEAST_ONE)
-                .unit("pixels"),
-            P::new("resize", T::Int, "Shorter side before the centre crop (images are stored at the crop size for both splits).")
-                .default(Int(256))
-                .range(Range::AT_LEAST_ONE)
-                .unit("pixels"),
+            IMAGE_SIZE,
+            RESIZE,
+            MAX_SIDE,
+            SKIP_BAD_IMAGES,
         ],
     },
     V {
@@ -159,10 +196,24 @@ const SOURCE: NodeSpec = NodeSpec::new(
             P::new("root", T::Path, "Image root the `file_name`s are relative to.").required(),
             P::new("train", T::Path, "`train2018.json`.").required(),
             P::new("test", T::Path, "`val2018.json` (the LTR test set).").required(),
-            P::new("image-size", T::Int, "Side of the square crop.")
-                .default(Int(224))
-                .range(Range::AT_LEAST_ONE)
-                .unit("pixels"),
+            IMAGE_SIZE,
+            MAX_SIDE,
+            SKIP_BAD_IMAGES,
+        ],
+    },
+    V {
+        name: SourceFormat::ImageFolder.name(),
+        doc: "torchvision's `ImageFolder` layout: a folder per split, in it one folder per class \
+              holding that class's images (JPEG or PNG, any depth). Classes are numbered in the \
+              sorted order of the training split's folder names, as torchvision does; the test \
+              split must use the same names.",
+        props: &[
+            P::new("train", T::Path, "Folder of the training split.").required(),
+            P::new("test", T::Path, "Folder of the test split.").required(),
+            IMAGE_SIZE,
+            RESIZE,
+            MAX_SIDE,
+            SKIP_BAD_IMAGES,
         ],
     },
     V {

@@ -8,7 +8,7 @@ use burn::module::{AutodiffModule, Module};
 use burn::tensor::{Tensor, TensorData};
 use burn_store::{BurnToPyTorchAdapter, ModuleSnapshot};
 use lortflow_data::dataset::{LabeledImages, PatternImagesConfig};
-use lortflow_data::input::{ImagePipeline, Normalization, SamplerKind, Transform};
+use lortflow_data::input::{ImageInput, ImagePipeline, Normalization, SamplerKind, Transform};
 
 use super::*;
 use crate::backend::{CpuAutodiff, CpuBackend, CpuDevice};
@@ -91,9 +91,11 @@ fn train_on<B: burn::tensor::backend::AutodiffBackend>(
         &small_cnn(data),
         config,
         TrainData {
-            images: data,
+            images: ImageInput::Memory {
+                images: data,
+                pipeline: &pipeline,
+            },
             sample_ids: &ids,
-            pipeline: &pipeline,
         },
         dir,
         &cancel,
@@ -643,9 +645,11 @@ mod wgpu {
                 let cpu_model = config.init_seeded::<CpuBackend>(5, &CpuDevice::default());
                 extract_features(
                     &cpu_model.unwrap(),
-                    &data,
+                    ImageInput::Memory {
+                        images: &data,
+                        pipeline: &pipeline,
+                    },
                     &ids,
-                    &pipeline,
                     tta,
                     7,
                     &cpu_path,
@@ -657,9 +661,11 @@ mod wgpu {
                 let gpu_model = config.init_seeded::<WgpuBackend>(5, &device);
                 extract_features(
                     &gpu_model.unwrap(),
-                    &data,
+                    ImageInput::Memory {
+                        images: &data,
+                        pipeline: &pipeline,
+                    },
                     &ids,
-                    &pipeline,
                     tta,
                     7,
                     &gpu_path,

@@ -19,10 +19,7 @@ use burn::optim::momentum::MomentumConfig;
 use burn::optim::{GradientsParams, Optimizer, SgdConfig};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
-use lortflow_data::dataset::LabeledImages;
-use lortflow_data::input::{
-    Batch, BatchConfig, DataError, ImagePipeline, SamplerKind, for_each_batch,
-};
+use lortflow_data::input::{Batch, BatchConfig, DataError, ImageInput, SamplerKind};
 use tracing::{debug, info};
 
 use super::base::{Backbone, BackboneConfig};
@@ -99,12 +96,10 @@ impl TrainConfig {
 /// What the training set is.
 #[derive(Clone, Copy, Debug)]
 pub struct TrainData<'a> {
-    /// The split (all its images stay in memory once).
-    pub images: &'a LabeledImages,
+    /// The split with its training view (augmentation and normalisation).
+    pub images: ImageInput<'a>,
     /// The ids of the long-tailed subset (`LongTailIndex::sample_ids`).
     pub sample_ids: &'a [u32],
-    /// Augmentation and normalisation.
-    pub pipeline: &'a ImagePipeline,
 }
 
 /// The training curve of the run checkpointed in `work_dir` (by [`train_backbone`]), one entry per
@@ -158,7 +153,7 @@ pub fn train_backbone<B: AutodiffBackend>(
     if data.sample_ids.is_empty() {
         return Err(DataError::EmptySubset.into());
     }
-    let [c, h, w] = data.pipeline.output_shape();
+    let [c, h, w] = data.images.output_shape();
     if c != backbone.in_channels || h != backbone.input_size || w != backbone.input_size {
         return Err(BackboneError::InvalidConfig(format!(
             "the data pipeline produces {c}x{h}x{w} images but the backbone expects {}x{}x{}",
@@ -233,19 +228,18 @@ pub fn train_backbone<B: AutodiffBackend>(
         let lr = config
             .schedule
             .lr_at(config.lr, epoch, config.epochs, config.warmup_epochs);
-        let order = config
-            .sampler
-            .epoch_order(data.images, data.sample_ids, config.seed, epoch);
+        let order = config.sampler.epoch_order(
+            data.images.labels(),
+            data.images.num_classes(),
+            data.sample_ids,
+            config.seed,
+            epoch,
+        );
         let started = Instant::now();
         let (mut seen, mut correct, mut loss_sum) = (0usize, 0i64, 0f64);
         let mut slot = Some(model);
-        for_each_batch::<BackboneError>(
-            data.images,
-            &order,
-            data.pipeline,
-            &batch_config,
-            epoch,
-            |batch| {
+        data.images
+            .for_each_batch::<BackboneError>(&order, &batch_config, epoch, |batch| {
                 if cancel.load(Ordering::Relaxed) {
                     return Err(BackboneError::Cancelled {
                         epoch,
@@ -295,8 +289,7 @@ pub fn train_backbone<B: AutodiffBackend>(
                     lr,
                 });
                 Ok(ControlFlow::Continue(()))
-            },
-        )?;
+            })?;
         model = slot.expect("the model should be back after the epoch");
         let elapsed = started.elapsed().as_secs_f32();
         debug!(
@@ -331,9 +324,8 @@ pub fn train_backbone<B: AutodiffBackend>(
 /// inference mode): a quick check of a trained or imported backbone.
 pub fn evaluate_accuracy<B: Backend>(
     model: &Backbone<B>,
-    images: &LabeledImages,
+    images: ImageInput<'_>,
     ids: &[u32],
-    pipeline: &ImagePipeline,
     batch_size: usize,
     device: &B::Device,
 ) -> Result<f32, BackboneError> {
@@ -344,7 +336,7 @@ pub fn evaluate_accuracy<B: Backend>(
         train: false,
     };
     let mut correct = 0i64;
-    for_each_batch::<BackboneError>(images, ids, pipeline, &config, 0, |batch| {
+    images.for_each_batch::<BackboneError>(ids, &config, 0, |batch| {
         let n = batch.shape[0];
         let (x, y) = batch_tensors::<B>(batch, device);
         let hits: i64 = model

@@ -8,9 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
-use lortflow_data::dataset::LabeledImages;
 use lortflow_data::features::FeatureWriter;
-use lortflow_data::input::{BatchConfig, ImagePipeline, for_each_batch};
+use lortflow_data::input::{BatchConfig, ImageInput};
 
 use super::error::ExtractError;
 use crate::backbone::Backbone;
@@ -45,14 +44,13 @@ impl Tta {
 /// while the "frozen" features are computed on the fly; cached features cannot reproduce that,
 /// and it is pitfall 3 of ltr-reference §9.
 ///
-/// Memory: the source images plus one prepared batch (and the prefetched ones); features go to
-/// disk as they are computed.
+/// Memory: the source images when they are in memory (packed ones are streamed), plus the
+/// prepared and prefetched batches; features go to disk as they are computed.
 #[allow(clippy::too_many_arguments)]
 pub fn extract_features<B: Backend>(
     model: &Backbone<B>,
-    images: &LabeledImages,
+    images: ImageInput<'_>,
     ids: &[u32],
-    pipeline: &ImagePipeline,
     tta: Tta,
     batch_size: usize,
     out: &Path,
@@ -86,7 +84,7 @@ pub fn extract_features<B: Backend>(
         train: false,
     };
     let mut rows = 0usize;
-    for_each_batch::<ExtractError>(images, ids, pipeline, &config, 0, |batch| {
+    images.for_each_batch::<ExtractError>(ids, &config, 0, |batch| {
         if cancel.load(Ordering::Relaxed) {
             return Err(ExtractError::Cancelled {
                 rows,

@@ -17,7 +17,7 @@ mod tests {
     use crate::backend::{CpuAutodiff, CpuBackend, CpuDevice};
     use lortflow_data::dataset::PatternImagesConfig;
     use lortflow_data::features::FeatureFile;
-    use lortflow_data::input::{ImagePipeline, Normalization};
+    use lortflow_data::input::{ImageInput, ImagePipeline, Normalization};
 
     #[test]
     fn extraction_writes_one_row_per_sample_and_tta_averages() {
@@ -48,9 +48,11 @@ mod tests {
             let path = dir.path().join(name);
             extract_features(
                 &model,
-                &data,
+                ImageInput::Memory {
+                    images: &data,
+                    pipeline: &pipeline,
+                },
                 &ids,
-                &pipeline,
                 tta,
                 batch,
                 &path,
@@ -77,9 +79,11 @@ mod tests {
         let ad = config.init::<CpuAutodiff>(&device).unwrap();
         let err = extract_features(
             &ad,
-            &data,
+            ImageInput::Memory {
+                images: &data,
+                pipeline: &pipeline,
+            },
             &ids,
-            &pipeline,
             Tta::None,
             8,
             &dir.path().join("d"),

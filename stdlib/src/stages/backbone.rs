@@ -2,9 +2,12 @@
 //! test accuracy. The artifact keeps the model with its classifier, and the input normalisation
 //! the features stage must reuse.
 
-use lortflow_data::dataset::Split;
-use lortflow_data::input::{ImagePipeline, Normalization};
-use lortflow_lang::ir::{StageSpec, Weights};
+use lortflow_data::dataset::{LabeledImages, Split};
+use lortflow_data::images::{PackedImages, default_workers};
+use lortflow_data::input::{
+    Geometry, ImageInput, ImagePipeline, Normalization, Transform, VisionPipeline,
+};
+use lortflow_lang::ir::{DatasetSpec, Normalize, StageSpec, Weights};
 use lortflow_runtime::{StageContext, StageError, StageExecutor};
 use serde_json::{Value as Json, json};
 
@@ -13,6 +16,8 @@ use super::common::{
     official_downloads, read_json, write_json,
 };
 use super::convert::backbone as convert;
+use super::dataset::PACKED;
+use super::images;
 use crate::backbone::{
     BackboneConfig, CheckpointMapping, TrainData, evaluate_accuracy, import_backbone,
     save_backbone, train_backbone,
@@ -37,9 +42,8 @@ impl StageExecutor for BackboneStage {
         let dataset = dataset_spec(data)?;
         let index: DatasetIndex = read_json(&data.artifact.file(INDEX_FILE))?;
         ensure_source_files(cx, dataset, &official_downloads())?;
-        let train = load_split_images(dataset, Split::Train)?;
-        let test = load_split_images(dataset, Split::Test)?;
-        let [_, channels, height, width] = train.images().shape();
+        let splits = Splits::open(dataset, &index, &data.artifact)?;
+        let [channels, height, width] = splits.shape();
         if height != width {
             return Err(StageError::failed(format!(
                 "backbone `{}` needs square images; `{}` has {height}x{width}",
@@ -52,12 +56,18 @@ impl StageExecutor for BackboneStage {
             in_channels: channels,
             input_size: height,
         };
-        let normalization =
-            convert::normalization(spec.normalize, &train, &index.train_ids).map_err(fail)?;
-        let test_pipeline =
-            ImagePipeline::new(vec![], normalization.clone(), train.images().shape())
-                .map_err(fail)?;
-        let test_ids: Vec<u32> = (0..test.len() as u32).collect();
+        let normalization = splits.normalization(spec.normalize, &index.train_ids)?;
+        let views = splits.views(&convert::transforms(&spec.augment), &normalization)?;
+        if let Views::Packed { train, .. } = &views
+            && train.side() as usize != height
+        {
+            let side = train.side();
+            return Err(StageError::failed(format!(
+                "backbone `{}` trains on {side}x{side} crops (its `random-resized-crop size=`) but dataset `{}` is evaluated and extracted at {height}x{height} (its `image-size`): the network must see one size",
+                cx.stage.name, data.stage.name
+            )));
+        }
+        let test_ids: Vec<u32> = (0..splits.test_len() as u32).collect();
         let out_dir = cx.out_dir;
         let started = std::time::Instant::now();
         let mut last = (0.0f32, 0.0f32, 0.0f32);
@@ -66,17 +76,10 @@ impl StageExecutor for BackboneStage {
             crate::with_backend!(super::convert::backend(cx.backend), |B, device| {
                 let model = match &spec.weights {
                     Weights::Train(t) => {
-                        let pipeline = ImagePipeline::new(
-                            convert::transforms(&spec.augment),
-                            normalization.clone(),
-                            train.images().shape(),
-                        )
-                        .map_err(fail)?;
                         let train_config = convert::train_config(t).map_err(fail)?;
                         let data = TrainData {
-                            images: &train,
+                            images: splits.train_input(&views),
                             sample_ids: &index.train_ids,
-                            pipeline: &pipeline,
                         };
                         let mut report = |p: &crate::backbone::TrainProgress| {
                             last = (p.loss, p.train_acc, p.images_per_sec);
@@ -146,7 +149,7 @@ impl StageExecutor for BackboneStage {
                 };
                 cx.progress(0, 1, "step", "evaluating the backbone's own classifier");
                 let accuracy =
-                    evaluate_accuracy(&model, &test, &test_ids, &test_pipeline, 256, &device)
+                    evaluate_accuracy(&model, splits.test_input(&views), &test_ids, 256, &device)
                         .map_err(fail)?;
                 save_backbone(&model, &config, out_dir).map_err(fail)?;
                 Ok(json!({
@@ -181,6 +184,165 @@ impl StageExecutor for BackboneStage {
             });
         }
         Ok(summary)
+    }
+}
+
+/// The splits of a dataset: decoded in memory, or packed in its artifact.
+pub(crate) enum Splits {
+    Memory {
+        train: LabeledImages,
+        test: LabeledImages,
+    },
+    Packed {
+        train: PackedImages,
+        test: PackedImages,
+        eval: Geometry,
+    },
+}
+
+/// The transforms of both views, for the kind of splits.
+pub(crate) enum Views {
+    Memory {
+        train: ImagePipeline,
+        test: ImagePipeline,
+    },
+    Packed {
+        train: VisionPipeline,
+        test: VisionPipeline,
+    },
+}
+
+impl Splits {
+    pub(crate) fn open(
+        dataset: &DatasetSpec,
+        index: &DatasetIndex,
+        artifact: &lortflow_runtime::Artifact,
+    ) -> Result<Self, StageError> {
+        if index.kind == PACKED {
+            let files = images::image_files(dataset).ok_or_else(|| {
+                StageError::failed(
+                    "the dataset's artifact is packed but its source has no image files",
+                )
+            })?;
+            let (train, test) = images::open_packs(artifact)?;
+            return Ok(Self::Packed {
+                train,
+                test,
+                eval: files.eval_geometry(),
+            });
+        }
+        Ok(Self::Memory {
+            train: load_split_images(dataset, Split::Train)?,
+            test: load_split_images(dataset, Split::Test)?,
+        })
+    }
+
+    /// `[C, H, W]` of the evaluation view.
+    pub(crate) fn shape(&self) -> [usize; 3] {
+        match self {
+            Self::Memory { train, .. } => {
+                let [_, c, h, w] = train.images().shape();
+                [c, h, w]
+            }
+            Self::Packed { eval, .. } => {
+                let Geometry::ResizeCenterCrop { crop, .. } = eval else {
+                    unreachable!("the evaluation view is a centre crop")
+                };
+                [3, *crop as usize, *crop as usize]
+            }
+        }
+    }
+
+    pub(crate) fn test_len(&self) -> usize {
+        match self {
+            Self::Memory { test, .. } => test.len(),
+            Self::Packed { test, .. } => test.len(),
+        }
+    }
+
+    /// The statistics `normalize` names; `dataset` reads the training images `ids`.
+    pub(crate) fn normalization(
+        &self,
+        preset: Normalize,
+        ids: &[u32],
+    ) -> Result<Normalization, StageError> {
+        match (self, preset) {
+            (Self::Memory { train, .. }, _) => convert::normalization(preset, train, ids),
+            (Self::Packed { train, eval, .. }, Normalize::Dataset) => {
+                images::pack_statistics(train, ids, eval.clone())
+            }
+            (Self::Packed { .. }, _) => convert::published_normalization(preset, 3),
+        }
+        .map_err(fail)
+    }
+
+    pub(crate) fn views(
+        &self,
+        augment: &[Transform],
+        normalization: &Normalization,
+    ) -> Result<Views, StageError> {
+        match self {
+            Self::Memory { train, .. } => {
+                let shape = train.images().shape();
+                Ok(Views::Memory {
+                    train: ImagePipeline::new(augment.to_vec(), normalization.clone(), shape)
+                        .map_err(fail)?,
+                    test: ImagePipeline::new(vec![], normalization.clone(), shape).map_err(fail)?,
+                })
+            }
+            Self::Packed { eval, .. } => Ok(Views::Packed {
+                train: VisionPipeline::train(augment, eval.clone(), normalization.clone())
+                    .map_err(fail)?,
+                test: VisionPipeline::eval(eval.clone(), normalization.clone()).map_err(fail)?,
+            }),
+        }
+    }
+
+    /// The training split through the training view.
+    pub(crate) fn train_input<'a>(&'a self, views: &'a Views) -> ImageInput<'a> {
+        self.input(views, true, true)
+    }
+
+    /// The test split through the evaluation view.
+    pub(crate) fn test_input<'a>(&'a self, views: &'a Views) -> ImageInput<'a> {
+        self.input(views, false, false)
+    }
+
+    /// A split through the evaluation view (feature extraction).
+    pub(crate) fn eval_input<'a>(&'a self, views: &'a Views, split: Split) -> ImageInput<'a> {
+        self.input(views, split == Split::Train, false)
+    }
+
+    fn input<'a>(
+        &'a self,
+        views: &'a Views,
+        train_split: bool,
+        train_view: bool,
+    ) -> ImageInput<'a> {
+        match (self, views) {
+            (
+                Self::Memory { train, test },
+                Views::Memory {
+                    train: tv,
+                    test: ev,
+                },
+            ) => ImageInput::Memory {
+                images: if train_split { train } else { test },
+                pipeline: if train_view { tv } else { ev },
+            },
+            (
+                Self::Packed { train, test, .. },
+                Views::Packed {
+                    train: tv,
+                    test: ev,
+                },
+            ) => ImageInput::Packed {
+                pack: if train_split { train } else { test },
+                pipeline: if train_view { tv } else { ev },
+                workers: default_workers(),
+            },
+            _ => unreachable!("views are made from these splits"),
+        }
     }
 }
 

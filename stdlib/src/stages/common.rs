@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
 use lortflow_data::dataset::{
-    DownloadProgress, DownloadSpec, Group, ImageDataset, ImageListSource, Inat2018Source,
-    LabeledImages, PatternImagesConfig, ResizeCrop, Split, ensure_downloaded,
+    DownloadProgress, DownloadSpec, Group, ImageDataset, LabeledImages, PatternImagesConfig, Split,
+    ensure_downloaded,
 };
 
 /// Class metadata that travels with features to heads and evaluations (`meta.json`).
@@ -111,35 +111,11 @@ pub fn load_split_images(spec: &DatasetSpec, split: Split) -> Result<LabeledImag
             let ids = split_ids(all.labels(), *classes as usize, *per_class as usize, split);
             all.select(&ids).map_err(fail)
         }
-        Source::ImageList {
-            root,
-            train,
-            test,
-            image_size,
-            resize,
-        } => ImageListSource {
-            root: root.resolved.clone(),
-            train: train.resolved.clone(),
-            test: test.resolved.clone(),
-            transform: ResizeCrop::new(*resize, *image_size).map_err(fail)?,
+        Source::ImageList { .. } | Source::Inat2018 { .. } | Source::ImageFolder { .. } => {
+            Err(StageError::failed(
+                "the images of this source are packed by the dataset stage and streamed from its artifact, not loaded whole",
+            ))
         }
-        .load(split)
-        .map_err(fail),
-        // `inat2018` has no `resize`: the ImageNet test transform's 256/224 ratio, as Decoupling
-        // uses for iNaturalist too.
-        Source::Inat2018 {
-            root,
-            train,
-            test,
-            image_size,
-        } => Inat2018Source {
-            root: root.resolved.clone(),
-            train: train.resolved.clone(),
-            test: test.resolved.clone(),
-            transform: ResizeCrop::imagenet_ratio(*image_size).map_err(fail)?,
-        }
-        .load(split)
-        .map_err(fail),
         Source::Features { .. } | Source::Synthetic { .. } => Err(StageError::failed(
             "this dataset holds feature vectors, not images",
         )),
@@ -294,8 +270,6 @@ pub(crate) fn split_ids(
 
 #[cfg(test)]
 mod tests {
-    use image::{ImageFormat, Rgb, RgbImage};
-
     use super::*;
 
     fn dataset(source: &str) -> DatasetSpec {
@@ -313,30 +287,25 @@ mod tests {
         }
     }
 
-    fn png(dir: &Path, name: &str, w: u32, h: u32) {
-        let mut bytes = std::io::Cursor::new(Vec::new());
-        RgbImage::from_pixel(w, h, Rgb([1, 2, 3]))
-            .write_to(&mut bytes, ImageFormat::Png)
-            .unwrap();
-        std::fs::write(dir.join(name), bytes.into_inner()).unwrap();
-    }
-
     #[test]
-    fn image_list_and_inat_sources_load_through_the_stage_helper() {
+    fn image_sources_are_listed_through_the_stage_helper() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        png(d, "a.png", 40, 30);
-        png(d, "b.png", 30, 50);
         std::fs::write(d.join("train.txt"), "a.png 0\nb.png 1\n").unwrap();
         std::fs::write(d.join("test.txt"), "b.png 1\n").unwrap();
         let spec = dataset(&format!(
             "source \"image-list\" root=\"{0}\" train=\"{0}/train.txt\" test=\"{0}/test.txt\" image-size=16 resize=20",
             d.display()
         ));
-        let train = load_split_images(&spec, Split::Train).unwrap();
-        assert_eq!(train.images().shape(), [2, 3, 16, 16]);
-        assert_eq!(train.labels(), [0, 1]);
-        assert_eq!(&train.images().image(1).unwrap()[..2], [1, 1]);
+        let files = super::super::images::image_files(&spec).unwrap();
+        files.validate().unwrap();
+        let splits = files.list().unwrap();
+        assert_eq!(splits.train.labels(), [0, 1]);
+        assert_eq!(splits.num_classes, 2);
+        assert!(
+            load_split_images(&spec, Split::Train).is_err(),
+            "packed, not loaded whole"
+        );
 
         let json = r#"{"images": [{"id": 3, "file_name": "a.png"}],
                        "annotations": [{"id": 1, "image_id": 3, "category_id": 0}],
@@ -346,14 +315,25 @@ mod tests {
             "source \"inat2018\" root=\"{0}\" train=\"{0}/inat.json\" test=\"{0}/inat.json\" image-size=8",
             d.display()
         ));
-        let test = load_split_images(&spec, Split::Test).unwrap();
-        assert_eq!(test.images().shape(), [1, 3, 8, 8]);
+        let files = super::super::images::image_files(&spec).unwrap();
+        assert_eq!(
+            files.eval_geometry(),
+            lortflow_data::input::Geometry::ResizeCenterCrop {
+                resize: 10,
+                crop: 8
+            },
+            "the ImageNet 256/224 ratio"
+        );
+        assert_eq!(files.list().unwrap().test.entries[0].path, "a.png");
 
         let spec = dataset(&format!(
             "source \"image-list\" root=\"{0}\" train=\"{0}/train.txt\" test=\"{0}/test.txt\" image-size=16 resize=8",
             d.display()
         ));
-        let err = load_split_images(&spec, Split::Train).unwrap_err();
+        let err = super::super::images::image_files(&spec)
+            .unwrap()
+            .validate()
+            .unwrap_err();
         assert!(
             err.to_string()
                 .contains("`resize` must be at least `image-size`"),

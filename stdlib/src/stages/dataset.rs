@@ -1,10 +1,13 @@
 //! The `dataset` stage: reads the source, makes the train split long-tailed and assigns the
-//! many / medium / few groups. Its artifact is an index, not a copy of the images; feature
-//! sources also store their (long-tailed) matrices so heads can read them like a features stage.
+//! many / medium / few groups. Its artifact is an index; feature sources also store their
+//! (long-tailed) matrices so heads can read them like a features stage, and image-file sources
+//! their packed splits (the kept training images and the test images, still encoded).
 
 use lortflow_data::dataset::{GaussianClustersConfig, Group, Split};
 use lortflow_data::features::{NpyFile, write_features};
 use lortflow_lang::ir::{Backend, DatasetSpec, Source, StageSpec, SyntheticKind};
+
+use super::images;
 use lortflow_runtime::{ConcreteStage, StageContext, StageError, StageExecutor};
 use serde_json::{Value as Json, json};
 
@@ -33,6 +36,9 @@ impl DatasetStage {
 
 impl StageExecutor for DatasetStage {
     fn version(&self) -> &'static str {
+        // Image-file sources are packed since issue #34: their settings (`max-side`,
+        // `skip-bad-images`) are new, so their keys changed anyway; other sources' artifacts are
+        // as before, and keep their keys.
         "1"
     }
 
@@ -45,6 +51,9 @@ impl StageExecutor for DatasetStage {
             return Err(StageError::failed("not a dataset stage"));
         };
         ensure_source_files(cx, spec, &self.downloads)?;
+        if let Some(files) = images::image_files(spec) {
+            return packed_dataset(cx, spec, &files);
+        }
         cx.progress(0, 2, "step", "reading the source");
         let vectors = vector_source(spec)?;
         let (train_labels, num_classes, test_count) = match &vectors {
@@ -132,6 +141,70 @@ impl StageExecutor for DatasetStage {
         Ok(summary)
     }
 }
+
+/// The dataset of an image-file source: the lists give the labels, the long tail picks training
+/// rows, and only those (and the test split) are packed. Class counts and groups are those of the
+/// packed images, so that a skipped bad image is counted out.
+fn packed_dataset(
+    cx: &StageContext<'_>,
+    spec: &DatasetSpec,
+    files: &images::ImageFiles,
+) -> Result<Json, StageError> {
+    files.validate()?;
+    cx.progress(0, 1, "step", "listing the image files");
+    let splits = files.list()?;
+    let num_classes = splits.num_classes;
+    let index = long_tail(spec, &splits.train.labels(), num_classes)
+        .map_err(|e| StageError::failed(format!("dataset `{}`: {e}", cx.stage.name)))?;
+    let record = images::pack_splits(cx, files, &splits, &index.sample_ids)?;
+    let (train, test) = images::open_packs_in(cx.out_dir)?;
+    let class_counts = lortflow_data::dataset::class_counts(train.labels(), num_classes);
+    if let Some(empty) = class_counts.iter().position(|&n| n == 0) {
+        return Err(StageError::failed(format!(
+            "dataset `{}`: class {empty} has no training image left after leaving out {} bad images; fix or remove them",
+            cx.stage.name,
+            record.train.skipped.len()
+        )));
+    }
+    let groups = convert::groups(spec).assign(&class_counts).map_err(fail)?;
+    let meta = Meta {
+        num_classes,
+        class_counts: class_counts.clone(),
+        groups: groups.groups.clone(),
+        many_threshold: groups.many_threshold,
+        few_threshold: groups.few_threshold,
+        boundary: spec.groups.rule.name().to_string(),
+    };
+    write_json(&cx.out_dir.join(images::PACK_REPORT), &record)?;
+    let (most, least) = (
+        class_counts.iter().max().copied().unwrap_or(0),
+        class_counts.iter().min().copied().unwrap_or(0),
+    );
+    let sizes = groups.sizes();
+    let summary = json!({
+        "kind": PACKED,
+        "num_classes": num_classes,
+        "train_samples": train.len(),
+        "test_samples": test.len(),
+        "class_counts": class_counts,
+        "imbalance_ratio": most as f64 / least.max(1) as f64,
+        "groups": { "many": sizes[0], "medium": sizes[1], "few": sizes[2],
+                    "many_threshold": groups.many_threshold, "few_threshold": groups.few_threshold },
+        "pack": images::report_skipped(&cx.stage.name, &record),
+    });
+    let record = DatasetIndex {
+        meta,
+        train_ids: (0..train.len() as u32).collect(),
+        test_count: test.len(),
+        kind: PACKED.into(),
+    };
+    write_json(&cx.out_dir.join(INDEX_FILE), &record)?;
+    Ok(summary)
+}
+
+/// `DatasetIndex::kind` of a dataset whose splits are packed in its artifact; its `train_ids`
+/// index the training pack.
+pub(crate) const PACKED: &str = "packed";
 
 pub(crate) fn group_name(g: Group) -> &'static str {
     match g {

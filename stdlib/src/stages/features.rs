@@ -6,16 +6,15 @@ use std::collections::BTreeMap;
 
 use lortflow_data::dataset::Split;
 use lortflow_data::features::FeatureFile;
-use lortflow_data::input::ImagePipeline;
 use lortflow_lang::ir::StageSpec;
 use lortflow_runtime::{StageContext, StageError, StageExecutor};
 use serde_json::{Value as Json, json};
 
-use super::backbone::read_normalization;
+use super::backbone::{Splits, read_normalization};
 use super::common::{
     CLASSIFIER_FILE, DatasetIndex, INDEX_FILE, META_FILE, TEST_FEATURES, TRAIN_FEATURES,
-    dataset_spec, ensure_source_files, fail, load_split_images, official_downloads, read_json,
-    save_classifier, write_json,
+    dataset_spec, ensure_source_files, fail, official_downloads, read_json, save_classifier,
+    write_json,
 };
 use super::convert::features as convert;
 use crate::backbone::load_backbone;
@@ -44,6 +43,8 @@ impl StageExecutor for FeaturesStage {
         ensure_source_files(cx, dataset, &official_downloads())?;
         let tta = convert::tta(spec.tta);
         let normalization = read_normalization(&backbone.artifact)?;
+        let splits = Splits::open(dataset, &index, &data.artifact)?;
+        let views = splits.views(&[], &normalization)?;
         let batch = spec.batch_size as usize;
         let mut metadata = BTreeMap::new();
         // The backbone's artifact, not its name: a rename keeps this artifact's key.
@@ -71,20 +72,15 @@ impl StageExecutor for FeaturesStage {
                             if ids_of { "train" } else { "test" }
                         ),
                     );
-                    let images = load_split_images(dataset, split)?;
                     let ids: Vec<u32> = if ids_of {
                         index.train_ids.clone()
                     } else {
-                        (0..images.len() as u32).collect()
+                        (0..splits.test_len() as u32).collect()
                     };
-                    let pipeline =
-                        ImagePipeline::new(vec![], normalization.clone(), images.images().shape())
-                            .map_err(fail)?;
                     extract_features(
                         &model,
-                        &images,
+                        splits.eval_input(&views, split),
                         &ids,
-                        &pipeline,
                         tta,
                         batch,
                         &out.join(file),

@@ -3,7 +3,9 @@
 //!
 //! Artifact layouts (files inside a stage's artifact directory):
 //! - dataset: `index.json` (long-tail index, class counts, groups); for feature sources also
-//!   `train.safetensors` and `test.safetensors` (the layout of a features stage).
+//!   `train.safetensors` and `test.safetensors` (the layout of a features stage); for image-file
+//!   sources `train.pack` and `test.pack` (the kept images, still encoded, memory-mapped by the
+//!   stages that read them) and `pack.json` (sizes, re-encoded and skipped images).
 //! - backbone: `backbone.mpk` + `backbone.json` (Burn record and config), `normalization.json`.
 //! - features: `train.safetensors`, `test.safetensors` (`features` [N, D] f32, `labels` [N]),
 //!   `meta.json` (classes, train class counts, groups), `classifier.safetensors` (the backbone's
@@ -13,12 +15,14 @@
 //! - evaluate: `metrics.json`, `report.md`, plots.
 
 mod backbone;
+mod bench;
 mod common;
 mod convert;
 mod dataset;
 mod evaluate;
 mod features;
 mod head;
+mod images;
 mod plugin;
 
 use std::sync::Arc;
@@ -26,6 +30,7 @@ use std::sync::Arc;
 use lortflow_lang::StageKind;
 use lortflow_runtime::Registry;
 
+pub use bench::{EpochRate, InputSetup, bench_input};
 pub use common::{Meta, load_split_images};
 pub use plugin::{LossPlugin, register_loss};
 

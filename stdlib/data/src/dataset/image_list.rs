@@ -1,31 +1,17 @@
 //! The `image-list` source: a root folder plus one list file per split, each line
-//! `relative/path label` (the ImageNet-LT and Places-LT format), and the decode path it shares
-//! with the iNaturalist source.
-//!
-//! Images are decoded (JPEG or PNG, converted to RGB like the reference loaders' `convert('RGB')`),
-//! their shorter side resized to `resize` and a centred `image_size` square cut out, for both
-//! splits, once, at load time; the result is an `N×3×S×S` [`ImageTensorU8`] like every other
-//! source. This deviates from the reference pipelines, which keep full-size images and apply
-//! `RandomResizedCrop(224)` to them every epoch: here training augmentations (random-resized crop,
-//! flips) operate on the stored `S×S` centre crop, which sees a little less of each image. It keeps
-//! the whole data layer on one in-memory tensor type; the cost is memory (`N·3·S²` bytes, ~17 GB
-//! for ImageNet-LT's train split at 224) and a decode on every load.
+//! `relative/path label` (the ImageNet-LT and Places-LT format), and what the image sources share:
+//! the listing of a split's files ([`SplitFiles`]) that the dataset stage packs, and the check that
+//! labels cover every class.
 //!
 //! Labels are used as they are; the number of classes K is the largest label of both splits + 1,
 //! and every class in `0..K` must have an image in one of the splits, which catches 1-based labels.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-use image::RgbImage;
-use image::imageops::FilterType;
-use rayon::prelude::*;
-
-use super::base::{ImageTensorU8, LabeledImages, Split};
 use super::error::DatasetError;
+use crate::images::PackEntry;
 
-/// An `image-list` dataset: where the images and the two list files are, and the stored size.
+/// An `image-list` dataset: where the images and the two list files are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageListSource {
     /// The folder the list paths are relative to.
@@ -34,37 +20,94 @@ pub struct ImageListSource {
     pub train: PathBuf,
     /// List file of the test split.
     pub test: PathBuf,
-    /// How the images are brought to one size.
-    pub transform: ResizeCrop,
 }
 
 impl ImageListSource {
-    /// Loads `split`: both list files are read (K depends on both), only `split`'s images decoded.
-    pub fn load(&self, split: Split) -> Result<LabeledImages, DatasetError> {
-        let train = read_image_list(&self.train)?;
-        let test = read_image_list(&self.test)?;
-        let labels = |list: &[ListEntry]| list.iter().map(|e| e.label).collect::<Vec<_>>();
+    /// Reads both list files (K depends on both); no image is opened.
+    pub fn files(&self) -> Result<ImageSplits, DatasetError> {
+        let read = |list: &Path| -> Result<SplitFiles, DatasetError> {
+            let entries = read_image_list(list)?
+                .into_iter()
+                .map(|e| PackEntry {
+                    path: e.path,
+                    label: e.label,
+                    row: e.line as u32,
+                })
+                .collect();
+            Ok(SplitFiles {
+                root: self.root.clone(),
+                entries,
+                origin: FileOrigin::Lines(list.to_owned()),
+            })
+        };
+        let (train, test) = (read(&self.train)?, read(&self.test)?);
         let num_classes = count_classes(
             &[self.train.clone(), self.test.clone()],
-            &[&labels(&train), &labels(&test)],
+            &[&train.labels(), &test.labels()],
         )?;
-        let (list_path, list) = match split {
-            Split::Train => (&self.train, train),
-            Split::Test => (&self.test, test),
-        };
-        let entries: Vec<ImageEntry<'_>> = list
-            .into_iter()
-            .map(|e| ImageEntry {
-                path: self.root.join(&e.path),
-                label: e.label,
-                origin: Origin::Line {
-                    list: list_path,
-                    line: e.line,
-                },
-            })
-            .collect();
-        decode_labeled(&entries, self.transform, num_classes)
+        Ok(ImageSplits {
+            train,
+            test,
+            num_classes,
+        })
     }
+}
+
+/// The image files of both splits and the number of classes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageSplits {
+    /// The training split.
+    pub train: SplitFiles,
+    /// The test split.
+    pub test: SplitFiles,
+    /// K.
+    pub num_classes: usize,
+}
+
+/// The image files of one split, in their source's order, and where they were named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SplitFiles {
+    /// The folder entry paths are relative to.
+    pub root: PathBuf,
+    /// The files.
+    pub entries: Vec<PackEntry>,
+    /// What named them, for errors.
+    pub origin: FileOrigin,
+}
+
+impl SplitFiles {
+    /// One label per file.
+    pub fn labels(&self) -> Vec<u32> {
+        self.entries.iter().map(|e| e.label).collect()
+    }
+
+    /// Where the entry of `row` was named, e.g. "line 3 of `train.txt`".
+    pub fn describe(&self, row: u32) -> String {
+        match &self.origin {
+            FileOrigin::Lines(list) => format!("line {row} of `{}`", list.display()),
+            FileOrigin::Json { file, ids } => match ids.get(row as usize) {
+                Some(id) => format!("images[{row}] (id {id}) of `{}`", file.display()),
+                None => format!("images[{row}] of `{}`", file.display()),
+            },
+            FileOrigin::Folder(dir) => format!("file {row} of the folder `{}`", dir.display()),
+        }
+    }
+}
+
+/// What named a split's files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileOrigin {
+    /// A list file; rows are line numbers (from 1).
+    Lines(PathBuf),
+    /// The `images` array of an annotation file; rows are indices, `ids` the images' ids.
+    Json {
+        /// The JSON file.
+        file: PathBuf,
+        /// The `id` of each entry of `images`.
+        ids: Vec<u64>,
+    },
+    /// A class-folder tree; rows are positions in its sorted listing.
+    Folder(PathBuf),
 }
 
 /// One line of a list file.
@@ -133,109 +176,6 @@ pub fn read_image_list(path: &Path) -> Result<Vec<ListEntry>, DatasetError> {
     Ok(entries)
 }
 
-/// Resize the shorter side to `resize`, then cut the centred `crop`×`crop` square: the test
-/// transform of the reference pipelines (`Resize(256)` + `CenterCrop(224)`), applied to both
-/// splits here.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ResizeCrop {
-    resize: u32,
-    crop: u32,
-}
-
-impl ResizeCrop {
-    /// Fails unless `1 <= crop <= resize`.
-    pub fn new(resize: u32, crop: u32) -> Result<Self, DatasetError> {
-        if crop == 0 || resize < crop {
-            return Err(DatasetError::CropLargerThanResize {
-                image_size: crop,
-                resize,
-            });
-        }
-        Ok(Self { resize, crop })
-    }
-
-    /// The 256-for-224 ratio of the ImageNet test transform, for sources that only set the crop.
-    pub fn imagenet_ratio(crop: u32) -> Result<Self, DatasetError> {
-        Self::new((u64::from(crop) * 256).div_ceil(224) as u32, crop)
-    }
-
-    /// The side of the stored square.
-    pub fn crop(&self) -> u32 {
-        self.crop
-    }
-
-    /// The shorter side after resizing.
-    pub fn resize(&self) -> u32 {
-        self.resize
-    }
-
-    /// Applies the transform. Sizes follow torchvision: the longer side becomes
-    /// `floor(resize · long / short)`, and the crop offset `round((side − crop) / 2)` with
-    /// Python's round-half-to-even. The filter is the image crate's triangle (bilinear) filter,
-    /// which widens its support when shrinking, i.e. antialiased like PIL's bilinear resize.
-    pub fn apply(&self, image: &RgbImage) -> RgbImage {
-        let (w, h) = image.dimensions();
-        let (short, long) = (w.min(h), w.max(h));
-        let scaled_long = (u64::from(self.resize) * u64::from(long) / u64::from(short)) as u32;
-        let (new_w, new_h) = if w <= h {
-            (self.resize, scaled_long)
-        } else {
-            (scaled_long, self.resize)
-        };
-        let resized = if (new_w, new_h) == (w, h) {
-            image.clone()
-        } else {
-            image::imageops::resize(image, new_w, new_h, FilterType::Triangle)
-        };
-        let x = centre_offset(new_w, self.crop);
-        let y = centre_offset(new_h, self.crop);
-        image::imageops::crop_imm(&resized, x, y, self.crop, self.crop).to_image()
-    }
-}
-
-/// `round((len − crop) / 2)` with round-half-to-even, as Python's `round` in torchvision's
-/// `center_crop`: an odd margin of 2k+1 gives k when k is even and k+1 when k is odd.
-fn centre_offset(len: u32, crop: u32) -> u32 {
-    let margin = len - crop;
-    let half = margin / 2;
-    if margin % 2 == 1 && half % 2 == 1 {
-        half + 1
-    } else {
-        half
-    }
-}
-
-/// An image to decode, with the place that named it (for errors).
-pub(super) struct ImageEntry<'a> {
-    pub(super) path: PathBuf,
-    pub(super) label: u32,
-    pub(super) origin: Origin<'a>,
-}
-
-/// Where an image was named.
-#[derive(Clone, Copy)]
-pub(super) enum Origin<'a> {
-    /// A line of a list file.
-    Line { list: &'a Path, line: usize },
-    /// An entry of the `images` array of an annotation JSON file.
-    Json {
-        file: &'a Path,
-        index: usize,
-        id: u64,
-    },
-}
-
-impl fmt::Display for Origin<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Origin::Line { list, line } => write!(f, "line {line} of `{}`", list.display()),
-            Origin::Json { file, index, id } => {
-                write!(f, "images[{index}] (id {id}) of `{}`", file.display())
-            }
-        }
-    }
-}
-
 /// The number of classes, K = largest label + 1, after checking that every class in `0..K` has an
 /// image in one of the splits. `files` name the label sources, for the error.
 pub(super) fn count_classes(files: &[PathBuf], splits: &[&[u32]]) -> Result<usize, DatasetError> {
@@ -257,78 +197,15 @@ pub(super) fn count_classes(files: &[PathBuf], splits: &[&[u32]]) -> Result<usiz
     }
 }
 
-/// Decodes, resizes and crops every entry in parallel into one `N×3×S×S` tensor.
-///
-/// On failure the error is that of the first failing entry in list order, whatever the thread
-/// timing: entries after a known failure are skipped, entries before it still run.
-pub(super) fn decode_labeled(
-    entries: &[ImageEntry<'_>],
-    transform: ResizeCrop,
-    num_classes: usize,
-) -> Result<LabeledImages, DatasetError> {
-    let side = transform.crop() as usize;
-    let image_len = 3 * side * side;
-    let mut pixels = vec![0u8; entries.len() * image_len];
-    let first_failure = AtomicUsize::new(usize::MAX);
-    let failure = pixels
-        .par_chunks_mut(image_len)
-        .zip(entries.par_iter())
-        .enumerate()
-        .filter_map(|(i, (out, entry))| {
-            if i > first_failure.load(Ordering::Relaxed) {
-                return None;
-            }
-            match decode_into(entry, transform, out) {
-                Ok(()) => None,
-                Err(e) => {
-                    first_failure.fetch_min(i, Ordering::Relaxed);
-                    Some((i, e))
-                }
-            }
-        })
-        .min_by_key(|(i, _)| *i);
-    if let Some((_, error)) = failure {
-        return Err(error);
-    }
-    let images = ImageTensorU8::new(entries.len(), 3, side, side, pixels)?;
-    LabeledImages::new(
-        images,
-        entries.iter().map(|e| e.label).collect(),
-        num_classes,
-    )
-}
-
-fn decode_into(
-    entry: &ImageEntry<'_>,
-    transform: ResizeCrop,
-    out: &mut [u8],
-) -> Result<(), DatasetError> {
-    let error = |problem: String| DatasetError::Image {
-        image: entry.path.clone(),
-        origin: entry.origin.to_string(),
-        problem,
-    };
-    let bytes = std::fs::read(&entry.path).map_err(|e| error(format!("cannot read it: {e}")))?;
-    let decoded = image::load_from_memory(&bytes)
-        .map_err(|e| error(format!("cannot decode it as JPEG or PNG: {e}")))?;
-    let rgb = transform.apply(&decoded.into_rgb8());
-    // Interleaved RGB (H×W×3) to planar C×H×W.
-    let plane = out.len() / 3;
-    for (k, pixel) in rgb.pixels().enumerate() {
-        out[k] = pixel[0];
-        out[plane + k] = pixel[1];
-        out[2 * plane + k] = pixel[2];
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 pub(super) mod tests {
     use std::io::Cursor;
+    use std::sync::atomic::AtomicBool;
 
-    use image::{ImageFormat, Rgb};
+    use image::{ImageFormat, Rgb, RgbImage};
 
     use super::*;
+    use crate::images::{PackInput, PackOptions, PackSplitError, pack_split};
 
     /// An image whose pixel (x, y) is `(x, y, seed)`, encoded in `format`.
     pub(in super::super) fn encoded(w: u32, h: u32, seed: u8, format: ImageFormat) -> Vec<u8> {
@@ -343,6 +220,27 @@ pub(super) mod tests {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, bytes).unwrap();
         path
+    }
+
+    /// Packs a split the way the dataset stage does, and returns the error message with the
+    /// temporary folder replaced by `<root>`.
+    pub(in super::super) fn pack_error(dir: &Path, split: &SplitFiles) -> String {
+        let input = PackInput {
+            root: &split.root,
+            entries: &split.entries,
+            num_classes: 1000,
+            describe: &|row| split.describe(row),
+        };
+        let err: PackSplitError = pack_split(
+            &input,
+            &dir.join("split.pack"),
+            &PackOptions::default(),
+            &AtomicBool::new(false),
+            &mut |_, _| {},
+        )
+        .unwrap_err();
+        err.to_string()
+            .replace(&dir.display().to_string(), "<root>")
     }
 
     /// A root with four small images: two PNG and two JPEG, of several aspect ratios.
@@ -371,68 +269,48 @@ pub(super) mod tests {
         dir
     }
 
-    fn source(dir: &Path, train: &str, test: &str, resize: u32, crop: u32) -> ImageListSource {
+    fn source(dir: &Path, train: &str, test: &str) -> ImageListSource {
         ImageListSource {
             root: dir.to_owned(),
             train: write(dir, "train.txt", train.as_bytes()),
             test: write(dir, "test.txt", test.as_bytes()),
-            transform: ResizeCrop::new(resize, crop).unwrap(),
         }
     }
 
-    fn error(dir: &tempfile::TempDir, source: &ImageListSource, split: Split) -> String {
+    fn error(dir: &tempfile::TempDir, source: &ImageListSource) -> String {
         source
-            .load(split)
+            .files()
             .unwrap_err()
             .to_string()
             .replace(&dir.path().display().to_string(), "<root>")
     }
 
     #[test]
-    fn loads_png_and_jpeg_resized_and_centre_cropped() {
+    fn lists_both_splits_with_their_lines() {
         let dir = root_with_images();
         let src = source(
             dir.path(),
             "img/a.png 0\nimg/b.png 2\n\nimg/c d.jpg   1\n",
             "img/e.jpg 2\n",
-            4,
-            4,
         );
-        let train = src.load(Split::Train).unwrap();
-        assert_eq!(train.images().shape(), [3, 3, 4, 4]);
-        assert_eq!(train.labels(), [0, 2, 1]);
-        assert_eq!(train.num_classes(), 3);
-        // PNG is lossless: the blue plane is the seed everywhere, red grows left to right.
-        let a = train.images().image(0).unwrap();
-        assert!(a[32..48].iter().all(|&v| v == 10));
-        assert!(a[0] < a[3], "red increases with x: {:?}", &a[..4]);
-        let b = train.images().image(1).unwrap();
-        assert!(b[32..48].iter().all(|&v| v == 20));
-        let test = src.load(Split::Test).unwrap();
-        assert_eq!(test.images().shape(), [1, 3, 4, 4]);
-        assert_eq!(test.num_classes(), 3, "K comes from both splits");
-        // JPEG is lossy, but a flat blue plane stays close.
-        let e = test.images().image(0).unwrap();
-        assert!(e[32..48].iter().all(|&v| v.abs_diff(40) <= 3), "{e:?}");
-    }
-
-    #[test]
-    fn resize_keeps_the_aspect_ratio_and_crops_the_centre() {
-        // 20×10 → shorter side 5 → 10×5 → centre 4×4 at x = round(6/2) = 3, y = round(1/2) = 0.
-        let image = RgbImage::from_fn(20, 10, |x, y| Rgb([x as u8, y as u8, 0]));
-        let out = ResizeCrop::new(5, 4).unwrap().apply(&image);
-        assert_eq!(out.dimensions(), (4, 4));
-        // Without resizing the crop is an exact window, at x = round(8.5) = 8, y = round(3.5) = 4.
-        let same = ResizeCrop::new(10, 3).unwrap().apply(&image);
-        assert_eq!(same.get_pixel(0, 0).0, [8, 4, 0]);
-        assert_eq!(centre_offset(10, 3), 4); // margin 7: 3.5 → 4
-        assert_eq!(centre_offset(9, 4), 2); // margin 5: 2.5 → 2
-        assert_eq!(centre_offset(8, 4), 2);
-        assert_eq!(ResizeCrop::imagenet_ratio(224).unwrap().resize(), 256);
-        assert_eq!(ResizeCrop::imagenet_ratio(32).unwrap().resize(), 37);
+        let splits = src.files().unwrap();
+        assert_eq!(splits.num_classes, 3, "K comes from both splits");
+        assert_eq!(splits.train.labels(), [0, 2, 1]);
+        let paths: Vec<(&str, u32)> = splits
+            .train
+            .entries
+            .iter()
+            .map(|e| (e.path.as_str(), e.row))
+            .collect();
         assert_eq!(
-            ResizeCrop::new(3, 4).unwrap_err().to_string(),
-            "cannot centre-crop 4x4 pixels out of images whose shorter side is resized to 3: `resize` must be at least `image-size`"
+            paths,
+            [("img/a.png", 1), ("img/b.png", 2), ("img/c d.jpg", 4)]
+        );
+        assert_eq!(splits.test.labels(), [2]);
+        let root = dir.path().display().to_string();
+        assert_eq!(
+            splits.train.describe(4).replace(&root, "<root>"),
+            "line 4 of `<root>/train.txt`"
         );
     }
 
@@ -462,41 +340,34 @@ pub(super) mod tests {
             ),
         ];
         for (train, expected) in cases {
-            let src = source(dir.path(), train, "img/e.jpg 0\n", 8, 8);
-            assert_eq!(
-                error(&dir, &src, Split::Test),
-                format!("`<root>/train.txt` {expected}")
-            );
+            let src = source(dir.path(), train, "img/e.jpg 0\n");
+            assert_eq!(error(&dir, &src), format!("`<root>/train.txt` {expected}"));
         }
-        let src = source(dir.path(), "\n \n", "img/e.jpg 0\n", 8, 8);
-        assert_eq!(
-            error(&dir, &src, Split::Test),
-            "`<root>/train.txt` holds no images"
-        );
+        let src = source(dir.path(), "\n \n", "img/e.jpg 0\n");
+        assert_eq!(error(&dir, &src), "`<root>/train.txt` holds no images");
     }
 
     #[test]
-    fn missing_and_undecodable_images_name_the_list_line() {
+    fn missing_and_undecodable_images_name_the_list_line_when_packed() {
         let dir = root_with_images();
         write(dir.path(), "img/bad.jpg", b"not a jpeg at all");
         let src = source(
             dir.path(),
             "img/a.png 0\nimg/missing.png 1\nimg/bad.jpg 1\n",
             "img/e.jpg 0\nimg/bad.jpg 1\n",
-            8,
-            8,
         );
-        let message = error(&dir, &src, Split::Train);
+        let splits = src.files().unwrap();
+        let message = pack_error(dir.path(), &splits.train);
         assert!(
             message.starts_with(
                 "`<root>/img/missing.png` (line 2 of `<root>/train.txt`): cannot read it: "
             ),
             "{message}"
         );
-        let message = error(&dir, &src, Split::Test);
+        let message = pack_error(dir.path(), &splits.test);
         assert!(
             message.starts_with(
-                "`<root>/img/bad.jpg` (line 2 of `<root>/test.txt`): cannot decode it as JPEG or PNG: "
+                "`<root>/img/bad.jpg` (line 2 of `<root>/test.txt`): it is neither a JPEG nor a PNG"
             ),
             "{message}"
         );
@@ -506,15 +377,9 @@ pub(super) mod tests {
     fn labels_must_cover_every_class() {
         let dir = root_with_images();
         // 1-based labels: class 0 has no image anywhere.
-        let src = source(
-            dir.path(),
-            "img/a.png 1\nimg/b.png 2\n",
-            "img/e.jpg 2\n",
-            8,
-            8,
-        );
+        let src = source(dir.path(), "img/a.png 1\nimg/b.png 2\n", "img/e.jpg 2\n");
         assert_eq!(
-            error(&dir, &src, Split::Train),
+            error(&dir, &src),
             "class 0 has no image in `<root>/train.txt`, `<root>/test.txt`, although labels go up to 2: labels must be 0..K-1 with every class present (are they 1-based?)"
         );
         // A typo'd huge label is a gap too, found without allocating K slots.
@@ -522,13 +387,11 @@ pub(super) mod tests {
             dir.path(),
             "img/a.png 0\nimg/b.png 4000000000\n",
             "img/e.jpg 0\n",
-            8,
-            8,
         );
-        assert!(error(&dir, &src, Split::Test).starts_with("class 1 has no image"));
+        assert!(error(&dir, &src).starts_with("class 1 has no image"));
         // A class present only in the test split is fine.
-        let src = source(dir.path(), "img/a.png 0\n", "img/e.jpg 1\n", 8, 8);
-        assert_eq!(src.load(Split::Train).unwrap().num_classes(), 2);
+        let src = source(dir.path(), "img/a.png 0\n", "img/e.jpg 1\n");
+        assert_eq!(src.files().unwrap().num_classes, 2);
     }
 
     #[test]
@@ -542,9 +405,10 @@ pub(super) mod tests {
             }
             list.push_str(&format!("{i}.png 0\n"));
         }
-        let src = source(dir.path(), &list, "0.png 0\n", 4, 4);
+        let src = source(dir.path(), &list, "0.png 0\n");
+        let splits = src.files().unwrap();
         for _ in 0..3 {
-            assert!(error(&dir, &src, Split::Train).starts_with("`<root>/3.png` (line 4 of"));
+            assert!(pack_error(dir.path(), &splits.train).starts_with("`<root>/3.png` (line 4 of"));
         }
     }
 }

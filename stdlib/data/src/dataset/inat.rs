@@ -1,5 +1,5 @@
 //! The `inat2018` source: the iNaturalist 2018 annotation files (COCO-like JSON) plus the image
-//! root, decoded like an `image-list` source.
+//! root, listed like an `image-list` source.
 //!
 //! A file has top-level `images` ([{id, file_name, …}]), `annotations` ([{id, image_id,
 //! category_id}]) and `categories` ([{id, name, …}]); other fields are ignored. The label of an
@@ -16,11 +16,11 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::base::{LabeledImages, Split};
 use super::error::DatasetError;
-use super::image_list::{ImageEntry, Origin, ResizeCrop, count_classes, decode_labeled};
+use super::image_list::{FileOrigin, ImageSplits, SplitFiles, count_classes};
+use crate::images::PackEntry;
 
-/// An iNaturalist dataset: the image root, the two JSON files and the stored size.
+/// An iNaturalist dataset: the image root and the two JSON files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Inat2018Source {
     /// The folder the `file_name`s are relative to.
@@ -29,37 +29,41 @@ pub struct Inat2018Source {
     pub train: PathBuf,
     /// `val2018.json`, the test set of LTR papers.
     pub test: PathBuf,
-    /// How the images are brought to one size.
-    pub transform: ResizeCrop,
 }
 
 impl Inat2018Source {
-    /// Loads `split`: both JSON files are read (K depends on both), only `split`'s images decoded.
-    pub fn load(&self, split: Split) -> Result<LabeledImages, DatasetError> {
-        let train = read_inat_json(&self.train)?;
-        let test = read_inat_json(&self.test)?;
-        let labels = |list: &[InatImage]| list.iter().map(|e| e.label).collect::<Vec<_>>();
-        let num_classes = count_classes(
-            &[self.train.clone(), self.test.clone()],
-            &[&labels(&train), &labels(&test)],
-        )?;
-        let (file, list) = match split {
-            Split::Train => (&self.train, train),
-            Split::Test => (&self.test, test),
-        };
-        let entries: Vec<ImageEntry<'_>> = list
-            .into_iter()
-            .map(|e| ImageEntry {
-                path: self.root.join(&e.file_name),
-                label: e.label,
-                origin: Origin::Json {
-                    file,
-                    index: e.index,
-                    id: e.id,
+    /// Reads both annotation files (K depends on both); no image is opened.
+    pub fn files(&self) -> Result<ImageSplits, DatasetError> {
+        let read = |file: &Path| -> Result<SplitFiles, DatasetError> {
+            let images = read_inat_json(file)?;
+            let ids = images.iter().map(|e| e.id).collect();
+            let entries = images
+                .into_iter()
+                .map(|e| PackEntry {
+                    path: e.file_name,
+                    label: e.label,
+                    row: e.index as u32,
+                })
+                .collect();
+            Ok(SplitFiles {
+                root: self.root.clone(),
+                entries,
+                origin: FileOrigin::Json {
+                    file: file.to_owned(),
+                    ids,
                 },
             })
-            .collect();
-        decode_labeled(&entries, self.transform, num_classes)
+        };
+        let (train, test) = (read(&self.train)?, read(&self.test)?);
+        let num_classes = count_classes(
+            &[self.train.clone(), self.test.clone()],
+            &[&train.labels(), &test.labels()],
+        )?;
+        Ok(ImageSplits {
+            train,
+            test,
+            num_classes,
+        })
     }
 }
 
@@ -221,7 +225,7 @@ mod tests {
     use image::ImageFormat;
     use serde_json::json;
 
-    use super::super::image_list::tests::{encoded, write};
+    use super::super::image_list::tests::{encoded, pack_error, write};
     use super::*;
 
     fn json_file(dir: &Path, name: &str, value: &Value) -> PathBuf {
@@ -275,7 +279,6 @@ mod tests {
             root: d.to_owned(),
             train: json_file(d, "train2018.json", train),
             test: json_file(d, "val2018.json", &test),
-            transform: ResizeCrop::new(4, 4).unwrap(),
         };
         (dir, source)
     }
@@ -283,7 +286,7 @@ mod tests {
     fn error(train: Value) -> String {
         let (dir, source) = setup(&train);
         source
-            .load(Split::Test)
+            .files()
             .unwrap_err()
             .to_string()
             .replace(&dir.path().display().to_string(), "<root>")
@@ -292,17 +295,14 @@ mod tests {
     #[test]
     fn pairs_images_and_annotations_by_id() {
         let (_dir, source) = setup(&train_json());
-        let train = source.load(Split::Train).unwrap();
-        assert_eq!(train.labels(), [1, 0]);
-        assert_eq!(train.num_classes(), 2);
-        assert_eq!(train.images().shape(), [2, 3, 4, 4]);
-        let b = train.images().image(1).unwrap();
-        assert!(
-            b[32..48].iter().all(|&v| v == 60),
-            "PNG blue plane is its seed"
+        let splits = source.files().unwrap();
+        assert_eq!(splits.train.labels(), [1, 0]);
+        assert_eq!(splits.num_classes, 2);
+        assert_eq!(
+            splits.train.entries[1].path,
+            "train_val2018/Plantae/0/b.png"
         );
-        let test = source.load(Split::Test).unwrap();
-        assert_eq!((test.labels(), test.num_classes()), (&[0][..], 2));
+        assert_eq!(splits.test.labels(), [0]);
     }
 
     #[test]
@@ -386,11 +386,8 @@ mod tests {
         let mut json = train_json();
         json["images"][0]["file_name"] = json!("nowhere.jpg");
         let (dir, source) = setup(&json);
-        let message = source
-            .load(Split::Train)
-            .unwrap_err()
-            .to_string()
-            .replace(&dir.path().display().to_string(), "<root>");
+        let splits = source.files().unwrap();
+        let message = pack_error(dir.path(), &splits.train);
         assert!(
             message.starts_with(
                 "`<root>/nowhere.jpg` (images[0] (id 10) of `<root>/train2018.json`): cannot read it: "
@@ -402,10 +399,7 @@ mod tests {
             "train_val2018/Plantae/0/b.png",
             b"\x89PNG broken",
         );
-        let message = source.load(Split::Test).unwrap_err().to_string();
-        assert!(
-            message.contains("cannot decode it as JPEG or PNG"),
-            "{message}"
-        );
+        let message = pack_error(dir.path(), &source.files().unwrap().test);
+        assert!(message.contains("neither a JPEG nor a PNG"), "{message}");
     }
 }

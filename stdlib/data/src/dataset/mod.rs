@@ -1,5 +1,5 @@
-//! The data layer: readers for IDX (MNIST, Fashion-MNIST) and CIFAR binary files, image lists
-//! (ImageNet-LT format) and iNaturalist annotation files with JPEG/PNG decoding, downloads of the
+//! The data layer: readers for IDX (MNIST, Fashion-MNIST) and CIFAR binary files, the listings of
+//! image lists (ImageNet-LT format), iNaturalist annotation files and class folders, downloads of the
 //! datasets with official URLs, seeded synthetic data, long-tailed subsets and many/medium/few
 //! groups.
 //!
@@ -28,6 +28,7 @@ pub(crate) mod download;
 mod error;
 mod groups;
 mod idx;
+mod image_folder;
 mod image_list;
 mod inat;
 mod long_tail;
@@ -48,7 +49,10 @@ pub use download::{
 pub use error::{DatasetError, LongTailError, ManualDownload};
 pub use groups::{Boundary, ClassGroups, Group, GroupConfig, GroupMeans, Thresholds};
 pub use idx::{IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, read_idx_images, read_idx_labels};
-pub use image_list::{ImageListSource, ListEntry, ResizeCrop, read_image_list};
+pub use image_folder::ImageFolderSource;
+pub use image_list::{
+    FileOrigin, ImageListSource, ImageSplits, ListEntry, SplitFiles, read_image_list,
+};
 pub use inat::{Inat2018Source, InatImage, read_inat_json};
 pub use long_tail::{
     ClassOrder, ImbalanceProfile, LongTailConfig, LongTailIndex, SampleSelection, profile_counts,

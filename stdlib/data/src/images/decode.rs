@@ -82,11 +82,11 @@ pub enum DecodeError {
     #[error("it is neither a JPEG nor a PNG (its first bytes are {0})")]
     UnknownFormat(String),
     /// The data ends before the image does.
-    #[error("the {format} data is truncated: the file ends before the image does ({detail})")]
+    #[error("the {format} data is truncated: the file ends before the image does")]
     Truncated {
         /// The container.
         format: ImageFormat,
-        /// The decoder's words.
+        /// The decoder's words (for logs; the message says what matters).
         detail: String,
     },
     /// The header asks for more pixels than [`MAX_PIXELS`].
@@ -242,16 +242,22 @@ fn is_tolerated_quirk(error: &DecodeErrors) -> bool {
     !is_truncation(error) && (text.contains("extra bytes") || text.contains("marker"))
 }
 
+/// A decoder's message on one line.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 fn jpeg_error(error: &DecodeErrors) -> DecodeError {
+    let detail = one_line(&error.to_string());
     if is_truncation(error) {
         DecodeError::Truncated {
             format: ImageFormat::Jpeg,
-            detail: error.to_string(),
+            detail,
         }
     } else {
         DecodeError::Corrupt {
             format: ImageFormat::Jpeg,
-            detail: error.to_string(),
+            detail,
         }
     }
 }
@@ -278,7 +284,7 @@ fn decode_jpeg(bytes: &[u8]) -> Result<RgbImage, DecodeError> {
 }
 
 fn png_error(error: &image::ImageError) -> DecodeError {
-    let detail = error.to_string();
+    let detail = one_line(&error.to_string());
     let lower = detail.to_ascii_lowercase();
     if lower.contains("eof") || lower.contains("end of") || lower.contains("unexpected end") {
         DecodeError::Truncated {

@@ -54,8 +54,27 @@ impl Default for PackOptions {
 /// JPEG quality of re-encoded images: FFCV's for ImageNet.
 pub const DEFAULT_QUALITY: u8 = 90;
 
-/// The number of cores this process may use.
+static WORKERS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+
+/// Sets the number of decode threads of this process (`lortflow --workers N`); the first call wins.
+pub fn set_default_workers(workers: usize) {
+    let _ = WORKERS.set(workers.max(1));
+}
+
+/// Decode threads: what [`set_default_workers`] set, else `LORTFLOW_WORKERS` (what a scheduler
+/// job inherits), else every core this process may use. The number never changes results.
 pub fn default_workers() -> usize {
+    if let Some(&n) = WORKERS.get() {
+        return n;
+    }
+    if let Ok(text) = std::env::var("LORTFLOW_WORKERS") {
+        match text.trim().parse::<usize>() {
+            Ok(n) if n > 0 => return n,
+            _ => {
+                tracing::warn!(value = %text, "LORTFLOW_WORKERS is not a positive integer; using every core")
+            }
+        }
+    }
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 

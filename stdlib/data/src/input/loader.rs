@@ -165,7 +165,8 @@ mod tests {
             data.images().shape(),
         )
         .unwrap();
-        let order = SamplerKind::Instance.epoch_order(&data, &ids, 5, 1);
+        let order =
+            SamplerKind::Instance.epoch_order(data.labels(), data.num_classes(), &ids, 5, 1);
         let config = BatchConfig {
             batch_size: 4,
             prefetch,

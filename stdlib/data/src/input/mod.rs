@@ -18,7 +18,7 @@
 //!     Normalization::from_data(&data, &ids)?,
 //!     data.images().shape(),
 //! )?;
-//! let order = SamplerKind::Instance.epoch_order(&data, &ids, 7, 0);
+//! let order = SamplerKind::Instance.epoch_order(data.labels(), data.num_classes(), &ids, 7, 0);
 //! let config = BatchConfig { batch_size: 32, prefetch: 2, seed: 7, train: true };
 //! let mut seen = 0;
 //! for_each_batch(&data, &order, &pipeline, &config, 0, |batch| {
@@ -33,6 +33,7 @@ pub mod augment;
 mod error;
 pub mod loader;
 pub mod sampler;
+pub mod source;
 pub mod stream;
 pub mod vision;
 
@@ -40,5 +41,6 @@ pub use augment::{ImagePipeline, Normalization, Transform};
 pub use error::DataError;
 pub use loader::{Batch, BatchConfig, for_each_batch};
 pub use sampler::SamplerKind;
+pub use source::ImageInput;
 pub use stream::{BatchOutput, PixelBatch, StreamConfig, stream_batches};
 pub use vision::{Geometry, VisionPipeline};

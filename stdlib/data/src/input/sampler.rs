@@ -4,7 +4,7 @@
 //! number of optimiser steps does not depend on the sampler. Orders depend only on
 //! `(seed, epoch)`.
 
-use crate::dataset::{LabeledImages, Rng};
+use crate::dataset::Rng;
 
 /// Stream of [`Rng::stream`] reserved for epoch orders (augmentation uses its own).
 const ORDER_STREAM: u64 = 0x5A4D_504C_0000_0000;
@@ -27,12 +27,14 @@ pub enum SamplerKind {
 }
 
 impl SamplerKind {
-    /// The sample ids (elements of `ids`) epoch `epoch` visits, in order.
+    /// The sample ids (elements of `ids`) epoch `epoch` visits, in order; `labels` are the split's
+    /// (one per image, each below `num_classes`).
     ///
-    /// `ids` must be valid indices of `data` (checked by the loader).
+    /// `ids` must be valid indices of `labels` (checked by the loader).
     pub fn epoch_order(
         &self,
-        data: &LabeledImages,
+        labels: &[u32],
+        num_classes: usize,
         ids: &[u32],
         seed: u64,
         epoch: usize,
@@ -49,7 +51,7 @@ impl SamplerKind {
                 order
             }
             SamplerKind::ClassBalanced { per_class } => {
-                let mut by_class = by_class(data, ids);
+                let mut by_class = by_class(labels, num_classes, ids);
                 let mut classes: Vec<usize> = (0..by_class.len())
                     .filter(|&c| !by_class[c].is_empty())
                     .collect();
@@ -82,7 +84,7 @@ impl SamplerKind {
                 order
             }
             SamplerKind::Sqrt => {
-                let by_class = by_class(data, ids);
+                let by_class = by_class(labels, num_classes, ids);
                 let weights: Vec<f64> = by_class.iter().map(|m| (m.len() as f64).sqrt()).collect();
                 let total: f64 = weights.iter().sum();
                 let mut cumulative = Vec::with_capacity(weights.len());
@@ -107,10 +109,10 @@ impl SamplerKind {
     }
 }
 
-fn by_class(data: &LabeledImages, ids: &[u32]) -> Vec<Vec<u32>> {
-    let mut by_class = vec![Vec::new(); data.num_classes()];
+fn by_class(labels: &[u32], num_classes: usize, ids: &[u32]) -> Vec<Vec<u32>> {
+    let mut by_class = vec![Vec::new(); num_classes];
     for &id in ids {
-        if let Some(&label) = data.labels().get(id as usize) {
+        if let Some(&label) = labels.get(id as usize) {
             by_class[label as usize].push(id);
         }
     }
@@ -120,7 +122,7 @@ fn by_class(data: &LabeledImages, ids: &[u32]) -> Vec<Vec<u32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataset::{LongTailConfig, PatternImagesConfig};
+    use crate::dataset::{LabeledImages, LongTailConfig, PatternImagesConfig};
 
     fn long_tailed() -> (LabeledImages, Vec<u32>) {
         let data = PatternImagesConfig {
@@ -149,20 +151,32 @@ mod tests {
     #[test]
     fn instance_is_a_seeded_permutation() {
         let (data, ids) = long_tailed();
-        let a = SamplerKind::Instance.epoch_order(&data, &ids, 1, 0);
+        let a = SamplerKind::Instance.epoch_order(data.labels(), data.num_classes(), &ids, 1, 0);
         let mut sorted = a.clone();
         sorted.sort_unstable();
         let mut expected = ids.clone();
         expected.sort_unstable();
         assert_eq!(sorted, expected);
-        assert_eq!(a, SamplerKind::Instance.epoch_order(&data, &ids, 1, 0));
-        assert_ne!(a, SamplerKind::Instance.epoch_order(&data, &ids, 1, 1));
+        assert_eq!(
+            a,
+            SamplerKind::Instance.epoch_order(data.labels(), data.num_classes(), &ids, 1, 0)
+        );
+        assert_ne!(
+            a,
+            SamplerKind::Instance.epoch_order(data.labels(), data.num_classes(), &ids, 1, 1)
+        );
     }
 
     #[test]
     fn class_balanced_draws_classes_equally() {
         let (data, ids) = long_tailed();
-        let order = SamplerKind::ClassBalanced { per_class: 1 }.epoch_order(&data, &ids, 2, 0);
+        let order = SamplerKind::ClassBalanced { per_class: 1 }.epoch_order(
+            data.labels(),
+            data.num_classes(),
+            &ids,
+            2,
+            0,
+        );
         assert_eq!(order.len(), ids.len());
         let h = class_histogram(&data, &order);
         let (lo, hi) = (h.iter().min().unwrap(), h.iter().max().unwrap());
@@ -172,7 +186,7 @@ mod tests {
     #[test]
     fn sqrt_flattens_the_tail() {
         let (data, ids) = long_tailed();
-        let order = SamplerKind::Sqrt.epoch_order(&data, &ids, 3, 0);
+        let order = SamplerKind::Sqrt.epoch_order(data.labels(), data.num_classes(), &ids, 3, 0);
         let h = class_histogram(&data, &order);
         let counts = data.select(&ids).unwrap().class_counts();
         // Head/tail ratio of the draws is about the square root of the data's ratio.

@@ -18,6 +18,7 @@ use std::sync::mpsc::{channel, sync_channel};
 
 use rayon::prelude::*;
 
+use super::augment::Normalization;
 use super::error::DataError;
 use super::loader::AUGMENT_STREAM;
 use super::vision::VisionPipeline;
@@ -185,6 +186,52 @@ pub fn stream_batches<E: From<DataError>>(
         }
         result
     })
+}
+
+/// Per-channel mean and standard deviation (pixels scaled to `[0, 1]`) of the images `ids` of
+/// `pack` through `view` (an evaluation view: no draws), summed exactly in integers.
+pub fn pixel_statistics(
+    pack: &PackedImages,
+    ids: &[u32],
+    view: &VisionPipeline,
+    workers: usize,
+) -> Result<Normalization, DataError> {
+    if ids.is_empty() {
+        return Err(DataError::EmptySubset);
+    }
+    let config = StreamConfig {
+        batch_size: 64,
+        workers,
+        prefetch: 1,
+        seed: 0,
+        output: BatchOutput::Bytes,
+    };
+    let (mut sum, mut sum_sq, mut count) = ([0u64; 3], [0u64; 3], 0u64);
+    stream_batches::<DataError>(pack, ids, view, &config, 0, |batch| {
+        let plane = batch.shape[2] * batch.shape[3];
+        for (k, channel) in batch.pixels.chunks_exact(plane).enumerate() {
+            sum[k % 3] += channel.iter().map(|&p| u64::from(p)).sum::<u64>();
+            sum_sq[k % 3] += channel
+                .iter()
+                .map(|&p| u64::from(p) * u64::from(p))
+                .sum::<u64>();
+        }
+        count += (batch.shape[0] * plane) as u64;
+        Ok(ControlFlow::Continue(()))
+    })?;
+    let n = count as f64;
+    let mean: Vec<f32> = sum.iter().map(|&s| (s as f64 / n / 255.0) as f32).collect();
+    let std = sum
+        .iter()
+        .zip(&sum_sq)
+        .map(|(&s, &s2)| {
+            let m = s as f64 / n;
+            let sd = (s2 as f64 / n - m * m).max(0.0).sqrt() / 255.0;
+            // A constant channel would divide by zero; leave it unscaled instead.
+            if sd > 1e-8 { sd as f32 } else { 1.0 }
+        })
+        .collect();
+    Ok(Normalization { mean, std })
 }
 
 fn fill(

@@ -137,13 +137,22 @@ pub(crate) fn normalization(
     data: &LabeledImages,
     ids: &[u32],
 ) -> Result<Normalization, DataError> {
-    let channels = data.images().channels();
     match preset {
         Normalize::Dataset => Normalization::from_data(data, ids),
+        _ => published_normalization(preset, data.images().channels()),
+    }
+}
+
+/// The statistics of a preset that does not read the data (`dataset` is computed by the caller).
+pub(crate) fn published_normalization(
+    preset: Normalize,
+    channels: usize,
+) -> Result<Normalization, DataError> {
+    match preset {
         Normalize::Cifar => Normalization::cifar().for_channels(preset.name(), channels),
         Normalize::Imagenet => Normalization::imagenet().for_channels(preset.name(), channels),
         Normalize::Inat => Normalization::inat().for_channels(preset.name(), channels),
-        Normalize::None => Ok(Normalization::none(channels)),
+        Normalize::None | Normalize::Dataset => Ok(Normalization::none(channels)),
     }
 }
 

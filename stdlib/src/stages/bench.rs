@@ -1,0 +1,125 @@
+//! `lortflow bench input`: a backbone's input stream without the model. The dataset stage's
+//! artifact (packed, or loaded in memory for the built-in sources) is streamed through the
+//! backbone's own training view and sampler, or with `eval` through the extraction view, exactly
+//! as training and extraction read it.
+
+use std::ops::ControlFlow;
+use std::time::Instant;
+
+use lortflow_data::dataset::Split;
+use lortflow_data::images::default_workers;
+use lortflow_data::input::{BatchConfig, DataError};
+use lortflow_lang::ConcreteStage;
+use lortflow_lang::ir::{StageSpec, Weights};
+use lortflow_runtime::{Artifact, StageError};
+
+use super::backbone::Splits;
+use super::common::{DatasetIndex, INDEX_FILE, read_json};
+use super::convert::backbone as convert;
+use super::dataset::PACKED;
+
+/// One streamed epoch.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EpochRate {
+    /// 0-based epoch.
+    pub epoch: usize,
+    /// Images delivered.
+    pub images: usize,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+}
+
+/// What was streamed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InputSetup {
+    /// `packed` (streamed from the dataset's packs) or `memory`.
+    pub storage: &'static str,
+    /// Decode threads (packed data).
+    pub workers: usize,
+    /// Images per batch.
+    pub batch_size: usize,
+    /// `[C, H, W]` of a produced image.
+    pub shape: [usize; 3],
+}
+
+/// Streams `epochs` epochs of `backbone`'s input from the artifact of its dataset stage `data`,
+/// calling `report` after each.
+pub fn bench_input(
+    data: &ConcreteStage,
+    data_artifact: &Artifact,
+    backbone: &ConcreteStage,
+    epochs: usize,
+    eval: bool,
+    report: &mut dyn FnMut(&InputSetup, &EpochRate),
+) -> Result<InputSetup, StageError> {
+    let (StageSpec::Dataset(dataset), StageSpec::Backbone(spec)) =
+        (&data.stage.spec, &backbone.stage.spec)
+    else {
+        return Err(StageError::failed(format!(
+            "`{}` is not a backbone reading the dataset `{}`",
+            backbone.name, data.name
+        )));
+    };
+    let index: DatasetIndex = read_json(&data_artifact.file(INDEX_FILE))?;
+    let splits = Splits::open(dataset, &index, data_artifact)?;
+    let normalization = splits.normalization(spec.normalize, &index.train_ids)?;
+    let views = splits.views(&convert::transforms(&spec.augment), &normalization)?;
+    let train = match &spec.weights {
+        Weights::Train(t) => Some(convert::train_config(t).map_err(super::common::fail)?),
+        Weights::Checkpoint { .. } => None,
+    };
+    let batch_size = train.as_ref().map_or(128, |t| t.batch_size);
+    let input = if eval {
+        splits.eval_input(&views, Split::Train)
+    } else {
+        splits.train_input(&views)
+    };
+    let setup = InputSetup {
+        storage: if index.kind == PACKED {
+            "packed"
+        } else {
+            "memory"
+        },
+        workers: default_workers(),
+        batch_size,
+        shape: input.output_shape(),
+    };
+    for epoch in 0..epochs {
+        let (order, seed) = match (&train, eval) {
+            (Some(t), false) => (
+                t.sampler.epoch_order(
+                    input.labels(),
+                    input.num_classes(),
+                    &index.train_ids,
+                    t.seed,
+                    epoch,
+                ),
+                t.seed,
+            ),
+            _ => (index.train_ids.clone(), 0),
+        };
+        let config = BatchConfig {
+            batch_size,
+            prefetch: crate::backbone::DEFAULT_PREFETCH,
+            seed,
+            train: !eval,
+        };
+        let started = Instant::now();
+        let mut images = 0usize;
+        input
+            .for_each_batch::<DataError>(&order, &config, epoch, |batch| {
+                images += batch.labels.len();
+                Ok(ControlFlow::Continue(()))
+            })
+            .map_err(super::common::fail)?;
+        report(
+            &setup,
+            &EpochRate {
+                epoch,
+                images,
+                seconds: started.elapsed().as_secs_f64(),
+            },
+        );
+    }
+    Ok(setup)
+}
