@@ -9,8 +9,6 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// A name that is unique among all temporary names made by any process on this machine:
-/// the process id tells processes apart, the counter tells calls within one process apart.
 /// The Cache Directory Tagging file (bford.info/cachedir): backup tools skip a tagged directory,
 /// and so do lortflow's own digests of dataset folders, so that a store kept inside an image root
 /// does not change the root's digest while a stage writes to it. Every store has one.
@@ -18,6 +16,8 @@ pub(crate) const CACHEDIR_TAG: &str = "CACHEDIR.TAG";
 /// The first line a valid `CACHEDIR.TAG` starts with.
 pub(crate) const CACHEDIR_SIGNATURE: &str = "Signature: 8a477f597d28d172789f06886806bc55";
 
+/// A name that is unique among all temporary names made by any process on this machine:
+/// the process id tells processes apart, the counter tells calls within one process apart.
 pub(crate) fn unique_name(prefix: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);

@@ -47,6 +47,10 @@ const RUNS_DIR: &str = "runs";
 const WORK_DIR: &str = "work";
 /// Batch scripts, logs, records and staging directories of stages handed to a scheduler.
 const JOBS_DIR: &str = "jobs";
+/// Digests of large artifact files, cached by file metadata (see `Store::large_file_digest`).
+const ARTIFACT_DIGESTS: &str = "artifact-digests.json";
+/// Artifact files at least this large are verified through the digest cache.
+const LARGE_ARTIFACT_FILE: u64 = 64 << 20;
 
 /// Temporary files of atomic writes younger than this are left alone by
 /// [`Store::clean_tmp`]: a process that does not hold the lock (`status` saving the digest
@@ -118,7 +122,11 @@ impl Store {
             let text = format!(
                 "{CACHEDIR_SIGNATURE}\n# This is a lortflow artifact store: caches that can be rebuilt.\n# For information about cache directory tags, see https://bford.info/cachedir/\n"
             );
-            fs::write(&tag, text).map_err(io_error("write", &tag))?;
+            // A store that cannot take the tag (read-only) still works; only a dataset folder
+            // around it would then count it as data.
+            if let Err(err) = fs::write(&tag, text) {
+                tracing::warn!(path = %tag.display(), error = %err, "cannot tag the store as a cache directory");
+            }
         }
         // A canonical root makes lock checks and error paths independent of how the store was
         // named (relative path, symlink).
@@ -242,13 +250,37 @@ impl Store {
                     entry.size
                 )));
             }
-            let (hash, _) =
-                fsutil::hash_file(&path).map_err(io_error("read the artifact file", &path))?;
-            if hash.to_hex().as_str() != entry.blake3 {
+            let hash = if entry.size >= LARGE_ARTIFACT_FILE {
+                self.large_file_digest(&path)?
+            } else {
+                fsutil::hash_file(&path)
+                    .map_err(io_error("read the artifact file", &path))?
+                    .0
+                    .to_hex()
+                    .to_string()
+            };
+            if hash != entry.blake3 {
                 return Err(corrupt("does not match its digest in the manifest".into()));
             }
         }
         Ok(())
+    }
+
+    /// The digest of a large artifact file (a packed image split, a big feature matrix), re-hashed
+    /// only when its size, times or inode changed since it was last hashed, as external files
+    /// are (`artifact-digests.json`): a cached run of an ImageNet-sized pipeline does not read
+    /// its packs again. Small files are hashed on every [`get`](Self::get).
+    fn large_file_digest(&self, path: &Path) -> Result<String, StoreError> {
+        let mut cache = crate::FileDigestCache::load(self.root.join(ARTIFACT_DIGESTS));
+        let digest = cache.digest(path).map_err(|err| StoreError::Io {
+            action: "read the artifact file",
+            path: path.to_owned(),
+            source: io::Error::other(err.to_string()),
+        })?;
+        if let Err(err) = cache.save() {
+            tracing::debug!(error = %err, "cannot save the artifact digest cache");
+        }
+        Ok(digest.hex())
     }
 
     /// Removes the artifact with `key`; `Ok(false)` if it was not there.
@@ -686,6 +718,38 @@ mod tests {
         assert!(message.contains("does not match its digest"), "{message}");
         // The cheap check does not hash, so it still succeeds.
         assert!(store.get_unverified(&key).unwrap().is_some());
+    }
+
+    /// A large file is hashed once its metadata settles, then trusted while the metadata stays;
+    /// a rewrite of the same size changes its times and is hashed (and caught) again.
+    #[test]
+    fn a_large_file_is_verified_through_the_digest_cache() {
+        let (_dir, store) = store();
+        let key = key(1);
+        let staging = store.begin(&key).unwrap();
+        let big = vec![7u8; LARGE_ARTIFACT_FILE as usize];
+        let path = staging.path().join("train.pack");
+        fs::write(&path, &big).unwrap();
+        // Outside the racy window, as a pack written long enough ago.
+        let old = std::time::SystemTime::now() - Duration::from_secs(60);
+        fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let artifact = staging
+            .commit(Manifest::new("photos", "dataset", &key, "1"))
+            .unwrap();
+        store.get(&key).unwrap().unwrap();
+        let cached = fs::read_to_string(store.root().join(ARTIFACT_DIGESTS)).unwrap();
+        assert!(cached.contains("train.pack"), "{cached}");
+        store.get(&key).unwrap().unwrap();
+        let mut changed = big.clone();
+        changed[12345] = 8;
+        fs::write(artifact.file("train.pack"), &changed).unwrap();
+        let err = store.get(&key).unwrap_err().to_string();
+        assert!(err.contains("does not match its digest"), "{err}");
     }
 
     #[test]

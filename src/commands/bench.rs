@@ -143,7 +143,7 @@ fn input(args: BenchInputArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         println!("dataset `{}`: cached", plan[data].name);
     }
     println!(
-        "input of `{}` ({} data): peak RSS {:.0} MB, of which the process's own memory {:.0} MB (the rest: pages of memory-mapped packs, which the kernel can drop)",
+        "input of `{}` ({} data): peak RSS {:.0} MB; the process's own memory (sampled after each epoch) at most {:.0} MB, the rest being pages of the memory-mapped packs, which the kernel can drop",
         plan[backbone].name,
         setup.storage,
         status_mb("VmHWM"),

@@ -103,6 +103,11 @@ pub(crate) fn slurm_executor(
         let name = lortflow_lang::ir::Backend::from(backend).name();
         args.extend(["--backend".to_string(), name.into()]);
     }
+    // An explicit `--workers` goes with the job; otherwise a job decodes on the cores Slurm
+    // gave it (or `LORTFLOW_WORKERS`, which the job inherits).
+    if let Some(workers) = lortflow_data::images::explicit_workers() {
+        args.extend(["--workers".to_string(), workers.to_string()]);
+    }
     let command = JobCommand {
         program: std::env::current_exe().context("cannot find the lortflow executable")?,
         args,

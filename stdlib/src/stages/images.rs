@@ -257,6 +257,9 @@ pub(crate) fn pack_statistics(
     lortflow_data::input::stream::pixel_statistics(pack, &sample, &view, default_workers())
 }
 
+/// The most skipped images the summary lists by name; `pack.json` has every one.
+const LISTED_SKIPPED: usize = 100;
+
 /// The dataset stage's `pack` summary and a warning per skipped image (never silent).
 pub(crate) fn report_skipped(stage: &str, record: &PackRecord) -> serde_json::Value {
     let skipped: Vec<String> = record.skipped().map(ToString::to_string).collect();
@@ -268,6 +271,6 @@ pub(crate) fn report_skipped(stage: &str, record: &PackRecord) -> serde_json::Va
         "reencoded": record.train.reencoded + record.test.reencoded,
         "max_side": record.max_side,
         "skipped": skipped.len(),
-        "skipped_images": skipped,
+        "skipped_images": skipped.iter().take(LISTED_SKIPPED).collect::<Vec<_>>(),
     })
 }

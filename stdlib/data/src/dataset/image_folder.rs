@@ -1,7 +1,9 @@
 //! The `image-folder` source: torchvision's `ImageFolder` layout, one folder per split with one
 //! subfolder per class. Classes are numbered in the sorted order of the training split's folder
-//! names (as `ImageFolder.find_classes` does); files are taken in sorted order at any depth,
-//! following symbolic links, with torchvision's image extensions (case-insensitive).
+//! names (as `ImageFolder.find_classes` does); files are taken at any depth in torchvision's
+//! order (`sorted(os.walk(...))`: by folder, then by name), following symbolic links, with
+//! torchvision's image extensions (case-insensitive). A folder tagged as a cache
+//! (`CACHEDIR.TAG`, as every lortflow store is) is not a class: a store may live inside a split.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -78,12 +80,18 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> DatasetError + use<> 
     move |source| DatasetError::Io { path, source }
 }
 
+/// Whether `dir` is tagged as a cache directory (bford.info/cachedir).
+fn is_tagged_cache(dir: &Path) -> bool {
+    const SIGNATURE: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55";
+    std::fs::read(dir.join("CACHEDIR.TAG")).is_ok_and(|bytes| bytes.starts_with(SIGNATURE))
+}
+
 /// The names of the subfolders of `dir`, sorted.
 fn class_folders(dir: &Path) -> Result<Vec<String>, DatasetError> {
     let mut names = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io_error(dir))? {
         let entry = entry.map_err(io_error(dir))?;
-        if entry.path().is_dir() {
+        if entry.path().is_dir() && !is_tagged_cache(&entry.path()) {
             names.push(entry.file_name().to_string_lossy().into_owned());
         }
     }
@@ -99,9 +107,10 @@ fn list_split(dir: &Path, classes: &[String]) -> Result<SplitFiles, DatasetError
         if class_dir.is_dir() {
             walk(&class_dir, class, &mut files, &mut HashSet::new())?;
         }
+        // torchvision: the folders of `os.walk` sorted, then each folder's file names sorted.
         files.sort();
-        entries.extend(files.into_iter().map(|path| PackEntry {
-            path,
+        entries.extend(files.into_iter().map(|(folder, name)| PackEntry {
+            path: format!("{folder}/{name}"),
             label: label as u32,
             row: 0,
         }));
@@ -122,12 +131,12 @@ fn list_split(dir: &Path, classes: &[String]) -> Result<SplitFiles, DatasetError
     })
 }
 
-/// Collects the image files under `dir` as paths relative to the split folder (`prefix/...`);
+/// Collects the image files under `dir` as (folder relative to the split folder, file name);
 /// a folder reached twice through links is listed once, so a link loop ends.
 fn walk(
     dir: &Path,
     prefix: &str,
-    files: &mut Vec<String>,
+    files: &mut Vec<(String, String)>,
     seen: &mut HashSet<PathBuf>,
 ) -> Result<(), DatasetError> {
     let canonical = std::fs::canonicalize(dir).map_err(io_error(dir))?;
@@ -138,15 +147,16 @@ fn walk(
         let entry = entry.map_err(io_error(dir))?;
         let path = entry.path();
         let name = entry.file_name().to_string_lossy().into_owned();
-        let relative = format!("{prefix}/{name}");
         if path.is_dir() {
-            walk(&path, &relative, files, seen)?;
+            if !is_tagged_cache(&path) {
+                walk(&path, &format!("{prefix}/{name}"), files, seen)?;
+            }
         } else if Path::new(&name)
             .extension()
             .and_then(|e| e.to_str())
             .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
         {
-            files.push(relative);
+            files.push((prefix.to_owned(), name));
         }
     }
     Ok(())
@@ -159,7 +169,12 @@ mod tests {
     fn touch(dir: &Path, name: &str) {
         let path = dir.join(name);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, b"x").unwrap();
+        let content: &[u8] = if name.ends_with("CACHEDIR.TAG") {
+            b"Signature: 8a477f597d28d172789f06886806bc55\n"
+        } else {
+            b"x"
+        };
+        std::fs::write(path, content).unwrap();
     }
 
     #[test]

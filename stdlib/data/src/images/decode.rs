@@ -176,12 +176,25 @@ pub fn probe(bytes: &[u8]) -> Result<ImageHeader, DecodeError> {
 }
 
 /// Decodes `bytes` (JPEG or PNG, by content) into 8-bit RGB, converted as PIL's `convert("RGB")`.
+///
+/// A decoder that panics on hostile data is an error for that file, not the end of the process.
 pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage, DecodeError> {
     let header = probe(bytes)?;
-    match header.format {
+    let decode = || match header.format {
         ImageFormat::Jpeg => decode_jpeg(bytes),
         ImageFormat::Png => decode_png(bytes),
-    }
+    };
+    std::panic::catch_unwind(decode).unwrap_or_else(|payload| {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(DecodeError::Corrupt {
+            format: header.format,
+            detail: format!("the decoder failed on it ({})", one_line(&message)),
+        })
+    })
 }
 
 fn sniff(bytes: &[u8]) -> Result<ImageFormat, DecodeError> {
@@ -300,8 +313,12 @@ fn png_error(error: &image::ImageError) -> DecodeError {
 }
 
 fn decode_png(bytes: &[u8]) -> Result<RgbImage, DecodeError> {
-    let decoded = image::load_from_memory_with_format(bytes, image::ImageFormat::Png)
-        .map_err(|e| png_error(&e))?;
+    // The pixel limit was checked on the header; the image crate's own 512 MiB allocation cap
+    // would refuse a 16-bit image well inside it.
+    let mut reader =
+        image::ImageReader::with_format(std::io::Cursor::new(bytes), image::ImageFormat::Png);
+    reader.no_limits();
+    let decoded = reader.decode().map_err(|e| png_error(&e))?;
     Ok(pil_rgb(decoded))
 }
 

@@ -15,5 +15,5 @@ pub use decode::{DecodeError, ImageFormat, ImageHeader, MAX_PIXELS, RgbImage, de
 pub use pack::{PackError, PackRecord, PackWriter, PackedImages};
 pub use packer::{
     BadImage, DEFAULT_QUALITY, PackEntry, PackInput, PackOptions, PackReport, PackSplitError,
-    default_workers, entry_path, pack_split, set_default_workers,
+    default_workers, entry_path, explicit_workers, pack_split, set_default_workers,
 };

@@ -285,9 +285,14 @@ impl PackedImages {
                     .offset
                     .checked_add(u64::from(record.len))
                     .is_none_or(|end| end > index_offset)
-                || record.label as usize >= num_classes
             {
                 return Err(invalid(format!("record {i} points outside the image area")));
+            }
+            if record.label as usize >= num_classes {
+                return Err(invalid(format!(
+                    "record {i} has label {}, but the pack has {num_classes} classes",
+                    record.label
+                )));
             }
             records.push(record);
         }

@@ -61,6 +61,11 @@ pub fn set_default_workers(workers: usize) {
     let _ = WORKERS.set(workers.max(1));
 }
 
+/// What [`set_default_workers`] set, if anything (passed on to scheduler jobs).
+pub fn explicit_workers() -> Option<usize> {
+    WORKERS.get().copied()
+}
+
 /// Decode threads: what [`set_default_workers`] set, else `LORTFLOW_WORKERS` (what a scheduler
 /// job inherits), else every core this process may use. The number never changes results.
 pub fn default_workers() -> usize {

@@ -89,7 +89,6 @@ impl PixelBatch {
 /// Streams the images `order` of `pack` through `pipeline` in batches, calling `consume` on each
 /// in order; stops early when it returns `Break` or an error. Every image gets the training
 /// view's draws from `(seed, epoch, position)`; an evaluation pipeline makes none. `train` selects the random view
-/// (draws from `(seed, epoch, position)`); otherwise no draw is made.
 pub fn stream_batches<E: From<DataError>>(
     pack: &PackedImages,
     order: &[u32],

@@ -418,7 +418,7 @@ impl VisionPipeline {
     }
 
     /// Transforms `image` into `out` (interleaved RGB, `side · side · 3` bytes), drawing from
-    /// `rng`; `scratch` is reused between calls.
+    /// `rng` (an evaluation view draws nothing).
     pub fn apply_u8(&self, image: &RgbImage, rng: &mut Rng, out: &mut [u8]) {
         let side = self.side();
         match self.geometry {
