@@ -117,7 +117,7 @@ fn input(args: BenchInputArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         args.epochs as usize,
         args.eval,
         &mut |setup, rate| {
-            own_peak = own_peak.max(status_mb("RssAnon"));
+            own_peak = own_peak.max(rate.own_memory_mb);
             println!(
                 "epoch {}: {} images in {:.2} s = {:.0} img/s ({} view, {} workers, batch {}, {}x{}x{})",
                 rate.epoch,
@@ -143,7 +143,7 @@ fn input(args: BenchInputArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         println!("dataset `{}`: cached", plan[data].name);
     }
     println!(
-        "input of `{}` ({} data): peak RSS {:.0} MB; the process's own memory (sampled after each epoch) at most {:.0} MB, the rest being pages of the memory-mapped packs, which the kernel can drop",
+        "input of `{}` ({} data): peak RSS {:.0} MB; the process's own memory (sampled after every batch) at most {:.0} MB, the rest being pages of the memory-mapped packs, which the kernel can drop",
         plan[backbone].name,
         setup.storage,
         status_mb("VmHWM"),

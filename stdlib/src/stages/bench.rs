@@ -27,6 +27,22 @@ pub struct EpochRate {
     pub images: usize,
     /// Wall-clock seconds.
     pub seconds: f64,
+    /// The largest resident memory of the process's own (anonymous) pages after a batch, in
+    /// MB; 0 where `/proc` does not tell.
+    pub own_memory_mb: f64,
+}
+
+/// `RssAnon` of `/proc/self/status` in MB (Linux; 0 elsewhere): the process's own memory,
+/// without the page cache of memory-mapped files.
+fn own_memory_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("RssAnon:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 /// What was streamed.
@@ -105,10 +121,12 @@ pub fn bench_input(
             train: !eval,
         };
         let started = Instant::now();
-        let mut images = 0usize;
+        let (mut images, mut own) = (0usize, 0f64);
         input
             .for_each_batch::<DataError>(&order, &config, epoch, |batch| {
                 images += batch.labels.len();
+                // Measured while the batch is held, as a trainer would hold it.
+                own = own.max(own_memory_mb());
                 Ok(ControlFlow::Continue(()))
             })
             .map_err(super::common::fail)?;
@@ -118,6 +136,7 @@ pub fn bench_input(
                 epoch,
                 images,
                 seconds: started.elapsed().as_secs_f64(),
+                own_memory_mb: own,
             },
         );
     }

@@ -265,7 +265,7 @@ fn fill(
     match config.output {
         BatchOutput::Bytes => {
             batch.values.clear();
-            batch.pixels.resize(ids.len() * image_len, 0);
+            sized(&mut batch.pixels, ids.len() * image_len);
             batch
                 .pixels
                 .par_chunks_mut(image_len)
@@ -279,7 +279,7 @@ fn fill(
         }
         BatchOutput::Normalized => {
             batch.pixels.clear();
-            batch.values.resize(ids.len() * image_len, 0.0);
+            sized(&mut batch.values, ids.len() * image_len);
             batch
                 .values
                 .par_chunks_mut(image_len)
@@ -291,6 +291,17 @@ fn fill(
                     Ok(())
                 })
         }
+    }
+}
+
+/// Makes `buffer` `len` long. A buffer the consumer took away (capacity 0) is allocated zeroed
+/// (`calloc`: fresh pages from the kernel, faulted in by the workers as they write, in parallel),
+/// not grown and zero-filled here on the producer thread while the workers wait.
+fn sized<T: Copy + Default>(buffer: &mut Vec<T>, len: usize) {
+    if buffer.capacity() < len {
+        *buffer = vec![T::default(); len];
+    } else {
+        buffer.resize(len, T::default());
     }
 }
 
