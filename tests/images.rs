@@ -128,7 +128,7 @@ fn an_image_list_is_packed_streamed_and_a_bad_file_is_named_or_skipped() {
         bench.stdout.contains("epoch 1: 17 images in")
             && bench
                 .stdout
-                .contains("(training view, 2 workers, batch 8, 3x16x16)")
+                .contains("(training view, 2 workers, batch 8, 3x16x16 normalised f32)")
             && bench.stdout.contains("dataset `photos`: cached")
             && bench
                 .stdout

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail};
+use lortflow_data::input::BatchOutput;
 use lortflow_lang::StageKind;
 use lortflow_runtime::engine::{Force, RunRequest};
 use lortflow_runtime::{CancelToken, StageOutcome};
@@ -114,12 +115,13 @@ fn input(args: BenchInputArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         &plan[data],
         &artifact,
         &plan[backbone],
+        session.engine.backend(),
         args.epochs as usize,
         args.eval,
         &mut |setup, rate| {
             own_peak = own_peak.max(rate.own_memory_mb);
             println!(
-                "epoch {}: {} images in {:.2} s = {:.0} img/s ({} view, {} workers, batch {}, {}x{}x{})",
+                "epoch {}: {} images in {:.2} s = {:.0} img/s ({} view, {} workers, batch {}, {}x{}x{} {})",
                 rate.epoch,
                 rate.images,
                 rate.seconds,
@@ -130,6 +132,10 @@ fn input(args: BenchInputArgs, quiet: bool) -> anyhow::Result<ExitCode> {
                 setup.shape[0],
                 setup.shape[1],
                 setup.shape[2],
+                match setup.output {
+                    BatchOutput::Normalized => "normalised f32",
+                    BatchOutput::Bytes => "u8, for the GPU",
+                },
             );
         },
     )

@@ -11,5 +11,6 @@ pub mod features;
 mod gemm;
 pub mod head;
 pub mod heap;
+pub mod input;
 pub mod kernels;
 pub mod stages;

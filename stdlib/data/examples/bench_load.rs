@@ -12,7 +12,7 @@ use std::ops::ControlFlow;
 
 use lortflow_data::dataset::{LongTailConfig, Split, load_mnist_like};
 use lortflow_data::input::{
-    BatchConfig, DataError, ImagePipeline, Normalization, Transform, for_each_batch,
+    BatchConfig, BatchOutput, DataError, ImagePipeline, Normalization, Transform, for_each_batch,
 };
 
 fn main() -> ExitCode {
@@ -65,6 +65,7 @@ fn main() -> ExitCode {
         prefetch: 4,
         seed: 0,
         train: true,
+        output: BatchOutput::Normalized,
     };
     let start = Instant::now();
     let mut images = 0usize;

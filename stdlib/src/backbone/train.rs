@@ -221,6 +221,7 @@ pub fn train_backbone<B: AutodiffBackend>(
         prefetch: config.prefetch,
         seed: config.seed,
         train: true,
+        output: crate::input::batch_output::<B>(device),
     };
     let steps = data.sample_ids.len().div_ceil(config.batch_size);
 
@@ -334,6 +335,7 @@ pub fn evaluate_accuracy<B: Backend>(
         prefetch: 2,
         seed: 0,
         train: false,
+        output: crate::input::batch_output::<B>(device),
     };
     let mut correct = 0i64;
     images.for_each_batch::<BackboneError>(ids, &config, 0, |batch| {
@@ -365,10 +367,7 @@ fn batch_tensors<B: Backend>(
     device: &B::Device,
 ) -> (Tensor<B, 4>, Tensor<B, 1, Int>) {
     let n = batch.shape[0];
-    let x = Tensor::<B, 4>::from_data(
-        TensorData::new(batch.images, batch.shape).convert::<B::FloatElem>(),
-        device,
-    );
+    let x = crate::input::images_tensor::<B>(batch.images, batch.shape, device);
     let labels: Vec<i64> = batch.labels.iter().map(|&l| i64::from(l)).collect();
     let y = Tensor::<B, 1, Int>::from_data(
         TensorData::new(labels, [n]).convert::<B::IntElem>(),

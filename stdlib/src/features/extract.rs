@@ -6,7 +6,6 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
 
 use lortflow_data::features::FeatureWriter;
 use lortflow_data::input::{BatchConfig, ImageInput};
@@ -82,6 +81,7 @@ pub fn extract_features<B: Backend>(
         prefetch: 2,
         seed: 0,
         train: false,
+        output: crate::input::batch_output::<B>(device),
     };
     let mut rows = 0usize;
     images.for_each_batch::<ExtractError>(ids, &config, 0, |batch| {
@@ -92,10 +92,7 @@ pub fn extract_features<B: Backend>(
             });
         }
         let n = batch.shape[0];
-        let x = Tensor::<B, 4>::from_data(
-            TensorData::new(batch.images, batch.shape).convert::<B::FloatElem>(),
-            device,
-        );
+        let x = crate::input::images_tensor::<B>(batch.images, batch.shape, device);
         let features = match tta {
             Tta::None => model.forward_features(x),
             Tta::Hflip => {

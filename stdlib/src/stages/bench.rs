@@ -8,9 +8,9 @@ use std::time::Instant;
 
 use lortflow_data::dataset::Split;
 use lortflow_data::images::default_workers;
-use lortflow_data::input::{BatchConfig, DataError};
+use lortflow_data::input::{BatchConfig, BatchOutput, DataError};
 use lortflow_lang::ConcreteStage;
-use lortflow_lang::ir::{StageSpec, Weights};
+use lortflow_lang::ir::{Backend, StageSpec, Weights};
 use lortflow_runtime::{Artifact, StageError};
 
 use super::backbone::Splits;
@@ -56,14 +56,18 @@ pub struct InputSetup {
     pub batch_size: usize,
     /// `[C, H, W]` of a produced image.
     pub shape: [usize; 3],
+    /// What the batches hold: `u8` pixels where the backend is a GPU (normalised there),
+    /// normalised values for the CPU, as training and extraction would get them.
+    pub output: BatchOutput,
 }
 
 /// Streams `epochs` epochs of `backbone`'s input from the artifact of its dataset stage `data`,
-/// calling `report` after each.
+/// in the form batches take for `backend`, calling `report` after each.
 pub fn bench_input(
     data: &ConcreteStage,
     data_artifact: &Artifact,
     backbone: &ConcreteStage,
+    backend: Backend,
     epochs: usize,
     eval: bool,
     report: &mut dyn FnMut(&InputSetup, &EpochRate),
@@ -99,6 +103,10 @@ pub fn bench_input(
         workers: default_workers(),
         batch_size,
         shape: input.output_shape(),
+        output: match backend {
+            Backend::Cpu => BatchOutput::Normalized,
+            Backend::Cuda | Backend::Wgpu => BatchOutput::Bytes,
+        },
     };
     for epoch in 0..epochs {
         let (order, seed) = match (&train, eval) {
@@ -119,6 +127,7 @@ pub fn bench_input(
             prefetch: crate::backbone::DEFAULT_PREFETCH,
             seed,
             train: !eval,
+            output: setup.output,
         };
         let started = Instant::now();
         let (mut images, mut own) = (0usize, 0f64);

@@ -9,7 +9,7 @@
 use std::ops::ControlFlow;
 use std::sync::mpsc::sync_channel;
 
-use super::augment::ImagePipeline;
+use super::augment::{ImagePipeline, Normalization};
 use super::error::DataError;
 use crate::dataset::{LabeledImages, Rng};
 
@@ -27,13 +27,69 @@ pub struct BatchConfig {
     pub seed: u64,
     /// Random (training) transforms, or the evaluation view.
     pub train: bool,
+    /// What a streamed batch of a packed split holds (see [`BatchImages`]). In-memory splits,
+    /// small by nature, always give normalised values.
+    pub output: BatchOutput,
+}
+
+/// The form in which batches hand over their images.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BatchOutput {
+    /// `u8` pixels, to be normalised by the consumer: for a GPU, which then receives 4x fewer
+    /// bytes and normalises at no cost.
+    Bytes,
+    /// `ToTensor` + `Normalize`d `f32` values, written by the decode workers: for a CPU model,
+    /// so that this work scales with the workers instead of holding up the model.
+    #[default]
+    Normalized,
+}
+
+/// The images of a prepared batch, `N×C×H×W`, channel-major.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BatchImages {
+    /// Normalised values.
+    Normalized(Vec<f32>),
+    /// Pixels and the normalisation still to apply: `(p / 255 - mean[c]) / std[c]`.
+    Bytes {
+        /// The pixels.
+        pixels: Vec<u8>,
+        /// Mean and standard deviation per channel (of pixels scaled to `[0, 1]`).
+        normalization: Normalization,
+    },
+}
+
+impl BatchImages {
+    /// The normalised values, computed here (on the host) for `Bytes`.
+    pub fn into_normalized(self, plane: usize) -> Vec<f32> {
+        match self {
+            Self::Normalized(values) => values,
+            Self::Bytes {
+                pixels,
+                normalization,
+            } => normalize_planes(&pixels, plane, &normalization),
+        }
+    }
+}
+
+/// `ToTensor` + `Normalize` of channel-major pixels whose channel planes are `plane` long.
+pub(crate) fn normalize_planes(pixels: &[u8], plane: usize, norm: &Normalization) -> Vec<f32> {
+    let channels = norm.mean.len();
+    let mut out = vec![0f32; pixels.len()];
+    for (k, (dst, src)) in out.chunks_mut(plane).zip(pixels.chunks(plane)).enumerate() {
+        let c = k % channels;
+        let (m, inv) = (norm.mean[c], 1.0 / norm.std[c]);
+        for (d, &p) in dst.iter_mut().zip(src) {
+            *d = (f32::from(p) * (1.0 / 255.0) - m) * inv;
+        }
+    }
+    out
 }
 
 /// One prepared batch.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Batch {
-    /// `N×C×H×W` normalised pixels.
-    pub images: Vec<f32>,
+    /// The images.
+    pub images: BatchImages,
     /// One label per image.
     pub labels: Vec<u32>,
     /// `[N, C, H, W]`.
@@ -135,7 +191,7 @@ fn prepare(
         labels.push(data.labels()[id as usize]);
     }
     Batch {
-        images,
+        images: BatchImages::Normalized(images),
         labels,
         shape: [ids.len(), c, h, w],
         index,
@@ -172,6 +228,7 @@ mod tests {
             prefetch,
             seed: 5,
             train: true,
+            output: BatchOutput::Normalized,
         };
         let mut out = Vec::new();
         for_each_batch::<DataError>(&data, &order, &pipeline, &config, 1, |b| {

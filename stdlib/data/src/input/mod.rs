@@ -8,7 +8,9 @@
 //! uninterrupted run would have seen.
 //!
 //! ```
-//! use lortflow_data::input::{BatchConfig, ImagePipeline, Normalization, SamplerKind, Transform, for_each_batch};
+//! use lortflow_data::input::{
+//!     BatchConfig, BatchOutput, ImagePipeline, Normalization, SamplerKind, Transform, for_each_batch,
+//! };
 //! use lortflow_data::dataset::PatternImagesConfig;
 //!
 //! let data = PatternImagesConfig { per_class: 8, ..Default::default() }.generate()?;
@@ -19,7 +21,13 @@
 //!     data.images().shape(),
 //! )?;
 //! let order = SamplerKind::Instance.epoch_order(data.labels(), data.num_classes(), &ids, 7, 0);
-//! let config = BatchConfig { batch_size: 32, prefetch: 2, seed: 7, train: true };
+//! let config = BatchConfig {
+//!     batch_size: 32,
+//!     prefetch: 2,
+//!     seed: 7,
+//!     train: true,
+//!     output: BatchOutput::Normalized,
+//! };
 //! let mut seen = 0;
 //! for_each_batch(&data, &order, &pipeline, &config, 0, |batch| {
 //!     seen += batch.labels.len();
@@ -39,8 +47,8 @@ pub mod vision;
 
 pub use augment::{ImagePipeline, Normalization, Transform};
 pub use error::DataError;
-pub use loader::{Batch, BatchConfig, for_each_batch};
+pub use loader::{Batch, BatchConfig, BatchImages, BatchOutput, for_each_batch};
 pub use sampler::SamplerKind;
 pub use source::ImageInput;
-pub use stream::{BatchOutput, PixelBatch, StreamConfig, stream_batches};
+pub use stream::{PixelBatch, StreamConfig, stream_batches};
 pub use vision::{Geometry, VisionPipeline};

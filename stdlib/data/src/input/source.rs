@@ -6,8 +6,8 @@ use std::ops::ControlFlow;
 
 use super::augment::ImagePipeline;
 use super::error::DataError;
-use super::loader::{Batch, BatchConfig, for_each_batch};
-use super::stream::{BatchOutput, StreamConfig, stream_batches};
+use super::loader::{Batch, BatchConfig, BatchImages, BatchOutput, for_each_batch};
+use super::stream::{StreamConfig, stream_batches};
 use super::vision::VisionPipeline;
 use crate::dataset::LabeledImages;
 use crate::images::PackedImages;
@@ -71,7 +71,8 @@ impl ImageInput<'_> {
 
     /// Prepares the images `order` in batches and calls `consume` on each, in order (see
     /// [`for_each_batch`] and [`stream_batches`]: draws depend only on the seed, the epoch and the
-    /// position, never on threads).
+    /// position, never on threads). Packed splits give their images in the form
+    /// `config.output` asks for; in-memory splits always give normalised values.
     pub fn for_each_batch<E: From<DataError>>(
         &self,
         order: &[u32],
@@ -95,12 +96,21 @@ impl ImageInput<'_> {
                     // (a batch of 128 at 224 is 77 MB of f32).
                     prefetch: config.prefetch.min(2),
                     seed: config.seed,
-                    output: BatchOutput::Normalized,
+                    output: config.output,
                 };
                 stream_batches(pack, order, pipeline, &stream, epoch, |batch| {
+                    // Handed over without a copy; the stream allocates a new buffer.
+                    let images = match config.output {
+                        BatchOutput::Normalized => {
+                            BatchImages::Normalized(std::mem::take(&mut batch.values))
+                        }
+                        BatchOutput::Bytes => BatchImages::Bytes {
+                            pixels: std::mem::take(&mut batch.pixels),
+                            normalization: pipeline.normalization().clone(),
+                        },
+                    };
                     consume(Batch {
-                        // Handed over without a copy; the stream allocates a new buffer.
-                        images: std::mem::take(&mut batch.values),
+                        images,
                         labels: batch.labels.clone(),
                         shape: batch.shape,
                         index: batch.index,

@@ -20,7 +20,7 @@ use rayon::prelude::*;
 
 use super::augment::Normalization;
 use super::error::DataError;
-use super::loader::AUGMENT_STREAM;
+use super::loader::{AUGMENT_STREAM, BatchOutput, normalize_planes};
 use super::vision::VisionPipeline;
 use crate::dataset::Rng;
 use crate::images::{PackedImages, RgbImage, decode_rgb};
@@ -38,15 +38,6 @@ pub struct StreamConfig {
     pub seed: u64,
     /// What the batches hold.
     pub output: BatchOutput,
-}
-
-/// The form of a batch's images.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BatchOutput {
-    /// `u8` pixels in [`PixelBatch::pixels`], to be normalised by the consumer (on a device).
-    Bytes,
-    /// `ToTensor` + `Normalize`d `f32` values in [`PixelBatch::values`].
-    Normalized,
 }
 
 /// One batch of transformed images, `N×3×S×S`, image after image, each channel-major.
@@ -69,20 +60,11 @@ pub struct PixelBatch {
 impl PixelBatch {
     /// `ToTensor` + `Normalize` of every image, `N×3×S×S` floats.
     pub fn normalized(&self, pipeline: &VisionPipeline) -> Vec<f32> {
-        let mut out = vec![0f32; self.pixels.len()];
-        let plane = self.shape[2] * self.shape[3];
-        let norm = pipeline.normalization();
-        out.par_chunks_mut(plane)
-            .zip(self.pixels.par_chunks(plane))
-            .enumerate()
-            .for_each(|(k, (dst, src))| {
-                let c = k % 3;
-                let (m, inv) = (norm.mean[c], 1.0 / norm.std[c]);
-                for (d, &p) in dst.iter_mut().zip(src) {
-                    *d = (f32::from(p) * (1.0 / 255.0) - m) * inv;
-                }
-            });
-        out
+        normalize_planes(
+            &self.pixels,
+            self.shape[2] * self.shape[3],
+            pipeline.normalization(),
+        )
     }
 }
 
