@@ -658,6 +658,10 @@ pub enum Logits {
     Cosine {
         /// Scale.
         scale: f64,
+        /// Norm of the initial class vectors; `None` keeps the initial weights as they are (and
+        /// out of the key, as before the setting existed).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        init_norm: Option<f64>,
     },
     /// c ⊙ (W f + b).
     Lws,

@@ -365,6 +365,7 @@ impl Lower<'_> {
                 (LogitsKind::Linear, _) => Logits::Linear,
                 (LogitsKind::Cosine, s) => Logits::Cosine {
                     scale: s.float("scale")?,
+                    init_norm: s.opt_float("init-norm"),
                 },
                 (LogitsKind::Lws, _) => Logits::Lws,
             };
@@ -812,7 +813,13 @@ mod tests {
         let la = &heads["la-loss"];
         assert_eq!(la.inference.value, Inference::None);
         assert_eq!(la.margin.value, Margin::LogitAdjust { tau: 0.5 });
-        assert_eq!(heads["ldam"].logits.value, Logits::Cosine { scale: 10.0 });
+        assert_eq!(
+            heads["ldam"].logits.value,
+            Logits::Cosine {
+                scale: 10.0,
+                init_norm: Some(1.0)
+            }
+        );
         let lin = &heads["ldam-lin"];
         assert_eq!(lin.logits.value, Logits::Linear);
         assert_eq!(lin.margin.value, Margin::Ldam { max_m: 0.5 });
@@ -845,6 +852,8 @@ mod tests {
         "method.drw-epoch",
         "method.radius",
         "constraint.radius",
+        "logits.init-norm",
+        "method.init-norm",
         "init.head",
     ];
 

@@ -114,7 +114,13 @@ fn components_resolve_presets_and_overrides() {
         (5e-4, 0.0, 64)
     );
     let spelled = head("spelled-out");
-    assert_eq!(spelled.logits.value, Logits::Cosine { scale: 16.0 });
+    assert_eq!(
+        spelled.logits.value,
+        Logits::Cosine {
+            scale: 16.0,
+            init_norm: None
+        }
+    );
     assert_eq!(spelled.weighting.value, Weighting::Focal { gamma: 2.0 });
     assert_eq!(spelled.train.seed, 7, "the pipeline seed is the default");
     assert_eq!(spelled.trials, 3);

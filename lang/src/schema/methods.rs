@@ -35,6 +35,19 @@ const LDAM_SCALE: P = P::new(
 )
 .default(Float(30.0))
 .range(Range::POSITIVE);
+const COSINE_INIT_NORM: P = P::new(
+    "init-norm",
+    T::Float,
+    "Norm to which each initial class vector W_i is scaled (directions kept). The logits do not depend on it, the steps do: a step turns W_i by about lr·s/‖W_i‖², so a small start takes large, uneven first steps. Unset, the initial weights are kept: `nn.Linear`'s ±1/√D for `init \"random\"` (OLTR's `CosNorm_Classifier`, ‖W_i‖ ≈ 0.58).",
+)
+.range(Range::POSITIVE);
+const LDAM_INIT_NORM: P = P::new(
+    "init-norm",
+    T::Float,
+    "Norm of the initial class vectors of the cosine logits (LDAM code: `NormedLinear` starts from unit vectors).",
+)
+.default(Float(1.0))
+.range(Range::POSITIVE);
 const MAX_M: P = P::new(
     "max-m",
     T::Float,
@@ -144,7 +157,7 @@ pub(crate) const METHOD: NodeSpec = NodeSpec::new(
     V {
         name: "cosine",
         doc: "Vanilla cosine classifier with a scale.",
-        props: &[COSINE_SCALE],
+        props: &[COSINE_SCALE, COSINE_INIT_NORM],
     },
     V {
         name: "lws",
@@ -154,12 +167,19 @@ pub(crate) const METHOD: NodeSpec = NodeSpec::new(
     V {
         name: "ldam",
         doc: "Label-distribution-aware margins (Cao et al.).",
-        props: &[MAX_M, LDAM_SCALE, NORMALIZED],
+        props: &[MAX_M, LDAM_SCALE, LDAM_INIT_NORM, NORMALIZED],
     },
     V {
         name: "ldam-drw",
         doc: "LDAM with deferred class-balanced re-weighting.",
-        props: &[MAX_M, LDAM_SCALE, NORMALIZED, BETA, DRW_EPOCH],
+        props: &[
+            MAX_M,
+            LDAM_SCALE,
+            LDAM_INIT_NORM,
+            NORMALIZED,
+            BETA,
+            DRW_EPOCH,
+        ],
     },
     V {
         name: "balanced-softmax",
@@ -218,7 +238,7 @@ pub(crate) const COMPONENT_LOGITS: NodeSpec =
             V {
                 name: LogitsKind::Cosine.name(),
                 doc: "z = s · (W_i/‖W_i‖)ᵀ(f/‖f‖).",
-                props: &[COSINE_SCALE],
+                props: &[COSINE_SCALE, COSINE_INIT_NORM],
             },
             V {
                 name: LogitsKind::Lws.name(),
@@ -510,10 +530,14 @@ pub struct HeadPreset {
 
 use PresetValue::{Lit as L, Method as M};
 
-/// LDAM's logits: the reference code's scaled cosine, or with `normalized=#false` the paper's
-/// plain linear logits.
-const LDAM_COSINE: ComponentSetting =
-    c(LOGITS, LogitsKind::Cosine.name(), &[("scale", M("scale"))]).when("normalized", Bool(true));
+/// LDAM's logits: the reference code's scaled cosine (`NormedLinear`, unit initial class
+/// vectors), or with `normalized=#false` the paper's plain linear logits.
+const LDAM_COSINE: ComponentSetting = c(
+    LOGITS,
+    LogitsKind::Cosine.name(),
+    &[("scale", M("scale")), ("init-norm", M("init-norm"))],
+)
+.when("normalized", Bool(true));
 const LDAM_LINEAR: ComponentSetting =
     c(LOGITS, LogitsKind::Linear.name(), &[]).when("normalized", Bool(false));
 
@@ -544,10 +568,10 @@ pub const HEAD_PRESETS: &[HeadPreset] = &[
         components: &[c(
             LOGITS,
             LogitsKind::Cosine.name(),
-            &[("scale", M("scale"))],
+            &[("scale", M("scale")), ("init-norm", M("init-norm"))],
         )],
         train: DECOUPLED,
-        reference: "no re-training recipe published: `cls_crt.yaml` optimiser; scale as OLTR's `CosNormClassifier.py`",
+        reference: "no re-training recipe published: `cls_crt.yaml` optimiser; scale and initialisation as OLTR's `CosNormClassifier.py`",
         train_when: None,
     },
     HeadPreset {
@@ -578,7 +602,7 @@ pub const HEAD_PRESETS: &[HeadPreset] = &[
             c(MARGIN, MarginKind::Ldam.name(), &[("max-m", M("max-m"))]),
         ],
         train: DECOUPLED,
-        reference: "LDAM-DRW `losses.py` (max_m 0.5, s 30); no re-training recipe published: `cls_crt.yaml` optimiser",
+        reference: "LDAM-DRW `losses.py` (max_m 0.5, s 30) on `models/resnet_cifar.py` `NormedLinear` (unit initial class vectors); no re-training recipe published: `cls_crt.yaml` optimiser",
         train_when: None,
     },
     HeadPreset {
@@ -605,7 +629,7 @@ pub const HEAD_PRESETS: &[HeadPreset] = &[
             ),
         ],
         train: DECOUPLED,
-        reference: "LDAM-DRW `cifar_train.py` (β 0.9999 from 80% of the epochs); no re-training recipe published: `cls_crt.yaml` optimiser",
+        reference: "LDAM-DRW `cifar_train.py` (β 0.9999 from 80% of the epochs) on `NormedLinear` (unit initial class vectors); no re-training recipe published: `cls_crt.yaml` optimiser",
         train_when: None,
     },
     HeadPreset {

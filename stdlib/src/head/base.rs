@@ -276,7 +276,7 @@ impl TrainedClassifier {
         let (k, d) = (self.num_classes, self.dim);
         let (mut weight, mut feats, scale) = (classifier.weight, features.to_vec(), 1.0f32);
         let scale = match self.logits {
-            Logits::Cosine { scale: s } => {
+            Logits::Cosine { scale: s, .. } => {
                 normalize_rows_in_place(&mut weight, d);
                 normalize_rows_in_place(&mut feats, d);
                 s as f32

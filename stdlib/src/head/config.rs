@@ -20,6 +20,9 @@ pub enum Logits {
     Cosine {
         /// The scale `s`.
         scale: f64,
+        /// Norm to which each initial class vector is scaled (LDAM's `NormedLinear`: 1); `None`
+        /// keeps the initial weights.
+        init_norm: Option<f64>,
     },
     /// `c ⊙ (W f + b)` with `W`, `b` frozen (learnable weight scaling).
     Lws,

@@ -27,6 +27,7 @@ use super::config::{
     Targets, Weighting,
 };
 use super::error::HeadError;
+use super::inference::normalize_rows_in_place;
 use super::plugin::ResolvedLoss;
 
 /// Sub-stream of a member's seed that initialises a random head.
@@ -246,13 +247,16 @@ fn resolve_one(
     finite_in("weight-decay", train.weight_decay, 0.0, f64::MAX, false)?;
     let schedule = train.schedule;
 
-    let (kind, scale) = match config.logits {
-        Logits::Linear => (LogitKind::Linear, 1.0),
-        Logits::Cosine { scale } => (
+    let (kind, scale, init_norm) = match config.logits {
+        Logits::Linear => (LogitKind::Linear, 1.0, None),
+        Logits::Cosine { scale, init_norm } => (
             LogitKind::Cosine,
             finite_in("scale", scale, f64::MIN_POSITIVE, f64::MAX, false)?,
+            init_norm
+                .map(|n| finite_in("init-norm", n, f64::MIN_POSITIVE, f64::MAX, false))
+                .transpose()?,
         ),
-        Logits::Lws => (LogitKind::Lws, 1.0),
+        Logits::Lws => (LogitKind::Lws, 1.0, None),
     };
     let delta = match config.targets {
         Targets::OneHot => 0.0,
@@ -344,7 +348,7 @@ fn resolve_one(
     }
 
     let seed = job.seed.wrapping_add(u64::from(trial));
-    let (init_weight, mut init_bias) = match &config.init {
+    let (mut init_weight, mut init_bias) = match &config.init {
         Init::Random => random_linear(k, d, &mut Rng::stream(seed, INIT_STREAM)),
         Init::Backbone | Init::Head(_) => {
             let Some(classifier) = init else {
@@ -363,6 +367,11 @@ fn resolve_one(
     if kind == LogitKind::Cosine {
         // Cosine logits have no bias (LDAM's `NormedLinear`); an initial bias is dropped.
         init_bias = zeros.clone();
+    }
+    if let Some(norm) = init_norm {
+        // Directions kept: the logits are the same, the first steps are not (lr·s/‖W_i‖²).
+        normalize_rows_in_place(&mut init_weight, d);
+        init_weight.iter_mut().for_each(|v| *v *= norm);
     }
 
     let maxnorm = match &config.constraint {

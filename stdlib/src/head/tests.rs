@@ -611,7 +611,12 @@ fn three_path_jobs() -> Vec<HeadJob> {
             s.inference = Inference::LogitAdjust { tau: 1.0 };
         }),
         // Autodiff on every path; its test logits come from host or device inference.
-        job("cosine", |s| s.logits = Logits::Cosine { scale: 16.0 }),
+        job("cosine", |s| {
+            s.logits = Logits::Cosine {
+                scale: 16.0,
+                init_norm: None,
+            }
+        }),
     ]
 }
 
@@ -861,7 +866,10 @@ fn best_val_without_a_validation_node_holds_out_a_tenth_and_autodiff_heads_selec
         &data,
         None,
         &[job("cos", |s| {
-            s.logits = Logits::Cosine { scale: 16.0 };
+            s.logits = Logits::Cosine {
+                scale: 16.0,
+                init_norm: None,
+            };
             s.select = Select::BestVal;
         })],
     )
@@ -869,6 +877,59 @@ fn best_val_without_a_validation_node_holds_out_a_tenth_and_autodiff_heads_selec
     let head = &out[0].trials[0];
     assert!(head.history.iter().all(|h| h.val_accuracy.is_some()));
     assert!(head.selected_epoch.is_some());
+}
+
+/// `init-norm` scales the random initial class vectors (LDAM's `NormedLinear` starts from unit
+/// vectors) without turning them, and so changes the steps but not the starting logits.
+#[test]
+fn a_cosine_heads_init_norm_scales_the_initial_class_vectors_only() {
+    let data = long_tailed(4, 6, 60, 4.0, 1.5);
+    let cosine = |name: &str, init_norm: Option<f64>, epochs: u32| {
+        job(name, move |s| {
+            s.logits = Logits::Cosine {
+                scale: 16.0,
+                init_norm,
+            };
+            s.train.epochs = epochs;
+        })
+    };
+    let start = train(
+        &data,
+        None,
+        &[cosine("kept", None, 0), cosine("unit", Some(1.0), 0)],
+    )
+    .unwrap();
+    let (kept, unit) = (&start[0].trials[0], &start[1].trials[0]);
+    let d = kept.classifier.weight.len() / kept.classifier.bias.len();
+    for (a, b) in kept
+        .classifier
+        .weight
+        .chunks(d)
+        .zip(unit.classifier.weight.chunks(d))
+    {
+        let norm = |r: &[f32]| r.iter().map(|v| v * v).sum::<f32>().sqrt();
+        assert!((norm(b) - 1.0).abs() < 1e-5, "unit rows, got {}", norm(b));
+        // nn.Linear's uniform ±1/√D rows are much shorter than 1.
+        assert!(norm(a) < 0.9, "kept rows, got {}", norm(a));
+        for (x, y) in a.iter().zip(b) {
+            assert!((x / norm(a) - y).abs() < 1e-5, "same direction");
+        }
+    }
+    for (a, b) in kept.test_logits.iter().zip(&unit.test_logits) {
+        assert!((a - b).abs() < 1e-4, "the same starting logits: {a} vs {b}");
+    }
+    // Trained, the two differ: the step on a direction scales as 1/‖W_i‖².
+    let trained = train(
+        &data,
+        None,
+        &[cosine("kept", None, 2), cosine("unit", Some(1.0), 2)],
+    )
+    .unwrap();
+    assert!(!weights_close(
+        &trained[0].trials[0],
+        &trained[1].trials[0],
+        1e-3
+    ));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -115,7 +115,7 @@ pub(crate) fn head_config(spec: &ir::HeadSpec) -> Result<HeadConfig, String> {
 pub(crate) fn logits(logits: &ir::Logits) -> Logits {
     match *logits {
         ir::Logits::Linear => Logits::Linear,
-        ir::Logits::Cosine { scale } => Logits::Cosine { scale },
+        ir::Logits::Cosine { scale, init_norm } => Logits::Cosine { scale, init_norm },
         ir::Logits::Lws => Logits::Lws,
     }
 }
