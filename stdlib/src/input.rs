@@ -13,10 +13,14 @@ use burn::tensor::backend::{Backend, DTypeUsage};
 use burn::tensor::{DType, ElementConversion, Int, Tensor, TensorData};
 use lortflow_data::input::{BatchImages, BatchOutput, Normalization};
 
-/// The form in which batches for `device` should be prepared: normalised `f32` for the CPU
-/// backend, `u8` pixels for any other.
+/// The form in which batches for `device` should be prepared (see [`output_on`]).
 pub fn batch_output<B: Backend>(_device: &B::Device) -> BatchOutput {
-    if TypeId::of::<B::Device>() == TypeId::of::<crate::backend::CpuDevice>() {
+    output_on(TypeId::of::<B::Device>() == TypeId::of::<crate::backend::CpuDevice>())
+}
+
+/// Normalised `f32` for the CPU backend, `u8` pixels for any other.
+pub fn output_on(cpu: bool) -> BatchOutput {
+    if cpu {
         BatchOutput::Normalized
     } else {
         BatchOutput::Bytes

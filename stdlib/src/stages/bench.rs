@@ -103,10 +103,7 @@ pub fn bench_input(
         workers: default_workers(),
         batch_size,
         shape: input.output_shape(),
-        output: match backend {
-            Backend::Cpu => BatchOutput::Normalized,
-            Backend::Cuda | Backend::Wgpu => BatchOutput::Bytes,
-        },
+        output: crate::input::output_on(backend == Backend::Cpu),
     };
     for epoch in 0..epochs {
         let (order, seed) = match (&train, eval) {
