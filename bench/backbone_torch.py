@@ -6,13 +6,27 @@ forward of the pooled features under no_grad. Prints images/s.
 
     python bench/backbone_torch.py [train_steps] [infer_steps] [--device cuda] [--only resnet32]
 
+LORTFLOW_CPU_LEVEL (scalar, avx2, avx512) caps PyTorch's CPU kernels as it caps lortflow's:
+ATEN_CPU_CAPABILITY for ATen's own kernels and ONEDNN_MAX_CPU_ISA for oneDNN's convolutions
+(oneDNN's lowest is SSE4.1, so `scalar` means SSE4.1 there). Both are read when torch loads,
+so they are set before the import.
+
 On CUDA every timed loop ends with a synchronisation; the training step reads the loss back
 (`loss.item()`) as the CPU loop and lortflow do.
 """
+import os
 import sys
 import time
 
-import torch
+# (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA) for each LORTFLOW_CPU_LEVEL.
+TORCH_LEVELS = {"scalar": ("default", "SSE41"), "avx2": ("avx2", "AVX2"), "avx512": ("avx512", "AVX512_CORE")}
+_level = os.environ.get("LORTFLOW_CPU_LEVEL", "").strip().lower()
+if _level:
+    if _level not in TORCH_LEVELS:
+        sys.exit(f"LORTFLOW_CPU_LEVEL={_level!r} is not a level: use scalar, avx2 or avx512")
+    os.environ["ATEN_CPU_CAPABILITY"], os.environ["ONEDNN_MAX_CPU_ISA"] = TORCH_LEVELS[_level]
+
+import torch  # noqa: E402 (after the level's variables)
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -125,7 +139,12 @@ if __name__ == "__main__":
     args = [int(a) for a in values]
     train_steps = args[0] if args else 10
     infer_steps = args[1] if len(args) > 1 else 20
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    where = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"cpu, {torch.get_num_threads()} threads, ATen {torch.backends.cpu.get_cpu_capability()}"
+        + f", oneDNN max ISA {os.environ.get('ONEDNN_MAX_CPU_ISA', 'all')}"
+    )
     print(f"torch {torch.__version__} {where}, batch {BATCH}")
     if only in (None, "conv-fc"):
         from stage1_torch import ConvFc  # defined there, with the stage-1 reference

@@ -19,6 +19,14 @@ use clap::Parser;
 pub fn run_cli() -> ExitCode {
     let args = cli::Arguments::parse();
     cli::init_logging(&args.global);
+    // Checked before any work: a mistyped level would otherwise surface as a panic in a kernel.
+    match lortflow_stdlib::cpu::choice() {
+        Ok(level) => tracing::info!("CPU kernels: {level}"),
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(2);
+        }
+    }
     if let Some(workers) = args.global.workers {
         lortflow_data::images::set_default_workers(workers as usize);
     }

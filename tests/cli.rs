@@ -46,7 +46,6 @@ impl Test {
     }
 
     /// Sets an environment variable for every run.
-    #[cfg_attr(not(feature = "wgpu"), allow(dead_code))]
     pub(crate) fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.to_string(), value.to_string()));
         self

@@ -280,3 +280,32 @@ fn lint_survives_the_files_that_once_crashed_it() {
         assert!(longest < 400, "a {longest}-character line");
     }
 }
+
+/// A mistyped `LORTFLOW_CPU_LEVEL` stops every command before any work, naming the variable, the
+/// levels and what this CPU has; a valid one caps the kernels (the heads' matrix products here)
+/// and the `-v` log says so.
+#[test]
+fn an_unknown_cpu_level_is_a_clear_error_and_a_known_one_is_logged() {
+    let t = Test::new()
+        .pipeline(crate::cli::VECTORS)
+        .env("LORTFLOW_CPU_LEVEL", "avx-512");
+    let ran = t.args_run(["lint", "pipeline.kdl"]).code(2);
+    assert!(
+        ran.stderr.starts_with(
+            "error: LORTFLOW_CPU_LEVEL=\"avx-512\" is not an instruction-set level: use `scalar`, \
+             `avx2` or `avx512`, or unset it for the best this CPU has ("
+        ),
+        "{}",
+        ran.stderr
+    );
+    let t = Test::new()
+        .pipeline(crate::cli::VECTORS)
+        .env("LORTFLOW_CPU_LEVEL", "scalar");
+    let ran = t.args_run(["-v", "run", "pipeline.kdl"]).success();
+    assert!(
+        ran.stderr
+            .contains("CPU kernels: scalar (LORTFLOW_CPU_LEVEL=scalar"),
+        "{}",
+        ran.stderr
+    );
+}

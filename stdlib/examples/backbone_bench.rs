@@ -102,8 +102,10 @@ fn main() {
     let args: Vec<usize> = argv.iter().filter_map(|a| a.parse().ok()).collect();
     let train_steps = args.first().copied().unwrap_or(10);
     let infer_steps = args.get(1).copied().unwrap_or(20);
+    let level = lortflow_stdlib::cpu::choice().unwrap_or_else(|e| panic!("{e}"));
     println!(
-        "burn 0.21 {backend}, batch {BATCH}, {train_steps} train steps, {infer_steps} inference batches"
+        "burn 0.21 {backend}, batch {BATCH}, {train_steps} train steps, {infer_steps} inference batches, {} threads, CPU kernels {level}",
+        rayon::current_num_threads()
     );
     // As the backbone and features stages do: freed buffers stay for the next step.
     let _keep = lortflow_stdlib::heap::KeepFreedMemory::new();

@@ -17,16 +17,21 @@ use lortflow_stdlib::kernels::conv::{
     im2col_conv2d_input_grad, im2col_conv2d_weight_grad,
 };
 
-/// Median-free but steady: calls `f` until `min` has passed (at least 3 times), returns ms/call.
+/// The fastest of five timing windows of `min / 5` each (at least 2 calls per window), in ms per
+/// call: the minimum is what the code costs on a machine whose neighbours come and go.
 fn time(min: Duration, mut f: impl FnMut()) -> f64 {
     f();
-    let start = Instant::now();
-    let mut calls = 0u32;
-    while calls < 3 || start.elapsed() < min {
-        f();
-        calls += 1;
-    }
-    start.elapsed().as_secs_f64() * 1e3 / f64::from(calls)
+    (0..5)
+        .map(|_| {
+            let start = Instant::now();
+            let mut calls = 0u32;
+            while calls < 2 || start.elapsed() < min / 5 {
+                f();
+                calls += 1;
+            }
+            start.elapsed().as_secs_f64() * 1e3 / f64::from(calls)
+        })
+        .fold(f64::INFINITY, f64::min)
 }
 
 fn tensor(values: &[f32], shape: [usize; 4]) -> burn::tensor::ops::FloatTensor<Flex> {
@@ -42,11 +47,9 @@ fn main() {
             .and_then(|a| a.parse().ok())
             .unwrap_or(1.0),
     );
-    #[cfg(target_arch = "x86_64")]
     println!(
-        "CPU: avx2={} avx512f={}, {} threads",
-        std::arch::is_x86_feature_detected!("avx2"),
-        std::arch::is_x86_feature_detected!("avx512f"),
+        "CPU kernels {}, {} threads",
+        lortflow_stdlib::cpu::choice().unwrap_or_else(|e| panic!("{e}")),
         rayon::current_num_threads()
     );
     // (name, batch, C, H, O, stride): 3x3, padding 1; ResNet-50's at 224x224 at batch 16.

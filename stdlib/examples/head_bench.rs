@@ -59,7 +59,8 @@ fn main() {
         skip_singles: args.iter().any(|a| a == "--skip-singles"),
         skip_sweep: args.iter().any(|a| a == "--skip-sweep"),
     };
-    println!("backend {backend}");
+    let level = lortflow_stdlib::cpu::choice().unwrap_or_else(|e| panic!("{e}"));
+    println!("backend {backend}, CPU kernels {level}");
     lortflow_stdlib::with_backend!(backend, |B, device| bench::<B>(&device, &config))
         .expect("the backend should start");
 }

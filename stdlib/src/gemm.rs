@@ -11,6 +11,8 @@
 /// more than it saves — while a 25-head sweep (164M per product) gained ~3% from the second core.
 const PARALLEL_MACS: usize = 1 << 26;
 
+use crate::cpu::CpuLevel;
+
 /// Where a matrix lives in its slice: element `(r, c)` is at `offset + r·row_stride + c·col_stride`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Mat {
@@ -80,11 +82,36 @@ impl Mat {
 }
 
 /// `dst ← accumulate·dst + a·b` (`accumulate` is 0 or 1: `dst` is overwritten or added to), on
-/// all cores when the product is large enough for `gemm` to split it.
+/// all cores when the product is large enough for `gemm` to split it, at the process's
+/// instruction-set level ([`crate::cpu::level`]).
 ///
 /// Panics if the shapes disagree or a view reaches outside its slice; `dst` cannot alias the
 /// inputs (it is borrowed mutably).
 pub(crate) fn matmul(
+    dst: &mut [f32],
+    dst_mat: Mat,
+    accumulate: bool,
+    a: &[f32],
+    a_mat: Mat,
+    b: &[f32],
+    b_mat: Mat,
+) {
+    matmul_at(
+        crate::cpu::level(),
+        dst,
+        dst_mat,
+        accumulate,
+        a,
+        a_mat,
+        b,
+        b_mat,
+    );
+}
+
+/// [`matmul`] at `level` (or the highest below it this CPU has).
+#[allow(clippy::too_many_arguments)] // matmul's arguments and the level
+pub(crate) fn matmul_at(
+    level: CpuLevel,
     dst: &mut [f32],
     dst_mat: Mat,
     accumulate: bool,
@@ -115,38 +142,160 @@ pub(crate) fn matmul(
     }
     a_mat.check(a.len(), "lhs");
     b_mat.check(b.len(), "rhs");
-    let stride = |s: usize| isize::try_from(s).expect("strides fit in isize");
+    let parallelism = if dst_mat.rows * dst_mat.cols * a_mat.cols >= PARALLEL_MACS {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
     // SAFETY: every element the call reads or writes is inside its slice (checked above, without
     // overflow); `dst`'s elements are distinct (checked), so the threads gemm splits it over
     // write disjoint places; `dst` is a unique borrow, so it overlaps neither input; `gemm` reads
     // `dst` only when `read_dst`.
     #[allow(unsafe_code)]
     unsafe {
-        gemm::gemm(
-            dst_mat.rows,
-            dst_mat.cols,
-            a_mat.cols,
+        gemm_at(
+            level,
             dst.as_mut_ptr().add(dst_mat.offset),
-            stride(dst_mat.col_stride),
-            stride(dst_mat.row_stride),
+            dst_mat,
             accumulate,
-            a.as_ptr().add(a_mat.offset),
-            stride(a_mat.col_stride),
-            stride(a_mat.row_stride),
-            b.as_ptr().add(b_mat.offset),
-            stride(b_mat.col_stride),
-            stride(b_mat.row_stride),
-            if accumulate { 1.0 } else { 0.0 },
-            1.0,
-            false,
-            false,
-            false,
-            if dst_mat.rows * dst_mat.cols * a_mat.cols >= PARALLEL_MACS {
-                gemm::Parallelism::Rayon(0)
-            } else {
-                gemm::Parallelism::None
+            View {
+                ptr: a.as_ptr().add(a_mat.offset),
+                mat: a_mat,
             },
+            View {
+                ptr: b.as_ptr().add(b_mat.offset),
+                mat: b_mat,
+            },
+            parallelism,
         );
+    }
+}
+
+/// A matrix at a pointer.
+#[derive(Clone, Copy)]
+struct View {
+    ptr: *const f32,
+    mat: Mat,
+}
+
+/// `gemm::gemm` (f32, no conjugation, α = read_dst, β = 1) with its kernels chosen for `level`.
+/// The crate picks them itself from what the CPU has, once per process, with no way to cap it;
+/// below that, this calls the same generic driver with the same microkernel tables of the
+/// capped instruction set, after the same change of layout (`gemm::gemm` transposes a product
+/// whose destination is row-major: the microkernels write columns). Strides here are never
+/// negative, the other case it normalises.
+///
+/// # Safety
+/// As `gemm::gemm`: every element read or written lies in memory valid for it, `dst`'s elements
+/// are distinct and writable, and it overlaps neither input.
+#[allow(unsafe_code)]
+unsafe fn gemm_at(
+    level: CpuLevel,
+    dst: *mut f32,
+    dst_mat: Mat,
+    read_dst: bool,
+    lhs: View,
+    rhs: View,
+    parallelism: gemm::Parallelism,
+) {
+    let stride = |s: usize| isize::try_from(s).expect("strides fit in isize");
+    let alpha = if read_dst { 1.0 } else { 0.0 };
+    if level >= CpuLevel::detected() {
+        // SAFETY: the caller's contract.
+        unsafe {
+            gemm::gemm(
+                dst_mat.rows,
+                dst_mat.cols,
+                lhs.mat.cols,
+                dst,
+                stride(dst_mat.col_stride),
+                stride(dst_mat.row_stride),
+                read_dst,
+                lhs.ptr,
+                stride(lhs.mat.col_stride),
+                stride(lhs.mat.row_stride),
+                rhs.ptr,
+                stride(rhs.mat.col_stride),
+                stride(rhs.mat.row_stride),
+                alpha,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism,
+            );
+        }
+        return;
+    }
+    // (dst)ᵀ = rhsᵀ · lhsᵀ when dst is row-major, as gemm::gemm does.
+    let (dst_mat, lhs, rhs) = if dst_mat.col_stride < dst_mat.row_stride {
+        (dst_mat.t(), rhs.t(), lhs.t())
+    } else {
+        (dst_mat, lhs, rhs)
+    };
+    macro_rules! at_level {
+        ($simd:expr, $kernels:path, $lanes:expr) => {{
+            use $kernels as k;
+            // SAFETY: the caller's contract; the layout is what gemm::gemm hands its kernels.
+            unsafe {
+                gemm_common::gemm::gemm_basic_generic::<
+                    _,
+                    f32,
+                    { $lanes },
+                    { k::MR_DIV_N * $lanes },
+                    { k::NR },
+                    { k::MR_DIV_N },
+                    { k::H_M },
+                    { k::H_N },
+                >(
+                    $simd,
+                    dst_mat.rows,
+                    dst_mat.cols,
+                    lhs.mat.cols,
+                    dst,
+                    stride(dst_mat.col_stride),
+                    stride(dst_mat.row_stride),
+                    read_dst,
+                    lhs.ptr,
+                    stride(lhs.mat.col_stride),
+                    stride(lhs.mat.row_stride),
+                    rhs.ptr,
+                    stride(rhs.mat.col_stride),
+                    stride(rhs.mat.row_stride),
+                    alpha,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    |a, b, c| a * b + c,
+                    &k::UKR,
+                    &k::H_UKR,
+                    false,
+                    parallelism,
+                )
+            }
+        }};
+    }
+    #[cfg(target_arch = "x86_64")]
+    if level >= CpuLevel::Avx2
+        && let Some(simd) = gemm_common::simd::V3::try_new()
+    {
+        // Only AVX-512 machines get here (AVX2 is below their detected level).
+        return at_level!(simd, gemm_f32::microkernel::fma::f32, 8);
+    }
+    at_level!(
+        gemm_common::simd::Scalar,
+        gemm_f32::microkernel::scalar::f32,
+        1
+    )
+}
+
+impl View {
+    fn t(self) -> View {
+        View {
+            mat: self.mat.t(),
+            ..self
+        }
     }
 }
 
@@ -194,6 +343,51 @@ mod tests {
         matmul(&mut dst, Mat::dense(5, 4), true, &a, am, &b, bm);
         let twice: Vec<f32> = before.iter().map(|v| 2.0 * v).collect();
         assert_eq!(dst, twice);
+    }
+
+    /// Every level this CPU runs against the definition, on random shapes from one element to
+    /// gemm's blocked and multi-threaded sizes, every layout (row- or column-major operands and
+    /// destination, so both sides of gemm's transpose), overwriting and accumulating.
+    #[test]
+    fn every_level_multiplies_random_shapes_like_the_definition() {
+        let mut rng = lortflow_data::dataset::Rng::seed_from_u64(21);
+        let mut sizes: Vec<[usize; 3]> = (0..60)
+            .map(|_| std::array::from_fn(|_| 1 + rng.below(48) as usize))
+            .collect();
+        sizes.extend([[300, 257, 129], [420, 420, 420]]);
+        for (case, [m, n, k]) in sizes.into_iter().enumerate() {
+            let mut values = |len: usize| -> Vec<f32> {
+                (0..len)
+                    .map(|_| rng.next_f64() as f32 * 2.0 - 1.0)
+                    .collect()
+            };
+            let (a, b, start) = (values(m * k), values(k * n), values(m * n));
+            let layout = |rows: usize, cols: usize, bit: usize| {
+                if case >> bit & 1 == 1 {
+                    Mat::dense(cols, rows).t()
+                } else {
+                    Mat::dense(rows, cols)
+                }
+            };
+            let (am, bm, dm) = (layout(m, k, 0), layout(k, n, 1), layout(m, n, 2));
+            let accumulate = case >> 3 & 1 == 1;
+            let product = naive(&a, am, &b, bm);
+            for level in CpuLevel::available() {
+                let mut dst = start.clone();
+                matmul_at(level, &mut dst, dm, accumulate, &a, am, &b, bm);
+                for r in 0..m {
+                    for c in 0..n {
+                        let at = r * dm.row_stride + c * dm.col_stride;
+                        let want = product[r * n + c] + if accumulate { start[at] } else { 0.0 };
+                        let got = dst[at];
+                        assert!(
+                            (got - want).abs() <= 1e-5 * (k as f32).sqrt().max(1.0) * 4.0,
+                            "{level}, {m}x{k} · {k}x{n} (case {case}) at ({r}, {c}): {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

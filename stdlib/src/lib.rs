@@ -7,6 +7,7 @@
 
 pub mod backbone;
 pub mod backend;
+pub mod cpu;
 pub mod features;
 mod gemm;
 pub mod head;

@@ -66,19 +66,78 @@ pub struct BnForward {
     pub inv_std: Vec<f32>,
 }
 
-/// `Σ f(v)` over `values`, in eight independent lanes so that the loop vectorises, then in f64.
-#[inline(always)]
-fn lane_sum(values: &[f32], f: impl Fn(f32) -> f32) -> f64 {
-    let mut lanes = [0.0f32; 8];
-    let chunks = values.chunks_exact(8);
-    let rest = chunks.remainder();
-    for chunk in chunks {
-        for (lane, &v) in lanes.iter_mut().zip(chunk) {
-            *lane += f(v);
+/// Values summed in `f32` lanes before the lanes move into the `f64` total: 256 per lane, few
+/// enough that the `f32` rounding stays near the data's own. The sums run over whole channels,
+/// across rows: moving the lanes into `f64` after every row cost as much as the sums themselves
+/// on ResNet-32's 8x8 maps (AVX2, `perf annotate`: scalar conversions).
+const VALUES_PER_FLUSH: usize = 1 << 12;
+
+/// Lanes of the channel sums: two AVX2 registers, one AVX-512 register, independent chains.
+const LANES: usize = 16;
+
+/// `K` running sums over a channel's rows: in [`LANES`] `f32` lanes each, moved into `f64`
+/// totals every [`VALUES_PER_FLUSH`] values.
+struct LaneSums<const K: usize> {
+    lanes: [[f32; LANES]; K],
+    totals: [f64; K],
+    pending: usize,
+}
+
+impl<const K: usize> LaneSums<K> {
+    #[inline(always)]
+    fn new() -> Self {
+        LaneSums {
+            lanes: [[0.0; LANES]; K],
+            totals: [0.0; K],
+            pending: 0,
         }
     }
-    let tail: f32 = rest.iter().map(|&v| f(v)).sum();
-    lanes.iter().map(|&l| l as f64).sum::<f64>() + tail as f64
+
+    /// Counts `values` more values into the lanes (already added), flushing when due.
+    #[inline(always)]
+    fn added(&mut self, values: usize) {
+        self.pending += values;
+        if self.pending >= VALUES_PER_FLUSH {
+            self.flush();
+        }
+    }
+
+    #[inline(always)]
+    fn flush(&mut self) {
+        for (total, lanes) in self.totals.iter_mut().zip(&mut self.lanes) {
+            *total += lanes.iter().map(|&v| v as f64).sum::<f64>();
+            *lanes = [0.0; LANES];
+        }
+        self.pending = 0;
+    }
+
+    #[inline(always)]
+    fn totals(mut self) -> [f64; K] {
+        self.flush();
+        self.totals
+    }
+}
+
+/// `Σ f(v)` over `rows`, in [`LaneSums`] so that the loop vectorises.
+#[inline(always)]
+fn channel_sum<'a>(rows: impl Iterator<Item = &'a [f32]>, f: impl Fn(f32) -> f32) -> f64 {
+    let mut sums = LaneSums::<1>::new();
+    for row in rows {
+        let chunks = row.chunks_exact(LANES);
+        let rest = chunks.remainder();
+        let [lanes] = &mut sums.lanes;
+        for chunk in chunks {
+            for (lane, &v) in lanes.iter_mut().zip(chunk) {
+                *lane += f(v);
+            }
+        }
+        for (lane, &v) in lanes.iter_mut().zip(rest) {
+            *lane += f(v);
+        }
+        sums.added(row.len());
+    }
+    let [total] = sums.totals();
+    total
 }
 
 /// BatchNorm with batch statistics (then ReLU if `relu`) of `x` (`[N, C, L]`).
@@ -152,7 +211,7 @@ pub fn channel_sums(x: &[f32], [batch, channels, plane]: [usize; 3]) -> Vec<f32>
 simd_kernel! {
     /// `Σ x` over channel `c`.
     ChannelTotal<'a> { shape: &'a BnShape, x: &'a [f32], c: usize } -> f64 {
-        shape.rows(x, c).map(|row| lane_sum(row, |v| v)).sum::<f64>()
+        channel_sum(shape.rows(x, c), |v| v)
     }
 }
 
@@ -209,17 +268,15 @@ fn passed<const RELU: bool>(y: f32, g: f32) -> f32 {
     f32::from_bits(g.to_bits() & keep)
 }
 
-/// `(Σ g, Σ g·(x − m))` over one row, with `g` masked by the ReLU, in sixteen independent lanes
-/// so that the loop vectorises (one AVX-512 register, two AVX2 ones).
+/// Adds one row's `(Σ g, Σ g·(x − m))`, with `g` masked by the ReLU, into `sums`, lane by lane
+/// so that the loop vectorises.
 ///
 /// The mask is a multiplication by 0 or 1 here: LLVM turns both a branch and a bit mask into a
 /// conditional scalar load of `g` per lane (seen with `perf annotate`), which does not
 /// vectorise. It differs from the mask only for a non-finite gradient (0·∞ is NaN), and
 /// training stops at the first non-finite loss anyway.
 #[inline(always)]
-fn row_sums<const RELU: bool>(x: &[f32], y: &[f32], g: &[f32], m: f32) -> (f64, f64) {
-    const LANES: usize = 16;
-    let (mut lanes_g, mut lanes_gx) = ([0.0f32; LANES], [0.0f32; LANES]);
+fn add_row_sums<const RELU: bool>(sums: &mut LaneSums<2>, x: &[f32], y: &[f32], g: &[f32], m: f32) {
     let keep = |y: f32| if !RELU || y > 0.0 { 1.0f32 } else { 0.0 };
     let (xs, ys, gs) = (
         x.chunks_exact(LANES),
@@ -231,6 +288,7 @@ fn row_sums<const RELU: bool>(x: &[f32], y: &[f32], g: &[f32], m: f32) -> (f64, 
         .iter()
         .zip(ys.remainder())
         .zip(gs.remainder());
+    let [lanes_g, lanes_gx] = &mut sums.lanes;
     for ((x, y), g) in xs.zip(ys).zip(gs) {
         for i in 0..LANES {
             let gi = g[i] * keep(y[i]);
@@ -238,13 +296,12 @@ fn row_sums<const RELU: bool>(x: &[f32], y: &[f32], g: &[f32], m: f32) -> (f64, 
             lanes_gx[i] += gi * (x[i] - m);
         }
     }
-    for ((&x, &y), &g) in tail {
+    for (i, ((&x, &y), &g)) in tail.enumerate() {
         let gi = g * keep(y);
-        lanes_g[0] += gi;
-        lanes_gx[0] += gi * (x - m);
+        lanes_g[i] += gi;
+        lanes_gx[i] += gi * (x - m);
     }
-    let total = |lanes: [f32; LANES]| lanes.iter().map(|&v| v as f64).sum::<f64>();
-    (total(lanes_g), total(lanes_gx))
+    sums.added(x.len());
 }
 
 simd_kernel! {
@@ -252,17 +309,9 @@ simd_kernel! {
     ChannelStats<'a> { shape: &'a BnShape, x: &'a [f32], c: usize, epsilon: f64 }
     -> (f32, f32, f32) {
         let count = shape.count() as f64;
-        let mean = shape
-            .rows(x, c)
-            .map(|row| lane_sum(row, |v| v))
-            .sum::<f64>()
-            / count;
+        let mean = channel_sum(shape.rows(x, c), |v| v) / count;
         let m = mean as f32;
-        let var = shape
-            .rows(x, c)
-            .map(|row| lane_sum(row, |v| (v - m) * (v - m)))
-            .sum::<f64>()
-            / count;
+        let var = channel_sum(shape.rows(x, c), |v| (v - m) * (v - m)) / count;
         (m, var as f32, (1.0 / (var + epsilon).sqrt()) as f32)
     }
 }
@@ -296,10 +345,12 @@ simd_kernel! {
             .rows(maps.x, c)
             .zip(shape.rows(maps.y, c))
             .zip(shape.rows(maps.grad_out, c));
-        rows.fold((0.0, 0.0), |(sum_g, sum_gx), ((x, y), g)| {
-            let (g, gx) = row_sums::<RELU>(x, y, g, m);
-            (sum_g + g, sum_gx + gx)
-        })
+        let mut sums = LaneSums::<2>::new();
+        for ((x, y), g) in rows {
+            add_row_sums::<RELU>(&mut sums, x, y, g, m);
+        }
+        let [g, gx] = sums.totals();
+        (g, gx)
     }
 }
 

@@ -11,8 +11,11 @@
 //!
 //! `Y[o][q] = Σ_c Σ_(ki,kj) W[o, c, ki, kj] · X[c][q + offset(ki, kj)]`,
 //!
-//! computed in register tiles of 4 output channels × 6 (AVX-512), 3 (AVX2) or 4 (baseline)
-//! vectors of grid positions, the weight broadcast and the row loaded unaligned. Grid positions
+//! computed in register tiles of output channels × vectors of grid positions, the weight
+//! broadcast and the row loaded unaligned: 4 × 6 vectors on AVX-512 (24 of its 32 registers
+//! accumulate), 6 × 2 on AVX2 (12 of 16, leaving room for the two rows and a weight: 4 × 3
+//! needed all 16 and LLVM spilled accumulators to the stack in the inner loop, half the speed
+//! of `gemm`), 4 × 4 otherwise. Grid positions
 //! outside the image (the padding columns and rows) are computed and dropped: 6 % more work on a
 //! 32x32 image, 27 % on 8x8, far less than the copies it replaces. The input gradient of a
 //! stride-1 convolution is the same computation on the output gradient with the kernel flipped
@@ -31,11 +34,54 @@ use super::conv_shape::{Conv2dShape, Epilogue};
 /// CPUs we run on (512 KB to 2 MB per core).
 const L2_BUDGET: usize = 384 * 1024;
 
-/// Output channels per register tile.
+/// Output channels per register tile of the weight gradient, and the fewest per tile of the
+/// forward ([`Tile`]).
 pub const TILE_CHANNELS: usize = 4;
 /// Grid positions per tile on the widest instruction set (6 vectors of 16); every tile width
 /// in use divides it, so one grid geometry serves every CPU.
 const TILE_POSITIONS: usize = 96;
+
+/// The forward's register tile on a vector of `lanes` f32 values: output channels × vectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Tile {
+    channels: usize,
+    vectors: usize,
+}
+
+impl Tile {
+    const AVX512: Tile = Tile {
+        channels: 4,
+        vectors: 6,
+    };
+    const AVX2: Tile = Tile {
+        channels: 6,
+        vectors: 2,
+    };
+    const OTHER: Tile = Tile {
+        channels: 4,
+        vectors: 4,
+    };
+
+    fn for_lanes(lanes: usize) -> Tile {
+        match lanes {
+            16 => Tile::AVX512,
+            8 => Tile::AVX2,
+            _ => Tile::OTHER,
+        }
+    }
+}
+
+/// The f32 lanes of the vectors an instruction set runs.
+struct Lanes;
+
+impl WithSimd for Lanes {
+    type Output = usize;
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _: S) -> usize {
+        S::F32_LANES
+    }
+}
 
 /// Whether [`conv2d`] computes this convolution: stride 1 and padding smaller than the kernel's
 /// reach on each axis (so every output row lies inside its image's rows on the grid).
@@ -100,31 +146,25 @@ pub fn conv2d_then(
     bias: Option<&[f32]>,
     epilogue: Option<Epilogue<'_>>,
 ) -> Vec<f32> {
-    conv2d_on(Isa::Best, shape, x, weight, bias, epilogue)
+    conv2d_on(Isa::Process, shape, x, weight, bias, epilogue)
 }
 
-/// The instruction set the tiles run on: the best this CPU has, or (tests) a narrower one.
+/// The instruction set the tiles run on: the process's ([`crate::cpu::level`]), or (tests) a
+/// given level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Isa {
-    Best,
-    #[cfg(all(test, target_arch = "x86_64"))]
-    Avx2,
+    Process,
     #[cfg(test)]
-    Baseline,
+    Level(crate::cpu::CpuLevel),
 }
 
 impl Isa {
     #[inline(always)]
     fn run<K: WithSimd>(self, kernel: K) -> K::Output {
         match self {
-            Isa::Best => pulp::Arch::new().dispatch(kernel),
-            #[cfg(all(test, target_arch = "x86_64"))]
-            Isa::Avx2 => Simd::vectorize(
-                pulp::x86::V3::try_new().expect("the test checks for AVX2 (x86-64-v3) first"),
-                kernel,
-            ),
+            Isa::Process => crate::cpu::dispatch(kernel),
             #[cfg(test)]
-            Isa::Baseline => kernel.with_simd(pulp::Scalar::new()),
+            Isa::Level(level) => level.arch().dispatch(kernel),
         }
     }
 }
@@ -154,10 +194,14 @@ fn conv2d_on(
     if let Some(bias) = bias {
         assert_eq!(bias.len(), o, "bias of {shape:?} has the wrong length");
     }
-    // Enough chunks to keep every thread busy, each as long as possible (fewer grid tails).
-    let chunks = (rayon::current_num_threads() * 4).clamp(1, n);
-    let per_chunk = n.div_ceil(chunks);
-    let packed = PackedWeights::new(shape, weight);
+    let packed = PackedWeights::new(shape, weight, Tile::for_lanes(isa.run(Lanes)));
+    // Chunks whose input and output grids stay in L2 together (the tiles sweep both once per
+    // block of positions), at least four per thread to balance the load.
+    let grids_per_sample = (Grid::new(shape, 1).plane * c
+        + packed.channels_padded * Grid::new(shape, 1).positions)
+        * std::mem::size_of::<f32>();
+    let per_chunk = (L2_BUDGET / grids_per_sample)
+        .clamp(1, n.div_ceil(rayon::current_num_threads() * 4).max(1));
     thread_local! {
         /// Each thread's grids, kept from call to call (a few MB at most).
         static GRIDS: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = const {
@@ -231,31 +275,34 @@ fn transposed(shape: &Conv2dShape, weight: &[f32]) -> (Conv2dShape, Vec<f32>) {
     (t, flipped)
 }
 
-/// The weights in the order the tiles read them: per tile of [`TILE_CHANNELS`] output
-/// channels, per input channel and tap, the tile's weights side by side (zero for the channels
-/// past `O` in the last tile), and each (channel, tap)'s offset on the grid.
+/// The weights in the order the tiles read them: per tile of `tile.channels` output channels,
+/// per input channel and tap, the tile's weights side by side (zero for the channels past `O`
+/// in the last tile), and each (channel, tap)'s offset on the grid.
 struct PackedWeights {
+    tile: Tile,
     channels_padded: usize,
-    /// `[O / 4][C·KH·KW][4]`.
+    /// `[O / tile.channels][C·KH·KW][tile.channels]`.
     values: Vec<f32>,
     /// Tap offsets `ki·dil·row + kj·dil`, in `(ki, kj)` order.
     taps: Vec<usize>,
 }
 
 impl PackedWeights {
-    fn new(shape: &Conv2dShape, weight: &[f32]) -> PackedWeights {
+    fn new(shape: &Conv2dShape, weight: &[f32], tile: Tile) -> PackedWeights {
         let (c, o) = (shape.in_channels, shape.out_channels);
         let [kh, kw] = shape.kernel;
         let taps = kh * kw;
-        let channels_padded = o.next_multiple_of(TILE_CHANNELS);
+        let channels_padded = o.next_multiple_of(tile.channels);
         let mut values = vec![0.0f32; channels_padded * c * taps];
         for oc in 0..o {
-            let (tile, lane) = (oc / TILE_CHANNELS, oc % TILE_CHANNELS);
+            let (tile_index, lane) = (oc / tile.channels, oc % tile.channels);
             for k in 0..c * taps {
-                values[(tile * c * taps + k) * TILE_CHANNELS + lane] = weight[oc * c * taps + k];
+                values[(tile_index * c * taps + k) * tile.channels + lane] =
+                    weight[oc * c * taps + k];
             }
         }
         PackedWeights {
+            tile,
             channels_padded,
             values,
             taps: PackedWeights::tap_offsets(shape),
@@ -387,10 +434,16 @@ impl WithSimd for Chunk<'_> {
             input,
             output: &mut output[..output_len],
         };
-        match S::F32_LANES {
-            16 => tiles.run::<S, 6>(simd),
-            8 => tiles.run::<S, 3>(simd),
-            _ => tiles.run::<S, 4>(simd),
+        let tile = packed.tile;
+        assert_eq!(
+            tile,
+            Tile::for_lanes(S::F32_LANES),
+            "weights packed for another level"
+        );
+        match (tile.channels, tile.vectors) {
+            (4, 6) => tiles.run::<S, 4, 6>(simd),
+            (6, 2) => tiles.run::<S, 6, 2>(simd),
+            _ => tiles.run::<S, 4, 4>(simd),
         }
         gather(shape, &grid, output, bias, epilogue, out)
     }
@@ -405,10 +458,10 @@ struct Tiles<'a> {
 }
 
 impl Tiles<'_> {
-    /// Tiles of [`TILE_CHANNELS`] output channels × `V` vectors, position blocks outermost so
-    /// that a block of every input plane stays in L1 while all output channels read it.
+    /// Tiles of `T` output channels × `V` vectors, position blocks outermost so that a block of
+    /// every input plane stays in L1 while all output channels read it.
     #[inline(always)]
-    fn run<S: Simd, const V: usize>(self, simd: S) {
+    fn run<S: Simd, const T: usize, const V: usize>(self, simd: S) {
         let lanes = S::F32_LANES;
         let width = V * lanes;
         assert_eq!(TILE_POSITIONS % width, 0, "{width} positions per tile");
@@ -418,6 +471,7 @@ impl Tiles<'_> {
             input,
             output,
         } = self;
+        assert_eq!(packed.tile.channels, T);
         let channels = packed.values.len() / (packed.channels_padded * packed.taps.len());
         let input = &input[..channels * grid.plane];
         let depth = channels * packed.taps.len();
@@ -432,14 +486,17 @@ impl Tiles<'_> {
                 .all(|&off| off + grid.positions <= input.len())
         );
         for q in (0..grid.positions).step_by(width) {
-            for (tile, weights) in packed
-                .values
-                .chunks_exact(depth * TILE_CHANNELS)
-                .enumerate()
-            {
-                let mut acc = [[simd.splat_f32s(0.0); V]; TILE_CHANNELS];
-                for (&offset, w) in offsets.iter().zip(weights.chunks_exact(TILE_CHANNELS)) {
-                    let rows: &[S::f32s] = bytemuck::cast_slice(&input[offset + q..][..width]);
+            for (tile, weights) in packed.values.chunks_exact(depth * T).enumerate() {
+                let mut acc = [[simd.splat_f32s(0.0); V]; T];
+                for (&offset, w) in offsets.iter().zip(weights.chunks_exact(T)) {
+                    // SAFETY: `offset + q + width ≤ offset + positions ≤ input.len()` (asserted
+                    // above for every offset). Unchecked: the two bounds checks and their index
+                    // arithmetic were a third of the loop's instructions, which on AVX2 (12
+                    // FMAs per iteration) is what the core's dispatch width can barely take.
+                    #[allow(unsafe_code)]
+                    let rows: &[S::f32s] = bytemuck::cast_slice(unsafe {
+                        input.get_unchecked(offset + q..offset + q + width)
+                    });
                     for (i, &w) in w.iter().enumerate() {
                         let w = simd.splat_f32s(w);
                         for (a, &r) in acc[i].iter_mut().zip(rows) {
@@ -448,7 +505,7 @@ impl Tiles<'_> {
                     }
                 }
                 for (i, acc) in acc.iter().enumerate() {
-                    let oc = tile * TILE_CHANNELS + i;
+                    let oc = tile * T + i;
                     let dst = &mut output[oc * grid.positions + q..][..width];
                     let dst: &mut [S::f32s] = bytemuck::cast_slice_mut(dst);
                     dst.copy_from_slice(acc);
@@ -469,7 +526,7 @@ impl Tiles<'_> {
 /// of grid positions (the tile's output-gradient rows stay in L1); chunks of samples sized so
 /// that their input grid stays in L2, one partial gradient per thread, added at the end.
 pub fn weight_grad(shape: &Conv2dShape, x: &[f32], grad_out: &[f32]) -> Vec<f32> {
-    weight_grad_on(Isa::Best, shape, x, grad_out)
+    weight_grad_on(Isa::Process, shape, x, grad_out)
 }
 
 fn weight_grad_on(isa: Isa, shape: &Conv2dShape, x: &[f32], grad_out: &[f32]) -> Vec<f32> {
@@ -696,11 +753,9 @@ mod tests {
             let b = values(&mut data, s.out_channels);
             let g = values(&mut data, s.batch * s.out_channels * oh * ow);
             let expected = super::super::conv::im2col_conv2d(&s, &x, &w, Some(&b));
-            let mut isas = vec![Isa::Best, Isa::Baseline];
-            #[cfg(target_arch = "x86_64")]
-            if pulp::x86::V3::try_new().is_some() {
-                isas.push(Isa::Avx2);
-            }
+            let isas: Vec<Isa> = std::iter::once(Isa::Process)
+                .chain(crate::cpu::CpuLevel::available().map(Isa::Level))
+                .collect();
             for &isa in &isas {
                 assert_close_to_burn(
                     &format!("output {s:?} on {isa:?}"),

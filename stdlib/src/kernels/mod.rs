@@ -32,9 +32,10 @@ pub(crate) use conv_op::{Then, conv2d_forward, conv2d_forward_then};
 pub(crate) use pool_op::{global_avg_pool, max_pool2d};
 pub(crate) use residual_op::add_relu;
 
-/// `kernel`, compiled for the best instruction set this CPU has (AVX-512, AVX2 + FMA, or the
-/// baseline), chosen at run time. The crate is built for baseline x86-64, so without this the
-/// kernels' element-wise loops vectorise to SSE2's 4 lanes only; inside, they get 16 or 8.
+/// `kernel`, compiled for the process's instruction-set level ([`crate::cpu`]: the best this
+/// CPU has — AVX-512, AVX2 + FMA, or the baseline — unless `LORTFLOW_CPU_LEVEL` caps it), chosen
+/// at run time. The crate is built for baseline x86-64, so without this the kernels'
+/// element-wise loops vectorise to SSE2's 4 lanes only; inside, they get 16 or 8.
 ///
 /// A kernel is a struct of its arguments whose `with_simd` is `#[inline(always)]` all the way
 /// down ([`simd_kernel!`]): a closure or a function called through `FnOnce` is compiled on its
@@ -42,7 +43,7 @@ pub(crate) use residual_op::add_relu;
 /// which it did for every kernel loop here (`perf annotate`: `xmm` registers only).
 #[inline(always)]
 pub(crate) fn vectorized<K: pulp::WithSimd>(kernel: K) -> K::Output {
-    pulp::Arch::new().dispatch(kernel)
+    crate::cpu::dispatch(kernel)
 }
 
 /// `simd_kernel!(Name<'a> { field: Type, … } -> Output { body })` declares the struct `Name`
@@ -129,6 +130,43 @@ fn burn_ops_only() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The kernel tests (each against Burn's ops, the im2col path or the definition), the
+    /// matrix products' and the level's own, run again in a child process at every level below
+    /// this CPU's best, selected by `LORTFLOW_CPU_LEVEL` as a user would (this process runs them
+    /// at the best). The child checks that it runs at the level asked
+    /// (`cpu::tests::the_process_runs_at_the_variable_s_level`).
+    #[test]
+    fn every_level_passes_the_kernel_tests() {
+        use crate::cpu::{CpuLevel, LEVEL_VARIABLE};
+        if std::env::var_os(LEVEL_VARIABLE).is_some() {
+            return; // a child, or a run at a chosen level: its own level is the one tested
+        }
+        let exe = std::env::current_exe().expect("the test binary's path");
+        let best = CpuLevel::detected();
+        for level in CpuLevel::available().filter(|&l| l < best) {
+            let out = std::process::Command::new(&exe)
+                .args(["kernels::", "gemm::", "cpu::", "--test-threads", "2"])
+                .env(LEVEL_VARIABLE, level.name())
+                .output()
+                .expect("the test binary runs again");
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "the kernel tests fail at {level}:\n{stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let passed: usize = stdout
+                .lines()
+                .find_map(|l| l.strip_prefix("test result: ok. "))
+                .and_then(|l| l.split(' ').next()?.parse().ok())
+                .unwrap_or(0);
+            assert!(
+                passed >= 10,
+                "only {passed} tests ran at {level}:\n{stdout}"
+            );
+        }
+    }
 
     #[test]
     fn written_in_parallel_fills_every_chunk() {
