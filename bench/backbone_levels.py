@@ -1,5 +1,5 @@
-"""Backbone img/s of lortflow and PyTorch side by side at every instruction-set level this CPU
-runs (or the levels named): for each level, `backbone_bench` and `backbone_torch.py` run with
+"""Backbone img/s of lortflow and PyTorch side by side at each SIMD level this CPU runs (avx2,
+avx512; `--levels` names others, `scalar` included): for each level, `backbone_bench` and `backbone_torch.py` run with
 LORTFLOW_CPU_LEVEL set (which caps lortflow's kernels, and PyTorch's through ATEN_CPU_CAPABILITY
 and ONEDNN_MAX_CPU_ISA), one after the other on the same machine, and the table gives both and
 their ratio. Also the machine: CPU model, flags, cores.
@@ -37,7 +37,8 @@ def cpu_flags():
 
 def levels_of(flags):
     levels = ["scalar"]
-    if {"avx2", "fma"} <= flags:
+    # pulp's x86-64-v3 and -v4, which lortflow's levels are (lzcnt shows as `abm`).
+    if {"avx2", "fma", "bmi1", "bmi2", "abm"} <= flags:
         levels.append("avx2")
     if {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"} <= flags:
         levels.append("avx512")

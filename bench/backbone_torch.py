@@ -7,9 +7,10 @@ forward of the pooled features under no_grad. Prints images/s.
     python bench/backbone_torch.py [train_steps] [infer_steps] [--device cuda] [--only resnet32]
 
 LORTFLOW_CPU_LEVEL (scalar, avx2, avx512) caps PyTorch's CPU kernels as it caps lortflow's:
-ATEN_CPU_CAPABILITY for ATen's own kernels and ONEDNN_MAX_CPU_ISA for oneDNN's convolutions
-(oneDNN's lowest is SSE4.1, so `scalar` means SSE4.1 there). Both are read when torch loads,
-so they are set before the import.
+ATEN_CPU_CAPABILITY for ATen's own kernels, ONEDNN_MAX_CPU_ISA for oneDNN's convolutions and
+MKL_ENABLE_INSTRUCTIONS for MKL's matrix products (the linear layers on x86 builds); oneDNN's
+and MKL's lowest are SSE4.1 / SSE4.2, so `scalar` means that there. They are read when torch
+loads, so they are set before the import.
 
 On CUDA every timed loop ends with a synchronisation; the training step reads the loss back
 (`loss.item()`) as the CPU loop and lortflow do.
@@ -18,13 +19,18 @@ import os
 import sys
 import time
 
-# (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA) for each LORTFLOW_CPU_LEVEL.
-TORCH_LEVELS = {"scalar": ("default", "SSE41"), "avx2": ("avx2", "AVX2"), "avx512": ("avx512", "AVX512_CORE")}
+# (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA, MKL_ENABLE_INSTRUCTIONS) for each LORTFLOW_CPU_LEVEL.
+TORCH_LEVELS = {
+    "scalar": ("default", "SSE41", "SSE4_2"),
+    "avx2": ("avx2", "AVX2", "AVX2"),
+    "avx512": ("avx512", "AVX512_CORE", "AVX512"),
+}
 _level = os.environ.get("LORTFLOW_CPU_LEVEL", "").strip().lower()
 if _level:
     if _level not in TORCH_LEVELS:
         sys.exit(f"LORTFLOW_CPU_LEVEL={_level!r} is not a level: use scalar, avx2 or avx512")
-    os.environ["ATEN_CPU_CAPABILITY"], os.environ["ONEDNN_MAX_CPU_ISA"] = TORCH_LEVELS[_level]
+    for _name, _value in zip(("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS"), TORCH_LEVELS[_level]):
+        os.environ[_name] = _value
 
 import torch  # noqa: E402 (after the level's variables)
 import torch.nn as nn

@@ -138,12 +138,13 @@ impl CpuLevelChoice {
         })
     }
 
-    /// The dispatcher: `pulp`'s own detection when nothing was requested (the same as the
-    /// detected level on x86-64, NEON on AArch64), else the capped level's.
+    /// The dispatcher: `pulp`'s own detection unless a level below the CPU's was requested (on
+    /// x86-64 that is the detected level's; elsewhere, NEON on AArch64, where the x86 levels do
+    /// not apply and are ignored), else the capped level's.
     fn arch(&self) -> pulp::Arch {
         match self.requested {
-            None => pulp::Arch::new(),
-            Some(_) => self.in_use.arch(),
+            Some(requested) if requested < self.detected => self.in_use.arch(),
+            _ => pulp::Arch::new(),
         }
     }
 }
@@ -200,7 +201,7 @@ pub(crate) fn dispatch<K: pulp::WithSimd>(kernel: K) -> K::Output {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -237,34 +238,48 @@ mod tests {
         assert_eq!(CpuLevel::available().last(), Some(detected));
     }
 
-    /// Run by `kernels::tests::every_level_passes_the_kernel_tests` in a child process with the
-    /// variable set: the process's level is the variable's, capped by the CPU.
+    /// The level the parent test process expects a child to run at (`scalar`, `avx2`,
+    /// `avx512`): set by `kernels::tests::every_level_passes_the_kernel_tests` beside
+    /// `LORTFLOW_CPU_LEVEL`, so that the child checks the variable reached the kernels.
+    pub(crate) const EXPECTED_LEVEL_VARIABLE: &str = "LORTFLOW_TEST_EXPECTED_CPU_LEVEL";
+
+    /// In a child process of `every_level_passes_the_kernel_tests`: the kernels dispatch at the
+    /// level the parent asked for through `LORTFLOW_CPU_LEVEL`. Elsewhere: at this CPU's best,
+    /// unless the variable is set.
     #[test]
     fn the_process_runs_at_the_variable_s_level() {
-        let expected = CpuLevelChoice::new(std::env::var(LEVEL_VARIABLE).ok().as_deref())
-            .expect("the test runs with a valid LORTFLOW_CPU_LEVEL or none");
-        assert_eq!(choice(), Ok(expected));
-        assert_eq!(level(), expected.in_use);
+        let expected: CpuLevel = match std::env::var(EXPECTED_LEVEL_VARIABLE) {
+            Ok(name) => name.parse().expect("the parent names a level"),
+            Err(_) if std::env::var_os(LEVEL_VARIABLE).is_some() => return, // set by hand
+            Err(_) => CpuLevel::detected(),
+        };
+        assert_eq!(level(), expected);
+        assert_eq!(dispatch(Lanes), lanes_of(expected), "{expected}");
+    }
+
+    struct Lanes;
+
+    impl pulp::WithSimd for Lanes {
+        type Output = usize;
+
+        #[inline(always)]
+        fn with_simd<S: pulp::Simd>(self, _: S) -> usize {
+            S::F32_LANES
+        }
+    }
+
+    fn lanes_of(level: CpuLevel) -> usize {
+        match level {
+            CpuLevel::Scalar => 1,
+            CpuLevel::Avx2 => 8,
+            CpuLevel::Avx512 => 16,
+        }
     }
 
     #[test]
     fn each_level_dispatches_its_own_lane_width() {
-        struct Lanes;
-        impl pulp::WithSimd for Lanes {
-            type Output = usize;
-            #[inline(always)]
-            fn with_simd<S: pulp::Simd>(self, _: S) -> usize {
-                S::F32_LANES
-            }
-        }
         for level in CpuLevel::available() {
-            let lanes = level.arch().dispatch(Lanes);
-            let expected = match level {
-                CpuLevel::Scalar => 1,
-                CpuLevel::Avx2 => 8,
-                CpuLevel::Avx512 => 16,
-            };
-            assert_eq!(lanes, expected, "{level}");
+            assert_eq!(level.arch().dispatch(Lanes), lanes_of(level), "{level}");
         }
     }
 }

@@ -200,7 +200,7 @@ unsafe fn gemm_at(
 ) {
     let stride = |s: usize| isize::try_from(s).expect("strides fit in isize");
     let alpha = if read_dst { 1.0 } else { 0.0 };
-    if level >= CpuLevel::detected() {
+    if level >= gemm_own_level() {
         // SAFETY: the caller's contract.
         unsafe {
             gemm::gemm(
@@ -280,7 +280,8 @@ unsafe fn gemm_at(
     if level >= CpuLevel::Avx2
         && let Some(simd) = gemm_common::simd::V3::try_new()
     {
-        // Only AVX-512 machines get here (AVX2 is below their detected level).
+        // SAFETY (of the FMA kernels inside): `V3::try_new` found AVX2 and FMA. Only machines
+        // whose gemm runs AVX-512 kernels get here (AVX2 is below what gemm picks itself).
         return at_level!(simd, gemm_f32::microkernel::fma::f32, 8);
     }
     at_level!(
@@ -288,6 +289,24 @@ unsafe fn gemm_at(
         gemm_f32::microkernel::scalar::f32,
         1
     )
+}
+
+/// The level of the kernels `gemm::gemm` picks on this CPU, by its own test (`avx512f`, then
+/// `fma`, in `gemm_common`'s `init_gemm_fn`), which is not pulp's (that one also asks for BW, DQ,
+/// VL, BMI…): a cap at or above it leaves gemm's choice alone, anything below takes the capped
+/// tables.
+fn gemm_own_level() -> CpuLevel {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return CpuLevel::Avx512;
+        }
+        if std::arch::is_x86_feature_detected!("fma") {
+            return CpuLevel::Avx2;
+        }
+    }
+    // Elsewhere gemm has no levels to cap (NEON on AArch64 is its baseline).
+    CpuLevel::Scalar
 }
 
 impl View {

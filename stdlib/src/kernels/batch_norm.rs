@@ -66,10 +66,11 @@ pub struct BnForward {
     pub inv_std: Vec<f32>,
 }
 
-/// Values summed in `f32` lanes before the lanes move into the `f64` total: 256 per lane, few
-/// enough that the `f32` rounding stays near the data's own. The sums run over whole channels,
-/// across rows: moving the lanes into `f64` after every row cost as much as the sums themselves
-/// on ResNet-32's 8x8 maps (AVX2, `perf annotate`: scalar conversions).
+/// Values summed in `f32` lanes before the lanes move into the `f64` total: at most 256 per
+/// lane plus one row's share (rows longer than this are summed in pieces of it), few enough
+/// that the `f32` rounding stays near the data's own. The sums run over whole channels, across
+/// rows: moving the lanes into `f64` after every row cost as much as the sums themselves on
+/// ResNet-32's 8x8 maps (AVX2, `perf annotate`: scalar conversions).
 const VALUES_PER_FLUSH: usize = 1 << 12;
 
 /// Lanes of the channel sums: two AVX2 registers, one AVX-512 register, independent chains.
@@ -122,7 +123,7 @@ impl<const K: usize> LaneSums<K> {
 #[inline(always)]
 fn channel_sum<'a>(rows: impl Iterator<Item = &'a [f32]>, f: impl Fn(f32) -> f32) -> f64 {
     let mut sums = LaneSums::<1>::new();
-    for row in rows {
+    for row in rows.flat_map(|row| row.chunks(VALUES_PER_FLUSH)) {
         let chunks = row.chunks_exact(LANES);
         let rest = chunks.remainder();
         let [lanes] = &mut sums.lanes;
@@ -346,8 +347,11 @@ simd_kernel! {
             .zip(shape.rows(maps.y, c))
             .zip(shape.rows(maps.grad_out, c));
         let mut sums = LaneSums::<2>::new();
+        let pieces = |row: &'a [f32]| row.chunks(VALUES_PER_FLUSH);
         for ((x, y), g) in rows {
-            add_row_sums::<RELU>(&mut sums, x, y, g, m);
+            for ((x, y), g) in pieces(x).zip(pieces(y)).zip(pieces(g)) {
+                add_row_sums::<RELU>(&mut sums, x, y, g, m);
+            }
         }
         let [g, gx] = sums.totals();
         (g, gx)
