@@ -194,6 +194,13 @@ fn in_use() -> &'static CpuLevelChoice {
     }
 }
 
+/// The level `LORTFLOW_CPU_LEVEL` holds the process to, when it is set: libraries with their own
+/// dispatch (`gemm`) keep their own choice when it is not.
+pub(crate) fn cap() -> Option<CpuLevel> {
+    let choice = in_use();
+    choice.requested.map(|_| choice.in_use)
+}
+
 /// Runs `kernel` compiled for the process's level (see [`level`]).
 #[inline(always)]
 pub(crate) fn dispatch<K: pulp::WithSimd>(kernel: K) -> K::Output {

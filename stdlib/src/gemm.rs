@@ -82,8 +82,8 @@ impl Mat {
 }
 
 /// `dst ← accumulate·dst + a·b` (`accumulate` is 0 or 1: `dst` is overwritten or added to), on
-/// all cores when the product is large enough for `gemm` to split it, at the process's
-/// instruction-set level ([`crate::cpu::level`]).
+/// all cores when the product is large enough for `gemm` to split it, with gemm's own kernels
+/// unless `LORTFLOW_CPU_LEVEL` caps them ([`crate::cpu::cap`]).
 ///
 /// Panics if the shapes disagree or a view reaches outside its slice; `dst` cannot alias the
 /// inputs (it is borrowed mutably).
@@ -97,7 +97,7 @@ pub(crate) fn matmul(
     b_mat: Mat,
 ) {
     matmul_at(
-        crate::cpu::level(),
+        crate::cpu::cap().unwrap_or(CpuLevel::Avx512),
         dst,
         dst_mat,
         accumulate,
