@@ -207,6 +207,18 @@ pub(crate) fn dispatch<K: pulp::WithSimd>(kernel: K) -> K::Output {
     in_use().arch().dispatch(kernel)
 }
 
+/// The f32 lanes of the vectors a level runs: `cpu::dispatch(Lanes)`, `level.arch().dispatch(Lanes)`.
+pub(crate) struct Lanes;
+
+impl pulp::WithSimd for Lanes {
+    type Output = usize;
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) -> usize {
+        S::F32_LANES
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -262,17 +274,6 @@ pub(crate) mod tests {
         };
         assert_eq!(level(), expected);
         assert_eq!(dispatch(Lanes), lanes_of(expected), "{expected}");
-    }
-
-    struct Lanes;
-
-    impl pulp::WithSimd for Lanes {
-        type Output = usize;
-
-        #[inline(always)]
-        fn with_simd<S: pulp::Simd>(self, _: S) -> usize {
-            S::F32_LANES
-        }
     }
 
     fn lanes_of(level: CpuLevel) -> usize {

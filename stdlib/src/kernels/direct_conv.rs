@@ -71,18 +71,6 @@ impl Tile {
     }
 }
 
-/// The f32 lanes of the vectors an instruction set runs.
-struct Lanes;
-
-impl WithSimd for Lanes {
-    type Output = usize;
-
-    #[inline(always)]
-    fn with_simd<S: Simd>(self, _: S) -> usize {
-        S::F32_LANES
-    }
-}
-
 /// Whether [`conv2d`] computes this convolution: stride 1 and padding smaller than the kernel's
 /// reach on each axis (so every output row lies inside its image's rows on the grid).
 pub fn covers(shape: &Conv2dShape) -> bool {
@@ -194,7 +182,7 @@ fn conv2d_on(
     if let Some(bias) = bias {
         assert_eq!(bias.len(), o, "bias of {shape:?} has the wrong length");
     }
-    let packed = PackedWeights::new(shape, weight, Tile::for_lanes(isa.run(Lanes)));
+    let packed = PackedWeights::new(shape, weight, Tile::for_lanes(isa.run(crate::cpu::Lanes)));
     // Chunks whose input and output grids stay in L2 together (the tiles sweep both once per
     // block of positions), at least four per thread to balance the load.
     let grids_per_sample = (Grid::new(shape, 1).plane * c
