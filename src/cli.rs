@@ -178,6 +178,10 @@ pub(crate) struct PipelineArgs {
     /// Compute backend (default: the pipeline's `defaults backend`).
     #[arg(long, value_enum)]
     pub(crate) backend: Option<BackendArg>,
+    /// Devices a training backbone splits its batches over, one replica each (default: the
+    /// pipeline's `defaults devices`, else 1).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) devices: Option<u32>,
     /// Artifact store (default: `.lortflow/` beside the pipeline).
     #[arg(long, value_name = "DIR")]
     pub(crate) store: Option<PathBuf>,

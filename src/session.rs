@@ -52,7 +52,8 @@ impl Session {
         store: Store,
         registry: Registry,
     ) -> Session {
-        let engine = Engine::new(plan, store, registry, backend(args, checked), &args.file);
+        let engine = Engine::new(plan, store, registry, backend(args, checked), &args.file)
+            .with_devices(devices(args, checked));
         Session {
             file: args.file.clone(),
             engine,
@@ -144,6 +145,12 @@ pub(crate) fn plan(checked: &Checked, overrides: &[Override]) -> Option<Vec<Conc
 fn backend(args: &PipelineArgs, checked: &Checked) -> Backend {
     args.backend
         .map_or(checked.pipeline.defaults.backend.value, Backend::from)
+}
+
+/// `--devices`, or the pipeline's `defaults devices`.
+fn devices(args: &PipelineArgs, checked: &Checked) -> usize {
+    args.devices
+        .map_or(checked.pipeline.defaults.devices.value, |n| n as usize)
 }
 
 fn strsim_like(candidate: &str, name: &str) -> bool {

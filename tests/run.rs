@@ -622,3 +622,80 @@ fn a_broken_checkpoint_fails_once_with_its_reason_and_path() {
     let run = t.args_run(["run", "pipeline.kdl"]).code(1);
     assert_eq!(run.stderr.matches("cut.pth").count(), 1, "{}", run.stderr);
 }
+
+/// A backbone that trains, its features and one head: the data-parallel tests' pipeline.
+const DATA_PARALLEL: &str = r#"lortflow 1
+dataset "synth" {
+    source "synthetic" kind="images" classes=4 per-class=20 test-per-class=5 size=12 channels=1
+    long-tail "exp" imbalance-ratio=4
+}
+backbone "net" {
+    data "synth"
+    arch "small-cnn"
+    train epochs=1 batch-size=16
+}
+features "feats" { backbone "net" }
+head "ce" { features "feats"; method "ce"; train epochs=2 }
+"#;
+
+/// `--devices 2` trains the backbone data-parallel: its key names the device count, so `status`
+/// says why it is stale and what follows it re-runs; `defaults devices 2` is the same run; one
+/// device keeps the keys it had; a batch that does not split among the devices fails the stage
+/// with what to change.
+#[test]
+fn devices_train_the_backbone_data_parallel_and_enter_its_key() {
+    let t = Test::new().pipeline(DATA_PARALLEL);
+    t.args_run(["run", "pipeline.kdl"]).success();
+    let status = t
+        .args_run(["status", "pipeline.kdl", "--devices", "2"])
+        .success();
+    let line = |name: &str| {
+        status
+            .stdout
+            .lines()
+            .find(|l| l.contains(&format!(" {name} ")) || l.ends_with(&format!(" {name}")))
+            .unwrap_or_else(|| panic!("no line for {name}:\n{}", status.stdout))
+            .to_string()
+    };
+    assert!(
+        line("net").starts_with("stale") && line("net").contains("devices"),
+        "{}",
+        status.stdout
+    );
+    assert!(line("synth").starts_with("cached"), "{}", status.stdout);
+    let ran = t
+        .args_run(["-v", "run", "pipeline.kdl", "--devices", "2"])
+        .success();
+    assert!(ran.stderr.contains("3 ran, 1 cached"), "{}", ran.stderr);
+    assert!(
+        ran.stderr
+            .contains("training data-parallel, one replica per device")
+            && ran.stderr.contains("devices=2"),
+        "{}",
+        ran.stderr
+    );
+    let t = t.file(
+        "pipeline.kdl",
+        &DATA_PARALLEL.replace("lortflow 1\n", "lortflow 1\ndefaults { devices 2 }\n"),
+    );
+    let again = t.args_run(["run", "pipeline.kdl"]).success();
+    assert!(again.stderr.contains("0 ran, 4 cached"), "{}", again.stderr);
+    // One device: the first run's artifacts, still cached.
+    let one = t
+        .args_run(["run", "pipeline.kdl", "--devices", "1"])
+        .success();
+    assert!(one.stderr.contains("0 ran, 4 cached"), "{}", one.stderr);
+
+    let failed = t
+        .args_run(["run", "pipeline.kdl", "--devices", "3"])
+        .code(1);
+    assert!(
+        failed
+            .stderr
+            .contains("the batch of 16 images does not split evenly among 3 devices; use a batch size that is a multiple of 3"),
+        "{}",
+        failed.stderr
+    );
+    t.args_run(["run", "pipeline.kdl", "--devices", "0"])
+        .code(2);
+}

@@ -21,7 +21,10 @@ pub(crate) fn analyze(pipeline: &mut Pipeline, raw: &RawStages, diags: &mut Vec<
     for stage in &pipeline.stages {
         match &stage.spec {
             StageSpec::Head(head) => head_combinations(pipeline, stage, head, diags),
-            StageSpec::Backbone(b) => backbone_data(pipeline, b, diags),
+            StageSpec::Backbone(b) => {
+                backbone_data(pipeline, b, diags);
+                backbone_devices(pipeline, stage, b, diags);
+            }
             StageSpec::Dataset(d) => dataset_settings(stage, d, diags),
             _ => {}
         }
@@ -37,7 +40,10 @@ pub fn check_stage_settings(pipeline: &Pipeline, stage: &Stage) -> Vec<Diagnosti
     let mut diags = Vec::new();
     match &stage.spec {
         StageSpec::Head(head) => head_combinations(pipeline, stage, head, &mut diags),
-        StageSpec::Backbone(b) => backbone_data(pipeline, b, &mut diags),
+        StageSpec::Backbone(b) => {
+            backbone_data(pipeline, b, &mut diags);
+            backbone_devices(pipeline, stage, b, &mut diags);
+        }
         StageSpec::Dataset(d) => dataset_settings(stage, d, &mut diags),
         _ => {}
     }
@@ -445,6 +451,44 @@ fn backbone_data(pipeline: &Pipeline, b: &BackboneSpec, diags: &mut Vec<Diagnost
             );
         }
     }
+}
+
+/// A training backbone's batch is split evenly among `defaults devices` (a `--devices` given at
+/// run time is checked when the stage starts).
+fn backbone_devices(
+    pipeline: &Pipeline,
+    stage: &Stage,
+    b: &BackboneSpec,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let devices = &pipeline.defaults.devices;
+    let Weights::Train(train) = &b.weights else {
+        return;
+    };
+    let batch = train.batch_size as usize;
+    if devices.value <= 1 || batch.is_multiple_of(devices.value) {
+        return;
+    }
+    let span = stage
+        .node
+        .child("train")
+        .map_or(stage.name.span, |t| t.prop_span("batch-size"));
+    let devices_count = devices.value;
+    diags.push(
+        Diagnostic::new(
+            Code::InvalidCombination,
+            format!(
+                "backbone `{}` trains on batches of {batch} images, which do not split evenly among {devices_count} devices",
+                stage.name.value
+            ),
+            span,
+            "this batch",
+        )
+        .with_label(devices.span, "the devices")
+        .with_help(format!(
+            "use a batch size that is a multiple of {devices_count} (the global batch: each device gets an equal part of it)"
+        )),
+    );
 }
 
 fn head_combinations(

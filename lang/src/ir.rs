@@ -101,6 +101,8 @@ pub struct Defaults {
     pub backend: Spanned<Backend>,
     /// Base seed.
     pub seed: Spanned<u64>,
+    /// Devices a training backbone splits its batches over (`--devices` overrides it).
+    pub devices: Spanned<usize>,
     /// `head { … }`: the re-training budget every head takes before its preset's defaults (its
     /// settings reach the heads' IR, which is what keys are made of).
     #[serde(skip)]
@@ -140,6 +142,13 @@ impl Stage {
             StageSpec::Sweep(s) => vec![mk("base", &s.base)],
             StageSpec::Evaluate(_) => vec![],
         }
+    }
+
+    /// Whether the stage trains data-parallel when the run has several devices (`defaults
+    /// devices`, `--devices`): a backbone that trains. Its results then depend on the device
+    /// count (BatchNorm statistics are per replica), so the count is in its key.
+    pub fn is_data_parallel(&self) -> bool {
+        matches!(&self.spec, StageSpec::Backbone(b) if matches!(b.weights, Weights::Train(_)))
     }
 
     /// The files and directories outside the store this stage reads (a dataset's files, a

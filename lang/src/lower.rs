@@ -72,10 +72,14 @@ pub fn lower_defaults(node: Option<&Node>) -> Defaults {
     let seed = arg("seed").map_or(Spanned::new(0, Span::synthetic()), |a| {
         Spanned::new(a.value.as_i64().unwrap_or(0) as u64, a.span)
     });
+    let devices = arg("devices").map_or(Spanned::new(1, Span::synthetic()), |a| {
+        Spanned::new(a.value.as_i64().unwrap_or(1).max(1) as usize, a.span)
+    });
     let head = node.and_then(|n| n.child("head")).cloned();
     Defaults {
         backend,
         seed,
+        devices,
         head,
     }
 }

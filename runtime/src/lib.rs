@@ -35,8 +35,8 @@ pub use manifest::{ExternalFile, FileEntry, InputRef, MANIFEST_FILE, MANIFEST_FO
 pub use plan::{ConcreteStage, Override};
 pub use run_record::{RunRecord, StageOutcome, StageRun};
 pub use stage::{
-    CancelToken, FailureMessage, Progress, Registry, Reporter, SilentReporter, StageContext,
-    StageError, StageExecutor, StageInput,
+    CancelToken, Compute, FailureMessage, Progress, Registry, Reporter, SilentReporter,
+    StageContext, StageError, StageExecutor, StageInput,
 };
 pub use staging::Staging;
 pub use store::{ArtifactInfo, GcReport, Store};

@@ -5,15 +5,18 @@ use std::path::PathBuf;
 
 use serde_json::Value as Json;
 
+use crate::stage::Compute;
+
 pub use lortflow_lang::expand::{ConcreteStage, Override, expand};
 
 /// The canonical parameters of a concrete stage for its cache key: the lowered spec without
 /// stage names (inputs enter the key through their roles and keys, so renaming a stage or
 /// sweeping a copy of it keeps the cache), plus the backend for stages whose numbers depend on
-/// it. An evaluation is the exception: its tables are labelled with the names of the heads it
+/// it, and the device count for data-parallel stages trained on more than one (their BatchNorm
+/// statistics are per replica; one device keeps the keys it always had). An evaluation is the exception: its tables are labelled with the names of the heads it
 /// reads and its report with its own, so those names are its parameters (renaming a head
 /// re-runs only the evaluation).
-pub fn key_params(stage: &ConcreteStage, plan: &[ConcreteStage], backend: &str) -> Json {
+pub fn key_params(stage: &ConcreteStage, plan: &[ConcreteStage], compute: Compute) -> Json {
     let mut params = stage.stage.params_without_references();
     if let Json::Object(map) = &mut params {
         if stage.kind().shows_input_names() {
@@ -26,7 +29,13 @@ pub fn key_params(stage: &ConcreteStage, plan: &[ConcreteStage], backend: &str) 
             map.insert("name".into(), Json::String(stage.name.clone()));
         }
         if stage.kind().depends_on_backend() {
-            map.insert("backend".into(), Json::String(backend.into()));
+            map.insert(
+                "backend".into(),
+                Json::String(compute.backend.name().into()),
+            );
+        }
+        if compute.devices > 1 && stage.stage.is_data_parallel() {
+            map.insert("devices".into(), Json::from(compute.devices));
         }
     }
     params
@@ -61,11 +70,44 @@ mod tests {
         "#;
         let checked = check_text(Path::new("p.kdl"), text.into(), &MemoryLoader::default());
         let plan = expand(&checked.pipeline, &[]).unwrap();
-        let head = key_params(&plan[3], &plan, "cpu");
+        let cpu = Compute::on(lortflow_lang::ir::Backend::Cpu);
+        let head = key_params(&plan[3], &plan, cpu);
         assert!(head.get("features").is_none());
         assert_eq!(head["backend"], "cpu");
-        let eval = key_params(&plan[4], &plan, "cpu");
+        let eval = key_params(&plan[4], &plan, cpu);
         assert_eq!(eval["heads"], serde_json::json!(["ce"]));
         assert!(eval.get("backend").is_none());
+    }
+
+    /// The device count keys only a backbone that trains, and only above one device: one
+    /// device keeps every key it had.
+    #[test]
+    fn devices_key_only_data_parallel_training() {
+        let text = r#"lortflow 1
+            dataset "d" { source "synthetic"; long-tail "exp" imbalance-ratio=10 }
+            backbone "b" { data "d"; arch "small-cnn"; train epochs=1 }
+            backbone "c" { data "d"; arch "small-cnn"; checkpoint "w.pt" }
+            features "f" { backbone "b" }
+        "#;
+        let checked = check_text(Path::new("p.kdl"), text.into(), &MemoryLoader::default());
+        let plan = expand(&checked.pipeline, &[]).unwrap();
+        let on = |devices| Compute {
+            backend: lortflow_lang::ir::Backend::Cuda,
+            devices,
+        };
+        let index = |name: &str| plan.iter().position(|s| s.name == name).unwrap();
+        let (b, c, f) = (index("b"), index("c"), index("f"));
+        assert_eq!(key_params(&plan[b], &plan, on(4))["devices"], 4);
+        assert_eq!(
+            key_params(&plan[b], &plan, on(1)),
+            key_params(
+                &plan[b],
+                &plan,
+                Compute::on(lortflow_lang::ir::Backend::Cuda)
+            )
+        );
+        assert!(key_params(&plan[b], &plan, on(1)).get("devices").is_none());
+        assert!(key_params(&plan[c], &plan, on(4)).get("devices").is_none());
+        assert!(key_params(&plan[f], &plan, on(4)).get("devices").is_none());
     }
 }

@@ -108,6 +108,27 @@ impl StageInput<'_> {
     }
 }
 
+/// Where the numeric stages of a run compute: the backend, and the devices a data-parallel stage
+/// (first-stage training) splits its batches over. Both are in the keys of the stages whose
+/// numbers they change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Compute {
+    /// The backend.
+    pub backend: Backend,
+    /// Devices (replicas) of data-parallel stages; at least 1.
+    pub devices: usize,
+}
+
+impl Compute {
+    /// One device of `backend`.
+    pub fn on(backend: Backend) -> Self {
+        Self {
+            backend,
+            devices: 1,
+        }
+    }
+}
+
 /// Everything a stage sees while it runs.
 pub struct StageContext<'a> {
     /// The stage.
@@ -121,6 +142,8 @@ pub struct StageContext<'a> {
     pub work_dir: &'a Path,
     /// The compute backend.
     pub backend: Backend,
+    /// Devices a data-parallel stage trains on (1: no data parallelism).
+    pub devices: usize,
     /// Cancellation.
     pub cancel: &'a CancelToken,
     reporter: &'a dyn Reporter,
@@ -133,7 +156,7 @@ impl<'a> StageContext<'a> {
         inputs: Vec<StageInput<'a>>,
         out_dir: &'a Path,
         work_dir: &'a Path,
-        backend: Backend,
+        compute: Compute,
         cancel: &'a CancelToken,
         reporter: &'a dyn Reporter,
     ) -> Self {
@@ -142,7 +165,8 @@ impl<'a> StageContext<'a> {
             inputs,
             out_dir,
             work_dir,
-            backend,
+            backend: compute.backend,
+            devices: compute.devices,
             cancel,
             reporter,
         }

@@ -74,6 +74,7 @@ fn gc(files: Vec<PathBuf>, store: Option<PathBuf>, dry_run: bool) -> anyhow::Res
             file: file.clone(),
             set: vec![],
             backend: None,
+            devices: None,
             store: store.clone(),
         };
         let Start::Ready(mut session) = Session::start(&args)? else {

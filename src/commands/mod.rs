@@ -103,6 +103,9 @@ pub(crate) fn slurm_executor(
         let name = lortflow_lang::ir::Backend::from(backend).name();
         args.extend(["--backend".to_string(), name.into()]);
     }
+    if let Some(devices) = pipeline.devices {
+        args.extend(["--devices".to_string(), devices.to_string()]);
+    }
     // An explicit `--workers` goes with the job; otherwise a job decodes on the cores Slurm
     // gave it (or `LORTFLOW_WORKERS`, which the job inherits).
     if let Some(workers) = lortflow_data::images::explicit_workers() {

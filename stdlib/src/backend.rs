@@ -130,6 +130,16 @@ pub enum BackendError {
         "this lortflow was built without wgpu support; rebuild with `--features wgpu` or use `--backend cpu`"
     )]
     WgpuNotCompiled,
+    /// Data-parallel training asked for more devices than the backend can address.
+    #[error(
+        "the {backend} backend runs on one device, but {devices} devices were asked for; use `cuda` or `cpu` for data-parallel training, or `devices 1`"
+    )]
+    OneDeviceOnly {
+        /// The backend's name.
+        backend: &'static str,
+        /// The devices asked for.
+        devices: usize,
+    },
     /// No Vulkan (or Metal) adapter could run a tensor operation.
     #[error("the wgpu backend is not usable: {reason}")]
     WgpuUnavailable {
@@ -330,13 +340,13 @@ fn quiet_probe_panics() {
 }
 
 /// The text of a panic payload (`&str` or `String`; anything else gets a generic message).
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_string()
     } else if let Some(s) = payload.downcast_ref::<String>() {
         s.clone()
     } else {
-        "the driver panicked without a message".to_string()
+        "a panic without a message".to_string()
     }
 }
 

@@ -85,6 +85,20 @@ const DEFAULTS: NodeSpec = NodeSpec::new(
         .default(Int(0))
         .required()]),
     NodeSpec::new(
+        "devices",
+        "Devices a training backbone splits each batch over, one model replica per device (data \
+         parallelism, as PyTorch's DistributedDataParallel): CUDA devices `0..N` (from the \
+         device `--backend cuda:K` names), or on the CPU, N replicas on threads. Every epoch's \
+         order is padded to a multiple of N and sharded like `DistributedSampler`, the global \
+         `batch-size` must divide by N, gradients are averaged every step and BatchNorm keeps \
+         per-replica statistics, so results depend on N: above 1 it is part of the training \
+         backbone's key. `lortflow run --devices N` overrides it.",
+    )
+    .args(&[P::new("devices", T::Int, "Devices.")
+        .range(Range::AT_LEAST_ONE)
+        .default(Int(1))
+        .required()]),
+    NodeSpec::new(
         "head",
         "One re-training budget for every head: the `train` settings, `init` and `trials` written \
          here replace the presets' defaults in every head (the paper's protocol, one \

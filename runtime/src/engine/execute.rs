@@ -7,8 +7,6 @@ use std::sync::{Arc, mpsc};
 use std::thread::Scope;
 use std::time::Instant;
 
-use lortflow_lang::ir::Backend;
-
 use super::status::{StageStatus, State};
 use crate::artifact::Artifact;
 use crate::file_digest::FileDigestCache;
@@ -18,7 +16,7 @@ use crate::manifest::{ExternalFile, InputRef, Manifest};
 use crate::plan::{ConcreteStage, external_files};
 use crate::run_record::{RunRecord, StageOutcome, StageRun};
 use crate::stage::{
-    CancelToken, Registry, Reporter, StageContext, StageError, StageExecutor, StageInput,
+    CancelToken, Compute, Registry, Reporter, StageContext, StageError, StageExecutor, StageInput,
 };
 use crate::staging::Staging;
 use crate::store::Store;
@@ -30,8 +28,8 @@ use crate::time::Timestamp;
 pub struct RunOptions {
     /// Parallel workers (tasks in flight, with a remote executor).
     pub jobs: usize,
-    /// The backend.
-    pub backend: Backend,
+    /// The backend and devices.
+    pub compute: Compute,
     /// The pipeline file, for the run record.
     pub pipeline: PathBuf,
     /// Where tasks run: here (`None`), or handed to a scheduler.
@@ -42,7 +40,7 @@ impl std::fmt::Debug for RunOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RunOptions")
             .field("jobs", &self.jobs)
-            .field("backend", &self.backend)
+            .field("compute", &self.compute)
             .field("pipeline", &self.pipeline)
             .field("remote", &self.remote.is_some())
             .finish()
@@ -209,7 +207,7 @@ impl RunContext<'_> {
             && self
                 .registry
                 .get(self.plan[i].kind())
-                .is_some_and(|e| e.uses_device(&self.plan[i], self.options.backend))
+                .is_some_and(|e| e.uses_device(&self.plan[i], self.options.compute.backend))
     }
 }
 
@@ -548,7 +546,7 @@ impl<'r> Scheduler<'r> {
                     jobs,
                     cx.store,
                     executor.as_ref(),
-                    cx.options.backend,
+                    cx.options.compute,
                     cx.cancel,
                     cx.reporter,
                     Store::begin,
@@ -727,7 +725,7 @@ pub fn execute_job(
     names: &[(String, CacheKey)],
     store: &Store,
     registry: &Registry,
-    backend: Backend,
+    compute: Compute,
     cancel: &CancelToken,
     reporter: &dyn Reporter,
 ) -> Result<JobResults, StageError> {
@@ -810,7 +808,7 @@ pub fn execute_job(
         jobs,
         store,
         executor.as_ref(),
-        backend,
+        compute,
         cancel,
         reporter,
         Store::begin_job,
@@ -827,7 +825,7 @@ fn run_batch(
     jobs: Vec<Job<'_>>,
     store: &Store,
     executor: &dyn StageExecutor,
-    backend: Backend,
+    compute: Compute,
     cancel: &CancelToken,
     reporter: &dyn Reporter,
     begin: fn(&Store, &CacheKey) -> Result<Staging, StoreError>,
@@ -878,7 +876,7 @@ fn run_batch(
                 inputs,
                 staging.path(),
                 work_dir,
-                backend,
+                compute,
                 cancel,
                 reporter,
             )
@@ -1077,7 +1075,13 @@ dataset "fail" { source "synthetic" kind="vectors" }
             registry.register(kind, Arc::new(FailsWithCause));
         }
         let store = Store::open(&dir.join(".lortflow")).unwrap();
-        Engine::new(plan, store, registry, Backend::Cpu, "p.kdl")
+        Engine::new(
+            plan,
+            store,
+            registry,
+            lortflow_lang::ir::Backend::Cpu,
+            "p.kdl",
+        )
     }
 
     #[test]

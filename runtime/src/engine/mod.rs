@@ -28,7 +28,7 @@ use crate::key::CacheKey;
 use crate::lock::StoreLock;
 use crate::plan::ConcreteStage;
 use crate::stage::StageError;
-use crate::stage::{CancelToken, Registry, Reporter};
+use crate::stage::{CancelToken, Compute, Registry, Reporter};
 use crate::store::Store;
 
 /// What a run executes.
@@ -74,7 +74,7 @@ pub struct Engine {
     plan: Arc<[ConcreteStage]>,
     store: Store,
     registry: Registry,
-    backend: Backend,
+    compute: Compute,
     pipeline: PathBuf,
 }
 
@@ -83,7 +83,7 @@ impl std::fmt::Debug for Engine {
         f.debug_struct("Engine")
             .field("stages", &self.plan.len())
             .field("store", &self.store.root())
-            .field("backend", &self.backend)
+            .field("compute", &self.compute)
             .field("pipeline", &self.pipeline)
             .finish()
     }
@@ -103,14 +103,21 @@ impl Engine {
             plan: plan.into(),
             store,
             registry,
-            backend,
+            compute: Compute::on(backend),
             pipeline: pipeline.into(),
         }
     }
 
     /// The same plan on another backend (keys of numeric stages differ per backend).
     pub fn with_backend(mut self, backend: Backend) -> Self {
-        self.backend = backend;
+        self.compute.backend = backend;
+        self
+    }
+
+    /// The same plan trained data-parallel on `devices` devices (at least 1; the keys of
+    /// data-parallel stages name the count when it is above 1).
+    pub fn with_devices(mut self, devices: usize) -> Self {
+        self.compute.devices = devices.max(1);
         self
     }
 
@@ -131,7 +138,12 @@ impl Engine {
 
     /// The backend numeric stages run on.
     pub fn backend(&self) -> Backend {
-        self.backend
+        self.compute.backend
+    }
+
+    /// The backend and the devices of data-parallel stages.
+    pub fn compute(&self) -> Compute {
+        self.compute
     }
 
     /// The pipeline file.
@@ -149,7 +161,7 @@ impl Engine {
             &self.store,
             &self.registry,
             &mut digests,
-            self.backend,
+            self.compute,
             force,
         );
         // A digest cache that cannot be saved only costs re-hashing next time.
@@ -208,7 +220,7 @@ impl Engine {
         reporter: &dyn Reporter,
     ) -> Result<JobResults, StageError> {
         self.registry
-            .check_backend(self.backend)
+            .check_backend(self.compute.backend)
             .map_err(StageError::failed)?;
         let force = if force {
             Force::Stages(names.iter().map(|(n, _)| n.clone()).collect())
@@ -222,7 +234,7 @@ impl Engine {
             names,
             &self.store,
             &self.registry,
-            self.backend,
+            self.compute,
             cancel,
             reporter,
         )
@@ -232,7 +244,7 @@ impl Engine {
     /// `tmp/` goes (an artifact set aside by an interrupted `--force` comes back).
     fn prepare(&self, lock: &StoreLock) -> Result<(), EngineError> {
         self.registry
-            .check_backend(self.backend)
+            .check_backend(self.compute.backend)
             .map_err(EngineError::Backend)?;
         self.store.clean_tmp(lock)?;
         Ok(())
@@ -247,7 +259,7 @@ impl Engine {
     ) -> Result<RunReport, EngineError> {
         let options = RunOptions {
             jobs: request.jobs.max(1),
-            backend: self.backend,
+            compute: self.compute,
             pipeline: self.pipeline.clone(),
             remote: request.remote.clone(),
         };

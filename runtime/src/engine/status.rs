@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use lortflow_lang::LANGUAGE_VERSION;
-use lortflow_lang::ir::Backend;
 use serde::Serialize;
 use serde_json::Value as Json;
 
@@ -14,7 +13,7 @@ use crate::file_digest::FileDigestCache;
 use crate::key::{CacheKey, KeyBuilder};
 use crate::manifest::ExternalFile;
 use crate::plan::{ConcreteStage, external_files, key_params};
-use crate::stage::Registry;
+use crate::stage::{Compute, Registry};
 use crate::store::Store;
 
 /// Whether a stage's artifact can be reused.
@@ -72,14 +71,13 @@ pub fn status(
     store: &Store,
     registry: &Registry,
     digests: &mut FileDigestCache,
-    backend: Backend,
+    compute: Compute,
     force: &Force,
 ) -> Vec<StageStatus> {
-    let backend_name = backend.name();
     let mut out: Vec<StageStatus> = Vec::with_capacity(plan.len());
     for stage in plan {
         let mut reasons = Vec::new();
-        let params = key_params(stage, plan, backend_name);
+        let params = key_params(stage, plan, compute);
         let version = registry
             .get(stage.kind())
             .map_or("unregistered", |e| e.version());

@@ -44,6 +44,14 @@ pub enum BackboneError {
         /// Epochs whose checkpoint exists.
         completed_epochs: usize,
     },
+    /// A data-parallel replica failed.
+    #[error("data-parallel replica {rank} failed: {message}")]
+    Replica {
+        /// The replica (0 is the training loop's own).
+        rank: usize,
+        /// What happened.
+        message: String,
+    },
     /// Reading or writing a file.
     #[error("cannot {action} `{}`: {source}", path.display())]
     Io {

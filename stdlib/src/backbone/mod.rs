@@ -15,6 +15,7 @@ mod fast_bn;
 mod import;
 mod init;
 pub mod loss;
+mod parallel;
 pub mod resnet;
 pub mod schedule;
 pub mod small_cnn;
@@ -33,6 +34,7 @@ pub use import::{
     CheckpointFormat, CheckpointMapping, ClassifierKind, ImportReport, import_backbone,
 };
 pub use loss::Stage1Loss;
+pub use parallel::ReplicaDevices;
 pub use schedule::BackboneSchedule;
 pub use torch_names::classifier_name;
 pub use train::{

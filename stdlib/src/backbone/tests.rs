@@ -77,6 +77,25 @@ fn train_on<B: burn::tensor::backend::AutodiffBackend>(
     cancel_after_epoch: Option<usize>,
     device: &B::Device,
 ) -> (Result<Backbone<B>, BackboneError>, Vec<f32>) {
+    train_replicas::<B>(
+        data,
+        &small_cnn(data),
+        config,
+        dir,
+        cancel_after_epoch,
+        std::slice::from_ref(device),
+    )
+}
+
+/// [`train_on`] any network, data-parallel over `devices`.
+fn train_replicas<B: burn::tensor::backend::AutodiffBackend>(
+    data: &LabeledImages,
+    backbone: &BackboneConfig,
+    config: &TrainConfig,
+    dir: &Path,
+    cancel_after_epoch: Option<usize>,
+    devices: &[B::Device],
+) -> (Result<Backbone<B>, BackboneError>, Vec<f32>) {
     let ids: Vec<u32> = (0..data.len() as u32).collect();
     let pipeline = pipeline(data, &ids);
     let cancel = AtomicBool::new(false);
@@ -88,7 +107,7 @@ fn train_on<B: burn::tensor::backend::AutodiffBackend>(
         }
     };
     let result = train_backbone::<B>(
-        &small_cnn(data),
+        backbone,
         config,
         TrainData {
             images: ImageInput::Memory {
@@ -100,7 +119,7 @@ fn train_on<B: burn::tensor::backend::AutodiffBackend>(
         dir,
         &cancel,
         &mut progress,
-        device,
+        devices,
     );
     (result, losses)
 }
@@ -693,4 +712,257 @@ mod wgpu {
             }
         }
     }
+}
+
+// -------------------------------------------------------------------------------------------
+// Data-parallel training (`parallel.rs`).
+
+fn conv_fc(data: &LabeledImages) -> BackboneConfig {
+    BackboneConfig {
+        arch: Arch::ConvFc,
+        ..small_cnn(data)
+    }
+}
+
+/// Two replicas, each on half of every batch, train a network without BatchNorm as one replica
+/// on the whole batch does: the mean of the gradients of two equal halves is the gradient of the
+/// whole batch's mean loss, so only the order of the sums differs.
+#[test]
+fn two_replicas_train_like_one_on_a_network_without_batch_norm() {
+    let data = synthetic(8);
+    let config = train_config(2, Stage1Loss::Ce);
+    let cpu = CpuDevice::default();
+    let run = |devices: &[CpuDevice]| {
+        let dir = tempfile::tempdir().unwrap();
+        let (model, losses) = train_replicas::<CpuAutodiff>(
+            &data,
+            &conv_fc(&data),
+            &config,
+            dir.path(),
+            None,
+            devices,
+        );
+        (weights(&model.unwrap()), losses)
+    };
+    let worst = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max)
+    };
+    let (one, one_losses) = run(std::slice::from_ref(&cpu));
+    assert_eq!(one_losses.len(), 2 * 80usize.div_ceil(16));
+    for replicas in [2, 4] {
+        let (many, many_losses) = run(&vec![cpu.clone(); replicas]);
+        assert_eq!(one_losses.len(), many_losses.len());
+        for (step, (a, b)) in one_losses.iter().zip(&many_losses).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-4 * a.abs().max(1.0),
+                "step {step}: loss {a} on one replica, {b} on {replicas}"
+            );
+        }
+        let diff = worst(&one, &many);
+        assert!(
+            diff < 1e-4,
+            "{replicas} replicas: outputs and classifier differ by {diff}"
+        );
+    }
+    // The tolerance tells runs apart: the next seed ends far outside it.
+    let dir = tempfile::tempdir().unwrap();
+    let other_seed = TrainConfig {
+        seed: 8,
+        ..config.clone()
+    };
+    let (other, _) = train_replicas::<CpuAutodiff>(
+        &data,
+        &conv_fc(&data),
+        &other_seed,
+        dir.path(),
+        None,
+        std::slice::from_ref(&cpu),
+    );
+    assert!(worst(&one, &weights(&other.unwrap())) > 1e-2);
+}
+
+/// The gradients of a step, in module order.
+fn flat_gradients(model: &Backbone<CpuAutodiff>, grads: &burn::optim::GradientsParams) -> Vec<f32> {
+    struct Collect<'a>(&'a burn::optim::GradientsParams, Vec<f32>);
+    impl burn::module::ModuleVisitor<CpuAutodiff> for Collect<'_> {
+        fn visit_float<const D: usize>(
+            &mut self,
+            param: &burn::module::Param<Tensor<CpuAutodiff, D>>,
+        ) {
+            if let Some(g) = self.0.get::<CpuBackend, D>(param.id) {
+                self.1.extend(g.into_data().to_vec::<f32>().unwrap());
+            }
+        }
+    }
+    let mut collect = Collect(grads, Vec::new());
+    model.visit(&mut collect);
+    collect.1
+}
+
+/// Every replica computes with replica 0's parameters, bit for bit, BatchNorm included: when both
+/// replicas get the same rows, the mean of their gradients is exactly the one-replica gradient of
+/// those rows (`(g + g) / 2` is `g` in floating point; it is not if the other replica's `g`
+/// differs in any bit).
+#[test]
+fn every_replica_computes_with_replica_zeros_parameters() {
+    use lortflow_data::input::{Batch, BatchImages};
+    let data = synthetic(4);
+    let cpu = CpuDevice::default();
+    let dir = tempfile::tempdir().unwrap();
+    let (model, _) = train_replicas::<CpuAutodiff>(
+        &data,
+        &small_cnn(&data),
+        &train_config(1, Stage1Loss::Ce),
+        dir.path(),
+        None,
+        &[cpu.clone(), cpu.clone()],
+    );
+    let model = model.unwrap();
+    let counts = vec![4usize; data.num_classes()];
+    let loss_fn = super::loss::BoundLoss::<CpuAutodiff>::new(Stage1Loss::Ce, &counts, &cpu);
+    let (rows, replicas) = (5, 2);
+    let row = 28 * 28;
+    let part: Vec<f32> = (0..rows * row)
+        .map(|i| ((i * 7919) % 997) as f32 / 500.0 - 1.0)
+        .collect();
+    let labels: Vec<u32> = (0..rows as u32).collect();
+    // Row `i` of the global batch goes to replica `i mod replicas`: repeat each row that often.
+    let mut images = Vec::new();
+    let mut all_labels = Vec::new();
+    for r in 0..rows {
+        for _ in 0..replicas {
+            images.extend_from_slice(&part[r * row..(r + 1) * row]);
+            all_labels.push(labels[r]);
+        }
+    }
+    let batch = |images: Vec<f32>, labels: Vec<u32>| Batch {
+        shape: [labels.len(), 1, 28, 28],
+        images: BatchImages::Normalized(images),
+        labels,
+        index: 0,
+    };
+    let single = super::parallel::replica_step(&model, &loss_fn, batch(part, labels), 0, &cpu);
+    let expected = flat_gradients(&model, &single.grads);
+    std::thread::scope(|scope| {
+        let mut group = super::parallel::Replicas::<CpuAutodiff>::start(
+            scope,
+            &vec![cpu.clone(); replicas],
+            Stage1Loss::Ce,
+            &counts,
+        )
+        .unwrap();
+        for step in 0..3 {
+            let mean = group
+                .step(
+                    &model,
+                    &loss_fn,
+                    batch(images.clone(), all_labels.clone()),
+                    0,
+                    &cpu,
+                )
+                .unwrap();
+            assert_eq!(mean.rows, rows * replicas);
+            assert_eq!(mean.loss, single.loss, "step {step}");
+            assert_eq!(flat_gradients(&model, &mean.grads), expected, "step {step}");
+        }
+        group.finish().unwrap();
+    });
+}
+
+/// BatchNorm networks train data-parallel too; an epoch that does not divide among the replicas is
+/// padded (`DistributedSampler`), and a batch that does not is refused before any work.
+#[test]
+fn data_parallel_training_pads_the_epoch_and_checks_the_batch() {
+    let data = synthetic(3); // 30 samples: 2 batches of 16 and 14 on one replica
+    let cpu = CpuDevice::default();
+    let mut config = train_config(2, Stage1Loss::Ce);
+    config.batch_size = 12;
+    let dir = tempfile::tempdir().unwrap();
+    let devices = vec![cpu.clone(); 4];
+    let (model, losses) = train_replicas::<CpuAutodiff>(
+        &data,
+        &small_cnn(&data),
+        &config,
+        dir.path(),
+        None,
+        &devices,
+    );
+    model.unwrap();
+    // 30 samples padded to 32: batches of 12, 12 and 8 (2 rows per replica).
+    assert_eq!(losses.len(), 2 * 3);
+    assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
+
+    config.batch_size = 10;
+    let dir = tempfile::tempdir().unwrap();
+    let err = train_replicas::<CpuAutodiff>(
+        &data,
+        &small_cnn(&data),
+        &config,
+        dir.path(),
+        None,
+        &devices,
+    )
+    .0
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("batch of 10 images does not split evenly among 4 devices"),
+        "{err}"
+    );
+}
+
+/// A data-parallel run resumes from its checkpoint exactly, and only under the same device count.
+#[test]
+fn data_parallel_training_resumes_exactly_and_only_with_the_same_devices() {
+    let data = synthetic(4);
+    let config = train_config(2, Stage1Loss::Ce);
+    let two = vec![CpuDevice::default(); 2];
+    let straight = tempfile::tempdir().unwrap();
+    let (reference, _) = train_replicas::<CpuAutodiff>(
+        &data,
+        &small_cnn(&data),
+        &config,
+        straight.path(),
+        None,
+        &two,
+    );
+    let reference = weights(&reference.unwrap());
+    let resumed = tempfile::tempdir().unwrap();
+    let (stopped, _) = train_replicas::<CpuAutodiff>(
+        &data,
+        &small_cnn(&data),
+        &config,
+        resumed.path(),
+        Some(0),
+        &two,
+    );
+    assert!(
+        matches!(
+            stopped,
+            Err(BackboneError::Cancelled {
+                completed_epochs: 1,
+                ..
+            })
+        ),
+        "{stopped:?}"
+    );
+    let (model, losses) = train_replicas::<CpuAutodiff>(
+        &data,
+        &small_cnn(&data),
+        &config,
+        resumed.path(),
+        None,
+        &two,
+    );
+    assert_eq!(losses.len(), 40usize.div_ceil(16));
+    assert_eq!(weights(&model.unwrap()), reference);
+    // The checkpoint of a two-replica run does not continue a one-replica run.
+    let err = train(&data, &config, resumed.path(), None).0.unwrap_err();
+    assert!(
+        err.to_string().contains("different training configuration"),
+        "{err}"
+    );
 }

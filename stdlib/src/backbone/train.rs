@@ -16,7 +16,7 @@ use std::time::Instant;
 use burn::module::AutodiffModule;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
-use burn::optim::{GradientsParams, Optimizer, SgdConfig};
+use burn::optim::{Optimizer, SgdConfig};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use lortflow_data::input::{Batch, BatchConfig, DataError, ImageInput, SamplerKind};
@@ -134,10 +134,15 @@ pub struct TrainProgress {
 /// Trains `backbone` on `data`, checkpointing into `work_dir/checkpoint/` after every epoch and
 /// resuming from the last checkpoint found there.
 ///
+/// With more than one device the training is data-parallel, one replica per device (see
+/// [`parallel`](super::parallel)): the epoch order is padded to a multiple of the replicas and
+/// every global batch of `config.batch_size` is split among them, as PyTorch's
+/// `DistributedSampler` and DDP do. `devices[0]` holds the model that is returned.
+///
 /// Stops with [`BackboneError::Cancelled`] when `cancel` is set (checked before every step; the
 /// checkpoints of completed epochs are kept) and with [`BackboneError::NonFiniteLoss`] when the
 /// loss is NaN or infinite. `progress` is called after every step.
-#[tracing::instrument(skip_all, fields(arch = backbone.arch.name()))]
+#[tracing::instrument(skip_all, fields(arch = backbone.arch.name(), replicas = devices.len()))]
 pub fn train_backbone<B: AutodiffBackend>(
     backbone: &BackboneConfig,
     config: &TrainConfig,
@@ -145,10 +150,16 @@ pub fn train_backbone<B: AutodiffBackend>(
     work_dir: &Path,
     cancel: &AtomicBool,
     progress: &mut dyn FnMut(&TrainProgress),
-    device: &B::Device,
+    devices: &[B::Device],
 ) -> Result<Backbone<B>, BackboneError> {
     config.validate()?;
     backbone.validate()?;
+    let Some(device) = devices.first() else {
+        return Err(BackboneError::InvalidTraining(
+            "data-parallel training needs at least one device".into(),
+        ));
+    };
+    super::parallel::check_split(config.batch_size, devices.len())?;
     let _keep = crate::heap::KeepFreedMemory::new();
     if data.sample_ids.is_empty() {
         return Err(DataError::EmptySubset.into());
@@ -197,7 +208,11 @@ pub fn train_backbone<B: AutodiffBackend>(
         .init::<B, Backbone<B>>();
 
     let checkpoints = CheckpointDir::new(work_dir.join("checkpoint"));
-    let fingerprint = config.fingerprint(backbone, data.sample_ids.len());
+    let mut fingerprint = config.fingerprint(backbone, data.sample_ids.len());
+    if devices.len() > 1 {
+        // Another split of the batches is another trajectory.
+        fingerprint.push_str(&format!("|replicas={}", devices.len()));
+    }
     let (mut model, start_epoch, mut last_finite, mut history) = match checkpoints
         .latest(&fingerprint)?
     {
@@ -223,102 +238,114 @@ pub fn train_backbone<B: AutodiffBackend>(
         train: true,
         output: crate::input::batch_output::<B>(device),
     };
-    let steps = data.sample_ids.len().div_ceil(config.batch_size);
+    let padded_len = data.sample_ids.len().div_ceil(devices.len()) * devices.len();
+    let steps = padded_len.div_ceil(config.batch_size);
 
-    for epoch in start_epoch..config.epochs {
-        let lr = config
-            .schedule
-            .lr_at(config.lr, epoch, config.epochs, config.warmup_epochs);
-        let order = config.sampler.epoch_order(
-            data.images.labels(),
-            data.images.num_classes(),
-            data.sample_ids,
-            config.seed,
-            epoch,
-        );
-        let started = Instant::now();
-        let (mut seen, mut correct, mut loss_sum) = (0usize, 0i64, 0f64);
-        let mut slot = Some(model);
-        data.images
-            .for_each_batch::<BackboneError>(&order, &batch_config, epoch, |batch| {
-                if cancel.load(Ordering::Relaxed) {
-                    return Err(BackboneError::Cancelled {
-                        epoch,
-                        step: batch.index,
-                        completed_epochs: epoch,
-                    });
-                }
-                let n = batch.shape[0];
-                let model = slot
-                    .take()
-                    .expect("the model should be back after each step");
-                let step = batch.index;
-                let (x, y) = batch_tensors::<B>(batch, device);
-                let features = model.forward_features(x);
-                let (loss, logits) = loss_fn.forward(features, model.fc(), y.clone(), epoch);
-                let value: f32 = loss.clone().into_scalar().elem();
-                if !value.is_finite() {
-                    return Err(BackboneError::NonFiniteLoss {
-                        epoch,
-                        step,
-                        loss: value,
-                        last_finite,
-                    });
-                }
-                last_finite = value;
-                let hits: i64 = logits
-                    .argmax(1)
-                    .reshape([n])
-                    .equal(y)
-                    .int()
-                    .sum()
-                    .into_scalar()
-                    .elem();
-                let grads = GradientsParams::from_grads(loss.backward(), &model);
-                slot = Some(optim.step(lr, model, grads));
-                seen += n;
-                correct += hits;
-                loss_sum += f64::from(value) * n as f64;
-                progress(&TrainProgress {
+    std::thread::scope(|scope| {
+        let mut replicas =
+            super::parallel::Replicas::<B>::start(scope, devices, config.loss, &class_counts)?;
+        let trained = (|| -> Result<Backbone<B>, BackboneError> {
+            for epoch in start_epoch..config.epochs {
+                let lr =
+                    config
+                        .schedule
+                        .lr_at(config.lr, epoch, config.epochs, config.warmup_epochs);
+                let mut order = config.sampler.epoch_order(
+                    data.images.labels(),
+                    data.images.num_classes(),
+                    data.sample_ids,
+                    config.seed,
                     epoch,
-                    epochs: config.epochs,
-                    step,
-                    steps,
-                    loss: value,
-                    train_acc: correct as f32 / seen as f32,
-                    images_per_sec: seen as f32 / started.elapsed().as_secs_f32().max(1e-9),
+                );
+                lortflow_data::input::pad_for_replicas(&mut order, devices.len());
+                let started = Instant::now();
+                let (mut seen, mut correct, mut loss_sum) = (0usize, 0i64, 0f64);
+                let mut slot = Some(model);
+                let epoch_result = data.images.for_each_batch::<BackboneError>(
+                    &order,
+                    &batch_config,
+                    epoch,
+                    |batch| {
+                        if cancel.load(Ordering::Relaxed) {
+                            return Err(BackboneError::Cancelled {
+                                epoch,
+                                step: batch.index,
+                                completed_epochs: epoch,
+                            });
+                        }
+                        let model = slot
+                            .take()
+                            .expect("the model should be back after each step");
+                        let step = batch.index;
+                        let result = replicas.step(&model, &loss_fn, batch, epoch, device)?;
+                        if !result.loss.is_finite() {
+                            return Err(BackboneError::NonFiniteLoss {
+                                epoch,
+                                step,
+                                loss: result.loss,
+                                last_finite,
+                            });
+                        }
+                        last_finite = result.loss;
+                        slot = Some(optim.step(lr, model, result.grads));
+                        seen += result.rows;
+                        correct += result.hits;
+                        loss_sum += f64::from(result.loss) * result.rows as f64;
+                        progress(&TrainProgress {
+                            epoch,
+                            epochs: config.epochs,
+                            step,
+                            steps,
+                            loss: result.loss,
+                            train_acc: correct as f32 / seen as f32,
+                            images_per_sec: seen as f32 / started.elapsed().as_secs_f32().max(1e-9),
+                            lr,
+                        });
+                        Ok(ControlFlow::Continue(()))
+                    },
+                );
+                epoch_result?;
+                model = slot.expect("the model should be back after the epoch");
+                let elapsed = started.elapsed().as_secs_f32();
+                let (reduce_time, gradient_bytes) = replicas.take_reduce_stats();
+                debug!(
+                    epoch,
+                    loss = last_finite,
+                    acc = correct as f32 / seen.max(1) as f32,
+                    images_per_sec = seen as f32 / elapsed.max(1e-9),
+                    gradient_bytes,
+                    reduce_ms_per_step = 1e3 * reduce_time.as_secs_f64() / steps.max(1) as f64,
+                    "epoch done"
+                );
+                history.push(EpochStats {
+                    epoch: epoch + 1,
+                    loss: (loss_sum / seen.max(1) as f64) as f32,
+                    train_acc: correct as f32 / seen.max(1) as f32,
                     lr,
+                    seconds: elapsed,
                 });
-                Ok(ControlFlow::Continue(()))
-            })?;
-        model = slot.expect("the model should be back after the epoch");
-        let elapsed = started.elapsed().as_secs_f32();
-        debug!(
-            epoch,
-            loss = last_finite,
-            acc = correct as f32 / seen.max(1) as f32,
-            images_per_sec = seen as f32 / elapsed.max(1e-9),
-            "epoch done"
-        );
-        history.push(EpochStats {
-            epoch: epoch + 1,
-            loss: (loss_sum / seen.max(1) as f64) as f32,
-            train_acc: correct as f32 / seen.max(1) as f32,
-            lr,
-            seconds: elapsed,
-        });
-        checkpoints.save(
-            &model,
-            &optim,
-            &TrainState {
-                completed_epochs: epoch + 1,
-                fingerprint: fingerprint.clone(),
-                last_loss: last_finite,
-                history: history.clone(),
-            },
-        )?;
-    }
-    Ok(model)
+                checkpoints.save(
+                    &model,
+                    &optim,
+                    &TrainState {
+                        completed_epochs: epoch + 1,
+                        fingerprint: fingerprint.clone(),
+                        last_loss: last_finite,
+                        history: history.clone(),
+                    },
+                )?;
+            }
+            Ok(model)
+        })();
+        // Always joined, so that a worker's panic becomes an error rather than the scope's panic.
+        let finished = replicas.finish();
+        match (trained, finished) {
+            (Ok(model), Ok(())) => Ok(model),
+            // A worker that panicked is why the loop saw it stop: its message is the better one.
+            (Ok(_) | Err(BackboneError::Replica { .. }), Err(worker)) => Err(worker),
+            (Err(err), _) => Err(err),
+        }
+    })
 }
 
 /// Accuracy of `model`'s own classifier on `ids` of `images` (evaluation view, BatchNorm in
@@ -362,7 +389,7 @@ pub fn inference_model<B: AutodiffBackend>(model: &Backbone<B>) -> Backbone<B::I
 }
 
 /// A prepared batch as device tensors: images `[N, C, H, W]` and labels `[N]`.
-fn batch_tensors<B: Backend>(
+pub(super) fn batch_tensors<B: Backend>(
     batch: Batch,
     device: &B::Device,
 ) -> (Tensor<B, 4>, Tensor<B, 1, Int>) {

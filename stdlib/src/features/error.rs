@@ -20,6 +20,17 @@ pub enum ExtractError {
         /// Rows in all.
         total: usize,
     },
+    /// No model was given.
+    #[error("feature extraction needs at least one device")]
+    NoDevice,
+    /// The replica on another device failed.
+    #[error("feature extraction on device replica {rank} failed: {message}")]
+    Replica {
+        /// The replica (0 is the calling thread's).
+        rank: usize,
+        /// Its panic's message.
+        message: String,
+    },
     /// The backend handed back features that are not `f32` rows.
     #[error("cannot read features back from the device: {0}")]
     Readback(String),

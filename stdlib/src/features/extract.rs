@@ -57,6 +57,36 @@ pub fn extract_features<B: Backend>(
     cancel: &AtomicBool,
     device: &B::Device,
 ) -> Result<(), ExtractError> {
+    extract_features_on(
+        &[(model, device)],
+        images,
+        ids,
+        tta,
+        batch_size,
+        out,
+        metadata,
+        cancel,
+    )
+}
+
+/// [`extract_features`] over several devices: `replicas` holds the same model on each. Every
+/// batch is split into runs of consecutive rows, one per device, computed at the same time
+/// (replica 0's on this thread) and written in order, so the file is the one a single device
+/// writes, up to the rounding of smaller batches.
+#[allow(clippy::too_many_arguments)]
+pub fn extract_features_on<B: Backend>(
+    replicas: &[(&Backbone<B>, &B::Device)],
+    images: ImageInput<'_>,
+    ids: &[u32],
+    tta: Tta,
+    batch_size: usize,
+    out: &Path,
+    metadata: &BTreeMap<String, String>,
+    cancel: &AtomicBool,
+) -> Result<(), ExtractError> {
+    let Some(&(model, device)) = replicas.first() else {
+        return Err(ExtractError::NoDevice);
+    };
     if B::ad_enabled(device) {
         return Err(ExtractError::AutodiffModel);
     }
@@ -92,23 +122,58 @@ pub fn extract_features<B: Backend>(
             });
         }
         let n = batch.shape[0];
-        let x = crate::input::images_tensor::<B>(batch.images, batch.shape, device);
-        let features = match tta {
-            Tta::None => model.forward_features(x),
-            Tta::Hflip => {
-                let flipped = x.clone().flip([3]);
-                (model.forward_features(x) + model.forward_features(flipped)).div_scalar(2.0)
-            }
+        let values = if replicas.len() == 1 {
+            features_of(model, batch, tta, device)?
+        } else {
+            let parts = batch.split_rows(replicas.len());
+            std::thread::scope(|scope| {
+                let mut parts = parts.into_iter().zip(replicas);
+                let (own, _) = parts.next().expect("a batch has at least one row");
+                let others: Vec<_> = parts
+                    .map(|(part, &(model, device))| {
+                        scope.spawn(move || features_of(model, part, tta, device))
+                    })
+                    .collect();
+                let mut values = features_of(model, own, tta, device);
+                // Every thread joined before any error returns: a panic becomes an error.
+                for (i, handle) in others.into_iter().enumerate() {
+                    let part = handle.join().map_err(|payload| ExtractError::Replica {
+                        rank: i + 1,
+                        message: crate::backend::panic_message(payload.as_ref()),
+                    });
+                    if let Ok(all) = &mut values {
+                        all.extend(part??);
+                    }
+                }
+                values
+            })?
         };
-        let values: Vec<f32> = features
-            .into_data()
-            .convert::<f32>()
-            .into_vec()
-            .map_err(|e| ExtractError::Readback(format!("{e:?}")))?;
         writer.write_rows(&values)?;
         rows += n;
         Ok(ControlFlow::Continue(()))
     })?;
     writer.finish()?;
     Ok(())
+}
+
+/// The features of one batch on `device`, read back to the host.
+fn features_of<B: Backend>(
+    model: &Backbone<B>,
+    batch: lortflow_data::input::Batch,
+    tta: Tta,
+    device: &B::Device,
+) -> Result<Vec<f32>, ExtractError> {
+    let x = crate::input::images_tensor::<B>(batch.images, batch.shape, device);
+    let features = match tta {
+        Tta::None => model.forward_features(x),
+        Tta::Hflip => {
+            let flipped = x.clone().flip([3]);
+            (model.forward_features(x) + model.forward_features(flipped)).div_scalar(2.0)
+        }
+    };
+    features
+        .into_data()
+        .convert::<f32>()
+        .into_vec()
+        .map_err(|e| ExtractError::Readback(format!("{e:?}")))
 }

@@ -5,7 +5,7 @@ mod error;
 mod extract;
 
 pub use error::ExtractError;
-pub use extract::{Tta, extract_features};
+pub use extract::{Tta, extract_features, extract_features_on};
 
 #[cfg(test)]
 mod tests {
@@ -70,6 +70,30 @@ mod tests {
         // Inference mode: batch size does not change the features.
         let other = run(Tta::None, 30, "b.safetensors");
         for (a, b) in plain.features().iter().zip(other.features()) {
+            assert!((a - b).abs() < 1e-4);
+        }
+        // Split over three copies of the model (three CPU "devices"), batches of 7 as runs of
+        // 3, 2 and 2 rows: the same rows in the same order.
+        let copies = [model.clone(), model.clone(), model.clone()];
+        let replicas: Vec<_> = copies.iter().map(|m| (m, &device)).collect();
+        let split_path = dir.path().join("split.safetensors");
+        extract_features_on(
+            &replicas,
+            ImageInput::Memory {
+                images: &data,
+                pipeline: &pipeline,
+            },
+            &ids,
+            Tta::None,
+            7,
+            &split_path,
+            &BTreeMap::new(),
+            &cancel,
+        )
+        .unwrap();
+        let split = FeatureFile::open(&split_path).unwrap();
+        assert_eq!(split.labels(), plain.labels());
+        for (a, b) in plain.features().iter().zip(split.features()) {
             assert!((a - b).abs() < 1e-4);
         }
         let tta = run(Tta::Hflip, 7, "c.safetensors");

@@ -19,8 +19,8 @@ use super::convert::backbone as convert;
 use super::dataset::PACKED;
 use super::images;
 use crate::backbone::{
-    BackboneConfig, CheckpointMapping, TrainData, evaluate_accuracy, import_backbone,
-    save_backbone, train_backbone,
+    BackboneConfig, CheckpointMapping, ReplicaDevices, TrainData, evaluate_accuracy,
+    import_backbone, save_backbone, train_backbone,
 };
 
 pub(crate) const NORMALIZATION_FILE: &str = "normalization.json";
@@ -97,6 +97,14 @@ impl StageExecutor for BackboneStage {
                                 ),
                             )
                         };
+                        let devices = device.replicas(cx.devices).map_err(fail)?;
+                        if devices.len() > 1 {
+                            tracing::info!(
+                                stage = %cx.stage.name,
+                                devices = devices.len(),
+                                "training data-parallel, one replica per device"
+                            );
+                        }
                         let model = train_backbone::<B>(
                             &config,
                             &train_config,
@@ -104,7 +112,7 @@ impl StageExecutor for BackboneStage {
                             cx.work_dir,
                             cx.cancel.flag(),
                             &mut report,
-                            &device,
+                            &devices,
                         )
                         .map_err(|e| match e {
                             crate::backbone::BackboneError::Cancelled { .. } => {

@@ -17,8 +17,8 @@ use super::common::{
     write_json,
 };
 use super::convert::features as convert;
-use crate::backbone::load_backbone;
-use crate::features::extract_features;
+use crate::backbone::{ReplicaDevices, load_backbone};
+use crate::features::extract_features_on;
 
 pub(crate) struct FeaturesStage;
 
@@ -56,8 +56,16 @@ impl StageExecutor for FeaturesStage {
         let (dim, classifier) =
             crate::with_backend!(super::convert::backend(cx.backend), |B, device| {
                 type Inner = <B as burn::tensor::backend::AutodiffBackend>::InnerBackend;
-                let (model, _config) =
-                    load_backbone::<Inner>(backbone.artifact.dir(), &device).map_err(fail)?;
+                // One copy per device: each loaded there (BatchNorm's running statistics live
+                // in a shared cell that moving a copy would move for all).
+                let devices = device.replicas(cx.devices).map_err(fail)?;
+                let models = devices
+                    .iter()
+                    .map(|d| load_backbone::<Inner>(backbone.artifact.dir(), d).map(|(m, _)| m))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(fail)?;
+                let replicas: Vec<_> = models.iter().zip(&devices).collect();
+                let model = &models[0];
                 for (split, ids_of, file, step) in [
                     (Split::Train, true, TRAIN_FEATURES, 0u64),
                     (Split::Test, false, TEST_FEATURES, 1),
@@ -77,8 +85,8 @@ impl StageExecutor for FeaturesStage {
                     } else {
                         (0..splits.test_len() as u32).collect()
                     };
-                    extract_features(
-                        &model,
+                    extract_features_on(
+                        &replicas,
                         splits.eval_input(&views, split),
                         &ids,
                         tta,
@@ -86,7 +94,6 @@ impl StageExecutor for FeaturesStage {
                         &out.join(file),
                         &metadata,
                         cx.cancel.flag(),
-                        &device,
                     )
                     .map_err(|e| match e {
                         crate::features::ExtractError::Cancelled { .. } => StageError::Cancelled,
