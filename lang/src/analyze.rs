@@ -466,7 +466,7 @@ fn backbone_devices(
         return;
     };
     let batch = train.batch_size as usize;
-    if devices.value <= 1 || batch.is_multiple_of(devices.value) {
+    if devices.value <= 1 || batch % devices.value == 0 {
         return;
     }
     let span = stage

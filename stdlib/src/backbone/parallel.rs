@@ -288,7 +288,7 @@ pub trait ReplicaDevices: Sized {
 
 impl ReplicaDevices for crate::backend::CpuDevice {
     fn replicas(&self, count: usize) -> Result<Vec<Self>, crate::backend::BackendError> {
-        Ok(vec![self.clone(); count.max(1)])
+        Ok(vec![*self; count.max(1)])
     }
 }
 
@@ -322,7 +322,7 @@ impl ReplicaDevices for crate::backend::WgpuDevice {
 
 /// The configuration check of a data-parallel run: the global batch must split evenly.
 pub(super) fn check_split(batch_size: usize, replicas: usize) -> Result<(), BackboneError> {
-    if replicas > 1 && !batch_size.is_multiple_of(replicas) {
+    if replicas > 1 && batch_size % replicas != 0 {
         return Err(BackboneError::InvalidTraining(format!(
             "the batch of {batch_size} images does not split evenly among {replicas} devices; use a batch size that is a multiple of {replicas}"
         )));

@@ -753,7 +753,7 @@ fn two_replicas_train_like_one_on_a_network_without_batch_norm() {
     let (one, one_losses) = run(std::slice::from_ref(&cpu));
     assert_eq!(one_losses.len(), 2 * 80usize.div_ceil(16));
     for replicas in [2, 4] {
-        let (many, many_losses) = run(&vec![cpu.clone(); replicas]);
+        let (many, many_losses) = run(&vec![cpu; replicas]);
         assert_eq!(one_losses.len(), many_losses.len());
         for (step, (a, b)) in one_losses.iter().zip(&many_losses).enumerate() {
             assert!(
@@ -818,7 +818,7 @@ fn every_replica_computes_with_replica_zeros_parameters() {
         &train_config(1, Stage1Loss::Ce),
         dir.path(),
         None,
-        &[cpu.clone(), cpu.clone()],
+        &[cpu, cpu],
     );
     let model = model.unwrap();
     let counts = vec![4usize; data.num_classes()];
@@ -849,7 +849,7 @@ fn every_replica_computes_with_replica_zeros_parameters() {
     std::thread::scope(|scope| {
         let mut group = super::parallel::Replicas::<CpuAutodiff>::start(
             scope,
-            &vec![cpu.clone(); replicas],
+            &vec![cpu; replicas],
             Stage1Loss::Ce,
             &counts,
         )
@@ -881,7 +881,7 @@ fn data_parallel_training_pads_the_epoch_and_checks_the_batch() {
     let mut config = train_config(2, Stage1Loss::Ce);
     config.batch_size = 12;
     let dir = tempfile::tempdir().unwrap();
-    let devices = vec![cpu.clone(); 4];
+    let devices = vec![cpu; 4];
     let (model, losses) = train_replicas::<CpuAutodiff>(
         &data,
         &small_cnn(&data),
