@@ -95,6 +95,24 @@ fn the_data_and_report_crates_depend_on_neither_burn_nor_the_language() {
     assert_free_of("lortflow-report", &others);
 }
 
+/// The processes of a data-parallel run talk through plain sockets: the collective crate builds
+/// and tests in seconds, without Burn, the data layer or the language.
+#[test]
+fn the_collective_crate_depends_on_no_other_part_of_lortflow() {
+    assert_free_of(
+        "lortflow-collective",
+        &[
+            "burn*",
+            "cubecl*",
+            "lortflow-lang",
+            "lortflow-runtime",
+            "lortflow-stdlib",
+            "lortflow-data",
+            "lortflow-report",
+        ],
+    );
+}
+
 /// The `.rs` files under `dir`, recursively.
 fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {

@@ -32,11 +32,11 @@ pub use graph::StageGraph;
 pub use key::{CacheKey, KEY_FORMAT, KeyBuilder, ParseKeyError, canonical_json};
 pub use lock::{LockError, StoreLock};
 pub use manifest::{ExternalFile, FileEntry, InputRef, MANIFEST_FILE, MANIFEST_FORMAT, Manifest};
-pub use plan::{ConcreteStage, Override};
+pub use plan::{Compute, ConcreteStage, Override};
 pub use run_record::{RunRecord, StageOutcome, StageRun};
 pub use stage::{
-    CancelToken, Compute, FailureMessage, Progress, Registry, Reporter, SilentReporter,
-    StageContext, StageError, StageExecutor, StageInput,
+    CancelToken, FailureMessage, Progress, Registry, Reporter, SilentReporter, StageContext,
+    StageError, StageExecutor, StageInput,
 };
 pub use staging::Staging;
 pub use store::{ArtifactInfo, GcReport, Store};

@@ -3,11 +3,31 @@
 
 use std::path::PathBuf;
 
+use lortflow_lang::ir::Backend;
 use serde_json::Value as Json;
 
-use crate::stage::Compute;
-
 pub use lortflow_lang::expand::{ConcreteStage, Override, expand};
+
+/// Where the numeric stages of a run compute: the backend, and the devices a data-parallel stage
+/// (first-stage training) splits its batches over. Both are in the keys of the stages whose
+/// numbers they change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Compute {
+    /// The backend.
+    pub backend: Backend,
+    /// Devices (replicas) of data-parallel stages; at least 1.
+    pub devices: usize,
+}
+
+impl Compute {
+    /// One device of `backend`.
+    pub fn on(backend: Backend) -> Self {
+        Self {
+            backend,
+            devices: 1,
+        }
+    }
+}
 
 /// The canonical parameters of a concrete stage for its cache key: the lowered spec without
 /// stage names (inputs enter the key through their roles and keys, so renaming a stage or

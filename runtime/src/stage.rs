@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use lortflow_lang::StageKind;
 use lortflow_lang::ir::Backend;
+
+use crate::plan::Compute;
 use serde_json::Value as Json;
 
 use crate::artifact::Artifact;
@@ -105,27 +107,6 @@ impl StageInput<'_> {
             .iter()
             .find(|u| u.role == role)
             .or_else(|| self.upstream.iter().find_map(|u| u.find(role)))
-    }
-}
-
-/// Where the numeric stages of a run compute: the backend, and the devices a data-parallel stage
-/// (first-stage training) splits its batches over. Both are in the keys of the stages whose
-/// numbers they change.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Compute {
-    /// The backend.
-    pub backend: Backend,
-    /// Devices (replicas) of data-parallel stages; at least 1.
-    pub devices: usize,
-}
-
-impl Compute {
-    /// One device of `backend`.
-    pub fn on(backend: Backend) -> Self {
-        Self {
-            backend,
-            devices: 1,
-        }
     }
 }
 

@@ -51,6 +51,21 @@ pub fn images_tensor<B: Backend>(
     }
 }
 
+/// A prepared batch as device tensors: images `[N, C, H, W]` and labels `[N]`.
+pub fn batch_tensors<B: Backend>(
+    batch: lortflow_data::input::Batch,
+    device: &B::Device,
+) -> (Tensor<B, 4>, Tensor<B, 1, Int>) {
+    let n = batch.shape[0];
+    let x = crate::input::images_tensor::<B>(batch.images, batch.shape, device);
+    let labels: Vec<i64> = batch.labels.iter().map(|&l| i64::from(l)).collect();
+    let y = Tensor::<B, 1, Int>::from_data(
+        TensorData::new(labels, [n]).convert::<B::IntElem>(),
+        device,
+    );
+    (x, y)
+}
+
 /// `(p / 255 - mean[c]) / std[c]`, in the order and with the constants the host uses
 /// (`lortflow_data`'s `normalize_planes`), so that both give the same values.
 fn normalize_on_device<B: Backend>(pixels: Tensor<B, 4>, norm: &Normalization) -> Tensor<B, 4> {

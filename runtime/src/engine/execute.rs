@@ -13,10 +13,10 @@ use crate::file_digest::FileDigestCache;
 use crate::key::CacheKey;
 use crate::lock::LockError;
 use crate::manifest::{ExternalFile, InputRef, Manifest};
-use crate::plan::{ConcreteStage, external_files};
+use crate::plan::{Compute, ConcreteStage, external_files};
 use crate::run_record::{RunRecord, StageOutcome, StageRun};
 use crate::stage::{
-    CancelToken, Compute, Registry, Reporter, StageContext, StageError, StageExecutor, StageInput,
+    CancelToken, Registry, Reporter, StageContext, StageError, StageExecutor, StageInput,
 };
 use crate::staging::Staging;
 use crate::store::Store;

@@ -26,9 +26,9 @@ pub use status::{Force, StageStatus, State, diff_json, status};
 use crate::file_digest::FileDigestCache;
 use crate::key::CacheKey;
 use crate::lock::StoreLock;
-use crate::plan::ConcreteStage;
+use crate::plan::{Compute, ConcreteStage};
 use crate::stage::StageError;
-use crate::stage::{CancelToken, Compute, Registry, Reporter};
+use crate::stage::{CancelToken, Registry, Reporter};
 use crate::store::Store;
 
 /// What a run executes.

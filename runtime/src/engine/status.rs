@@ -12,8 +12,8 @@ use serde_json::Value as Json;
 use crate::file_digest::FileDigestCache;
 use crate::key::{CacheKey, KeyBuilder};
 use crate::manifest::ExternalFile;
-use crate::plan::{ConcreteStage, external_files, key_params};
-use crate::stage::{Compute, Registry};
+use crate::plan::{Compute, ConcreteStage, external_files, key_params};
+use crate::stage::Registry;
 use crate::store::Store;
 
 /// Whether a stage's artifact can be reused.

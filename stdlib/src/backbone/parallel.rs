@@ -50,7 +50,7 @@ pub(super) fn replica_step<B: AutodiffBackend>(
     device: &B::Device,
 ) -> ReplicaStep {
     let rows = batch.shape[0];
-    let (x, y) = super::train::batch_tensors::<B>(batch, device);
+    let (x, y) = crate::input::batch_tensors::<B>(batch, device);
     let features = model.forward_features(x);
     let (loss, logits) = loss_fn.forward(features, model.fc(), y.clone(), epoch);
     let value: f32 = loss.clone().into_scalar().elem();

@@ -367,7 +367,7 @@ pub fn evaluate_accuracy<B: Backend>(
     let mut correct = 0i64;
     images.for_each_batch::<BackboneError>(ids, &config, 0, |batch| {
         let n = batch.shape[0];
-        let (x, y) = batch_tensors::<B>(batch, device);
+        let (x, y) = crate::input::batch_tensors::<B>(batch, device);
         let hits: i64 = model
             .forward(x)
             .argmax(1)
@@ -386,19 +386,4 @@ pub fn evaluate_accuracy<B: Backend>(
 /// The inference copy of a trained backbone (no autodiff; BatchNorm uses its running statistics).
 pub fn inference_model<B: AutodiffBackend>(model: &Backbone<B>) -> Backbone<B::InnerBackend> {
     model.valid()
-}
-
-/// A prepared batch as device tensors: images `[N, C, H, W]` and labels `[N]`.
-pub(super) fn batch_tensors<B: Backend>(
-    batch: Batch,
-    device: &B::Device,
-) -> (Tensor<B, 4>, Tensor<B, 1, Int>) {
-    let n = batch.shape[0];
-    let x = crate::input::images_tensor::<B>(batch.images, batch.shape, device);
-    let labels: Vec<i64> = batch.labels.iter().map(|&l| i64::from(l)).collect();
-    let y = Tensor::<B, 1, Int>::from_data(
-        TensorData::new(labels, [n]).convert::<B::IntElem>(),
-        device,
-    );
-    (x, y)
 }
