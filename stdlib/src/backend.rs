@@ -132,7 +132,7 @@ pub enum BackendError {
     WgpuNotCompiled,
     /// Data-parallel training asked for more devices than the backend can address.
     #[error(
-        "the {backend} backend runs on one device, but {devices} devices were asked for; use `cuda` or `cpu` for data-parallel training, or `devices 1`"
+        "the {backend} backend runs on one device, but {devices} devices were asked for (`devices` in `defaults`, or `--devices`); use `cuda` or `cpu` for several devices, or one device"
     )]
     OneDeviceOnly {
         /// The backend's name.

@@ -67,6 +67,27 @@ pub enum CollectiveError {
         /// The socket's error.
         source: io::Error,
     },
+    /// A neighbour sent nothing for the whole message timeout.
+    #[error(
+        "rank {rank} waited {}s for rank {peer} in all-reduce {sequence}: is that rank still running?",
+        timeout.as_secs()
+    )]
+    Timeout {
+        /// This rank.
+        rank: usize,
+        /// The neighbour.
+        peer: usize,
+        /// The operation's sequence number.
+        sequence: u64,
+        /// How long it waited.
+        timeout: Duration,
+    },
+    /// An earlier operation failed; the group cannot be used again.
+    #[error("rank {rank}'s group failed in an earlier all-reduce and is closed")]
+    Closed {
+        /// This rank.
+        rank: usize,
+    },
     /// A neighbour sent a message of another operation or size.
     #[error(
         "rank {rank} got a message of all-reduce {got_sequence} ({got_len} values) from rank {peer}, expected all-reduce {sequence} ({len} values): the ranks are out of step"
@@ -119,6 +140,10 @@ pub struct RingGroup {
     prev: Option<TcpStream>,
     /// All-reduces done so far: the sequence number of the next.
     sequence: u64,
+    /// How long a message may take.
+    message_timeout: Duration,
+    /// An operation failed: the streams are shut and every later call fails.
+    closed: bool,
 }
 
 impl RingGroup {
@@ -140,6 +165,8 @@ impl RingGroup {
                 next: None,
                 prev: None,
                 sequence: 0,
+                message_timeout: options.message_timeout,
+                closed: false,
             });
         }
         let address_error = |reason: String| CollectiveError::Address {
@@ -157,12 +184,18 @@ impl RingGroup {
             deadline,
             timeout: options.rendezvous_timeout,
         };
-        // Every rank's ring listener, on the interface the coordinator is reached through.
+        // Every rank's ring listener, on every interface of the address family the coordinator
+        // is reached by: other ranks reach it from other nodes.
+        let any: IpAddr = if resolved.is_ipv4() {
+            IpAddr::from([0u8; 4])
+        } else {
+            IpAddr::from([0u16; 8])
+        };
         let (next_address, ring_listener) = if rank == 0 {
-            let listener = TcpListener::bind(("0.0.0.0", resolved.port()))
+            let listener = TcpListener::bind((any, resolved.port()))
                 .or_else(|_| TcpListener::bind(resolved))
                 .map_err(|e| address_error(format!("rank 0 cannot listen there: {e}")))?;
-            let ring = TcpListener::bind((IpAddr::from([0, 0, 0, 0]), 0))
+            let ring = TcpListener::bind((any, 0))
                 .map_err(|e| address_error(format!("cannot open the ring's port: {e}")))?;
             let ring_port = ring
                 .local_addr()
@@ -171,7 +204,7 @@ impl RingGroup {
             let next = rendezvous.coordinate(&listener, world, ring_port)?;
             (next, ring)
         } else {
-            let ring = TcpListener::bind((IpAddr::from([0, 0, 0, 0]), 0))
+            let ring = TcpListener::bind((any, 0))
                 .map_err(|e| address_error(format!("cannot open the ring's port: {e}")))?;
             let ring_port = ring
                 .local_addr()
@@ -212,6 +245,8 @@ impl RingGroup {
             next: Some(next),
             prev: Some(prev),
             sequence: 0,
+            message_timeout: options.message_timeout,
+            closed: false,
         })
     }
 
@@ -229,6 +264,26 @@ impl RingGroup {
     /// buffers of the same length; a length that differs is an [`CollectiveError::OutOfStep`]).
     /// Every rank ends with the same bits.
     pub fn all_reduce_sum(&mut self, values: &mut [f32]) -> Result<(), CollectiveError> {
+        if self.closed {
+            return Err(CollectiveError::Closed { rank: self.rank });
+        }
+        let result = self.ring_all_reduce(values);
+        if result.is_err() {
+            // Half-sent messages would be read as the next operation's: nothing is reused, and
+            // the neighbours see the connections end at once instead of waiting.
+            self.close();
+        }
+        result
+    }
+
+    fn close(&mut self) {
+        self.closed = true;
+        for stream in [&self.next, &self.prev].into_iter().flatten() {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
+
+    fn ring_all_reduce(&mut self, values: &mut [f32]) -> Result<(), CollectiveError> {
         let sequence = self.sequence;
         self.sequence += 1;
         let world = self.world;
@@ -248,11 +303,20 @@ impl RingGroup {
         let bounds: Vec<(usize, usize)> = (0..world)
             .map(|c| (c * len / world, (c + 1) * len / world))
             .collect();
-        let peer_error = |peer, source| CollectiveError::Peer {
-            rank,
-            peer,
-            sequence,
-            source,
+        let timeout = self.message_timeout;
+        let peer_error = |peer, source: io::Error| match source.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => CollectiveError::Timeout {
+                rank,
+                peer,
+                sequence,
+                timeout,
+            },
+            _ => CollectiveError::Peer {
+                rank,
+                peer,
+                sequence,
+                source,
+            },
         };
         // Reduce-scatter: at step s, send chunk (rank - s) and add the predecessor's chunk
         // (rank - s - 1) into ours. After W - 1 steps chunk (rank + 1) holds the full sum.
@@ -321,9 +385,7 @@ impl RingGroup {
 impl Drop for RingGroup {
     fn drop(&mut self) {
         // Neighbours blocked on us see the connection end at once.
-        for stream in [&self.next, &self.prev].into_iter().flatten() {
-            let _ = stream.shutdown(Shutdown::Both);
-        }
+        self.close();
     }
 }
 
@@ -413,6 +475,12 @@ impl Rendezvous {
             .filter(|d| !d.is_zero())
     }
 
+    /// The time left, for a socket's timeout: at least a millisecond (`None` would mean no
+    /// timeout at all), so a read after the deadline fails instead of waiting for ever.
+    fn socket_timeout(&self) -> Duration {
+        self.remaining().unwrap_or(Duration::from_millis(1))
+    }
+
     /// Rank 0: takes every other rank's hello (rank, world, ring port), then tells each where its
     /// successor listens. Returns rank 0's own successor.
     fn coordinate(
@@ -446,10 +514,10 @@ impl Rendezvous {
             };
             // A rank says hello at once; something else that connects and says nothing must not
             // hold the rendezvous up.
-            let hello_timeout = self.remaining().map(|r| r.min(HELLO_TIMEOUT));
+            let hello_timeout = self.socket_timeout().min(HELLO_TIMEOUT);
             stream
                 .set_nonblocking(false)
-                .and_then(|()| stream.set_read_timeout(hello_timeout))
+                .and_then(|()| stream.set_read_timeout(Some(hello_timeout)))
                 .map_err(|e| self.failed(e.to_string()))?;
             // Something else may connect to the port: its bytes are refused, not trusted.
             let Ok(hello) = read_hello(&stream) else {
@@ -503,7 +571,7 @@ impl Rendezvous {
     ) -> Result<SocketAddr, CollectiveError> {
         let stream = self.connect_retrying(coordinator)?;
         stream
-            .set_read_timeout(self.remaining())
+            .set_read_timeout(Some(self.socket_timeout()))
             .map_err(|e| self.failed(e.to_string()))?;
         let mut hello = Vec::with_capacity(26);
         hello.extend_from_slice(&MAGIC);
@@ -552,7 +620,9 @@ impl Rendezvous {
                 Ok((stream, _)) => {
                     stream
                         .set_nonblocking(false)
-                        .and_then(|()| stream.set_read_timeout(self.remaining()))
+                        .and_then(|()| {
+                            stream.set_read_timeout(Some(self.socket_timeout().min(HELLO_TIMEOUT)))
+                        })
                         .map_err(|e| self.failed(e.to_string()))?;
                     let mut hello = [0u8; 16];
                     if (&stream).read_exact(&mut hello).is_err() || hello[..8] != MAGIC {

@@ -206,3 +206,73 @@ fn a_stranger_at_the_coordinator_port_is_ignored() {
     assert_eq!(results.0, [11.0, 22.0]);
     assert_eq!(results.1, [11.0, 22.0]);
 }
+
+/// A neighbour that stays connected but sends nothing is a timeout naming it; after a failed
+/// operation the group refuses further ones rather than reading leftover bytes.
+#[test]
+fn a_silent_rank_times_out_and_a_failed_group_stays_closed() {
+    let address = free_address();
+    let options = RingOptions {
+        message_timeout: Duration::from_millis(300),
+        ..quick()
+    };
+    let (zero, _one) = std::thread::scope(|scope| {
+        let zero = scope.spawn(|| {
+            let mut group = RingGroup::connect(0, 2, &address, options).unwrap();
+            let mut v = vec![1.0f32; 8];
+            let first = group.all_reduce_sum(&mut v).unwrap_err();
+            let second = group.all_reduce_sum(&mut v).unwrap_err();
+            (first, second)
+        });
+        let one = scope.spawn(|| {
+            let group = RingGroup::connect(1, 2, &address, options).unwrap();
+            // Alive, silent, past rank 0's timeout.
+            std::thread::sleep(Duration::from_millis(1_000));
+            drop(group);
+        });
+        (zero.join().unwrap(), one.join().unwrap())
+    });
+    assert!(
+        zero.0
+            .to_string()
+            .contains("waited 0s for rank 1 in all-reduce 0"),
+        "{}",
+        zero.0
+    );
+    assert!(
+        matches!(zero.1, CollectiveError::Closed { rank: 0 }),
+        "{}",
+        zero.1
+    );
+}
+
+/// A coordinator named by an IPv6 address (or a name that resolves to one) is reached.
+#[test]
+fn an_ipv6_coordinator_works_where_the_machine_has_ipv6() {
+    let Ok(listener) = TcpListener::bind("[::1]:0") else {
+        eprintln!("no IPv6 loopback here: this test did not run");
+        return;
+    };
+    let address = format!("[::1]:{}", listener.local_addr().unwrap().port());
+    drop(listener);
+    let results = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..3)
+            .map(|rank| {
+                let address = &address;
+                scope.spawn(move || {
+                    let mut group = RingGroup::connect(rank, 3, address, quick()).unwrap();
+                    let mut v = vec![rank as f32; 5];
+                    group.all_reduce_sum(&mut v).unwrap();
+                    v
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect::<Vec<_>>()
+    });
+    for v in results {
+        assert_eq!(v, [3.0; 5]);
+    }
+}

@@ -243,7 +243,7 @@ impl<B: AutodiffBackend> Worker<'_, B> {
     fn failure(&self) -> BackboneError {
         BackboneError::Replica {
             rank: self.rank,
-            message: "its thread stopped (see the panic above)".into(),
+            message: "its thread ended during the step".into(),
         }
     }
 }
@@ -299,7 +299,19 @@ impl ReplicaDevices for crate::backend::CudaDevice {
             .map(|offset| {
                 let index = self.index + offset;
                 if offset > 0 {
-                    crate::backend::probe_cuda(index)?;
+                    crate::backend::probe_cuda(index).map_err(|err| match err {
+                        crate::backend::BackendError::CudaUnavailable { index, reason } => {
+                            crate::backend::BackendError::CudaUnavailable {
+                                index,
+                                reason: format!(
+                                    "{reason} ({count} devices were asked for: CUDA devices {} to {})",
+                                    self.index,
+                                    self.index + count - 1
+                                ),
+                            }
+                        }
+                        other => other,
+                    })?;
                 }
                 Ok(crate::backend::CudaDevice::new(index))
             })

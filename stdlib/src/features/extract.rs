@@ -136,13 +136,18 @@ pub fn extract_features_on<B: Backend>(
                     .collect();
                 let mut values = features_of(model, own, tta, device);
                 // Every thread joined before any error returns: a panic becomes an error.
+                // The first error is kept.
                 for (i, handle) in others.into_iter().enumerate() {
-                    let part = handle.join().map_err(|payload| ExtractError::Replica {
-                        rank: i + 1,
-                        message: crate::backend::panic_message(payload.as_ref()),
+                    let part = handle.join().unwrap_or_else(|payload| {
+                        Err(ExtractError::Replica {
+                            rank: i + 1,
+                            message: crate::backend::panic_message(payload.as_ref()),
+                        })
                     });
-                    if let Ok(all) = &mut values {
-                        all.extend(part??);
+                    match (&mut values, part) {
+                        (Ok(all), Ok(part)) => all.extend(part),
+                        (Ok(_), Err(err)) => values = Err(err),
+                        (Err(_), _) => {}
                     }
                 }
                 values
