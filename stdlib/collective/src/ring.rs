@@ -191,27 +191,19 @@ impl RingGroup {
         } else {
             IpAddr::from([0u16; 8])
         };
-        let (next_address, ring_listener) = if rank == 0 {
+        let ring_listener = TcpListener::bind((any, 0))
+            .map_err(|e| address_error(format!("cannot open the ring's port: {e}")))?;
+        let ring_port = ring_listener
+            .local_addr()
+            .map_err(|e| address_error(e.to_string()))?
+            .port();
+        let next_address = if rank == 0 {
             let listener = TcpListener::bind((any, resolved.port()))
                 .or_else(|_| TcpListener::bind(resolved))
                 .map_err(|e| address_error(format!("rank 0 cannot listen there: {e}")))?;
-            let ring = TcpListener::bind((any, 0))
-                .map_err(|e| address_error(format!("cannot open the ring's port: {e}")))?;
-            let ring_port = ring
-                .local_addr()
-                .map_err(|e| address_error(e.to_string()))?
-                .port();
-            let next = rendezvous.coordinate(&listener, world, ring_port)?;
-            (next, ring)
+            rendezvous.coordinate(&listener, world, ring_port)?
         } else {
-            let ring = TcpListener::bind((any, 0))
-                .map_err(|e| address_error(format!("cannot open the ring's port: {e}")))?;
-            let ring_port = ring
-                .local_addr()
-                .map_err(|e| address_error(e.to_string()))?
-                .port();
-            let next = rendezvous.join(resolved, rank, world, ring_port)?;
-            (next, ring)
+            rendezvous.join(resolved, rank, world, ring_port)?
         };
         // Connect to the successor while accepting the predecessor: with every rank doing both,
         // the order does not matter.

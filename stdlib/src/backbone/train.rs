@@ -17,9 +17,9 @@ use burn::module::AutodiffModule;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{Optimizer, SgdConfig};
+use burn::tensor::ElementConversion;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
-use lortflow_data::input::{Batch, BatchConfig, DataError, ImageInput, SamplerKind};
+use lortflow_data::input::{BatchConfig, DataError, ImageInput, SamplerKind};
 use tracing::{debug, info};
 
 use super::base::{Backbone, BackboneConfig};
