@@ -699,3 +699,49 @@ fn devices_train_the_backbone_data_parallel_and_enter_its_key() {
     t.args_run(["run", "pipeline.kdl", "--devices", "0"])
         .code(2);
 }
+
+/// With `--executor slurm`, a CUDA run on several devices asks Slurm for that many GPUs for the
+/// backbone (and the features), unless the profile asks for more; the other stages ask for
+/// none. A dry run prints the `sbatch` commands without Slurm or a GPU.
+#[test]
+fn a_data_parallel_slurm_job_asks_for_its_devices() {
+    let t = Test::new().pipeline(DATA_PARALLEL);
+    let sbatch = |args: &[&str]| {
+        let mut all = vec!["run", "pipeline.kdl", "--executor", "slurm", "--dry-run"];
+        all.extend_from_slice(args);
+        let dry = t.args_run(all).success();
+        let line = |name: &str| {
+            dry.stdout
+                .lines()
+                .find(|l| l.trim_start().starts_with(&format!("{name}: sbatch")))
+                .unwrap_or_else(|| panic!("no job for {name}:\n{}", dry.stdout))
+                .to_string()
+        };
+        (line("synth"), line("net"), line("feats"))
+    };
+    let (data, net, feats) = sbatch(&["--backend", "cuda", "--devices", "4"]);
+    assert!(
+        net.contains("--gres=gpu:4") && feats.contains("--gres=gpu:4"),
+        "{net}\n{feats}"
+    );
+    assert!(!data.contains("--gres"), "{data}");
+    // On the CPU the replicas are threads: no GPUs.
+    let (_, net, _) = sbatch(&["--devices", "4"]);
+    assert!(!net.contains("--gres"), "{net}");
+    // A profile that asks for more keeps its number.
+    let t = t.file("lortflow-slurm.kdl", "stage \"backbone\" { gpus 8 }\n");
+    let dry = t
+        .args_run([
+            "run",
+            "pipeline.kdl",
+            "--executor",
+            "slurm",
+            "--dry-run",
+            "--backend",
+            "cuda",
+            "--devices",
+            "4",
+        ])
+        .success();
+    assert!(dry.stdout.contains("--gres=gpu:8"), "{}", dry.stdout);
+}

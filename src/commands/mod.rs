@@ -75,20 +75,33 @@ pub(crate) fn load_valid(path: &Path) -> anyhow::Result<Option<Checked>> {
 /// The Slurm executor of a run (`--executor slurm`): the profile named, found beside the pipeline
 /// or in the user's config, or none; jobs run this `lortflow` binary on the same pipeline, store,
 /// overrides and backend.
+///
+/// `compute`, when known: a CUDA run on several devices asks for that many GPUs for the stages
+/// that use them (training backbones, feature extraction), unless the profile asks for more.
 pub(crate) fn slurm_executor(
     pipeline: &crate::cli::PipelineArgs,
     executor: &crate::cli::ExecutorArgs,
     store: &lortflow_runtime::Store,
+    compute: Option<lortflow_runtime::Compute>,
 ) -> anyhow::Result<std::sync::Arc<lortflow_runtime::slurm::SlurmExecutor>> {
     use lortflow_runtime::slurm::{JobCommand, Slurm, SlurmExecutor, SlurmProfile};
     let profile_path = executor
         .slurm_profile
         .clone()
         .or_else(|| SlurmProfile::find(&pipeline.file));
-    let profile = match &profile_path {
+    let mut profile = match &profile_path {
         Some(path) => SlurmProfile::load(path)?,
         None => SlurmProfile::default(),
     };
+    if let Some(compute) = compute
+        && compute.backend == lortflow_lang::ir::Backend::Cuda
+        && compute.devices > 1
+    {
+        let devices = u32::try_from(compute.devices).unwrap_or(u32::MAX);
+        for kind in ["backbone", "features"] {
+            profile = profile.with_min_gpus(kind, devices);
+        }
+    }
     let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
     let mut args = vec![
         "stage-job".to_string(),

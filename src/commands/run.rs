@@ -41,6 +41,7 @@ pub(crate) fn run(args: RunArgs, quiet: bool, verbose: bool) -> anyhow::Result<E
             &args.pipeline,
             &args.executor,
             session.engine.store(),
+            Some(session.engine.compute()),
         )?),
     };
     if args.dry_run {

@@ -83,6 +83,8 @@ pub(crate) fn run(args: WatchArgs, quiet: bool, verbose: bool) -> anyhow::Result
             &args.pipeline,
             &args.executor,
             &store,
+            // The pipeline may change while watched: the profile's GPUs are used as written.
+            None,
         )?),
     };
     let mut watch = Watch {

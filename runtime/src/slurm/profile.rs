@@ -198,6 +198,14 @@ impl SlurmProfile {
         Ok(profile)
     }
 
+    /// Asks for at least `gpus` GPUs in the jobs of stages of `kind` (a data-parallel run's
+    /// devices); a profile that asks for more keeps its number.
+    pub fn with_min_gpus(mut self, kind: &str, gpus: u32) -> Self {
+        let stage = self.stages.entry(kind.to_string()).or_default();
+        stage.gpus = Some(stage.gpus.unwrap_or(0).max(gpus));
+        self
+    }
+
     /// The `sbatch` options of a job for a stage of `kind` (partition, account, qos, time,
     /// resources, then the profile's and the kind's extra arguments).
     pub fn options(&self, kind: &str) -> Vec<String> {
@@ -313,6 +321,31 @@ fn int_arg(node: &KdlNode, min: u32, error: &Error<'_>) -> Result<u32, ProfileEr
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn data_parallel_stages_get_at_least_their_devices() {
+        let profile = super::SlurmProfile::default()
+            .with_min_gpus("backbone", 4)
+            .with_min_gpus("features", 4);
+        assert!(
+            profile
+                .options("backbone")
+                .contains(&"--gres=gpu:4".to_string())
+        );
+        assert!(
+            !profile
+                .options("head")
+                .iter()
+                .any(|o| o.starts_with("--gres"))
+        );
+        let mut more = super::SlurmProfile::default();
+        more.stages.entry("backbone".into()).or_default().gpus = Some(8);
+        let more = more.with_min_gpus("backbone", 4);
+        assert!(
+            more.options("backbone")
+                .contains(&"--gres=gpu:8".to_string())
+        );
+    }
+
     use super::*;
 
     const PROFILE: &str = r#"
